@@ -19,7 +19,7 @@ SimTime duration_for(double amount, double rate_per_second) {
   if (amount == 0) return SimTime::zero();
 
   if (is_small_integer(amount) && is_small_integer(rate_per_second)) {
-    using u128 = unsigned __int128;
+    using u128 = uint128;
     const u128 num = static_cast<u128>(static_cast<std::uint64_t>(amount)) * 1'000'000'000'000ULL;
     const u128 den = static_cast<std::uint64_t>(rate_per_second);
     const u128 q = (num + den - 1) / den;
