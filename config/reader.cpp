@@ -334,42 +334,42 @@ bool Node::as_bool() const {
 
 namespace {
 template <class F>
-auto read_unit(const Node& n, F&& parse) -> decltype(parse(std::string_view{})) {
-  using R = decltype(parse(std::string_view{}));
-  if (!n.defined()) return R{};
+auto read_unit(const Node& n, F&& parse) -> std::optional<decltype(parse(std::string_view{}))> {
+  if (!n.defined()) return std::nullopt;
   if (!n.is_scalar()) {
     n.error("expected a value with a unit");
-    return R{};
+    return std::nullopt;
   }
   try {
     return parse(n.as_string());
   } catch (const sim::UnitError& e) {
     n.error(e.what());
   }
-  return R{};
+  return std::nullopt;
+}
+
+double checked(const Node& n, std::optional<double> v, const Range& r) {
+  if (!v) return 0;
+  if (!r.contains(*v)) n.error(fmt::format("{} (got {})", r.describe(), n.as_string()));
+  return *v;
 }
 }  // namespace
 
 Bytes Node::as_bytes(Range r) const {
-  const double v = read_unit(*this, [](std::string_view s) { return sim::parse_bytes(s); });
-  if (defined() && is_scalar() && !r.contains(v)) error(fmt::format("{} (got {})", r.describe(), as_string()));
-  return Bytes{v};
+  return Bytes{checked(*this, read_unit(*this, [](std::string_view s) { return sim::parse_bytes(s); }), r)};
 }
 Bandwidth Node::as_bandwidth(Range r) const {
-  const double v = read_unit(*this, [](std::string_view s) { return sim::parse_bandwidth(s); });
-  if (defined() && is_scalar() && !r.contains(v)) error(fmt::format("{} (got {})", r.describe(), as_string()));
-  return Bandwidth{v};
+  return Bandwidth{checked(*this, read_unit(*this, [](std::string_view s) { return sim::parse_bandwidth(s); }), r)};
 }
 FlopRate Node::as_flop_rate(Range r) const {
-  const double v = read_unit(*this, [](std::string_view s) { return sim::parse_flop_rate(s); });
-  if (defined() && is_scalar() && !r.contains(v)) error(fmt::format("{} (got {})", r.describe(), as_string()));
-  return FlopRate{v};
+  return FlopRate{checked(*this, read_unit(*this, [](std::string_view s) { return sim::parse_flop_rate(s); }), r)};
 }
 sim::SimTime Node::as_time(Range r) const {
-  const sim::SimTime v = read_unit(*this, [](std::string_view s) { return sim::parse_time(s); });
-  if (defined() && is_scalar() && !r.contains(static_cast<double>(v.ps())))
+  const auto v = read_unit(*this, [](std::string_view s) { return sim::parse_time(s); });
+  if (!v) return sim::SimTime{};
+  if (!r.contains(static_cast<double>(v->ps())))
     error(fmt::format("{} (got {})", r.lo_open && r.lo == 0 ? "must be > 0" : r.describe() + " picoseconds", as_string()));
-  return v;
+  return *v;
 }
 
 std::string Node::as_choice(const std::vector<std::string>& choices) const {
