@@ -4,8 +4,8 @@
 /// error; 3 sweep finished with some failed runs. Results go to stdout or files; diagnostics
 /// and progress go to stderr.
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 
 #include <cstdio>
 #include <exception>
@@ -48,8 +48,11 @@ nlohmann::ordered_json summary_json(const Scenario& s) {
   j["moesim_version"] = MOESIM_VERSION;
   j["scenario"] = s.name;
   j["seed"] = s.seed;
-  j["parallel"] = {{"dp", s.parallel.dp}, {"tp", s.parallel.tp}, {"ep", s.parallel.ep},
-                   {"pp", s.parallel.pp}, {"micro_batches", s.parallel.micro_batches}};
+  j["parallel"] = {{"dp", s.parallel.dp},
+                   {"tp", s.parallel.tp},
+                   {"ep", s.parallel.ep},
+                   {"pp", s.parallel.pp},
+                   {"micro_batches", s.parallel.micro_batches}};
   j["workload"] = {{"mode", moesim::engine::to_string(s.workload.mode)},
                    {"tokens_per_step", s.workload.tokens_per_step()}};
   return j;

@@ -2,12 +2,12 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <fmt/format.h>
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
-#include <fmt/format.h>
 
 #include "sim/units.hpp"
 
@@ -38,7 +38,8 @@ std::string join_diags(const std::vector<Diagnostic>& d) {
 }
 }  // namespace
 
-ConfigError::ConfigError(std::vector<Diagnostic> diags) : std::runtime_error(join_diags(diags)), diags_(std::move(diags)) {}
+ConfigError::ConfigError(std::vector<Diagnostic> diags)
+    : std::runtime_error(join_diags(diags)), diags_(std::move(diags)) {}
 
 void Diagnostics::error(Location loc, std::string key, std::string message) {
   diags_.push_back(Diagnostic{std::move(loc), std::move(key), std::move(message)});
@@ -62,19 +63,24 @@ std::string Range::describe() const {
 // ---------------------------------------------------------------------------------------------
 
 namespace {
+// Optimal-string-alignment distance: insertions, deletions, substitutions and transpositions
+// of adjacent characters ("trian" -> "train") each cost 1.
 std::size_t edit_distance(std::string_view a, std::string_view b) {
-  std::vector<std::size_t> prev(b.size() + 1);
-  std::vector<std::size_t> cur(b.size() + 1);
-  for (std::size_t j = 0; j <= b.size(); ++j) prev[j] = j;
-  for (std::size_t i = 1; i <= a.size(); ++i) {
-    cur[0] = i;
-    for (std::size_t j = 1; j <= b.size(); ++j) {
-      const std::size_t sub = prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1);
-      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, sub});
+  const std::size_t n = a.size();
+  const std::size_t m = b.size();
+  std::vector<std::size_t> d((n + 1) * (m + 1));
+  const auto at = [&](std::size_t i, std::size_t j) -> std::size_t& { return d[i * (m + 1) + j]; };
+  for (std::size_t i = 0; i <= n; ++i) at(i, 0) = i;
+  for (std::size_t j = 0; j <= m; ++j) at(0, j) = j;
+  for (std::size_t i = 1; i <= n; ++i) {
+    for (std::size_t j = 1; j <= m; ++j) {
+      const std::size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
+      at(i, j) = std::min({at(i - 1, j) + 1, at(i, j - 1) + 1, at(i - 1, j - 1) + cost});
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1])
+        at(i, j) = std::min(at(i, j), at(i - 2, j - 2) + 1);
     }
-    std::swap(prev, cur);
   }
-  return prev[b.size()];
+  return at(n, m);
 }
 }  // namespace
 
@@ -368,7 +374,8 @@ sim::SimTime Node::as_time(Range r) const {
   const auto v = read_unit(*this, [](std::string_view s) { return sim::parse_time(s); });
   if (!v) return sim::SimTime{};
   if (!r.contains(static_cast<double>(v->ps())))
-    error(fmt::format("{} (got {})", r.lo_open && r.lo == 0 ? "must be > 0" : r.describe() + " picoseconds", as_string()));
+    error(fmt::format("{} (got {})", r.lo_open && r.lo == 0 ? "must be > 0" : r.describe() + " picoseconds",
+                      as_string()));
   return *v;
 }
 
@@ -474,7 +481,8 @@ std::string Node::opt_choice(std::string_view key, const std::vector<std::string
 // Document
 // ---------------------------------------------------------------------------------------------
 
-Document::Document() : root_(std::make_unique<YAML::Node>()), overrides_(std::make_shared<std::map<std::string, std::string>>()) {}
+Document::Document()
+    : root_(std::make_unique<YAML::Node>()), overrides_(std::make_shared<std::map<std::string, std::string>>()) {}
 Document::Document(Document&&) noexcept = default;
 Document& Document::operator=(Document&&) noexcept = default;
 Document::~Document() = default;
@@ -482,7 +490,8 @@ Document::~Document() = default;
 namespace {
 // yaml-cpp keeps the last of duplicate keys silently; a user's setting would be lost, so
 // duplicates are errors.
-void find_duplicates(const YAML::Node& n, const std::string& file, const std::string& path, std::vector<Diagnostic>& out) {
+void find_duplicates(const YAML::Node& n, const std::string& file, const std::string& path,
+                     std::vector<Diagnostic>& out) {
   if (n.IsMap()) {
     std::set<std::string> seen;
     for (const auto& kv : n) {
@@ -511,7 +520,8 @@ Document Document::load_file(const std::string& path) {
   } catch (const YAML::BadFile&) {
     throw ConfigError({Diagnostic{Location{path, 0, 0}, "", "cannot open file"}});
   } catch (const YAML::Exception& e) {
-    throw ConfigError({Diagnostic{Location{path, e.mark.line + 1, e.mark.column + 1}, "", "YAML syntax error: " + e.msg}});
+    throw ConfigError(
+        {Diagnostic{Location{path, e.mark.line + 1, e.mark.column + 1}, "", "YAML syntax error: " + e.msg}});
   }
   std::vector<Diagnostic> dups;
   find_duplicates(root, path, "", dups);
@@ -527,7 +537,8 @@ Document Document::load_string(const std::string& text, const std::string& name)
   try {
     root = YAML::Load(text);
   } catch (const YAML::Exception& e) {
-    throw ConfigError({Diagnostic{Location{name, e.mark.line + 1, e.mark.column + 1}, "", "YAML syntax error: " + e.msg}});
+    throw ConfigError(
+        {Diagnostic{Location{name, e.mark.line + 1, e.mark.column + 1}, "", "YAML syntax error: " + e.msg}});
   }
   std::vector<Diagnostic> dups;
   find_duplicates(root, name, "", dups);
@@ -616,7 +627,8 @@ void Document::set(std::string_view path, std::string_view yaml_value) {
     } else {
       if (cur.IsNull()) cur = YAML::Node(YAML::NodeType::Map);
       if (!cur.IsMap())
-        throw bad(fmt::format("'{}' is not a mapping, so it has no key '{}'", canon.empty() ? "<root>" : canon, seg.key));
+        throw bad(
+            fmt::format("'{}' is not a mapping, so it has no key '{}'", canon.empty() ? "<root>" : canon, seg.key));
       canon += canon.empty() ? seg.key : "." + seg.key;
       if (last) {
         cur[seg.key] = value;

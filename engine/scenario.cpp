@@ -9,22 +9,32 @@ using config::Range;
 
 const char* to_string(WorkloadMode m) {
   switch (m) {
-    case WorkloadMode::kTrain: return "train";
-    case WorkloadMode::kPrefill: return "prefill";
-    case WorkloadMode::kDecode: return "decode";
-    case WorkloadMode::kRouting: return "routing";
-    case WorkloadMode::kCollective: return "collective";
+    case WorkloadMode::kTrain:
+      return "train";
+    case WorkloadMode::kPrefill:
+      return "prefill";
+    case WorkloadMode::kDecode:
+      return "decode";
+    case WorkloadMode::kRouting:
+      return "routing";
+    case WorkloadMode::kCollective:
+      return "collective";
   }
   return "?";
 }
 
 const char* to_string(CollectiveOp op) {
   switch (op) {
-    case CollectiveOp::kAllToAll: return "all_to_all";
-    case CollectiveOp::kAllReduce: return "all_reduce";
-    case CollectiveOp::kAllGather: return "all_gather";
-    case CollectiveOp::kReduceScatter: return "reduce_scatter";
-    case CollectiveOp::kSendRecv: return "send_recv";
+    case CollectiveOp::kAllToAll:
+      return "all_to_all";
+    case CollectiveOp::kAllReduce:
+      return "all_reduce";
+    case CollectiveOp::kAllGather:
+      return "all_gather";
+    case CollectiveOp::kReduceScatter:
+      return "reduce_scatter";
+    case CollectiveOp::kSendRecv:
+      return "send_recv";
   }
   return "?";
 }
@@ -34,10 +44,14 @@ const char* to_string(NetworkModel m) { return m == NetworkModel::kFlow ? "flow"
 std::int64_t WorkloadSpec::tokens_per_step() const {
   switch (mode) {
     case WorkloadMode::kTrain:
-    case WorkloadMode::kRouting: return seq_len * global_batch;
-    case WorkloadMode::kPrefill: return batch * prompt_len;
-    case WorkloadMode::kDecode: return batch;
-    case WorkloadMode::kCollective: return 0;
+    case WorkloadMode::kRouting:
+      return seq_len * global_batch;
+    case WorkloadMode::kPrefill:
+      return batch * prompt_len;
+    case WorkloadMode::kDecode:
+      return batch;
+    case WorkloadMode::kCollective:
+      return 0;
   }
   return 0;
 }
@@ -62,9 +76,10 @@ ParallelSpec parse_parallel(const Node& n) {
                                  "tensor-parallel ranks of a pipeline stage)",
                                  p.ep, p.dp * p.tp));
   if (p.pp > 1 && p.micro_batches < p.pp)
-    n.error_at("micro_batches",
-               fmt::format("micro_batches={} is less than pp={}: a 1F1B pipeline needs at least one micro-batch per stage",
-                           p.micro_batches, p.pp));
+    n.error_at(
+        "micro_batches",
+        fmt::format("micro_batches={} is less than pp={}: a 1F1B pipeline needs at least one micro-batch per stage",
+                    p.micro_batches, p.pp));
   return p;
 }
 
@@ -80,9 +95,15 @@ CollectiveSpec parse_collective(const Node& n) {
   std::vector<std::string> algos;
   std::string dflt;
   switch (c.op) {
-    case CollectiveOp::kAllToAll: algos = {"direct", "hierarchical"}, dflt = "direct"; break;
-    case CollectiveOp::kAllReduce: algos = {"ring", "tree"}, dflt = "ring"; break;
-    default: algos = {"ring"}, dflt = "ring"; break;
+    case CollectiveOp::kAllToAll:
+      algos = {"direct", "hierarchical"}, dflt = "direct";
+      break;
+    case CollectiveOp::kAllReduce:
+      algos = {"ring", "tree"}, dflt = "ring";
+      break;
+    default:
+      algos = {"ring"}, dflt = "ring";
+      break;
   }
   c.algorithm = n.opt_choice("algorithm", algos, dflt);
   n.finish();
@@ -117,6 +138,10 @@ WorkloadSpec parse_workload(const Node& n) {
       n.error_at("collective", "required for mode: collective (e.g. collective: {op: all_to_all, bytes: 1MiB})");
     else
       w.collective = parse_collective(c);
+  } else {
+    // Unknown mode (already reported): do not pile unknown-key errors on top of it.
+    n.finish({"seq_len", "global_batch", "recompute", "batch", "prompt_len", "context_len", "collective"});
+    return w;
   }
   n.finish();
   return w;
@@ -125,8 +150,8 @@ WorkloadSpec parse_workload(const Node& n) {
 NetworkSpec parse_network(const Node& n) {
   NetworkSpec s;
   if (!n.defined()) return s;
-  s.model = n.opt_choice("model", {"flow", "analytical"}, "flow") == "flow" ? NetworkModel::kFlow
-                                                                             : NetworkModel::kAnalytical;
+  s.model =
+      n.opt_choice("model", {"flow", "analytical"}, "flow") == "flow" ? NetworkModel::kFlow : NetworkModel::kAnalytical;
   n.finish();
   return s;
 }

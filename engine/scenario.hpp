@@ -34,8 +34,8 @@ const char* to_string(CollectiveOp op);
 
 struct CollectiveSpec {
   CollectiveOp op = CollectiveOp::kAllToAll;
-  double bytes = 0;            ///< all-to-all: per (src, dst) pair; others: per-GPU buffer size
-  std::string algorithm;       ///< direct | hierarchical (all-to-all); ring | tree (all-reduce)
+  double bytes = 0;       ///< all-to-all: per (src, dst) pair; others: per-GPU buffer size
+  std::string algorithm;  ///< direct | hierarchical (all-to-all); ring | tree (all-reduce)
 };
 
 struct WorkloadSpec {

@@ -96,14 +96,13 @@ class Callback {
     void (*destroy)(void*);
   };
   template <class D>
-  static constexpr Ops inline_ops{
-      [](void* p) { (*std::launder(static_cast<D*>(p)))(); },
-      [](void* dst, void* src) {
-        D* s = std::launder(static_cast<D*>(src));
-        ::new (dst) D(std::move(*s));
-        s->~D();
-      },
-      [](void* p) { std::launder(static_cast<D*>(p))->~D(); }};
+  static constexpr Ops inline_ops{[](void* p) { (*std::launder(static_cast<D*>(p)))(); },
+                                  [](void* dst, void* src) {
+                                    D* s = std::launder(static_cast<D*>(src));
+                                    ::new (dst) D(std::move(*s));
+                                    s->~D();
+                                  },
+                                  [](void* p) { std::launder(static_cast<D*>(p))->~D(); }};
   template <class D>
   static constexpr Ops heap_ops{[](void* p) { (**static_cast<D**>(p))(); },
                                 [](void* dst, void* src) {
@@ -143,8 +142,8 @@ class EventQueue {
     Slot& s = slot_at(slot);
     s.cb = std::move(cb);
     s.seq = next_seq_;
-    const std::uint64_t key = (static_cast<std::uint64_t>(phase) << (kSeqBits + kSlotBits)) |
-                              (next_seq_ << kSlotBits) | slot;
+    const std::uint64_t key =
+        (static_cast<std::uint64_t>(phase) << (kSeqBits + kSlotBits)) | (next_seq_ << kSlotBits) | slot;
     ++next_seq_;
     heap_.push_back(Entry{static_cast<std::uint64_t>(t.ps()) ^ kSignBit, key});
     sift_up(heap_.size() - 1);

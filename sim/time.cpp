@@ -1,7 +1,7 @@
 #include "sim/time.hpp"
 
-#include <cmath>
 #include <fmt/format.h>
+#include <cmath>
 
 namespace moesim::sim {
 
@@ -45,7 +45,8 @@ std::string to_string(SimTime t) {
       std::int64_t frac = ps % u.scale;
       if (frac == 0) return fmt::format("{}{}", whole, u.name);
       if (frac < 0) frac = -frac;
-      std::string digits = fmt::format("{:0{}}", frac, static_cast<int>(std::log10(static_cast<double>(u.scale)) + 0.5));
+      std::string digits =
+          fmt::format("{:0{}}", frac, static_cast<int>(std::log10(static_cast<double>(u.scale)) + 0.5));
       while (!digits.empty() && digits.back() == '0') digits.pop_back();
       return fmt::format("{}{}.{}{}", ps < 0 && whole == 0 ? "-" : "", whole, digits, u.name);
     }

@@ -1,11 +1,11 @@
 #include "sim/units.hpp"
 
+#include <fmt/format.h>
 #include <array>
 #include <cerrno>
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
-#include <fmt/format.h>
 
 namespace moesim::sim {
 
@@ -18,28 +18,44 @@ struct UnitDef {
 
 // Bytes: SI prefixes are powers of 1000, IEC prefixes powers of 1024 (IEC 80000-13).
 constexpr std::array kByteUnits{
-    UnitDef{"B", 1.0},         UnitDef{"KB", 1e3},         UnitDef{"MB", 1e6},
-    UnitDef{"GB", 1e9},        UnitDef{"TB", 1e12},        UnitDef{"PB", 1e15},
-    UnitDef{"KiB", 1024.0},    UnitDef{"MiB", 1048576.0},  UnitDef{"GiB", 1073741824.0},
-    UnitDef{"TiB", 1099511627776.0}, UnitDef{"PiB", 1125899906842624.0},
+    UnitDef{"B", 1.0},
+    UnitDef{"KB", 1e3},
+    UnitDef{"MB", 1e6},
+    UnitDef{"GB", 1e9},
+    UnitDef{"TB", 1e12},
+    UnitDef{"PB", 1e15},
+    UnitDef{"KiB", 1024.0},
+    UnitDef{"MiB", 1048576.0},
+    UnitDef{"GiB", 1073741824.0},
+    UnitDef{"TiB", 1099511627776.0},
+    UnitDef{"PiB", 1125899906842624.0},
 };
 // Bandwidth: bytes per second (B) and bits per second (b). 400Gb/s == 50GB/s.
 constexpr std::array kBandwidthUnits{
-    UnitDef{"B/s", 1.0},        UnitDef{"KB/s", 1e3},       UnitDef{"MB/s", 1e6},
-    UnitDef{"GB/s", 1e9},       UnitDef{"TB/s", 1e12},      UnitDef{"PB/s", 1e15},
-    UnitDef{"KiB/s", 1024.0},   UnitDef{"MiB/s", 1048576.0}, UnitDef{"GiB/s", 1073741824.0},
+    UnitDef{"B/s", 1.0},
+    UnitDef{"KB/s", 1e3},
+    UnitDef{"MB/s", 1e6},
+    UnitDef{"GB/s", 1e9},
+    UnitDef{"TB/s", 1e12},
+    UnitDef{"PB/s", 1e15},
+    UnitDef{"KiB/s", 1024.0},
+    UnitDef{"MiB/s", 1048576.0},
+    UnitDef{"GiB/s", 1073741824.0},
     UnitDef{"TiB/s", 1099511627776.0},
-    UnitDef{"b/s", 0.125},      UnitDef{"Kb/s", 125.0},     UnitDef{"Mb/s", 125e3},
-    UnitDef{"Gb/s", 125e6},     UnitDef{"Tb/s", 125e9},
+    UnitDef{"b/s", 0.125},
+    UnitDef{"Kb/s", 125.0},
+    UnitDef{"Mb/s", 125e3},
+    UnitDef{"Gb/s", 125e6},
+    UnitDef{"Tb/s", 125e9},
 };
 // Time, in picoseconds.
 constexpr std::array kTimeUnits{
-    UnitDef{"ps", 1.0}, UnitDef{"ns", 1e3}, UnitDef{"us", 1e6}, UnitDef{"\xC2\xB5s", 1e6},
-    UnitDef{"ms", 1e9}, UnitDef{"s", 1e12},
+    UnitDef{"ps", 1.0},        UnitDef{"ns", 1e3}, UnitDef{"us", 1e6},
+    UnitDef{"\xC2\xB5s", 1e6}, UnitDef{"ms", 1e9}, UnitDef{"s", 1e12},
 };
 constexpr std::array kFlopUnits{
-    UnitDef{"FLOPS", 1.0},   UnitDef{"KFLOPS", 1e3},  UnitDef{"MFLOPS", 1e6},  UnitDef{"GFLOPS", 1e9},
-    UnitDef{"TFLOPS", 1e12}, UnitDef{"PFLOPS", 1e15}, UnitDef{"FLOP/s", 1.0},  UnitDef{"GFLOP/s", 1e9},
+    UnitDef{"FLOPS", 1.0},    UnitDef{"KFLOPS", 1e3},   UnitDef{"MFLOPS", 1e6}, UnitDef{"GFLOPS", 1e9},
+    UnitDef{"TFLOPS", 1e12},  UnitDef{"PFLOPS", 1e15},  UnitDef{"FLOP/s", 1.0}, UnitDef{"GFLOP/s", 1e9},
     UnitDef{"TFLOP/s", 1e12}, UnitDef{"PFLOP/s", 1e15},
 };
 
@@ -62,10 +78,14 @@ const UnitDef* find_unit(const std::array<UnitDef, N>& units, std::string_view n
 
 const UnitDef* lookup(UnitFamily f, std::string_view name) {
   switch (f) {
-    case UnitFamily::kBytes: return find_unit(kByteUnits, name);
-    case UnitFamily::kBandwidth: return find_unit(kBandwidthUnits, name);
-    case UnitFamily::kTime: return find_unit(kTimeUnits, name);
-    case UnitFamily::kFlopRate: return find_unit(kFlopUnits, name);
+    case UnitFamily::kBytes:
+      return find_unit(kByteUnits, name);
+    case UnitFamily::kBandwidth:
+      return find_unit(kBandwidthUnits, name);
+    case UnitFamily::kTime:
+      return find_unit(kTimeUnits, name);
+    case UnitFamily::kFlopRate:
+      return find_unit(kFlopUnits, name);
   }
   return nullptr;
 }
@@ -76,20 +96,28 @@ bool is_digit(char c) { return c >= '0' && c <= '9'; }
 
 std::string_view family_name(UnitFamily f) {
   switch (f) {
-    case UnitFamily::kBytes: return "a size";
-    case UnitFamily::kBandwidth: return "a bandwidth";
-    case UnitFamily::kTime: return "a time";
-    case UnitFamily::kFlopRate: return "a FLOP rate";
+    case UnitFamily::kBytes:
+      return "a size";
+    case UnitFamily::kBandwidth:
+      return "a bandwidth";
+    case UnitFamily::kTime:
+      return "a time";
+    case UnitFamily::kFlopRate:
+      return "a FLOP rate";
   }
   return "a quantity";
 }
 
 std::string accepted_units(UnitFamily f) {
   switch (f) {
-    case UnitFamily::kBytes: return join_units(kByteUnits);
-    case UnitFamily::kBandwidth: return join_units(kBandwidthUnits);
-    case UnitFamily::kTime: return "ps, ns, us, ms, s";
-    case UnitFamily::kFlopRate: return join_units(kFlopUnits);
+    case UnitFamily::kBytes:
+      return join_units(kByteUnits);
+    case UnitFamily::kBandwidth:
+      return join_units(kBandwidthUnits);
+    case UnitFamily::kTime:
+      return "ps, ns, us, ms, s";
+    case UnitFamily::kFlopRate:
+      return join_units(kFlopUnits);
   }
   return {};
 }

@@ -62,8 +62,10 @@ int main(int argc, char** argv) {
   const auto t1 = std::chrono::steady_clock::now();
   const double secs = std::chrono::duration<double>(t1 - t0).count();
   p.sim.check_drained();
-  std::printf("lps %zu\ninflight %llu\nevents_executed %llu\nwall_s %.4f\nevents_per_s %.0f\nsim_end_us %.3f\nchecksum %016llx\n",
-              lps, static_cast<unsigned long long>(inflight), static_cast<unsigned long long>(executed), secs,
-              static_cast<double>(executed) / secs, p.sim.now().to_us(), static_cast<unsigned long long>(p.checksum));
+  std::printf(
+      "lps %zu\ninflight %llu\nevents_executed %llu\nwall_s %.4f\nevents_per_s %.0f\nsim_end_us %.3f\nchecksum "
+      "%016llx\n",
+      lps, static_cast<unsigned long long>(inflight), static_cast<unsigned long long>(executed), secs,
+      static_cast<double>(executed) / secs, p.sim.now().to_us(), static_cast<unsigned long long>(p.checksum));
   return 0;
 }

@@ -58,7 +58,8 @@ TEST_CASE("every problem is collected with file:line:col and key", "[config]") {
   REQUIRE(contains(all[2].str(), "cluster.intra_node.bandwidth: '450' is not a bandwidth: a unit is required"));
   REQUIRE(contains(all[3].str(), "cluster.intra_node.latency"));
   REQUIRE(contains(all[3].str(), "negative"));
-  REQUIRE(contains(all[4].str(), "bad.yaml:5:18: cluster.nic_bandwidth: '12 GBs' is not a bandwidth: unknown unit 'GBs'"));
+  REQUIRE(
+      contains(all[4].str(), "bad.yaml:5:18: cluster.nic_bandwidth: '12 GBs' is not a bandwidth: unknown unit 'GBs'"));
   REQUIRE(contains(all[5].str(), "bad.yaml:2:3: cluster.gpu: required key is missing"));
   try {
     d.throw_if_any();
@@ -88,7 +89,8 @@ TEST_CASE("unknown keys are errors with a did-you-mean", "[config]") {
   c.opt_int("gpus_per_node", 8);
   c.finish();
   REQUIRE(d.size() == 2);
-  REQUIRE(d.all()[0].str() == "u.yaml:3:3: cluster.gpus_per_nod: unknown key 'gpus_per_nod' (did you mean 'gpus_per_node'?)");
+  REQUIRE(d.all()[0].str() ==
+          "u.yaml:3:3: cluster.gpus_per_nod: unknown key 'gpus_per_nod' (did you mean 'gpus_per_node'?)");
   REQUIRE(d.all()[1].str() == "u.yaml:4:3: cluster.colour: unknown key 'colour'");
 }
 

@@ -13,9 +13,11 @@ TEST_CASE("events run in (time, phase, insertion) order", "[events]") {
   Simulation s;
   std::vector<std::string> log;
   s.schedule_at(2_us, [&] { log.push_back("t2-normal-a"); });
-  s.schedule_at(1_us, [&] { log.push_back("t1-observe"); }, Phase::kObserve);
+  s.schedule_at(
+      1_us, [&] { log.push_back("t1-observe"); }, Phase::kObserve);
   s.schedule_at(1_us, [&] { log.push_back("t1-normal-a"); });
-  s.schedule_at(1_us, [&] { log.push_back("t1-complete"); }, Phase::kComplete);
+  s.schedule_at(
+      1_us, [&] { log.push_back("t1-complete"); }, Phase::kComplete);
   s.schedule_at(1_us, [&] { log.push_back("t1-normal-b"); });
   s.schedule_at(2_us, [&] { log.push_back("t2-normal-b"); });
   s.run();

@@ -39,9 +39,9 @@ TEST_CASE("duration_for rounds up to the next picosecond", "[time]") {
   // FLOPs at a FLOP rate: 2*4096^3 FLOP at 989 TFLOP/s.
   const double flops = 2.0 * 4096.0 * 4096.0 * 4096.0;
   const auto t = duration_for(flops, 989e12);
-  REQUIRE(t.ps() == static_cast<std::int64_t>((static_cast<uint128>(137438953472ULL) * 1000000000000ULL +
-                                               989000000000000ULL - 1) /
-                                              989000000000000ULL));
+  REQUIRE(t.ps() == static_cast<std::int64_t>(
+                        (static_cast<uint128>(137438953472ULL) * 1000000000000ULL + 989000000000000ULL - 1) /
+                        989000000000000ULL));
 }
 
 TEST_CASE("duration_for rejects bad arguments and overflow", "[time]") {

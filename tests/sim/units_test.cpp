@@ -49,8 +49,8 @@ TEST_CASE("FLOP rates", "[units]") {
 }
 
 TEST_CASE("malformed quantities are rejected with the accepted units listed", "[units]") {
-  const char* bad_bytes[] = {"12 GBs", "-3GB", "GB", "12", "", "1e999GB", "12  GB", "1.2.3GB", "0x10GB",
-                             "inf GB", "nanGB", "+5GB", "5 gb", "12GB/s"};
+  const char* bad_bytes[] = {"12 GBs",  "-3GB",   "GB",     "12",    "",     "1e999GB", "12  GB",
+                             "1.2.3GB", "0x10GB", "inf GB", "nanGB", "+5GB", "5 gb",    "12GB/s"};
   for (const char* b : bad_bytes) {
     INFO(b);
     REQUIRE_THROWS_AS(parse_bytes(b), UnitError);
