@@ -13,11 +13,14 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "config/reader.hpp"
 #include "engine/scenario.hpp"
+#include "models/model_spec.hpp"
+#include "models/router.hpp"
 #include "sim/units.hpp"
 
 namespace {
@@ -43,6 +46,52 @@ void print_summary(const Scenario& s, std::FILE* out) {
   fmt::print(out, "\nnetwork    {}\n", moesim::engine::to_string(s.network.model));
 }
 
+/// Routing-only run: sample the step's routing and report per-layer drop and imbalance.
+void run_routing(const Scenario& s, nlohmann::ordered_json& j) {
+  namespace m = moesim::models;
+  m::RouteRequest req;
+  req.tokens_per_group = s.tokens_per_group();
+  req.groups = static_cast<int>(s.routing_groups());
+  req.seed = s.seed;
+  req.ep_ranks = s.parallel.ep;
+  req.keep_assignments = false;
+  std::optional<m::RoutingTrace> trace;
+  if (s.routing.distribution == m::Distribution::kTrace)
+    trace = m::load_routing_trace(s.routing.trace_file, s.model, s.routing.top_k);
+  const m::StepRouting step = m::route_step(s.model, s.routing, req, trace ? &*trace : nullptr);
+  std::ostringstream os;
+  m::format_routing_summary(os, s.model, s.routing, step);
+  std::fputs(os.str().c_str(), stdout);
+  auto& r = j["routing"];
+  r["sampling_mode"] = m::to_string(step.mode);
+  r["groups"] = step.groups;
+  r["tokens_per_group"] = step.tokens_per_group;
+  r["drop_fraction"] = step.drop_fraction;
+  r["padded_fraction"] = step.padded_fraction;
+  r["max_over_mean_load"] = step.max_over_mean;
+  auto& layers = r["layers"];
+  layers = nlohmann::ordered_json::array();
+  for (const auto& l : step.layers) {
+    const auto& st = l.stats;
+    layers.push_back(
+        {{"layer", l.layer},
+         {"routed", st.routed},
+         {"kept", st.kept},
+         {"dropped", st.dropped},
+         {"padded", st.padded},
+         {"drop_fraction", st.drop_fraction},
+         {"fully_dropped_fraction",
+          st.fully_dropped_tokens < 0 ? nlohmann::ordered_json() : nlohmann::ordered_json(st.fully_dropped_fraction)},
+         {"padded_fraction", st.padded_fraction},
+         {"max_over_mean_load", st.max_over_mean},
+         {"cv", st.cv},
+         {"gini", st.gini},
+         {"aux_loss", st.aux_loss},
+         {"entropy_normalized", st.entropy_normalized},
+         {"expert_routed", st.expert_routed}});
+  }
+}
+
 nlohmann::ordered_json summary_json(const Scenario& s) {
   nlohmann::ordered_json j;
   j["moesim_version"] = MOESIM_VERSION;
@@ -55,6 +104,10 @@ nlohmann::ordered_json summary_json(const Scenario& s) {
                    {"micro_batches", s.parallel.micro_batches}};
   j["workload"] = {{"mode", moesim::engine::to_string(s.workload.mode)},
                    {"tokens_per_step", s.workload.tokens_per_step()}};
+  if (s.has_model) {
+    const auto pc = moesim::models::count_params(s.model);
+    j["model"] = {{"name", s.model.name}, {"params_total", pc.params_total()}, {"params_active", pc.params_active()}};
+  }
   return j;
 }
 
@@ -109,8 +162,11 @@ int main(int argc, char** argv) {
     if (*run) {
       const Scenario s = moesim::engine::load_scenario(run_file, {run_sets, run_seed});
       print_summary(s, stdout);
+      nlohmann::ordered_json report = summary_json(s);
+      if (s.has_model && s.model.experts > 0 && s.workload.mode != moesim::engine::WorkloadMode::kCollective)
+        run_routing(s, report);
       if (!run_json.empty()) {
-        const std::string text = summary_json(s).dump(2) + "\n";
+        const std::string text = report.dump(2) + "\n";
         if (run_json == "-") {
           std::fputs(text.c_str(), stdout);
         } else {
@@ -135,7 +191,13 @@ int main(int argc, char** argv) {
           fmt::print("{:<12} {}\n", moesim::sim::family_name(f), moesim::sim::accepted_units(f));
         return kExitOk;
       }
-      fmt::print(stderr, "moesim describe: unknown kind '{}' (known: units)\n", describe_what[0]);
+      if (describe_what[0] == "models") {
+        std::ostringstream os;
+        moesim::models::describe_models(os);
+        std::fputs(os.str().c_str(), stdout);
+        return kExitOk;
+      }
+      fmt::print(stderr, "moesim describe: unknown kind '{}' (known: units, models)\n", describe_what[0]);
       return kExitConfig;
     }
     std::fputs(app.help().c_str(), stdout);

@@ -2,6 +2,11 @@
 
 #include <fmt/format.h>
 
+#include <filesystem>
+
+#include "models/model_spec.hpp"
+#include "models/routing_spec.hpp"
+
 namespace moesim::engine {
 
 using config::Node;
@@ -54,6 +59,25 @@ std::int64_t WorkloadSpec::tokens_per_step() const {
       return 0;
   }
   return 0;
+}
+
+std::int64_t Scenario::routing_groups() const {
+  switch (workload.mode) {
+    case WorkloadMode::kTrain:
+    case WorkloadMode::kRouting:
+      return static_cast<std::int64_t>(parallel.dp) * parallel.micro_batches;
+    case WorkloadMode::kPrefill:
+    case WorkloadMode::kDecode:
+      return parallel.dp;
+    case WorkloadMode::kCollective:
+      return 0;
+  }
+  return 0;
+}
+
+std::int64_t Scenario::tokens_per_group() const {
+  const std::int64_t g = routing_groups();
+  return g > 0 ? workload.tokens_per_step() / g : 0;
 }
 
 namespace {
@@ -173,8 +197,57 @@ Scenario parse_scenario(const config::Document& doc, std::optional<std::uint64_t
   s.parallel = parse_parallel(root.child("parallel"));
   s.workload = parse_workload(root.child("workload"));
   s.network = parse_network(root.child("network"));
-  // Sections owned by hardware/ and models/ are parsed by their own modules (wired below).
-  root.finish({"model", "cluster", "routing"});
+
+  // model: a catalog name or an inline block (parsed by models/).
+  const Node model = root.child("model");
+  const bool needs_model = s.workload.mode != WorkloadMode::kCollective;
+  if (model.defined()) {
+    if (model.is_scalar()) {
+      const std::string name = model.as_string();
+      static const std::vector<models::ModelSpec> catalog = models::load_default_model_catalog();
+      if (const models::ModelSpec* m = models::find_model(catalog, name)) {
+        s.model = *m;
+        s.has_model = true;
+      } else {
+        std::vector<std::string> names;
+        for (const auto& c : catalog) names.push_back(c.name);
+        std::string msg = fmt::format("unknown model '{}'", name);
+        if (auto dym = config::did_you_mean(name, names)) msg += fmt::format(" (did you mean '{}'?)", *dym);
+        msg += "; `moesim describe models` lists the catalog, or write an inline model block";
+        model.error(msg);
+      }
+    } else {
+      const std::size_t before = diags.size();
+      s.model = models::parse_model(model);
+      s.has_model = diags.size() == before;
+    }
+  } else if (needs_model) {
+    root.error_at("model", "required key is missing (a catalog name such as mixtral-8x7b, or an inline block)");
+  }
+
+  // routing: parsed against the model (its defaults come from the model's router config).
+  const Node routing = root.child("routing");
+  if (s.has_model) {
+    s.routing = models::parse_routing(routing, s.model);
+    if (s.routing.distribution == models::Distribution::kTrace && !s.routing.trace_file.empty()) {
+      // Relative trace paths are relative to the scenario file, not the working directory.
+      const std::filesystem::path tp(s.routing.trace_file);
+      if (tp.is_relative() && !s.file.empty())
+        s.routing.trace_file = (std::filesystem::path(s.file).parent_path() / tp).lexically_normal().string();
+    }
+  }
+
+  // Cross-checks between sections (only meaningful when each section parsed).
+  if (s.has_model && s.model.experts > 0 && s.workload.mode != WorkloadMode::kCollective) {
+    if (auto why = models::placement_problem(s.model.experts, s.parallel.ep, s.routing.redundant_experts))
+      root.child("parallel").error_at("ep", *why);
+    const std::int64_t groups = s.routing_groups();
+    if (groups > 0 && s.workload.tokens_per_step() % groups != 0)
+      root.error_at("workload", fmt::format("{} tokens per step do not split evenly into {} routing groups "
+                                            "(dp x micro_batches for training)",
+                                            s.workload.tokens_per_step(), groups));
+  }
+  root.finish({"cluster"});
   diags.throw_if_any();
   return s;
 }

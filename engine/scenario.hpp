@@ -14,6 +14,8 @@
 #include <vector>
 
 #include "config/reader.hpp"
+#include "models/model_spec.hpp"
+#include "models/routing_spec.hpp"
 
 namespace moesim::engine {
 
@@ -62,9 +64,17 @@ struct Scenario {
   std::string name;
   std::string file;
   std::uint64_t seed = 0;
+  bool has_model = false;  ///< false only for collective-only workloads without a model
+  models::ModelSpec model;
+  models::RoutingSpec routing;
   ParallelSpec parallel;
   WorkloadSpec workload;
   NetworkSpec network;
+
+  /// Routing groups of one step and tokens per group: by default the tokens of one data-
+  /// parallel rank's micro-batch (as Megatron-Core and DeepSpeed route before dispatch).
+  std::int64_t routing_groups() const;
+  std::int64_t tokens_per_group() const;
 };
 
 struct LoadOptions {
