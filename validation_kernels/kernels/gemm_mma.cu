@@ -90,8 +90,10 @@ __global__ void __launch_bounds__(kThreads) grouped_gemm_mma_kernel(GroupedGemmA
     int lo = 0, hi = args.experts - 1;
     while (lo < hi) {
       const int mid = (lo + hi + 1) >> 1;
-      if (s_tile_start[mid] <= tile) lo = mid;
-      else hi = mid - 1;
+      if (s_tile_start[mid] <= tile)
+        lo = mid;
+      else
+        hi = mid - 1;
     }
     const int e = lo;
     const int local = tile - s_tile_start[e];
@@ -259,8 +261,8 @@ int grouped_gemm_mma_blocks_per_sm() {
   return blocks > 0 ? blocks : 1;
 }
 
-cudaError_t reference_rows(const bf16* a, const bf16* w, const int* rows, const int* expert_of_row, int num_rows,
-                           int n, int k, float* ref, cudaStream_t stream) {
+cudaError_t reference_rows(const bf16* a, const bf16* w, const int* rows, const int* expert_of_row, int num_rows, int n,
+                           int k, float* ref, cudaStream_t stream) {
   if (num_rows <= 0) return cudaSuccess;
   const dim3 grid((n + 127) / 128, num_rows);
   reference_rows_kernel<<<grid, 128, 0, stream>>>(a, w, rows, expert_of_row, num_rows, n, k, ref);

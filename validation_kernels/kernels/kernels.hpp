@@ -45,8 +45,8 @@ cudaError_t grouped_gemm_wgmma(const GroupedGemmArgs& args, int grid_blocks, cud
 bool grouped_gemm_wgmma_implemented();
 
 /// Naive fp32 reference for a list of rows: ref[i, :] = A[rows[i], :] * W_{expert_of_row[i]}^T.
-cudaError_t reference_rows(const bf16* a, const bf16* w, const int* rows, const int* expert_of_row, int num_rows,
-                           int n, int k, float* ref, cudaStream_t stream);
+cudaError_t reference_rows(const bf16* a, const bf16* w, const int* rows, const int* expert_of_row, int num_rows, int n,
+                           int k, float* ref, cudaStream_t stream);
 
 /// Fills buf[n] with bf16 N(0, scale^2) values from a counter-based hash of (seed, index).
 cudaError_t fill_normal_bf16(bf16* buf, size_t n, uint64_t seed, float scale, cudaStream_t stream);
@@ -82,15 +82,15 @@ size_t stable_rank_scratch_ints(int items, int keys);
 /// rank[i] = number of items j < i with key[j] == key[i] (stable counting sort rank, token order);
 /// keys < 0 are skipped (rank -1). total[key] = items with that key. When capacity >= 0 ranks >=
 /// capacity become -1 and total is clamped (the `position` drop policy in one pass). keys <= 256.
-cudaError_t stable_rank_by_key(const int* key, int items, int keys, int capacity, int* rank, int* total,
-                               int* scratch, cudaStream_t stream);
+cudaError_t stable_rank_by_key(const int* key, int items, int keys, int capacity, int* rank, int* total, int* scratch,
+                               cudaStream_t stream);
 
 /// Scratch bytes for capacity_probs (CUB radix sort temp + keys).
 size_t capacity_probs_scratch_bytes(int slots, int experts);
 /// `probs` drop policy: keep the C highest-weight slots per expert (ties: lower slot), then positions
 /// = stable rank among kept in token order. position[-1 = dropped], kept_count[E].
-cudaError_t capacity_probs(const int* expert, const float* weight, int slots, int experts, int capacity,
-                           int* position, int* kept_count, void* scratch, size_t scratch_bytes, cudaStream_t stream);
+cudaError_t capacity_probs(const int* expert, const float* weight, int slots, int experts, int capacity, int* position,
+                           int* kept_count, void* scratch, size_t scratch_bytes, cudaStream_t stream);
 
 /// row_of_slot[s] = offset[expert[s]] + position[s], or -1 when dropped.
 cudaError_t slot_rows(const int* expert, const int* position, const int* offset, int slots, int* row_of_slot,
@@ -99,8 +99,8 @@ cudaError_t slot_rows(const int* expert, const int* position, const int* offset,
 cudaError_t permute(const bf16* x, const int* row_of_slot, int slots, int topk, int hidden, bf16* out,
                     cudaStream_t stream);
 /// out[t] = sum_j weight[t,j] * expert_out[row_of_slot[t,j]] (fp32 accumulate), zeros when fully dropped.
-cudaError_t unpermute_combine(const bf16* expert_out, const int* row_of_slot, const float* weight, int tokens,
-                              int topk, int hidden, bf16* out, cudaStream_t stream);
+cudaError_t unpermute_combine(const bf16* expert_out, const int* row_of_slot, const float* weight, int tokens, int topk,
+                              int hidden, bf16* out, cudaStream_t stream);
 /// rank_offset[R+1] from the contiguous expert offsets (experts split contiguously over ranks).
 cudaError_t rank_offsets_from_experts(const int* expert_offset, int experts, int ranks, int* rank_offset,
                                       cudaStream_t stream);

@@ -200,8 +200,7 @@ __global__ void chunk_scan_kernel(int* block_counts, int chunks, int keys, int c
 
 /// Stable rank: warps of a chunk are ordered, so rank = chunk base + earlier warps' count + rank in
 /// warp (__match_any_sync groups equal keys; lower lanes hold earlier items).
-__global__ void chunk_rank_kernel(const int* key, int items, int keys, int capacity, const int* block_base,
-                                  int* rank) {
+__global__ void chunk_rank_kernel(const int* key, int items, int keys, int capacity, const int* block_base, int* rank) {
   __shared__ int s_base[kMaxKeys];
   __shared__ int s_warp[kRankWarps][kMaxKeys];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -320,8 +319,8 @@ __global__ void rank_offsets_kernel(const int* expert_offset, int experts, int r
   rank_offset[r] = expert_offset[first_expert];
 }
 
-__global__ void dedup_keys_kernel(const int* expert, const int* position, int tokens, int topk, int experts,
-                                  int ranks, int* key) {
+__global__ void dedup_keys_kernel(const int* expert, const int* position, int tokens, int topk, int experts, int ranks,
+                                  int* key) {
   const int t = blockIdx.x * blockDim.x + threadIdx.x;
   if (t >= tokens) return;
   for (int r = 0; r < ranks; ++r) key[static_cast<size_t>(t) * ranks + r] = -1;
@@ -362,8 +361,8 @@ int bits_for(int experts) {
 }  // namespace
 
 cudaError_t gate_topk(const GateArgs& g, cudaStream_t stream) {
-  if (g.experts < 1 || g.experts > kMaxExperts || g.topk < 1 || g.topk > 16 || g.topk > g.experts ||
-      g.num_groups < 1 || g.num_groups > 32 || g.experts % g.num_groups != 0)
+  if (g.experts < 1 || g.experts > kMaxExperts || g.topk < 1 || g.topk > 16 || g.topk > g.experts || g.num_groups < 1 ||
+      g.num_groups > 32 || g.experts % g.num_groups != 0)
     return cudaErrorInvalidValue;
   if (g.tokens == 0) return cudaSuccess;
   gate_topk_kernel<<<blocks_for(g.tokens, kGateWarps), kGateWarps * 32, 0, stream>>>(g);
@@ -453,16 +452,16 @@ size_t capacity_probs_scratch_bytes(int slots, int experts) {
          align256(cub_sort_bytes(slots));
 }
 
-cudaError_t capacity_probs(const int* expert, const float* weight, int slots, int experts, int capacity,
-                           int* position, int* kept_count, void* scratch, size_t scratch_bytes, cudaStream_t stream) {
+cudaError_t capacity_probs(const int* expert, const float* weight, int slots, int experts, int capacity, int* position,
+                           int* kept_count, void* scratch, size_t scratch_bytes, cudaStream_t stream) {
   ProbsScratch p{};
   if (!carve(scratch, scratch_bytes, slots, experts, p) || capacity < 0) return cudaErrorInvalidValue;
   cudaError_t err = histogram(expert, slots, experts, p.counts, stream);
   if (err == cudaSuccess) err = exclusive_scan(p.counts, experts, 1, p.offset, stream);
   if (err != cudaSuccess) return err;
   probs_keys_kernel<<<blocks_for(slots, 256), 256, 0, stream>>>(expert, weight, slots, p.keys_in, p.vals_in);
-  err = cub::DeviceRadixSort::SortPairs(p.cub_temp, p.cub_bytes, p.keys_in, p.keys_out, p.vals_in, p.vals_out, slots,
-                                        0, 32 + bits_for(experts), stream);
+  err = cub::DeviceRadixSort::SortPairs(p.cub_temp, p.cub_bytes, p.keys_in, p.keys_out, p.vals_in, p.vals_out, slots, 0,
+                                        32 + bits_for(experts), stream);
   if (err != cudaSuccess) return err;
   probs_mark_kernel<<<blocks_for(slots, 256), 256, 0, stream>>>(p.keys_out, p.vals_out, p.offset, slots, capacity,
                                                                 expert, p.keep_key);
@@ -484,8 +483,8 @@ cudaError_t permute(const bf16* x, const int* row_of_slot, int slots, int topk, 
   return cudaGetLastError();
 }
 
-cudaError_t unpermute_combine(const bf16* expert_out, const int* row_of_slot, const float* weight, int tokens,
-                              int topk, int hidden, bf16* out, cudaStream_t stream) {
+cudaError_t unpermute_combine(const bf16* expert_out, const int* row_of_slot, const float* weight, int tokens, int topk,
+                              int hidden, bf16* out, cudaStream_t stream) {
   if (hidden % 8 != 0) return cudaErrorInvalidValue;
   if (tokens == 0) return cudaSuccess;
   combine_kernel<<<tokens, 128, 0, stream>>>(expert_out, row_of_slot, weight, topk, hidden, out);
@@ -510,8 +509,7 @@ cudaError_t pack_dedup(const bf16* x, const int* key, const int* rank, const int
                        int hidden, bf16* packed, int* token_of_row, cudaStream_t stream) {
   if (hidden % 8 != 0) return cudaErrorInvalidValue;
   if (tokens == 0) return cudaSuccess;
-  pack_dedup_kernel<<<tokens * ranks, 128, 0, stream>>>(x, key, rank, rank_offset, ranks, hidden, packed,
-                                                         token_of_row);
+  pack_dedup_kernel<<<tokens * ranks, 128, 0, stream>>>(x, key, rank, rank_offset, ranks, hidden, packed, token_of_row);
   return cudaGetLastError();
 }
 
