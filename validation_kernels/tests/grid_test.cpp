@@ -4,6 +4,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -70,7 +71,7 @@ TEST_CASE("CSV schema: versioned, unique columns, rows addressed by name") {
   CHECK(kRunsColumns[0] == "schema_version");
   CHECK(csv_escape("a,b") == "\"a,b\"");
   CHECK(csv_escape("say \"x\"") == "\"say \"\"x\"\"\"");
-  const std::string path = "vk_csv_test.csv";
+  const std::string path = (std::filesystem::temp_directory_path() / "vk_csv_test.csv").string();
   {
     CsvWriter w(path, {"a", "b", "c"});
     w.write(CsvRow().set("c", 3).set("a", "x"));
