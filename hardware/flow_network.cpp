@@ -178,11 +178,15 @@ void FlowNetwork::solve_event() {
     if (rho == std::numeric_limits<double>::infinity()) {
       ++stats_.skipped_solves;
     } else {
-      set_scratch_.clear();
       const double cut = rho * (1 - kSatTol);
-      for (FlowIdx g : active_)
-        if (flows_[g].rate >= cut) set_scratch_.push_back(g);
-      solve(set_scratch_, set_scratch_.size() == active_.size());
+      const auto p =
+          static_cast<std::size_t>(std::lower_bound(order_key_.begin(), order_key_.end(), cut) - order_key_.begin());
+      set_scratch_.clear();
+      for (std::size_t k = p; k < order_.size(); ++k)
+        if (flows_[order_[k]].active_pos != kNone) set_scratch_.push_back(order_[k]);
+      order_.resize(p);
+      order_key_.resize(p);
+      solve(set_scratch_, false);
       ++stats_.partial_solves;
     }
   }
@@ -231,6 +235,11 @@ void FlowNetwork::solve(const std::vector<FlowIdx>& set, bool full) {
   // Progressive filling. Keys are (fair share, link id): ties resolve by link id, so the run
   // is deterministic. Shares only grow as flows freeze elsewhere, so a popped key that is
   // smaller than the link's current share is re-inserted instead of updated in place.
+  freeze_order_.clear();
+  if (full) {
+    order_.clear();
+    order_key_.clear();
+  }
   heap_.clear();
   for (LinkId l : touched_) heap_.emplace_back(link_res_[l] / link_cnt_[l], l);
   const auto cmp = std::greater<>();
@@ -256,6 +265,7 @@ void FlowNetwork::solve(const std::vector<FlowIdx>& set, bool full) {
       const FlowIdx f = csr_flows_[k];
       if (flow_stamp_[f] == st) continue;
       flow_stamp_[f] = st;
+      freeze_order_.push_back(f);
       new_num_[f] = res;
       new_den_[f] = cnt;
       Flow& fl = flows_[f];
@@ -274,6 +284,23 @@ void FlowNetwork::solve(const std::vector<FlowIdx>& set, bool full) {
   }
   const std::int64_t now = sim_.now().ps();
   for (FlowIdx f : set) apply_rate(f, new_num_[f], new_den_[f], now);
+  // Append the new suffix in freeze order; drop dead entries when they dominate.
+  double key = order_key_.empty() ? 0.0 : order_key_.back();
+  for (FlowIdx f : freeze_order_) {
+    key = std::max(key, flows_[f].rate);
+    order_.push_back(f);
+    order_key_.push_back(key);
+  }
+  if (order_.size() > 2 * active_.size() + 4096) {
+    std::size_t w = 0;
+    for (std::size_t k = 0; k < order_.size(); ++k)
+      if (flows_[order_[k]].active_pos != kNone) {
+        order_[w] = order_[k];
+        order_key_[w++] = order_key_[k];
+      }
+    order_.resize(w);
+    order_key_.resize(w);
+  }
 }
 
 void FlowNetwork::apply_rate(FlowIdx f, double num, std::uint32_t den, std::int64_t now_ps) {
@@ -372,6 +399,8 @@ void FlowNetwork::maybe_reset() {
   std::fill(saturated_.begin(), saturated_.end(), 0);
   std::fill(max_rate_.begin(), max_rate_.end(), 0.0);
   std::fill(bneck_count_.begin(), bneck_count_.end(), 0U);
+  order_.clear();
+  order_key_.clear();
 }
 
 }  // namespace moesim::hw

@@ -202,6 +202,12 @@ class FlowNetwork {
   std::vector<std::uint32_t> new_den_;
   std::vector<std::pair<double, LinkId>> heap_;
   std::vector<FlowIdx> set_scratch_;
+  /// Flows in the order the last solves froze them, i.e. by nondecreasing rate (key = rate,
+  /// made monotone), so the flows at or above a threshold are a suffix. Finished flows stay as
+  /// dead entries until compaction.
+  std::vector<FlowIdx> order_;
+  std::vector<double> order_key_;
+  std::vector<FlowIdx> freeze_order_;
   std::uint32_t stamp_ = 0;
 
   bool incremental_ = true;
