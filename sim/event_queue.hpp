@@ -8,19 +8,21 @@
 /// and phase run in the order they were scheduled. No pointer, hash order or wall clock enters
 /// the key, hence replays are bit-identical.
 ///
-/// Storage: a 4-ary min-heap of 24-byte keys (cache friendly: one heap node's children share a
-/// cache line pair) pointing into a slab of callback slots that are recycled through a free
-/// list, so a steady-state simulation allocates nothing per event as long as the callback's
-/// captures fit in `kInlineBytes`. Larger callbacks fall back to one heap allocation.
+/// Storage: a 4-ary min-heap of 16-byte entries (a node's four children fill one 64-byte cache
+/// line) pointing into chunked, address-stable callback slots recycled through a free list, so
+/// a steady-state simulation allocates nothing per event as long as the callback's captures fit
+/// in `kInlineBytes` (larger ones fall back to one heap allocation). Callbacks run in place.
 ///
-/// Cancellation is O(1): the slot's generation is bumped and its callback destroyed; the stale
-/// heap entry is skipped when it reaches the top.
+/// Cancellation is O(1): the slot forgets its sequence number and destroys the callback; the
+/// stale heap entry is recognised (sequence mismatch) and skipped when it reaches the top.
 
 #include <cassert>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <new>
+#include <stdexcept>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -94,14 +96,13 @@ class Callback {
     void (*destroy)(void*);
   };
   template <class D>
-  static constexpr Ops inline_ops{
-      [](void* p) { (*std::launder(static_cast<D*>(p)))(); },
-      [](void* dst, void* src) {
-        D* s = std::launder(static_cast<D*>(src));
-        ::new (dst) D(std::move(*s));
-        s->~D();
-      },
-      [](void* p) { std::launder(static_cast<D*>(p))->~D(); }};
+  static constexpr Ops inline_ops{[](void* p) { (*std::launder(static_cast<D*>(p)))(); },
+                                  [](void* dst, void* src) {
+                                    D* s = std::launder(static_cast<D*>(src));
+                                    ::new (dst) D(std::move(*s));
+                                    s->~D();
+                                  },
+                                  [](void* p) { std::launder(static_cast<D*>(p))->~D(); }};
   template <class D>
   static constexpr Ops heap_ops{[](void* p) { (**static_cast<D**>(p))(); },
                                 [](void* dst, void* src) {
@@ -116,34 +117,47 @@ class Callback {
 
 class EventQueue {
  public:
+  /// Capacity limits of the packed 64-bit ordering key (checked, never wrapped).
+  static constexpr int kSlotBits = 22;  ///< up to 4,194,304 simultaneously pending events
+  static constexpr int kSeqBits = 40;   ///< up to 1.1e12 events scheduled per simulation
+  static constexpr std::uint64_t kMaxPending = std::uint64_t{1} << kSlotBits;
+  static constexpr std::uint64_t kMaxScheduled = std::uint64_t{1} << kSeqBits;
+
   EventQueue() { heap_.reserve(1024); }
+  EventQueue(const EventQueue&) = delete;
+  EventQueue& operator=(const EventQueue&) = delete;
 
   /// Schedule `cb` at absolute time `t`. Cost: O(log4 n), no allocation in steady state.
   EventId push(SimTime t, Phase phase, Callback cb) {
+    if (next_seq_ >= kMaxScheduled) throw std::length_error("EventQueue: more than 2^40 events scheduled");
     std::uint32_t slot;
     if (!free_.empty()) {
       slot = free_.back();
       free_.pop_back();
     } else {
-      slot = static_cast<std::uint32_t>(slots_.size());
-      slots_.emplace_back();
+      if (num_slots_ >= kMaxPending) throw std::length_error("EventQueue: more than 2^22 pending events");
+      slot = num_slots_++;
+      if ((slot >> kChunkBits) >= chunks_.size()) chunks_.push_back(std::make_unique<Slot[]>(kChunkSize));
     }
-    Slot& s = slots_[slot];
+    Slot& s = slot_at(slot);
     s.cb = std::move(cb);
-    const std::uint64_t order = (static_cast<std::uint64_t>(phase) << kSeqBits) | (next_seq_++ & kSeqMask);
-    heap_.push_back(Entry{t.ps(), order, slot, s.generation});
+    s.seq = next_seq_;
+    const std::uint64_t key =
+        (static_cast<std::uint64_t>(phase) << (kSeqBits + kSlotBits)) | (next_seq_ << kSlotBits) | slot;
+    ++next_seq_;
+    heap_.push_back(Entry{static_cast<std::uint64_t>(t.ps()) ^ kSignBit, key});
     sift_up(heap_.size() - 1);
     ++live_;
-    return EventId{slot, s.generation};
+    return EventId{slot, static_cast<std::uint32_t>(s.seq)};
   }
 
   /// Cancel a pending event. Returns false if it already ran or was cancelled.
   bool cancel(EventId id) {
-    if (!id.valid() || id.slot >= slots_.size()) return false;
-    Slot& s = slots_[id.slot];
-    if (s.generation != id.generation || !s.cb) return false;
+    if (!id.valid() || id.slot >= num_slots_) return false;
+    Slot& s = slot_at(id.slot);
+    if (static_cast<std::uint32_t>(s.seq) != id.generation || !s.cb || s.running) return false;
     s.cb.reset();
-    ++s.generation;  // the heap entry becomes stale; its slot is freed when popped
+    s.seq = kNoSeq;  // the heap entry becomes stale; its slot is freed when popped
     --live_;
     return true;
   }
@@ -152,21 +166,30 @@ class EventQueue {
   std::size_t size() const { return live_; }
   bool empty() const { return live_ == 0; }
 
-  /// Pops the earliest live event into (t, cb). Returns false when none is left.
-  bool pop(SimTime& t, Callback& cb) {
+  /// Runs the earliest live event if its time is <= limit: sets `now` to its time first, then
+  /// invokes the callback in place (no move). Returns false when none is due.
+  template <class SetNow>
+  bool run_next(SimTime limit, SetNow&& set_now) {
     while (!heap_.empty()) {
       const Entry top = heap_[0];
-      pop_top();
-      Slot& s = slots_[top.slot];
-      if (s.generation != top.generation) {  // cancelled: recycle the slot now
-        free_.push_back(top.slot);
+      const auto slot = static_cast<std::uint32_t>(top.key & kSlotMask);
+      Slot& s = slot_at(slot);
+      if (s.seq != ((top.key >> kSlotBits) & kSeqMask)) {  // cancelled: recycle the slot now
+        pop_top();
+        free_.push_back(slot);
         continue;
       }
-      t = SimTime::from_ps(top.time);
-      cb = std::move(s.cb);
-      ++s.generation;
-      free_.push_back(top.slot);
+      const SimTime t = SimTime::from_ps(static_cast<std::int64_t>(top.time ^ kSignBit));
+      if (t > limit) return false;
+      pop_top();
+      set_now(t);
       --live_;
+      s.running = true;
+      s.cb();  // may push new events: slots live in stable chunks, so `s` stays valid
+      s.running = false;
+      s.cb.reset();
+      s.seq = kNoSeq;
+      free_.push_back(slot);
       return true;
     }
     return false;
@@ -176,9 +199,11 @@ class EventQueue {
   SimTime peek_time() {
     while (!heap_.empty()) {
       const Entry& top = heap_[0];
-      if (slots_[top.slot].generation == top.generation) return SimTime::from_ps(top.time);
-      free_.push_back(top.slot);
+      const auto slot = static_cast<std::uint32_t>(top.key & kSlotMask);
+      if (slot_at(slot).seq == ((top.key >> kSlotBits) & kSeqMask))
+        return SimTime::from_ps(static_cast<std::int64_t>(top.time ^ kSignBit));
       pop_top();
+      free_.push_back(slot);
     }
     return SimTime::max();
   }
@@ -186,20 +211,29 @@ class EventQueue {
   std::uint64_t scheduled_total() const { return next_seq_; }
 
  private:
-  static constexpr int kSeqBits = 56;
+  static constexpr std::uint64_t kSignBit = std::uint64_t{1} << 63;  // maps int64 order onto uint64
+  static constexpr std::uint64_t kSlotMask = (std::uint64_t{1} << kSlotBits) - 1;
   static constexpr std::uint64_t kSeqMask = (std::uint64_t{1} << kSeqBits) - 1;
+  static constexpr std::uint64_t kNoSeq = ~std::uint64_t{0};
+  static constexpr int kChunkBits = 12;
+  static constexpr std::size_t kChunkSize = std::size_t{1} << kChunkBits;
 
+  /// 16 bytes: biased time, then (phase | sequence | slot). Sequence numbers are unique, so
+  /// the slot bits never decide an order; they only locate the callback.
   struct Entry {
-    std::int64_t time;
-    std::uint64_t order;  // phase in the top 8 bits, insertion sequence below
-    std::uint32_t slot;
-    std::uint32_t generation;
-    bool operator<(const Entry& o) const { return time < o.time || (time == o.time && order < o.order); }
+    std::uint64_t time;
+    std::uint64_t key;
+    bool operator<(const Entry& o) const {
+      return (static_cast<uint128>(time) << 64 | key) < (static_cast<uint128>(o.time) << 64 | o.key);
+    }
   };
   struct Slot {
     Callback cb;
-    std::uint32_t generation = 0;
+    std::uint64_t seq = kNoSeq;
+    bool running = false;
   };
+
+  Slot& slot_at(std::uint32_t i) { return chunks_[i >> kChunkBits][i & (kChunkSize - 1)]; }
 
   void sift_up(std::size_t i) {
     const Entry e = heap_[i];
@@ -232,7 +266,8 @@ class EventQueue {
   }
 
   std::vector<Entry> heap_;
-  std::vector<Slot> slots_;
+  std::vector<std::unique_ptr<Slot[]>> chunks_;
+  std::uint32_t num_slots_ = 0;
   std::vector<std::uint32_t> free_;
   std::uint64_t next_seq_ = 0;
   std::size_t live_ = 0;

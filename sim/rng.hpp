@@ -13,6 +13,8 @@
 #include <cstdint>
 #include <string_view>
 
+#include "sim/time.hpp"
+
 namespace moesim::sim {
 
 /// 64-bit FNV-1a; stable across platforms, used to turn stream names into seeds.
@@ -71,12 +73,12 @@ class Rng {
 
   /// Unbiased integer in [0, n), n > 0 (Lemire's multiply-and-reject method).
   std::uint64_t uniform_int(std::uint64_t n) {
-    unsigned __int128 m = static_cast<unsigned __int128>((*this)()) * n;
+    uint128 m = static_cast<uint128>((*this)()) * n;
     auto low = static_cast<std::uint64_t>(m);
     if (low < n) {
       const std::uint64_t threshold = (0 - n) % n;
       while (low < threshold) {
-        m = static_cast<unsigned __int128>((*this)()) * n;
+        m = static_cast<uint128>((*this)()) * n;
         low = static_cast<std::uint64_t>(m);
       }
     }

@@ -51,15 +51,7 @@ class Simulation {
   /// Run events with time <= `limit`; the clock ends at the last executed event's time.
   std::uint64_t run_until(SimTime limit) {
     std::uint64_t n = 0;
-    SimTime t;
-    Callback cb;
-    while (!stopped_) {
-      if (queue_.peek_time() > limit) break;
-      if (!queue_.pop(t, cb)) break;
-      now_ = t;
-      cb();
-      ++n;
-    }
+    while (!stopped_ && queue_.run_next(limit, [this](SimTime t) { now_ = t; })) ++n;
     executed_ += n;
     stopped_ = false;
     return n;

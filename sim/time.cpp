@@ -1,7 +1,7 @@
 #include "sim/time.hpp"
 
-#include <cmath>
 #include <fmt/format.h>
+#include <cmath>
 
 namespace moesim::sim {
 
@@ -19,7 +19,7 @@ SimTime duration_for(double amount, double rate_per_second) {
   if (amount == 0) return SimTime::zero();
 
   if (is_small_integer(amount) && is_small_integer(rate_per_second)) {
-    using u128 = unsigned __int128;
+    using u128 = uint128;
     const u128 num = static_cast<u128>(static_cast<std::uint64_t>(amount)) * 1'000'000'000'000ULL;
     const u128 den = static_cast<std::uint64_t>(rate_per_second);
     const u128 q = (num + den - 1) / den;
@@ -45,7 +45,8 @@ std::string to_string(SimTime t) {
       std::int64_t frac = ps % u.scale;
       if (frac == 0) return fmt::format("{}{}", whole, u.name);
       if (frac < 0) frac = -frac;
-      std::string digits = fmt::format("{:0{}}", frac, static_cast<int>(std::log10(static_cast<double>(u.scale)) + 0.5));
+      std::string digits =
+          fmt::format("{:0{}}", frac, static_cast<int>(std::log10(static_cast<double>(u.scale)) + 0.5));
       while (!digits.empty() && digits.back() == '0') digits.pop_back();
       return fmt::format("{}{}.{}{}", ps < 0 && whole == 0 ? "-" : "", whole, digits, u.name);
     }

@@ -17,6 +17,9 @@
 
 namespace moesim::sim {
 
+/// 128-bit unsigned integer for exact intermediate products (GCC/Clang extension).
+__extension__ typedef unsigned __int128 uint128;
+
 /// Thrown when a time computation leaves the representable range.
 class TimeOverflow : public std::overflow_error {
  public:

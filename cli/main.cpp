@@ -1,0 +1,212 @@
+/// The `moesim` command line: run, validate, describe, --version.
+///
+/// Exit codes (CONVENTIONS.md): 0 ok; 1 simulation/runtime failure; 2 usage or configuration
+/// error; 3 sweep finished with some failed runs. Results go to stdout or files; diagnostics
+/// and progress go to stderr.
+
+#include <fmt/format.h>
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <exception>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "config/reader.hpp"
+#include "engine/scenario.hpp"
+#include "models/model_spec.hpp"
+#include "models/router.hpp"
+#include "sim/units.hpp"
+
+namespace {
+
+constexpr int kExitOk = 0;
+constexpr int kExitRuntime = 1;
+constexpr int kExitConfig = 2;
+
+using moesim::engine::Scenario;
+
+void print_summary(const Scenario& s, std::FILE* out) {
+  const auto& p = s.parallel;
+  const auto& w = s.workload;
+  fmt::print(out, "scenario   {} ({})\n", s.name, s.file);
+  fmt::print(out, "seed       {}\n", s.seed);
+  fmt::print(out, "parallel   dp={} tp={} ep={} pp={} micro_batches={} (world {})\n", p.dp, p.tp, p.ep, p.pp,
+             p.micro_batches, p.world());
+  fmt::print(out, "workload   {}", moesim::engine::to_string(w.mode));
+  if (w.tokens_per_step() > 0) fmt::print(out, ", {} tokens/step", w.tokens_per_step());
+  if (w.collective)
+    fmt::print(out, ", {} of {} ({})", moesim::engine::to_string(w.collective->op),
+               moesim::sim::format_bytes(w.collective->bytes), w.collective->algorithm);
+  fmt::print(out, "\nnetwork    {}\n", moesim::engine::to_string(s.network.model));
+}
+
+/// Routing-only run: sample the step's routing and report per-layer drop and imbalance.
+void run_routing(const Scenario& s, nlohmann::ordered_json& j) {
+  namespace m = moesim::models;
+  m::RouteRequest req;
+  req.tokens_per_group = s.tokens_per_group();
+  req.groups = static_cast<int>(s.routing_groups());
+  req.seed = s.seed;
+  req.ep_ranks = s.parallel.ep;
+  req.keep_assignments = false;
+  std::optional<m::RoutingTrace> trace;
+  if (s.routing.distribution == m::Distribution::kTrace)
+    trace = m::load_routing_trace(s.routing.trace_file, s.model, s.routing.top_k);
+  const m::StepRouting step = m::route_step(s.model, s.routing, req, trace ? &*trace : nullptr);
+  std::ostringstream os;
+  m::format_routing_summary(os, s.model, s.routing, step);
+  std::fputs(os.str().c_str(), stdout);
+  auto& r = j["routing"];
+  r["sampling_mode"] = m::to_string(step.mode);
+  r["groups"] = step.groups;
+  r["tokens_per_group"] = step.tokens_per_group;
+  r["drop_fraction"] = step.drop_fraction;
+  r["padded_fraction"] = step.padded_fraction;
+  r["max_over_mean_load"] = step.max_over_mean;
+  auto& layers = r["layers"];
+  layers = nlohmann::ordered_json::array();
+  for (const auto& l : step.layers) {
+    const auto& st = l.stats;
+    layers.push_back(
+        {{"layer", l.layer},
+         {"routed", st.routed},
+         {"kept", st.kept},
+         {"dropped", st.dropped},
+         {"padded", st.padded},
+         {"drop_fraction", st.drop_fraction},
+         {"fully_dropped_fraction",
+          st.fully_dropped_tokens < 0 ? nlohmann::ordered_json() : nlohmann::ordered_json(st.fully_dropped_fraction)},
+         {"padded_fraction", st.padded_fraction},
+         {"max_over_mean_load", st.max_over_mean},
+         {"cv", st.cv},
+         {"gini", st.gini},
+         {"aux_loss", st.aux_loss},
+         {"entropy_normalized", st.entropy_normalized},
+         {"expert_routed", st.expert_routed}});
+  }
+}
+
+nlohmann::ordered_json summary_json(const Scenario& s) {
+  nlohmann::ordered_json j;
+  j["moesim_version"] = MOESIM_VERSION;
+  j["scenario"] = s.name;
+  j["seed"] = s.seed;
+  j["parallel"] = {{"dp", s.parallel.dp},
+                   {"tp", s.parallel.tp},
+                   {"ep", s.parallel.ep},
+                   {"pp", s.parallel.pp},
+                   {"micro_batches", s.parallel.micro_batches}};
+  j["workload"] = {{"mode", moesim::engine::to_string(s.workload.mode)},
+                   {"tokens_per_step", s.workload.tokens_per_step()}};
+  if (s.has_model) {
+    const auto pc = moesim::models::count_params(s.model);
+    j["model"] = {{"name", s.model.name}, {"params_total", pc.params_total()}, {"params_active", pc.params_active()}};
+  }
+  return j;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"moesim: discrete-event simulator and cost model for Mixture-of-Experts GPU systems"};
+  app.require_subcommand(0, 1);
+  bool show_version = false;
+  app.add_flag("--version", show_version, "print the version and exit");
+
+  // run
+  auto* run = app.add_subcommand("run", "load a scenario, simulate it, print a summary");
+  std::string run_file;
+  std::vector<std::string> run_sets;
+  std::optional<std::uint64_t> run_seed;
+  std::string run_json;
+  run->add_option("scenario", run_file, "scenario YAML")->required();
+  run->add_option("--set", run_sets, "override a value: key.path=value (repeatable)");
+  run->add_option("--seed", run_seed, "replace the scenario's seed");
+  run->add_option("--json", run_json, "write the JSON report to this file ('-' for stdout)");
+
+  // validate
+  auto* validate = app.add_subcommand("validate", "parse and check a scenario; report every error");
+  std::string val_file;
+  std::vector<std::string> val_sets;
+  validate->add_option("scenario", val_file, "scenario YAML")->required();
+  validate->add_option("--set", val_sets, "override a value: key.path=value (repeatable)");
+
+  // describe
+  auto* describe = app.add_subcommand("describe", "print the catalogs and registries");
+  std::vector<std::string> describe_what;
+  describe->add_option("what", describe_what, "gpus | models | units | KIND NAME");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);
+    return kExitConfig;
+  }
+
+  if (show_version) {
+    fmt::print("moesim {}\n", MOESIM_VERSION);
+    return kExitOk;
+  }
+
+  try {
+    if (*run) {
+      const Scenario s = moesim::engine::load_scenario(run_file, {run_sets, run_seed});
+      print_summary(s, stdout);
+      nlohmann::ordered_json report = summary_json(s);
+      if (s.has_model && s.model.experts > 0 && s.workload.mode != moesim::engine::WorkloadMode::kCollective)
+        run_routing(s, report);
+      if (!run_json.empty()) {
+        const std::string text = report.dump(2) + "\n";
+        if (run_json == "-") {
+          std::fputs(text.c_str(), stdout);
+        } else {
+          std::ofstream f(run_json);
+          if (!f || !(f << text)) {
+            fmt::print(stderr, "moesim: cannot write {}\n", run_json);
+            return kExitRuntime;
+          }
+        }
+      }
+      return kExitOk;
+    }
+    if (*validate) {
+      const Scenario s = moesim::engine::load_scenario(val_file, {val_sets, std::nullopt});
+      fmt::print("{}: ok (scenario '{}')\n", val_file, s.name);
+      return kExitOk;
+    }
+    if (*describe) {
+      if (describe_what.empty() || describe_what[0] == "units") {
+        for (auto f : {moesim::sim::UnitFamily::kBytes, moesim::sim::UnitFamily::kBandwidth,
+                       moesim::sim::UnitFamily::kTime, moesim::sim::UnitFamily::kFlopRate})
+          fmt::print("{:<12} {}\n", moesim::sim::family_name(f), moesim::sim::accepted_units(f));
+        return kExitOk;
+      }
+      if (describe_what[0] == "models") {
+        std::ostringstream os;
+        moesim::models::describe_models(os);
+        std::fputs(os.str().c_str(), stdout);
+        return kExitOk;
+      }
+      fmt::print(stderr, "moesim describe: unknown kind '{}' (known: units, models)\n", describe_what[0]);
+      return kExitConfig;
+    }
+    std::fputs(app.help().c_str(), stdout);
+    return kExitOk;
+  } catch (const moesim::config::ConfigError& e) {
+    fmt::print(stderr, "{}\n", e.what());
+    return kExitConfig;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "moesim: error: {}\n", e.what());
+    return kExitRuntime;
+  }
+}

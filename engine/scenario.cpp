@@ -1,0 +1,261 @@
+#include "engine/scenario.hpp"
+
+#include <fmt/format.h>
+
+#include <filesystem>
+
+#include "models/model_spec.hpp"
+#include "models/routing_spec.hpp"
+
+namespace moesim::engine {
+
+using config::Node;
+using config::Range;
+
+const char* to_string(WorkloadMode m) {
+  switch (m) {
+    case WorkloadMode::kTrain:
+      return "train";
+    case WorkloadMode::kPrefill:
+      return "prefill";
+    case WorkloadMode::kDecode:
+      return "decode";
+    case WorkloadMode::kRouting:
+      return "routing";
+    case WorkloadMode::kCollective:
+      return "collective";
+  }
+  return "?";
+}
+
+const char* to_string(CollectiveOp op) {
+  switch (op) {
+    case CollectiveOp::kAllToAll:
+      return "all_to_all";
+    case CollectiveOp::kAllReduce:
+      return "all_reduce";
+    case CollectiveOp::kAllGather:
+      return "all_gather";
+    case CollectiveOp::kReduceScatter:
+      return "reduce_scatter";
+    case CollectiveOp::kSendRecv:
+      return "send_recv";
+  }
+  return "?";
+}
+
+const char* to_string(NetworkModel m) { return m == NetworkModel::kFlow ? "flow" : "analytical"; }
+
+std::int64_t WorkloadSpec::tokens_per_step() const {
+  switch (mode) {
+    case WorkloadMode::kTrain:
+    case WorkloadMode::kRouting:
+      return seq_len * global_batch;
+    case WorkloadMode::kPrefill:
+      return batch * prompt_len;
+    case WorkloadMode::kDecode:
+      return batch;
+    case WorkloadMode::kCollective:
+      return 0;
+  }
+  return 0;
+}
+
+std::int64_t Scenario::routing_groups() const {
+  switch (workload.mode) {
+    case WorkloadMode::kTrain:
+    case WorkloadMode::kRouting:
+      return static_cast<std::int64_t>(parallel.dp) * parallel.micro_batches;
+    case WorkloadMode::kPrefill:
+    case WorkloadMode::kDecode:
+      return parallel.dp;
+    case WorkloadMode::kCollective:
+      return 0;
+  }
+  return 0;
+}
+
+std::int64_t Scenario::tokens_per_group() const {
+  const std::int64_t g = routing_groups();
+  return g > 0 ? workload.tokens_per_step() / g : 0;
+}
+
+namespace {
+
+constexpr std::int64_t kMaxCount = std::int64_t{1} << 40;
+
+ParallelSpec parse_parallel(const Node& n) {
+  ParallelSpec p;
+  if (!n.defined()) return p;
+  const Range r = Range::between(1, 1 << 20);
+  p.dp = static_cast<int>(n.opt_int("dp", 1, r));
+  p.tp = static_cast<int>(n.opt_int("tp", 1, r));
+  p.ep = static_cast<int>(n.opt_int("ep", 1, r));
+  p.pp = static_cast<int>(n.opt_int("pp", 1, r));
+  p.micro_batches = static_cast<int>(n.opt_int("micro_batches", 1, r));
+  n.finish();
+  // Megatron-Core forms expert-parallel groups out of the dp x tp ranks of one stage.
+  if (p.ep > 0 && p.dp > 0 && p.tp > 0 && (p.dp * p.tp) % p.ep != 0)
+    n.error_at("ep", fmt::format("ep={} must divide dp*tp={} (expert-parallel groups are carved out of the data- and "
+                                 "tensor-parallel ranks of a pipeline stage)",
+                                 p.ep, p.dp * p.tp));
+  if (p.pp > 1 && p.micro_batches < p.pp)
+    n.error_at(
+        "micro_batches",
+        fmt::format("micro_batches={} is less than pp={}: a 1F1B pipeline needs at least one micro-batch per stage",
+                    p.micro_batches, p.pp));
+  return p;
+}
+
+CollectiveSpec parse_collective(const Node& n) {
+  CollectiveSpec c;
+  const std::string op = n.req_choice("op", {"all_to_all", "all_reduce", "all_gather", "reduce_scatter", "send_recv"});
+  if (op == "all_to_all") c.op = CollectiveOp::kAllToAll;
+  if (op == "all_reduce") c.op = CollectiveOp::kAllReduce;
+  if (op == "all_gather") c.op = CollectiveOp::kAllGather;
+  if (op == "reduce_scatter") c.op = CollectiveOp::kReduceScatter;
+  if (op == "send_recv") c.op = CollectiveOp::kSendRecv;
+  c.bytes = n.req_bytes("bytes").value;
+  std::vector<std::string> algos;
+  std::string dflt;
+  switch (c.op) {
+    case CollectiveOp::kAllToAll:
+      algos = {"direct", "hierarchical"}, dflt = "direct";
+      break;
+    case CollectiveOp::kAllReduce:
+      algos = {"ring", "tree"}, dflt = "ring";
+      break;
+    default:
+      algos = {"ring"}, dflt = "ring";
+      break;
+  }
+  c.algorithm = n.opt_choice("algorithm", algos, dflt);
+  n.finish();
+  return c;
+}
+
+WorkloadSpec parse_workload(const Node& n) {
+  WorkloadSpec w;
+  if (!n.defined()) {
+    n.error("required section is missing (workload: {mode: train|prefill|decode|routing|collective, ...})");
+    return w;
+  }
+  const std::string mode = n.req_choice("mode", {"train", "prefill", "decode", "routing", "collective"});
+  const Range count = Range::between(1, static_cast<double>(kMaxCount));
+  if (mode == "train" || mode == "routing") {
+    w.mode = mode == "train" ? WorkloadMode::kTrain : WorkloadMode::kRouting;
+    w.seq_len = n.req_int("seq_len", count);
+    w.global_batch = n.req_int("global_batch", count);
+    if (mode == "train") w.recompute = n.opt_bool("recompute", false);
+  } else if (mode == "prefill") {
+    w.mode = WorkloadMode::kPrefill;
+    w.batch = n.req_int("batch", count);
+    w.prompt_len = n.req_int("prompt_len", count);
+  } else if (mode == "decode") {
+    w.mode = WorkloadMode::kDecode;
+    w.batch = n.req_int("batch", count);
+    w.context_len = n.req_int("context_len", count);
+  } else if (mode == "collective") {
+    w.mode = WorkloadMode::kCollective;
+    const Node c = n.child("collective");
+    if (!c.defined())
+      n.error_at("collective", "required for mode: collective (e.g. collective: {op: all_to_all, bytes: 1MiB})");
+    else
+      w.collective = parse_collective(c);
+  } else {
+    // Unknown mode (already reported): do not pile unknown-key errors on top of it.
+    n.finish({"seq_len", "global_batch", "recompute", "batch", "prompt_len", "context_len", "collective"});
+    return w;
+  }
+  n.finish();
+  return w;
+}
+
+NetworkSpec parse_network(const Node& n) {
+  NetworkSpec s;
+  if (!n.defined()) return s;
+  s.model =
+      n.opt_choice("model", {"flow", "analytical"}, "flow") == "flow" ? NetworkModel::kFlow : NetworkModel::kAnalytical;
+  n.finish();
+  return s;
+}
+
+}  // namespace
+
+Scenario parse_scenario(const config::Document& doc, std::optional<std::uint64_t> seed_override) {
+  config::Diagnostics diags;
+  const Node root = doc.root(diags);
+  Scenario s;
+  s.file = doc.file();
+  if (!root.is_map()) {
+    root.error("a scenario must be a mapping with keys name, model, cluster, parallel, workload, routing, network");
+    diags.throw_if_any();
+  }
+  s.name = root.req_string("name");
+  s.seed = static_cast<std::uint64_t>(root.opt_int("seed", 0, Range::non_negative()));
+  if (seed_override) s.seed = *seed_override;
+  s.parallel = parse_parallel(root.child("parallel"));
+  s.workload = parse_workload(root.child("workload"));
+  s.network = parse_network(root.child("network"));
+
+  // model: a catalog name or an inline block (parsed by models/).
+  const Node model = root.child("model");
+  const bool needs_model = s.workload.mode != WorkloadMode::kCollective;
+  if (model.defined()) {
+    if (model.is_scalar()) {
+      const std::string name = model.as_string();
+      static const std::vector<models::ModelSpec> catalog = models::load_default_model_catalog();
+      if (const models::ModelSpec* m = models::find_model(catalog, name)) {
+        s.model = *m;
+        s.has_model = true;
+      } else {
+        std::vector<std::string> names;
+        for (const auto& c : catalog) names.push_back(c.name);
+        std::string msg = fmt::format("unknown model '{}'", name);
+        if (auto dym = config::did_you_mean(name, names)) msg += fmt::format(" (did you mean '{}'?)", *dym);
+        msg += "; `moesim describe models` lists the catalog, or write an inline model block";
+        model.error(msg);
+      }
+    } else {
+      const std::size_t before = diags.size();
+      s.model = models::parse_model(model);
+      s.has_model = diags.size() == before;
+    }
+  } else if (needs_model) {
+    root.error_at("model", "required key is missing (a catalog name such as mixtral-8x7b, or an inline block)");
+  }
+
+  // routing: parsed against the model (its defaults come from the model's router config).
+  const Node routing = root.child("routing");
+  if (s.has_model) {
+    s.routing = models::parse_routing(routing, s.model);
+    if (s.routing.distribution == models::Distribution::kTrace && !s.routing.trace_file.empty()) {
+      // Relative trace paths are relative to the scenario file, not the working directory.
+      const std::filesystem::path tp(s.routing.trace_file);
+      if (tp.is_relative() && !s.file.empty())
+        s.routing.trace_file = (std::filesystem::path(s.file).parent_path() / tp).lexically_normal().string();
+    }
+  }
+
+  // Cross-checks between sections (only meaningful when each section parsed).
+  if (s.has_model && s.model.experts > 0 && s.workload.mode != WorkloadMode::kCollective) {
+    if (auto why = models::placement_problem(s.model.experts, s.parallel.ep, s.routing.redundant_experts))
+      root.child("parallel").error_at("ep", *why);
+    const std::int64_t groups = s.routing_groups();
+    if (groups > 0 && s.workload.tokens_per_step() % groups != 0)
+      root.error_at("workload", fmt::format("{} tokens per step do not split evenly into {} routing groups "
+                                            "(dp x micro_batches for training)",
+                                            s.workload.tokens_per_step(), groups));
+  }
+  root.finish({"cluster"});
+  diags.throw_if_any();
+  return s;
+}
+
+Scenario load_scenario(const std::string& path, const LoadOptions& opts) {
+  config::Document doc = config::Document::load_file(path);
+  for (const auto& o : opts.overrides) doc.apply_override(o);
+  return parse_scenario(doc, opts.seed);
+}
+
+}  // namespace moesim::engine

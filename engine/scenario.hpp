@@ -1,0 +1,90 @@
+#pragma once
+/// \file
+/// A scenario: everything one `moesim run` needs, parsed once from YAML into plain structs.
+///
+/// Sections (see scenarios/*.yaml and docs/scenario.md):
+///   name, seed, model, cluster, parallel, workload, routing, network
+/// Each subsystem parses its own section (hardware: cluster; models: model and routing); this
+/// file owns the top level and the parallel, workload and network sections, then cross-checks
+/// them (world size vs GPU count, EP vs experts...). All problems are reported together.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "config/reader.hpp"
+#include "models/model_spec.hpp"
+#include "models/routing_spec.hpp"
+
+namespace moesim::engine {
+
+struct ParallelSpec {
+  int dp = 1;  ///< data-parallel replicas
+  int tp = 1;  ///< tensor-parallel width (attention and dense layers)
+  int ep = 1;  ///< expert-parallel width; carved out of dp x tp as in Megatron-Core
+  int pp = 1;  ///< pipeline stages
+  int micro_batches = 1;
+  int world() const { return dp * tp * pp; }
+};
+
+enum class WorkloadMode { kTrain, kPrefill, kDecode, kRouting, kCollective };
+const char* to_string(WorkloadMode m);
+
+enum class CollectiveOp { kAllToAll, kAllReduce, kAllGather, kReduceScatter, kSendRecv };
+const char* to_string(CollectiveOp op);
+
+struct CollectiveSpec {
+  CollectiveOp op = CollectiveOp::kAllToAll;
+  double bytes = 0;       ///< all-to-all: per (src, dst) pair; others: per-GPU buffer size
+  std::string algorithm;  ///< direct | hierarchical (all-to-all); ring | tree (all-reduce)
+};
+
+struct WorkloadSpec {
+  WorkloadMode mode = WorkloadMode::kTrain;
+  std::int64_t seq_len = 0;       ///< train / routing: tokens per sequence
+  std::int64_t global_batch = 0;  ///< train / routing: sequences per step (all DP replicas)
+  std::int64_t batch = 0;         ///< prefill / decode: concurrent sequences
+  std::int64_t prompt_len = 0;    ///< prefill
+  std::int64_t context_len = 0;   ///< decode: tokens already in the KV cache
+  bool recompute = false;         ///< train: activation recomputation
+  std::optional<CollectiveSpec> collective;
+  /// Tokens processed by one step across the whole cluster.
+  std::int64_t tokens_per_step() const;
+};
+
+enum class NetworkModel { kFlow, kAnalytical };
+const char* to_string(NetworkModel m);
+
+struct NetworkSpec {
+  NetworkModel model = NetworkModel::kFlow;
+};
+
+struct Scenario {
+  std::string name;
+  std::string file;
+  std::uint64_t seed = 0;
+  bool has_model = false;  ///< false only for collective-only workloads without a model
+  models::ModelSpec model;
+  models::RoutingSpec routing;
+  ParallelSpec parallel;
+  WorkloadSpec workload;
+  NetworkSpec network;
+
+  /// Routing groups of one step and tokens per group: by default the tokens of one data-
+  /// parallel rank's micro-batch (as Megatron-Core and DeepSpeed route before dispatch).
+  std::int64_t routing_groups() const;
+  std::int64_t tokens_per_group() const;
+};
+
+struct LoadOptions {
+  std::vector<std::string> overrides;  ///< "--set key.path=value", applied in order
+  std::optional<std::uint64_t> seed;   ///< --seed replaces the scenario's seed
+};
+
+/// Parse and validate; throws config::ConfigError listing every problem.
+Scenario parse_scenario(const config::Document& doc, std::optional<std::uint64_t> seed_override = std::nullopt);
+/// Load a file, apply overrides, parse and validate.
+Scenario load_scenario(const std::string& path, const LoadOptions& opts = {});
+
+}  // namespace moesim::engine

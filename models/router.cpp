@@ -1,0 +1,749 @@
+#include "models/router.hpp"
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <fstream>
+#include <limits>
+#include <numeric>
+#include <ostream>
+#include <sstream>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+#include "config/reader.hpp"
+#include "sim/rng.hpp"
+
+namespace moesim::models {
+
+// ---------------------------------------------------------------------------------------------
+// Capacity
+// ---------------------------------------------------------------------------------------------
+
+std::int64_t expert_capacity(std::int64_t tokens, int top_k, int experts, std::optional<double> cf,
+                             std::int64_t min_capacity) {
+  if (!cf) return kDropless;
+  if (experts <= 0 || top_k <= 0 || *cf <= 0) throw std::invalid_argument("expert_capacity: bad arguments");
+  const long double x = static_cast<long double>(*cf) * static_cast<long double>(tokens) *
+                        static_cast<long double>(top_k) / static_cast<long double>(experts);
+  const long double nearest = std::nearbyint(x);
+  const long double c = std::fabs(x - nearest) <= 1e-9L * std::max(1.0L, std::fabs(x)) ? nearest : std::ceil(x);
+  return std::max(min_capacity, static_cast<std::int64_t>(c));
+}
+
+double expected_uniform_drop_fraction(std::int64_t tokens, int top_k, int experts, std::int64_t capacity) {
+  if (capacity == kDropless || tokens <= 0) return 0.0;
+  const long double p = static_cast<long double>(top_k) / experts;
+  const long double lp = std::log(p), lq = std::log1p(-p);
+  const long double lgn = std::lgamma(static_cast<long double>(tokens) + 1);
+  long double excess = 0;
+  for (std::int64_t x = capacity + 1; x <= tokens; ++x) {
+    const long double lpmf = lgn - std::lgamma(static_cast<long double>(x) + 1) -
+                             std::lgamma(static_cast<long double>(tokens - x) + 1) + x * lp + (tokens - x) * lq;
+    const long double term = static_cast<long double>(x - capacity) * std::exp(lpmf);
+    excess += term;
+    if (x > tokens * p + 10 && term < 1e-30L) break;
+  }
+  return static_cast<double>(excess * experts / (static_cast<long double>(tokens) * top_k));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Popularity
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+std::vector<double> shape_by_rank(Distribution d, int E, double alpha, int hot_count, double hot_share) {
+  std::vector<double> w(static_cast<std::size_t>(E), 1.0 / E);
+  if (d == Distribution::kPowerLaw) {
+    double sum = 0;
+    for (int r = 0; r < E; ++r) sum += w[static_cast<std::size_t>(r)] = std::pow(r + 1.0, -alpha);
+    for (auto& x : w) x /= sum;
+  } else if (d == Distribution::kHotExperts && hot_count < E) {
+    for (int r = 0; r < E; ++r)
+      w[static_cast<std::size_t>(r)] = r < hot_count ? hot_share / hot_count : (1.0 - hot_share) / (E - hot_count);
+  }
+  return w;
+}
+
+std::vector<int> permutation(int n, sim::Rng& rng) {
+  std::vector<int> perm(static_cast<std::size_t>(n));
+  std::iota(perm.begin(), perm.end(), 0);
+  for (int i = n - 1; i > 0; --i)
+    std::swap(perm[static_cast<std::size_t>(i)], perm[rng.uniform_int(static_cast<std::uint64_t>(i) + 1)]);
+  return perm;
+}
+
+std::vector<double> permuted(const std::vector<double>& shape, sim::Rng rng) {
+  const auto perm = permutation(static_cast<int>(shape.size()), rng);
+  std::vector<double> p(shape.size());
+  for (std::size_t r = 0; r < shape.size(); ++r) p[static_cast<std::size_t>(perm[r])] = shape[r];
+  return p;
+}
+
+}  // namespace
+
+std::vector<double> expert_popularity(const RoutingSpec& s, int layer, int step, std::uint64_t seed) {
+  const int E = s.experts;
+  Distribution shape_kind = s.distribution;
+  double alpha = s.alpha;
+  if (s.distribution == Distribution::kDirichlet) {
+    shape_kind = s.dirichlet_base_alpha ? Distribution::kPowerLaw : Distribution::kUniform;
+    alpha = s.dirichlet_base_alpha.value_or(0.0);
+  }
+  const auto shape = shape_by_rank(shape_kind, E, alpha, s.hot_count, s.hot_share);
+  std::vector<double> p = shape;
+  if (shape_kind == Distribution::kPowerLaw || shape_kind == Distribution::kHotExperts) {
+    p = permuted(shape, sim::Rng(seed, fmt::format("routing/popularity/layer/{}", layer)));
+    if (s.layer_correlation > 0) {
+      const auto shared = permuted(shape, sim::Rng(seed, "routing/popularity/shared"));
+      for (std::size_t e = 0; e < p.size(); ++e)
+        p[e] = s.layer_correlation * shared[e] + (1.0 - s.layer_correlation) * p[e];
+    }
+  }
+  if (s.distribution == Distribution::kDirichlet) {
+    sim::Rng rng(seed, fmt::format("routing/step/{}/layer/{}/dirichlet", step, layer));
+    double sum = 0;
+    for (auto& x : p) sum += x = rng.gamma(s.concentration * E * x);
+    for (auto& x : p) x /= sum;
+  }
+  return p;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Trace
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+[[noreturn]] void trace_error(const std::string& file, int line, const std::string& msg) {
+  config::Diagnostics d;
+  d.error(config::Location{file, line, 0}, "routing.trace", msg);
+  d.throw_if_any();
+  throw std::logic_error("unreachable");
+}
+
+std::vector<std::string> split_csv(const std::string& line) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (char c : line) {
+    if (c == ',') {
+      out.push_back(cur);
+      cur.clear();
+    } else if (c != ' ' && c != '\t' && c != '\r') {
+      cur.push_back(c);
+    }
+  }
+  out.push_back(cur);
+  return out;
+}
+
+bool parse_int(const std::string& s, long long& v) {
+  if (s.empty()) return false;
+  std::size_t pos = 0;
+  try {
+    v = std::stoll(s, &pos);
+  } catch (...) {
+    return false;
+  }
+  return pos == s.size();
+}
+
+}  // namespace
+
+RoutingTrace load_routing_trace(const std::string& file, const ModelSpec& model, int top_k) {
+  std::ifstream in(file);
+  if (!in) trace_error(file, 0, "cannot open the routing trace file");
+  RoutingTrace t;
+  t.file = file;
+  t.top_k = top_k;
+  const auto moe = model.moe_layer_indices();
+  std::vector<int> slot_of_layer(static_cast<std::size_t>(model.num_layers()), -1);
+  for (std::size_t i = 0; i < moe.size(); ++i) slot_of_layer[static_cast<std::size_t>(moe[i])] = static_cast<int>(i);
+  t.layers = moe;
+  t.experts.assign(moe.size(), {});
+  std::string line;
+  int lineno = 0;
+  bool header_seen = false;
+  int header_line = 0;
+  const std::size_t want_cols = 2 + static_cast<std::size_t>(top_k);
+  while (std::getline(in, line)) {
+    ++lineno;
+    const auto first = line.find_first_not_of(" \t\r");
+    if (first == std::string::npos || line[first] == '#') continue;
+    const auto cols = split_csv(line);
+    if (!header_seen) {
+      header_seen = true;
+      header_line = lineno;
+      std::string want = "layer,token";
+      for (int j = 0; j < top_k; ++j) want += fmt::format(",expert_{}", j);
+      std::string got;
+      for (std::size_t i = 0; i < cols.size(); ++i) got += (i ? "," : "") + cols[i];
+      if (got != want)
+        trace_error(file, lineno, fmt::format("header must be '{}' for top_k {} (got '{}')", want, top_k, got));
+      continue;
+    }
+    if (cols.size() != want_cols)
+      trace_error(
+          file, lineno,
+          fmt::format("expected {} columns (layer, token, {} expert ids), got {}", want_cols, top_k, cols.size()));
+    long long layer = 0, token = 0;
+    if (!parse_int(cols[0], layer)) trace_error(file, lineno, "layer '" + cols[0] + "' is not an integer");
+    if (!parse_int(cols[1], token)) trace_error(file, lineno, "token '" + cols[1] + "' is not an integer");
+    if (layer < 0 || layer >= model.num_layers())
+      trace_error(
+          file, lineno,
+          fmt::format("layer {} is out of range: model '{}' has {} layers", layer, model.name, model.num_layers()));
+    const int slot = slot_of_layer[static_cast<std::size_t>(layer)];
+    if (slot < 0)
+      trace_error(file, lineno, fmt::format("layer {} of model '{}' is not a MoE layer", layer, model.name));
+    auto& ids = t.experts[static_cast<std::size_t>(slot)];
+    const long long expect_token = static_cast<long long>(ids.size()) / top_k;
+    if (token != expect_token)
+      trace_error(file, lineno,
+                  fmt::format("token {} of layer {} out of order: expected token {}", token, layer, expect_token));
+    for (int j = 0; j < top_k; ++j) {
+      long long e = 0;
+      const auto& c = cols[2 + static_cast<std::size_t>(j)];
+      if (!parse_int(c, e)) trace_error(file, lineno, fmt::format("expert_{} '{}' is not an integer", j, c));
+      if (e < 0 || e >= model.experts)
+        trace_error(file, lineno,
+                    fmt::format("expert id {} out of range [0, {}) in column expert_{}", e, model.experts, j));
+      for (int i = 0; i < j; ++i)
+        if (ids[ids.size() - static_cast<std::size_t>(j - i)] == e)
+          trace_error(file, lineno, fmt::format("expert id {} repeated within one token", e));
+      ids.push_back(static_cast<int>(e));
+    }
+  }
+  if (!header_seen) trace_error(file, lineno, "empty routing trace (no header line)");
+  std::vector<int> missing;
+  for (std::size_t i = 0; i < moe.size(); ++i)
+    if (t.experts[i].empty()) missing.push_back(moe[i]);
+  if (!missing.empty()) {
+    std::string list;
+    for (std::size_t i = 0; i < missing.size() && i < 8; ++i) list += fmt::format("{}{}", i ? ", " : "", missing[i]);
+    if (missing.size() > 8) list += ", ...";
+    trace_error(file, header_line,
+                fmt::format("wrong number of layers: the trace has {} MoE layers, model '{}' has {} (missing {})",
+                            moe.size() - missing.size(), model.name, moe.size(), list));
+  }
+  return t;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Capacity enforcement and statistics
+// ---------------------------------------------------------------------------------------------
+
+void enforce_capacity(GroupRouting& g, const RoutingSpec& spec) {
+  const int E = spec.experts;
+  const int k = g.top_k;
+  const std::size_t Eu = static_cast<std::size_t>(E);
+  g.routed.assign(Eu, 0);
+  g.kept.assign(Eu, 0);
+  g.dropped.assign(Eu, 0);
+  g.padded.assign(Eu, 0);
+  const std::size_t slots = g.expert.size();
+  g.keep.assign(slots, 0);
+  g.unrouted_slots = 0;
+  for (std::size_t i = 0; i < slots; ++i) {
+    const int e = g.expert[i];
+    if (e < 0) {
+      ++g.unrouted_slots;
+      continue;
+    }
+    ++g.routed[static_cast<std::size_t>(e)];
+    g.keep[i] = 1;
+  }
+  const std::int64_t C = g.capacity;
+  if (C != kDropless) {
+    if (spec.drop_policy == DropPolicy::kPosition) {
+      std::vector<std::int64_t> cnt(Eu, 0);
+      for (std::size_t i = 0; i < slots; ++i) {  // token-major order: earlier tokens first
+        const int e = g.expert[i];
+        if (e < 0) continue;
+        if (cnt[static_cast<std::size_t>(e)]++ >= C) g.keep[i] = 0;
+      }
+    } else {
+      // Bucket slots by expert (counting sort keeps token order), then sort overflowing buckets.
+      std::vector<std::int64_t> off(Eu + 1, 0);
+      for (std::size_t e = 0; e < Eu; ++e) off[e + 1] = off[e] + g.routed[e];
+      std::vector<std::int64_t> fill(off.begin(), off.end() - 1);
+      std::vector<std::size_t> bucket(static_cast<std::size_t>(off[Eu]));
+      for (std::size_t i = 0; i < slots; ++i)
+        if (g.expert[i] >= 0) bucket[static_cast<std::size_t>(fill[static_cast<std::size_t>(g.expert[i])]++)] = i;
+      for (std::size_t e = 0; e < Eu; ++e) {
+        if (g.routed[e] <= C) continue;
+        auto b = bucket.begin() + off[e], en = bucket.begin() + off[e + 1];
+        std::stable_sort(b, en, [&](std::size_t x, std::size_t y) { return g.weight[x] > g.weight[y]; });
+        for (auto it = b + C; it != en; ++it) g.keep[*it] = 0;
+      }
+    }
+  }
+  g.fully_dropped_tokens = 0;
+  for (std::int64_t t = 0; t < g.tokens; ++t) {
+    bool any = false;
+    for (int j = 0; j < k; ++j) {
+      const std::size_t i = static_cast<std::size_t>(t) * static_cast<std::size_t>(k) + static_cast<std::size_t>(j);
+      if (g.keep[i]) {
+        any = true;
+        ++g.kept[static_cast<std::size_t>(g.expert[i])];
+      }
+    }
+    if (!any) ++g.fully_dropped_tokens;
+  }
+  for (std::size_t e = 0; e < Eu; ++e) {
+    g.dropped[e] = g.routed[e] - g.kept[e];
+    if (C != kDropless && spec.pad_to_capacity) {
+      g.padded[e] = C - g.kept[e];
+    } else if (C == kDropless) {
+      const std::int64_t b = spec.block_size;
+      g.padded[e] = (g.kept[e] + b - 1) / b * b - g.kept[e];
+    }
+  }
+}
+
+LayerStats layer_stats(const std::vector<GroupRouting>& groups, int E, int /*top_k*/) {
+  LayerStats s;
+  const std::size_t Eu = static_cast<std::size_t>(E);
+  s.expert_routed.assign(Eu, 0);
+  s.expert_kept.assign(Eu, 0);
+  s.expert_dropped.assign(Eu, 0);
+  s.expert_padded.assign(Eu, 0);
+  std::vector<double> prob(Eu, 0.0);
+  bool fd_known = true;
+  for (const auto& g : groups) {
+    s.tokens += g.tokens;
+    for (std::size_t e = 0; e < Eu; ++e) {
+      s.expert_routed[e] += g.routed[e];
+      s.expert_kept[e] += g.kept[e];
+      s.expert_dropped[e] += g.dropped[e];
+      s.expert_padded[e] += g.padded[e];
+      prob[e] += g.prob_sum[e];
+    }
+    if (g.fully_dropped_tokens < 0)
+      fd_known = false;
+    else
+      s.fully_dropped_tokens += g.fully_dropped_tokens;
+  }
+  for (std::size_t e = 0; e < Eu; ++e) {
+    s.routed += s.expert_routed[e];
+    s.kept += s.expert_kept[e];
+    s.dropped += s.expert_dropped[e];
+    s.padded += s.expert_padded[e];
+  }
+  if (!fd_known) s.fully_dropped_tokens = -1;
+  s.drop_fraction = s.routed > 0 ? static_cast<double>(s.dropped) / static_cast<double>(s.routed) : 0.0;
+  s.fully_dropped_fraction = !fd_known ? std::numeric_limits<double>::quiet_NaN()
+                             : s.tokens > 0
+                                 ? static_cast<double>(s.fully_dropped_tokens) / static_cast<double>(s.tokens)
+                                 : 0.0;
+  const std::int64_t rows = s.kept + s.padded;
+  s.padded_fraction = rows > 0 ? static_cast<double>(s.padded) / static_cast<double>(rows) : 0.0;
+  if (s.routed > 0 && E > 0) {
+    const double total = static_cast<double>(s.routed);
+    const double mean = total / E;
+    double max = 0, var = 0, aux = 0, ent = 0;
+    std::vector<double> sorted(Eu);
+    for (std::size_t e = 0; e < Eu; ++e) {
+      const double x = static_cast<double>(s.expert_routed[e]);
+      sorted[e] = x;
+      max = std::max(max, x);
+      var += (x - mean) * (x - mean);
+      const double f = x / total;
+      aux += f * (s.tokens > 0 ? prob[e] / static_cast<double>(s.tokens) : 0.0);
+      if (f > 0) ent -= f * std::log(f);
+    }
+    s.max_over_mean = max / mean;
+    s.cv = std::sqrt(var / E) / mean;
+    std::sort(sorted.begin(), sorted.end());
+    double weighted = 0;
+    for (std::size_t i = 0; i < Eu; ++i) weighted += static_cast<double>(i + 1) * sorted[i];
+    s.gini = 2.0 * weighted / (E * total) - (E + 1.0) / E;
+    s.aux_loss = E * aux;
+    s.entropy = ent;
+    s.entropy_normalized = E > 1 ? ent / std::log(static_cast<double>(E)) : 1.0;
+  }
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routing
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+/// ln(x) for x in (0, 1], branch-free and vectorisable; |relative error| < 1e-12. Written out
+/// (not std::log) so the hot loop vectorises and gives the same bits with any libm.
+inline double fast_log(double x) {
+  const std::uint64_t bits = std::bit_cast<std::uint64_t>(x);
+  // Exponent field as a double via the 2^52 magic-number trick (vectorises without int->fp).
+  const double ef = std::bit_cast<double>((bits >> 52) | 0x4330000000000000ULL) - 4503599627370496.0;
+  double m = std::bit_cast<double>((bits & 0x000FFFFFFFFFFFFFULL) | 0x3FF0000000000000ULL);
+  const bool big = m > 1.4142135623730951;
+  m = big ? m * 0.5 : m;
+  const double e = ef - 1023.0 + (big ? 1.0 : 0.0);
+  const double f = m - 1.0;
+  const double s = f / (2.0 + f);
+  const double z = s * s;
+  const double poly =
+      1.0 + z * (1.0 / 3 + z * (1.0 / 5 + z * (1.0 / 7 + z * (1.0 / 9 + z * (1.0 / 11 + z * (1.0 / 13 + z / 15))))));
+  return e * 0.6931471805599453 + 2.0 * s * poly;
+}
+
+struct TokenScratch {
+  std::vector<double> u, s, key, score;
+  std::vector<std::uint8_t> group_ok;
+};
+
+/// Fill u[0..E) with uniforms in (0,1) at 32-bit resolution, two per 64-bit draw.
+inline void fill_uniform(sim::Rng& rng, double* u, int E) {
+  int e = 0;
+  for (; e + 1 < E; e += 2) {
+    const std::uint64_t r = rng();
+    u[e] = (static_cast<double>(r >> 32) + 0.5) * 0x1.0p-32;
+    u[e + 1] = (static_cast<double>(r & 0xFFFFFFFFULL) + 0.5) * 0x1.0p-32;
+  }
+  if (e < E) u[e] = (static_cast<double>(rng() >> 32) + 0.5) * 0x1.0p-32;
+}
+
+/// Top-k of key[0..E) (skipping masked = -inf), descending, ties to the lower index.
+inline void top_k(const double* key, int E, int k, int* out_idx, double* out_key) {
+  int n = 0;
+  for (int e = 0; e < E; ++e) {
+    const double v = key[e];
+    if (n == k && !(v > out_key[k - 1])) continue;
+    if (v == -std::numeric_limits<double>::infinity()) continue;
+    int pos = n < k ? n : k - 1;
+    while (pos > 0 && v > out_key[pos - 1]) {
+      out_key[pos] = out_key[pos - 1];
+      out_idx[pos] = out_idx[pos - 1];
+      --pos;
+    }
+    out_key[pos] = v;
+    out_idx[pos] = e;
+    if (n < k) ++n;
+  }
+  for (int j = n; j < k; ++j) out_idx[j] = -1;
+}
+
+void route_group_token_choice(const RoutingSpec& spec, const std::vector<double>& p, sim::Rng& rng, sim::Rng& aux_rng,
+                              GroupRouting& g) {
+  const int E = spec.experts;
+  const int k = spec.top_k;
+  const std::size_t Eu = static_cast<std::size_t>(E);
+  const bool sigmoid = spec.gate == GateFunction::kSigmoid;
+  const bool grouped = spec.n_groups > 1 && spec.topk_group < spec.n_groups;
+  std::vector<double> pf(Eu);
+  for (std::size_t e = 0; e < Eu; ++e) pf[e] = sigmoid ? p[e] * E : p[e];
+  std::vector<double> u(Eu), s(Eu), key(Eu), sel_key(static_cast<std::size_t>(k));
+  std::vector<int> sel(static_cast<std::size_t>(k)), gsel(static_cast<std::size_t>(spec.n_groups));
+  std::vector<double> gscore(static_cast<std::size_t>(spec.n_groups)), gkey(static_cast<std::size_t>(spec.n_groups));
+  const int group_size = E / spec.n_groups;
+  const bool has_bias = sigmoid && !spec.gate_bias.empty();
+  for (std::int64_t t = 0; t < g.tokens; ++t) {
+    fill_uniform(rng, u.data(), E);
+    // s_e = exp(logit_e) = p_e / X_e with X_e = -ln u_e ~ Exp(1): logit = ln p_e + Gumbel.
+    double sum = 0;
+    for (std::size_t e = 0; e < Eu; ++e) {
+      s[e] = pf[e] / -fast_log(u[e]);
+      sum += s[e];
+    }
+    double inv = 1.0 / sum;
+    if (sigmoid) {
+      double ssum = 0;
+      for (std::size_t e = 0; e < Eu; ++e) {
+        s[e] = s[e] / (1.0 + s[e]);  // sigmoid(logit)
+        ssum += s[e];
+      }
+      inv = 1.0 / ssum;
+      for (std::size_t e = 0; e < Eu; ++e) key[e] = s[e] + (has_bias ? spec.gate_bias[e] : 0.0);
+    } else {
+      for (std::size_t e = 0; e < Eu; ++e) key[e] = s[e];
+    }
+    for (std::size_t e = 0; e < Eu; ++e) g.prob_sum[e] += s[e] * inv;
+    if (grouped) {
+      for (int gi = 0; gi < spec.n_groups; ++gi) {
+        const double* kk = key.data() + static_cast<std::ptrdiff_t>(gi) * group_size;
+        if (sigmoid) {  // DeepSeek-V3: sum of the two best biased scores
+          double a = -std::numeric_limits<double>::infinity(), b = a;
+          for (int i = 0; i < group_size; ++i) {
+            if (kk[i] > a) {
+              b = a;
+              a = kk[i];
+            } else if (kk[i] > b) {
+              b = kk[i];
+            }
+          }
+          gscore[static_cast<std::size_t>(gi)] = group_size >= 2 ? a + b : a;
+        } else {  // DeepSeek-V2: best score in the group
+          gscore[static_cast<std::size_t>(gi)] = *std::max_element(kk, kk + group_size);
+        }
+      }
+      top_k(gscore.data(), spec.n_groups, spec.topk_group, gsel.data(), gkey.data());
+      std::vector<std::uint8_t> ok(static_cast<std::size_t>(spec.n_groups), 0);
+      for (int j = 0; j < spec.topk_group; ++j) ok[static_cast<std::size_t>(gsel[static_cast<std::size_t>(j)])] = 1;
+      for (std::size_t e = 0; e < Eu; ++e)
+        if (!ok[e / static_cast<std::size_t>(group_size)]) key[e] = -std::numeric_limits<double>::infinity();
+    }
+    top_k(key.data(), E, k, sel.data(), sel_key.data());
+    double wsum = 0;
+    const std::size_t base = static_cast<std::size_t>(t) * static_cast<std::size_t>(k);
+    for (int j = 0; j < k; ++j) {
+      const int e = sel[static_cast<std::size_t>(j)];
+      const double w = sigmoid ? s[static_cast<std::size_t>(e)] : s[static_cast<std::size_t>(e)] * inv;
+      g.expert[base + static_cast<std::size_t>(j)] = e;
+      g.weight[base + static_cast<std::size_t>(j)] = static_cast<float>(w);
+      wsum += w;
+    }
+    if (spec.gshard_random_second) {
+      // GShard Algorithm 1: g2 normalised over the top-2; keep expert 2 if 2*g2 > uniform.
+      const double g2 = static_cast<double>(g.weight[base + 1]) / wsum;
+      if (!(2.0 * g2 > aux_rng.uniform01())) g.expert[base + 1] = -1;
+    }
+    for (int j = 0; j < k; ++j) {
+      double w = g.weight[base + static_cast<std::size_t>(j)];
+      if (spec.renormalize) w /= wsum;
+      g.weight[base + static_cast<std::size_t>(j)] = static_cast<float>(w * spec.scaling_factor);
+    }
+  }
+}
+
+void route_group_expert_choice(const RoutingSpec& spec, const std::vector<double>& p, sim::Rng& rng, GroupRouting& g) {
+  const int E = spec.experts;
+  const std::size_t Eu = static_cast<std::size_t>(E);
+  const std::size_t T = static_cast<std::size_t>(g.tokens);
+  std::vector<double> prob(T * Eu), u(Eu);
+  for (std::size_t t = 0; t < T; ++t) {
+    fill_uniform(rng, u.data(), E);
+    double sum = 0;
+    for (std::size_t e = 0; e < Eu; ++e) sum += prob[t * Eu + e] = p[e] / -fast_log(u[e]);
+    for (std::size_t e = 0; e < Eu; ++e) {
+      prob[t * Eu + e] /= sum;
+      g.prob_sum[e] += prob[t * Eu + e];
+    }
+  }
+  const std::int64_t C = std::min<std::int64_t>(g.capacity, g.tokens);
+  // Slots: one per (token, expert) pair, expert-index order within a token.
+  g.top_k = E;
+  g.expert.assign(T * Eu, -1);
+  g.weight.assign(T * Eu, 0.0f);
+  std::vector<std::size_t> order(T);
+  for (std::size_t e = 0; e < Eu; ++e) {
+    std::iota(order.begin(), order.end(), std::size_t{0});
+    std::partial_sort(order.begin(), order.begin() + C, order.end(), [&](std::size_t a, std::size_t b) {
+      const double pa = prob[a * Eu + e], pb = prob[b * Eu + e];
+      return pa > pb || (pa == pb && a < b);
+    });
+    for (std::int64_t i = 0; i < C; ++i) {
+      const std::size_t t = order[static_cast<std::size_t>(i)];
+      g.expert[t * Eu + e] = static_cast<std::int32_t>(e);
+      g.weight[t * Eu + e] = static_cast<float>(prob[t * Eu + e] * spec.scaling_factor);
+    }
+  }
+}
+
+/// Binomial(n, p): exact inversion when the mean is small, otherwise a rounded normal with
+/// continuity correction clamped to [0, n] (an approximation; used only by counts mode).
+std::int64_t binomial(sim::Rng& rng, std::int64_t n, double p) {
+  if (n <= 0 || p <= 0) return 0;
+  if (p >= 1) return n;
+  const double mean = static_cast<double>(n) * p;
+  const double var = mean * (1 - p);
+  if (var < 50.0 && mean < 200.0) {
+    const double q = 1 - p;
+    double pmf = std::pow(q, static_cast<double>(n));
+    if (pmf > 0) {
+      double u = rng.uniform01();
+      std::int64_t x = 0;
+      while (u > pmf && x < n) {
+        u -= pmf;
+        pmf *= (static_cast<double>(n - x) / static_cast<double>(x + 1)) * (p / q);
+        ++x;
+      }
+      return x;
+    }
+  }
+  const double x = std::floor(mean + std::sqrt(var) * rng.normal() + 0.5);
+  return static_cast<std::int64_t>(std::clamp(x, 0.0, static_cast<double>(n)));
+}
+
+std::vector<double> inclusion_shares(const RoutingSpec& spec, const std::vector<double>& p, int layer, int step,
+                                     std::uint64_t seed) {
+  if (spec.distribution == Distribution::kUniform || spec.distribution == Distribution::kBalanced)
+    return std::vector<double>(p.size(), 1.0 / static_cast<double>(p.size()));
+  // Pilot: route 16384 tokens exactly and use the per-expert assignment shares.
+  GroupRouting pilot;
+  pilot.tokens = 16384;
+  pilot.top_k = spec.top_k;
+  pilot.expert.assign(static_cast<std::size_t>(pilot.tokens * spec.top_k), -1);
+  pilot.weight.assign(pilot.expert.size(), 0.0f);
+  pilot.prob_sum.assign(p.size(), 0.0);
+  sim::Rng rng(seed, fmt::format("routing/step/{}/layer/{}/pilot", step, layer));
+  sim::Rng aux(seed, fmt::format("routing/step/{}/layer/{}/pilot/gshard", step, layer));
+  RoutingSpec s2 = spec;
+  s2.gshard_random_second = false;
+  route_group_token_choice(s2, p, rng, aux, pilot);
+  std::vector<double> share(p.size(), 0.0);
+  for (int e : pilot.expert)
+    if (e >= 0) share[static_cast<std::size_t>(e)] += 1.0;
+  for (auto& x : share) x /= static_cast<double>(pilot.expert.size());
+  return share;
+}
+
+}  // namespace
+
+LayerRouting route_layer(const RoutingSpec& spec, int layer, const RouteRequest& req, const RoutingTrace* trace) {
+  if (spec.experts <= 0 || spec.top_k <= 0 || spec.top_k > spec.experts)
+    throw std::invalid_argument("route_layer: invalid experts/top_k");
+  if (spec.distribution == Distribution::kTrace && trace == nullptr)
+    throw std::invalid_argument("route_layer: distribution trace needs a loaded RoutingTrace");
+  LayerRouting out;
+  out.layer = layer;
+  const int E = spec.experts;
+  const int k = spec.top_k;
+  const std::size_t Eu = static_cast<std::size_t>(E);
+  const std::int64_t T = req.tokens_per_group;
+  const auto p = expert_popularity(spec, layer, req.step, req.seed);
+  std::vector<double> shares;
+  if (spec.sampling == SamplingMode::kCounts) shares = inclusion_shares(spec, p, layer, req.step, req.seed);
+  int trace_slot = -1;
+  if (trace != nullptr && spec.distribution == Distribution::kTrace) {
+    for (std::size_t i = 0; i < trace->layers.size(); ++i)
+      if (trace->layers[i] == layer) trace_slot = static_cast<int>(i);
+    if (trace_slot < 0) throw std::invalid_argument(fmt::format("route_layer: layer {} not in the trace", layer));
+  }
+  out.groups.resize(static_cast<std::size_t>(req.groups));
+  for (int gi = 0; gi < req.groups; ++gi) {
+    GroupRouting& g = out.groups[static_cast<std::size_t>(gi)];
+    g.tokens = T;
+    g.top_k = k;
+    g.capacity = expert_capacity(T, k, E, spec.capacity_factor, spec.min_capacity);
+    g.prob_sum.assign(Eu, 0.0);
+    const std::string stream = fmt::format("routing/step/{}/layer/{}/group/{}", req.step, layer, gi);
+    sim::Rng rng(req.seed, stream);
+    if (spec.sampling == SamplingMode::kCounts) {
+      // Multinomial(T*k, shares) as a chain of conditional binomials.
+      g.routed.assign(Eu, 0);
+      std::int64_t left = T * k;
+      double mass = 1.0;
+      for (std::size_t e = 0; e < Eu && left > 0; ++e) {
+        const double q = e + 1 == Eu ? 1.0 : std::min(1.0, shares[e] / mass);
+        g.routed[e] = binomial(rng, left, q);
+        left -= g.routed[e];
+        mass -= shares[e];
+      }
+      g.kept.assign(Eu, 0);
+      g.dropped.assign(Eu, 0);
+      g.padded.assign(Eu, 0);
+      for (std::size_t e = 0; e < Eu; ++e) {
+        g.kept[e] = g.capacity == kDropless ? g.routed[e] : std::min(g.routed[e], g.capacity);
+        g.dropped[e] = g.routed[e] - g.kept[e];
+        if (g.capacity != kDropless && spec.pad_to_capacity) g.padded[e] = g.capacity - g.kept[e];
+        if (g.capacity == kDropless)
+          g.padded[e] = (g.kept[e] + spec.block_size - 1) / spec.block_size * spec.block_size - g.kept[e];
+        g.prob_sum[e] = p[e] * static_cast<double>(T);  // approximation: E[router prob] ~ popularity
+      }
+      g.fully_dropped_tokens = -1;
+      continue;
+    }
+    const std::size_t slots = static_cast<std::size_t>(T) * static_cast<std::size_t>(k);
+    g.expert.assign(slots, -1);
+    g.weight.assign(slots, 0.0f);
+    if (spec.expert_choice) {
+      route_group_expert_choice(spec, p, rng, g);
+    } else if (spec.distribution == Distribution::kBalanced) {
+      const int R = (req.ep_ranks > 0 && E % req.ep_ranks == 0) ? req.ep_ranks : 1;
+      const std::int64_t per_rank = E / R;
+      const std::int64_t first = (static_cast<std::int64_t>(req.step) * req.groups + gi) * T * k;
+      for (std::size_t i = 0; i < slots; ++i) {
+        const std::int64_t a = first + static_cast<std::int64_t>(i);
+        g.expert[i] = static_cast<std::int32_t>((a % R) * per_rank + (a / R) % per_rank);
+        g.weight[i] = static_cast<float>(1.0 / k);
+      }
+      for (std::size_t e = 0; e < Eu; ++e) g.prob_sum[e] = static_cast<double>(T) / E;
+    } else if (spec.distribution == Distribution::kTrace) {
+      const auto& ids = trace->experts[static_cast<std::size_t>(trace_slot)];
+      const std::int64_t n = trace->tokens(static_cast<std::size_t>(trace_slot));
+      const std::int64_t first = (static_cast<std::int64_t>(req.step) * req.groups + gi) * T;
+      for (std::int64_t t = 0; t < T; ++t) {
+        const std::size_t src = static_cast<std::size_t>((first + t) % n) * static_cast<std::size_t>(k);
+        for (int j = 0; j < k; ++j) {
+          const std::size_t i = static_cast<std::size_t>(t) * static_cast<std::size_t>(k) + static_cast<std::size_t>(j);
+          g.expert[i] = ids[src + static_cast<std::size_t>(j)];
+          g.weight[i] = static_cast<float>(1.0 / k);
+          g.prob_sum[static_cast<std::size_t>(g.expert[i])] += 1.0 / k;
+        }
+      }
+    } else {
+      sim::Rng aux(req.seed, stream + "/gshard");
+      route_group_token_choice(spec, p, rng, aux, g);
+    }
+    enforce_capacity(g, spec);
+    if (!req.keep_assignments) {
+      g.expert = {};
+      g.weight = {};
+      g.keep = {};
+    }
+  }
+  out.stats = layer_stats(out.groups, E, k);
+  return out;
+}
+
+StepRouting route_step(const ModelSpec& model, const RoutingSpec& spec, const RouteRequest& req,
+                       const RoutingTrace* trace) {
+  StepRouting s;
+  s.mode = spec.sampling;
+  s.tokens_per_group = req.tokens_per_group;
+  s.groups = req.groups;
+  for (int l : model.moe_layer_indices()) {
+    s.layers.push_back(route_layer(spec, l, req, trace));
+    const auto& st = s.layers.back().stats;
+    s.routed += st.routed;
+    s.dropped += st.dropped;
+    s.kept += st.kept;
+    s.padded += st.padded;
+    s.max_over_mean = std::max(s.max_over_mean, st.max_over_mean);
+  }
+  s.drop_fraction = s.routed > 0 ? static_cast<double>(s.dropped) / static_cast<double>(s.routed) : 0.0;
+  const std::int64_t rows = s.kept + s.padded;
+  s.padded_fraction = rows > 0 ? static_cast<double>(s.padded) / static_cast<double>(rows) : 0.0;
+  return s;
+}
+
+void format_routing_summary(std::ostream& os, const ModelSpec& model, const RoutingSpec& spec,
+                            const StepRouting& step) {
+  const ParamCount pc = count_params(model);
+  const auto& t = pc.total;
+  os << fmt::format("model {}: {} params total, {} active per token\n", model.name,
+                    format_params(static_cast<double>(pc.params_total())),
+                    format_params(static_cast<double>(pc.params_active())));
+  os << fmt::format(
+      "  embeddings {} | lm_head {} | attention {} | dense FFN {} | router {} | experts {} | shared experts {} | "
+      "norms {}\n",
+      format_params(static_cast<double>(t.embeddings)), format_params(static_cast<double>(t.lm_head)),
+      format_params(static_cast<double>(t.attention)), format_params(static_cast<double>(t.dense_ffn)),
+      format_params(static_cast<double>(t.router)), format_params(static_cast<double>(t.experts)),
+      format_params(static_cast<double>(t.shared_experts)), format_params(static_cast<double>(t.norms)));
+  const std::int64_t cap =
+      step.layers.empty() || step.layers[0].groups.empty() ? kDropless : step.layers[0].groups[0].capacity;
+  os << fmt::format(
+      "routing: {} experts, top-{}, distribution {}, sampling mode {}, {} groups x {} tokens, capacity {}{}\n",
+      spec.experts, spec.top_k, to_string(spec.distribution), to_string(step.mode), step.groups, step.tokens_per_group,
+      cap == kDropless ? fmt::format("none (dropless, block {})", spec.block_size) : fmt::format("{}", cap),
+      spec.dropless() ? "" : (spec.drop_policy == DropPolicy::kPosition ? " (drop: position)" : " (drop: probs)"));
+  os << fmt::format("{:>6} {:>9} {:>9} {:>9} {:>8} {:>7} {:>6} {:>6} {:>7} {:>7}\n", "layer", "drop%", "fulldrop%",
+                    "padded%", "max/mean", "CV", "Gini", "aux", "H/lnE", "routed");
+  for (const auto& l : step.layers) {
+    const auto& s = l.stats;
+    os << fmt::format(
+        "{:>6} {:>9.4f} {:>9} {:>9.4f} {:>8.3f} {:>7.4f} {:>6.4f} {:>6.4f} {:>7.4f} {:>7}\n", l.layer,
+        100 * s.drop_fraction,
+        s.fully_dropped_tokens < 0 ? std::string("n/a") : fmt::format("{:.4f}", 100 * s.fully_dropped_fraction),
+        100 * s.padded_fraction, s.max_over_mean, s.cv, s.gini, s.aux_loss, s.entropy_normalized, s.routed);
+  }
+  os << fmt::format("total: drop {:.4f}%, padded {:.4f}%, worst max/mean {:.3f}\n", 100 * step.drop_fraction,
+                    100 * step.padded_fraction, step.max_over_mean);
+}
+
+}  // namespace moesim::models

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Architecture check: #include lines may only point "down" the layer stack
+#   sim <- config <- hardware <- models <- engine <- cli
+set -euo pipefail
+cd "$(dirname "$0")/.."
+declare -A forbidden=(
+  [sim]="config hardware models engine cli"
+  [config]="hardware models engine cli"
+  [hardware]="models engine cli"
+  [models]="engine cli"
+  [engine]="cli"
+)
+fail=0
+for layer in "${!forbidden[@]}"; do
+  for up in ${forbidden[$layer]}; do
+    if grep -rnE "#include \"${up}/" "$layer" --include='*.hpp' --include='*.cpp' 2>/dev/null; then
+      echo "layering violation: $layer/ includes $up/" >&2
+      fail=1
+    fi
+  done
+done
+[[ $fail == 0 ]] && echo "layering: ok"
+exit $fail

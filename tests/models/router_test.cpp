@@ -1,0 +1,465 @@
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <string>
+
+#include "config/reader.hpp"
+#include "models/placement.hpp"
+#include "models/router.hpp"
+
+using namespace moesim;
+using namespace moesim::models;
+
+namespace {
+
+ModelSpec toy_model(int layers, int experts, int top_k) {
+  ModelSpec m;
+  m.name = "toy";
+  m.decoder_layers = layers;
+  m.hidden = 128;
+  m.heads = 4;
+  m.kv_heads = 4;
+  m.head_dim = 32;
+  m.vocab = 1000;
+  m.expert_ffn = 256;
+  m.experts = experts;
+  m.top_k = top_k;
+  m.moe_layer.assign(static_cast<std::size_t>(layers), true);
+  return m;
+}
+
+RoutingSpec spec_for(int experts, int top_k, std::optional<double> cf) {
+  RoutingSpec s;
+  s.experts = experts;
+  s.top_k = top_k;
+  s.capacity_factor = cf;
+  return s;
+}
+
+std::string all_errors(const config::Diagnostics& d) {
+  std::string s;
+  for (const auto& x : d.all()) s += x.str() + "\n";
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("capacity formula is exact for decimal factors", "[models][router]") {
+  REQUIRE(expert_capacity(10, 2, 4, 1.2) == 6);       // CONVENTIONS worked example
+  REQUIRE(expert_capacity(100, 1, 1, 1.1) == 110);    // 1.1 is stored as 1.1000000000000000888
+  REQUIRE(expert_capacity(1000, 2, 8, 1.25) == 313);  // 312.5 -> 313
+  REQUIRE(expert_capacity(3, 1, 8, 1.0, 4) == 4);     // min_capacity wins
+  REQUIRE(expert_capacity(3, 1, 8, std::nullopt) == kDropless);
+}
+
+TEST_CASE("worked example: batch 2, seq 5, hidden 128, 4 experts, top-2, capacity 6", "[models][router]") {
+  RoutingSpec s = spec_for(4, 2, 1.2);
+  s.pad_to_capacity = true;
+  const int batch = 2, seq = 5, hidden = 128;
+  RouteRequest req;
+  req.tokens_per_group = batch * seq;
+  req.groups = 1;
+  req.seed = 7;
+  const LayerRouting l = route_layer(s, 0, req);
+  const GroupRouting& g = l.groups[0];
+  REQUIRE(g.capacity == 6);
+  // router output [2,5,4]: one probability per (token, expert); their sums over tokens are kept.
+  REQUIRE(g.prob_sum.size() == 4);
+  double psum = 0;
+  for (double p : g.prob_sum) psum += p;
+  REQUIRE(psum == Approx(batch * seq));
+  // top-k indices [2,5,2]
+  REQUIRE(g.expert.size() == static_cast<std::size_t>(batch * seq * 2));
+  for (int t = 0; t < batch * seq; ++t) REQUIRE(g.expert[2 * t] != g.expert[2 * t + 1]);
+  // each expert buffer [6,128]: kept + padding rows == C for every expert
+  for (int e = 0; e < 4; ++e) REQUIRE(g.kept[e] + g.padded[e] == 6);
+  const Placement pl = place_contiguous(4, 1);
+  ByteMatrixOptions opt;
+  opt.hidden = hidden;
+  opt.pad_to_capacity = true;
+  const auto m = build_dispatch_matrices(l, pl, opt);
+  REQUIRE(m.dispatch_rows[0] == 4 * 6);
+  REQUIRE(m.dispatch_bytes[0] == 4ULL * 6 * hidden * 2);
+  // output [2,5,128]: every token that kept a slot gets a row back; conservation of assignments
+  REQUIRE(l.stats.kept + l.stats.dropped == batch * seq * 2);
+}
+
+TEST_CASE("position and probs policies by hand", "[models][router]") {
+  RoutingSpec s = spec_for(2, 1, 1.0);
+  GroupRouting g;
+  g.tokens = 4;
+  g.top_k = 1;
+  g.capacity = 2;
+  g.expert = {0, 0, 0, 1};
+  g.weight = {0.1f, 0.9f, 0.5f, 0.7f};
+  g.prob_sum.assign(2, 0.0);
+  s.drop_policy = DropPolicy::kPosition;
+  enforce_capacity(g, s);
+  REQUIRE(g.keep == std::vector<std::uint8_t>{1, 1, 0, 1});
+  REQUIRE(g.routed == std::vector<std::int64_t>{3, 1});
+  REQUIRE(g.kept == std::vector<std::int64_t>{2, 1});
+  REQUIRE(g.dropped == std::vector<std::int64_t>{1, 0});
+  REQUIRE(g.fully_dropped_tokens == 1);
+  s.drop_policy = DropPolicy::kProbs;
+  enforce_capacity(g, s);
+  REQUIRE(g.keep == std::vector<std::uint8_t>{0, 1, 1, 1});
+  // ties in weight go to the lower token index
+  g.weight = {0.5f, 0.5f, 0.5f, 0.7f};
+  enforce_capacity(g, s);
+  REQUIRE(g.keep == std::vector<std::uint8_t>{1, 1, 0, 1});
+  // pad_to_capacity: every buffer is C rows
+  s.pad_to_capacity = true;
+  enforce_capacity(g, s);
+  REQUIRE(g.padded == std::vector<std::int64_t>{0, 1});
+}
+
+TEST_CASE("top-2 token keeps its other expert; losing both is a full drop", "[models][router]") {
+  RoutingSpec s = spec_for(3, 2, 1.0);
+  GroupRouting g;
+  g.tokens = 3;
+  g.top_k = 2;
+  g.capacity = 1;
+  g.expert = {0, 1, 0, 1, 2, 0};
+  g.weight = {0.6f, 0.4f, 0.6f, 0.4f, 0.6f, 0.4f};
+  g.prob_sum.assign(3, 0.0);
+  enforce_capacity(g, s);
+  // token 0 keeps 0 and 1; token 1 loses both (0 and 1 full); token 2 keeps 2, loses 0.
+  REQUIRE(g.keep == std::vector<std::uint8_t>{1, 1, 0, 0, 1, 0});
+  REQUIRE(g.fully_dropped_tokens == 1);
+}
+
+TEST_CASE("dropless pads each expert to the block size", "[models][router]") {
+  RoutingSpec s = spec_for(2, 1, std::nullopt);
+  s.block_size = 4;
+  GroupRouting g;
+  g.tokens = 5;
+  g.top_k = 1;
+  g.capacity = kDropless;
+  g.expert = {0, 0, 0, 0, 1};
+  g.weight.assign(5, 1.0f);
+  g.prob_sum.assign(2, 0.0);
+  enforce_capacity(g, s);
+  REQUIRE(g.dropped == std::vector<std::int64_t>{0, 0});
+  REQUIRE(g.padded == std::vector<std::int64_t>{0, 3});
+  const LayerStats st = layer_stats({g}, 2, 1);
+  REQUIRE(st.padded_fraction == Approx(3.0 / 8.0));
+}
+
+TEST_CASE("uniform routing: drop fraction matches the exact binomial expectation", "[models][router]") {
+  // Per group an expert's load is Binomial(T, k/E); E[dropped] = E * E[max(0, L - C)].
+  const int E = 64, k = 4;
+  const std::int64_t T = 512;
+  for (double cf : {1.0, 1.25}) {
+    RoutingSpec s = spec_for(E, k, cf);
+    RouteRequest req;
+    req.tokens_per_group = T;
+    req.groups = 400;
+    req.seed = 11;
+    const LayerRouting l = route_layer(s, 0, req);
+    const std::int64_t C = l.groups[0].capacity;
+    const double expect = expected_uniform_drop_fraction(T, k, E, C);
+    // Sampling error from the spread of per-group drop fractions.
+    double mean = 0, m2 = 0;
+    for (const auto& g : l.groups) {
+      std::int64_t d = 0;
+      for (auto x : g.dropped) d += x;
+      const double f = static_cast<double>(d) / static_cast<double>(T * k);
+      mean += f;
+      m2 += f * f;
+    }
+    const double n = static_cast<double>(l.groups.size());
+    mean /= n;
+    const double se = std::sqrt((m2 / n - mean * mean) / (n - 1));
+    INFO("cf " << cf << " C " << C << " expected " << expect << " simulated " << mean << " se " << se);
+    REQUIRE(expect > 0.005);  // the test must be able to see drops
+    REQUIRE(std::abs(mean - expect) < 4 * se);
+    REQUIRE(l.stats.drop_fraction == Approx(mean).epsilon(1e-9));
+  }
+}
+
+TEST_CASE("counts mode agrees with the binomial expectation too", "[models][router]") {
+  const int E = 64, k = 4;
+  const std::int64_t T = 4096;
+  RoutingSpec s = spec_for(E, k, 1.0);
+  s.sampling = SamplingMode::kCounts;
+  RouteRequest req;
+  req.tokens_per_group = T;
+  req.groups = 200;
+  const LayerRouting l = route_layer(s, 0, req);
+  const double expect = expected_uniform_drop_fraction(T, k, E, l.groups[0].capacity);
+  REQUIRE(l.stats.fully_dropped_tokens == -1);
+  REQUIRE(l.stats.routed == 200 * T * k);
+  // Multinomial counts have variance T*k*(1/E)(1-1/E) instead of T*(k/E)(1-k/E): ~5% larger
+  // spread, so the drop fraction lands within 10% of the exact value.
+  REQUIRE(l.stats.drop_fraction == Approx(expect).epsilon(0.10));
+}
+
+TEST_CASE("routing is deterministic and independent of the number of groups", "[models][router]") {
+  RoutingSpec s = spec_for(32, 4, 1.0);
+  s.distribution = Distribution::kPowerLaw;
+  s.alpha = 1.0;
+  RouteRequest a;
+  a.tokens_per_group = 256;
+  a.groups = 2;
+  a.seed = 5;
+  RouteRequest b = a;
+  b.groups = 5;
+  const auto la = route_layer(s, 3, a);
+  const auto lb = route_layer(s, 3, b);
+  REQUIRE(la.groups[1].expert == lb.groups[1].expert);
+  REQUIRE(la.groups[1].weight == lb.groups[1].weight);
+  const auto la2 = route_layer(s, 3, a);
+  REQUIRE(la2.groups[0].expert == la.groups[0].expert);
+  RouteRequest c = a;
+  c.seed = 6;
+  REQUIRE(route_layer(s, 3, c).groups[0].expert != la.groups[0].expert);
+}
+
+TEST_CASE("skewed generators are skewed; uniform is balanced", "[models][router]") {
+  RouteRequest req;
+  req.tokens_per_group = 8192;
+  req.groups = 4;
+  RoutingSpec u = spec_for(64, 2, std::nullopt);
+  const auto lu = route_layer(u, 0, req);
+  RoutingSpec p = u;
+  p.distribution = Distribution::kPowerLaw;
+  p.alpha = 1.2;
+  const auto lp = route_layer(p, 0, req);
+  RoutingSpec h = u;
+  h.distribution = Distribution::kHotExperts;
+  h.hot_count = 2;
+  h.hot_share = 0.4;
+  const auto lh = route_layer(h, 0, req);
+  REQUIRE(lu.stats.max_over_mean < 1.15);
+  REQUIRE(lu.stats.aux_loss == Approx(1.0).epsilon(0.01));
+  REQUIRE(lp.stats.max_over_mean > 5.0);
+  REQUIRE(lp.stats.gini > 0.4);
+  REQUIRE(lh.stats.max_over_mean > 5.0);
+  REQUIRE(lp.stats.aux_loss > 1.5);
+  // first choice follows the popularity exactly: top-1 routing share of the hottest expert
+  RoutingSpec h1 = h;
+  h1.top_k = 1;
+  const auto l1 = route_layer(h1, 0, req);
+  std::int64_t mx = 0;
+  for (auto x : l1.stats.expert_routed) mx = std::max(mx, x);
+  REQUIRE(static_cast<double>(mx) / static_cast<double>(l1.stats.routed) == Approx(0.2).epsilon(0.05));
+}
+
+TEST_CASE("dirichlet popularity changes from step to step", "[models][router]") {
+  RoutingSpec s = spec_for(16, 2, std::nullopt);
+  s.distribution = Distribution::kDirichlet;
+  s.concentration = 0.5;
+  const auto p0 = expert_popularity(s, 0, 0, 1);
+  const auto p1 = expert_popularity(s, 0, 1, 1);
+  REQUIRE(p0 != p1);
+  double sum = 0;
+  for (double x : p0) sum += x;
+  REQUIRE(sum == Approx(1.0));
+}
+
+TEST_CASE("layer correlation 1 gives every layer the same popularity", "[models][router]") {
+  RoutingSpec s = spec_for(16, 2, std::nullopt);
+  s.distribution = Distribution::kPowerLaw;
+  s.layer_correlation = 1.0;
+  REQUIRE(expert_popularity(s, 0, 0, 1) == expert_popularity(s, 5, 0, 1));
+  s.layer_correlation = 0.0;
+  REQUIRE(expert_popularity(s, 0, 0, 1) != expert_popularity(s, 5, 0, 1));
+}
+
+TEST_CASE("group-limited sigmoid routing stays inside topk_group groups", "[models][router]") {
+  RoutingSpec s = spec_for(256, 8, std::nullopt);
+  s.gate = GateFunction::kSigmoid;
+  s.n_groups = 8;
+  s.topk_group = 4;
+  s.renormalize = true;
+  s.scaling_factor = 2.5;
+  RouteRequest req;
+  req.tokens_per_group = 2000;
+  const auto l = route_layer(s, 0, req);
+  const auto& g = l.groups[0];
+  for (std::int64_t t = 0; t < g.tokens; ++t) {
+    std::set<int> groups;
+    double wsum = 0;
+    for (int j = 0; j < 8; ++j) {
+      groups.insert(g.expert[static_cast<std::size_t>(t * 8 + j)] / 32);
+      wsum += g.weight[static_cast<std::size_t>(t * 8 + j)];
+    }
+    REQUIRE(groups.size() <= 4);
+    REQUIRE(wsum == Approx(2.5).epsilon(1e-5));
+  }
+  // A large bias on expert 3 steers selection to it without changing its weight formula.
+  s.gate_bias.assign(256, 0.0);
+  s.gate_bias[3] = 10.0;
+  const auto lb = route_layer(s, 0, req);
+  REQUIRE(lb.stats.expert_routed[3] == req.tokens_per_group);
+}
+
+TEST_CASE("GShard random routing keeps the second expert with probability min(1, 2*g2)", "[models][router]") {
+  RoutingSpec s = spec_for(16, 2, std::nullopt);
+  s.gshard_random_second = true;
+  s.renormalize = true;
+  RouteRequest req;
+  req.tokens_per_group = 20000;
+  const auto l = route_layer(s, 0, req);
+  const auto& g = l.groups[0];
+  double expected_kept = 0;
+  std::int64_t kept = 0;
+  for (std::int64_t t = 0; t < g.tokens; ++t) {
+    if (g.expert[static_cast<std::size_t>(2 * t + 1)] >= 0) ++kept;
+    // with renormalisation the first weight is g1 = 1 - g2 of the pair (second may be unrouted)
+    const double g1 = g.weight[static_cast<std::size_t>(2 * t)];
+    expected_kept += std::min(1.0, 2.0 * (1.0 - g1));
+  }
+  REQUIRE(g.unrouted_slots == g.tokens - kept);
+  REQUIRE(static_cast<double>(kept) == Approx(expected_kept).epsilon(0.03));
+}
+
+TEST_CASE("expert choice: every expert takes exactly C tokens", "[models][router]") {
+  RoutingSpec s = spec_for(8, 2, 1.0);
+  s.expert_choice = true;
+  RouteRequest req;
+  req.tokens_per_group = 64;
+  const auto l = route_layer(s, 0, req);
+  for (auto r : l.stats.expert_routed) REQUIRE(r == 16);  // C = 1.0*64*2/8
+  REQUIRE(l.stats.dropped == 0);
+  REQUIRE(l.stats.fully_dropped_tokens >= 0);
+}
+
+TEST_CASE("balanced pitfall: 256 experts, top-8, EP16, 16 tokens use every rank", "[models][router]") {
+  const int E = 256, k = 8, R = 16;
+  const Placement pl = place_contiguous(E, R);
+  // The naive pattern expert = (t*k + j) mod E fills experts 0..127 only: ranks 8..15 idle.
+  std::vector<int> naive_rank_rows(R, 0);
+  for (int a = 0; a < 16 * k; ++a)
+    ++naive_rank_rows[static_cast<std::size_t>(pl.replicas[static_cast<std::size_t>(a % E)][0])];
+  int naive_idle = 0;
+  for (int x : naive_rank_rows) naive_idle += x == 0;
+  REQUIRE(naive_idle == 8);
+  for (std::int64_t T : {1, 2, 16, 31}) {
+    RoutingSpec s = spec_for(E, k, std::nullopt);
+    s.distribution = Distribution::kBalanced;
+    RouteRequest req;
+    req.tokens_per_group = T;
+    req.ep_ranks = R;
+    const auto l = route_layer(s, 0, req);
+    const auto loads = rank_loads(l, pl);
+    std::int64_t mn = loads[0], mx = loads[0];
+    for (auto x : loads) {
+      mn = std::min(mn, x);
+      mx = std::max(mx, x);
+    }
+    INFO("T " << T);
+    REQUIRE(mx - mn <= 1);  // as even as T*k rows over 16 ranks allows
+    if (T * k >= R) REQUIRE(mn > 0);
+    for (std::int64_t t = 0; t < T; ++t) {  // no token repeats an expert
+      std::set<int> ex(l.groups[0].expert.begin() + t * k, l.groups[0].expert.begin() + (t + 1) * k);
+      REQUIRE(ex.size() == static_cast<std::size_t>(k));
+    }
+  }
+}
+
+TEST_CASE("parse_routing reports bad input with locations", "[models][router]") {
+  const ModelSpec m = toy_model(2, 8, 2);
+  {
+    auto doc = config::Document::load_string("routing:\n  capacity_factor: 0\n  top_k: 9\n", "scen.yaml");
+    config::Diagnostics d;
+    parse_routing(doc.root(d).child("routing"), m);
+    const std::string e = all_errors(d);
+    INFO(e);
+    REQUIRE(e.find("scen.yaml:2:20: routing.capacity_factor") != std::string::npos);
+    REQUIRE(e.find("scen.yaml:3:10: routing.top_k: top_k (9) exceeds the number of experts (8)") != std::string::npos);
+  }
+  {
+    auto doc = config::Document::load_string("routing:\n  capacity_factor: none\n  drop_policy: prob\n", "s2.yaml");
+    config::Diagnostics d;
+    const RoutingSpec r = parse_routing(doc.root(d).child("routing"), m);
+    REQUIRE(r.dropless());
+    REQUIRE(all_errors(d).find("s2.yaml:3:16: routing.drop_policy") != std::string::npos);
+  }
+  {
+    auto doc = config::Document::load_string("routing:\n  capacity_factor: 1.25\n  drop_policy: probs\n", "ok.yaml");
+    config::Diagnostics d;
+    const RoutingSpec r = parse_routing(doc.root(d).child("routing"), m);
+    REQUIRE(d.empty());
+    REQUIRE(*r.capacity_factor == 1.25);
+    REQUIRE(r.drop_policy == DropPolicy::kProbs);
+  }
+  REQUIRE(placement_problem(8, 3, 0).has_value());
+  REQUIRE_FALSE(placement_problem(8, 4, 0).has_value());
+  REQUIRE_FALSE(placement_problem(8, 3, 1).has_value());
+}
+
+TEST_CASE("trace replay and trace errors name file and line", "[models][router]") {
+  const ModelSpec m = toy_model(2, 4, 2);
+  const auto dir = std::filesystem::temp_directory_path();
+  const auto write = [&](const std::string& name, const std::string& text) {
+    const std::string path = (dir / name).string();
+    std::ofstream(path) << text;
+    return path;
+  };
+  const std::string good =
+      write("moesim_trace_ok.csv", "# recorded\nlayer,token,expert_0,expert_1\n0,0,1,2\n0,1,3,0\n1,0,2,1\n");
+  const RoutingTrace t = load_routing_trace(good, m, 2);
+  REQUIRE(t.tokens(0) == 2);
+  RoutingSpec s = spec_for(4, 2, 1.0);
+  s.distribution = Distribution::kTrace;
+  RouteRequest req;
+  req.tokens_per_group = 3;  // wraps around the 2 recorded tokens of layer 0
+  const auto l = route_layer(s, 0, req, &t);
+  REQUIRE(l.groups[0].expert == std::vector<std::int32_t>{1, 2, 3, 0, 1, 2});
+
+  const auto expect_error = [&](const std::string& text, const std::string& needle) {
+    const std::string path = write("moesim_trace_bad.csv", text);
+    try {
+      load_routing_trace(path, m, 2);
+      FAIL("no error for: " << text);
+    } catch (const config::ConfigError& e) {
+      INFO(e.what());
+      REQUIRE(std::string(e.what()).find(path + ":" + needle) != std::string::npos);
+    }
+  };
+  expect_error("layer,token,expert_0,expert_1\n0,0,1,7\n1,0,0,1\n", "2:0: routing.trace: expert id 7 out of range");
+  expect_error("layer,token,expert_0,expert_1\n0,0,1,2\n", "1:0: routing.trace: wrong number of layers");
+  expect_error("layer,token,expert_0,expert_1\n0,0,1,2\n5,0,1,2\n", "3:0: routing.trace: layer 5 is out of range");
+  expect_error("layer,token,expert_0\n", "1:0: routing.trace: header must be");
+  expect_error("layer,token,expert_0,expert_1\n0,0,1,1\n", "2:0: routing.trace: expert id 1 repeated");
+}
+
+TEST_CASE("route_step covers every MoE layer and summarises", "[models][router]") {
+  ModelSpec m = toy_model(4, 8, 2);
+  m.moe_layer = {false, true, false, true};
+  m.dense_ffn = 512;
+  RoutingSpec s = spec_for(8, 2, 1.0);
+  RouteRequest req;
+  req.tokens_per_group = 64;
+  req.groups = 2;
+  const StepRouting st = route_step(m, s, req);
+  REQUIRE(st.layers.size() == 2);
+  REQUIRE(st.layers[1].layer == 3);
+  REQUIRE(st.routed == 2 * 2 * 64 * 2);
+  std::ostringstream os;
+  format_routing_summary(os, m, s, st);
+  REQUIRE(os.str().find("sampling mode token") != std::string::npos);
+  REQUIRE(os.str().find("params total") != std::string::npos);
+}
+
+TEST_CASE("metrics on a hand-made load", "[models][router]") {
+  GroupRouting g;
+  g.tokens = 4;
+  g.top_k = 1;
+  g.routed = {4, 0, 0, 0};
+  g.kept = {4, 0, 0, 0};
+  g.dropped = {0, 0, 0, 0};
+  g.padded = {0, 0, 0, 0};
+  g.prob_sum = {4, 0, 0, 0};
+  const LayerStats s = layer_stats({g}, 4, 1);
+  REQUIRE(s.max_over_mean == Approx(4.0));
+  REQUIRE(s.cv == Approx(std::sqrt(3.0)));
+  REQUIRE(s.gini == Approx(0.75));
+  REQUIRE(s.aux_loss == Approx(4.0));
+  REQUIRE(s.entropy == Approx(0.0));
+}
