@@ -1,0 +1,177 @@
+// parse_cluster: the scenario's `cluster:` section -> ClusterSpec, with located errors.
+#include <fmt/format.h>
+#include <algorithm>
+
+#include "config/reader.hpp"
+#include "hardware/topology.hpp"
+
+namespace moesim::hw {
+
+namespace {
+using config::Range;
+
+std::string join(const std::vector<std::string>& v) {
+  std::string s;
+  for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
+  return s;
+}
+}  // namespace
+
+ClusterSpec parse_cluster(const config::Node& c, const GpuCatalog& catalog) {
+  ClusterSpec s;
+  if (!c.defined() || !c.is_map()) {
+    c.error("`cluster:` must be a map (gpu, nodes, gpus_per_node, intra_node, inter_node)");
+    return s;
+  }
+  auto& diags = c.diagnostics();
+  const std::size_t errors_before = diags.size();
+
+  // GPU: a catalog name, or an inline spec.
+  const config::Node gpu = c.child("gpu");
+  if (!gpu.defined()) {
+    c.error_at("gpu", fmt::format("missing required key (a catalog GPU: {})", join(catalog.names())));
+  } else if (gpu.is_scalar()) {
+    const std::string name = gpu.as_string();
+    if (const GpuSpec* g = catalog.find(name)) {
+      s.gpu = *g;
+    } else {
+      const auto guess = config::did_you_mean(name, catalog.names());
+      gpu.error(fmt::format("unknown GPU '{}'{}; known GPUs: {} (or give an inline spec)", name,
+                            guess ? fmt::format(" (did you mean '{}'?)", *guess) : std::string(),
+                            join(catalog.names())));
+    }
+  } else {
+    s.gpu = parse_gpu_spec(gpu.opt_string("name", "custom"), gpu);
+  }
+
+  s.nodes = static_cast<int>(c.req_int("nodes", Range::at_least(1)));
+  s.gpus_per_node = static_cast<int>(c.req_int("gpus_per_node", Range::at_least(1)));
+  if (c.has("gpus")) {
+    const auto total = c.child("gpus").as_int(Range::at_least(1));
+    if (total != static_cast<std::int64_t>(s.nodes) * s.gpus_per_node)
+      c.error_at("gpus", fmt::format("{} GPUs does not match nodes x gpus_per_node = {} x {} = {}", total, s.nodes,
+                                     s.gpus_per_node, s.nodes * s.gpus_per_node));
+  }
+
+  // Intra-node fabric. Defaults: NVSwitch at the GPU's NVLink bandwidth.
+  const config::Node intra = c.child("intra_node");
+  {
+    const std::string fab = intra.defined()
+                                ? intra.opt_choice("fabric", {"nvswitch", "nvlink-mesh", "pcie", "none"}, "nvswitch")
+                                : "nvswitch";
+    s.intra.fabric = fab == "nvswitch"      ? IntraFabric::kNvswitch
+                     : fab == "nvlink-mesh" ? IntraFabric::kNvlinkMesh
+                     : fab == "pcie"        ? IntraFabric::kPcie
+                                            : IntraFabric::kNone;
+    const double dflt = s.intra.fabric == IntraFabric::kPcie ? s.gpu.pcie_bandwidth : s.gpu.nvlink_bandwidth;
+    s.intra.bandwidth = dflt;
+    s.intra.latency = sim::SimTime::from_ps(1'000'000);  // 1us, see hardware/README.md
+    if (intra.defined()) {
+      if (auto bw = intra.opt_bandwidth("bandwidth")) s.intra.bandwidth = bw->bytes_per_s;
+      s.intra.latency = intra.opt_time("latency", s.intra.latency);
+      s.intra.efficiency = intra.opt_double("efficiency", s.intra.efficiency, {0, 1, true});
+      intra.finish();
+    }
+    if (s.gpus_per_node > 1 && s.intra.fabric != IntraFabric::kNone && !(s.intra.bandwidth > 0) &&
+        diags.size() == errors_before)
+      c.error_at("intra_node", fmt::format("GPU '{}' has no {} bandwidth in the catalog: set intra_node.bandwidth",
+                                           s.gpu.name, s.intra.fabric == IntraFabric::kPcie ? "PCIe" : "NVLink"));
+  }
+
+  // Inter-node fabric. Defaults: rail-optimised fat tree, one NIC per GPU, 1:1.
+  const config::Node inter = c.child("inter_node");
+  s.inter.nics_per_node = s.gpus_per_node;
+  s.inter.latency = sim::SimTime::from_ps(2'000'000);  // 2us
+  s.inter.efficiency = 0.97;                           // see hardware/README.md
+  if (inter.defined()) {
+    const std::string fab =
+        inter.opt_choice("fabric", {"rail-fat-tree", "fat-tree", "single-switch", "explicit"}, "rail-fat-tree");
+    s.inter.fabric = fab == "rail-fat-tree"   ? InterFabric::kRailFatTree
+                     : fab == "fat-tree"      ? InterFabric::kFatTree
+                     : fab == "single-switch" ? InterFabric::kSingleSwitch
+                                              : InterFabric::kExplicit;
+    if (s.inter.fabric != InterFabric::kExplicit) {
+      if (s.nodes > 1)
+        s.inter.nic_bandwidth = inter.req_bandwidth("nic_bandwidth").bytes_per_s;
+      else if (auto v = inter.opt_bandwidth("nic_bandwidth"))
+        s.inter.nic_bandwidth = v->bytes_per_s;
+      s.inter.nics_per_node =
+          static_cast<int>(inter.opt_int("nics_per_node", s.gpus_per_node, Range::between(1, s.gpus_per_node)));
+      if (s.gpus_per_node % s.inter.nics_per_node != 0)
+        inter.error_at("nics_per_node", fmt::format("{} NICs per node do not divide {} GPUs per node evenly",
+                                                    s.inter.nics_per_node, s.gpus_per_node));
+      s.inter.oversubscription = inter.opt_double("oversubscription", 1.0, Range::at_least(1.0));
+      s.inter.leaf_down_ports = static_cast<int>(inter.opt_int("leaf_down_ports", 32, Range::at_least(1)));
+      s.inter.spines = static_cast<int>(inter.opt_int("spines", 0, Range::at_least(0)));
+      if (auto v = inter.opt_bandwidth("pcie_bandwidth")) s.inter.pcie_bandwidth = v->bytes_per_s;
+    }
+    s.inter.latency = inter.opt_time("latency", s.inter.latency);
+    s.inter.efficiency = inter.opt_double("efficiency", s.inter.efficiency, {0, 1, true});
+    inter.finish();
+  } else if (s.nodes > 1) {
+    c.error_at("inter_node",
+               "missing required key for a multi-node cluster ({fabric: rail-fat-tree, nic_bandwidth: "
+               "400Gb/s, ...})");
+  }
+
+  // Explicit graph: cluster.topology {switches: [...], links: [{from, to, bandwidth, latency, duplex}]}.
+  const config::Node topo = c.child("topology");
+  if (s.inter.fabric == InterFabric::kExplicit) {
+    if (!topo.defined()) {
+      c.error_at("topology", "inter_node.fabric: explicit needs a `topology:` map with `switches` and `links`");
+    } else {
+      const config::Node sw = topo.child("switches");
+      if (sw.defined())
+        for (const auto& n : sw.items()) s.explicit_switches.push_back(n.as_string());
+      std::vector<std::string> known;
+      for (int g = 0; g < s.total_gpus(); ++g) known.push_back(fmt::format("gpu{}", g));
+      known.insert(known.end(), s.explicit_switches.begin(), s.explicit_switches.end());
+      const config::Node links = topo.child("links");
+      if (!links.defined())
+        topo.error_at("links", "missing required key (list of {from, to, bandwidth, latency})");
+      else
+        for (const auto& ln : links.items()) {
+          ExplicitLink l;
+          l.from = ln.req_string("from");
+          l.to = ln.req_string("to");
+          for (const auto* end : {&l.from, &l.to})
+            if (!end->empty() && std::find(known.begin(), known.end(), *end) == known.end()) {
+              const auto guess = config::did_you_mean(*end, known);
+              ln.error_at(end == &l.from ? "from" : "to",
+                          fmt::format("unknown vertex '{}'{} (GPUs are gpu0..gpu{}; switches must be listed in "
+                                      "topology.switches)",
+                                      *end, guess ? fmt::format(" (did you mean '{}'?)", *guess) : std::string(),
+                                      s.total_gpus() - 1));
+            }
+          l.bandwidth = ln.req_bandwidth("bandwidth").bytes_per_s;
+          l.latency = ln.opt_time("latency", sim::SimTime{});
+          l.duplex = ln.opt_bool("duplex", true);
+          ln.finish();
+          s.explicit_links.push_back(l);
+        }
+      topo.finish();
+    }
+  } else if (topo.defined()) {
+    topo.error("`topology:` is only read with inter_node.fabric: explicit");
+  }
+  c.finish();
+
+  // A graph that leaves a GPU unreachable is a configuration error, located at the part of the
+  // config that describes the graph.
+  if (diags.size() == errors_before) {
+    try {
+      const Topology t = build_topology(s);
+      if (auto problem = t.connectivity_problem()) {
+        if (s.inter.fabric == InterFabric::kExplicit && topo.defined())
+          topo.error(*problem);
+        else
+          c.error(*problem + " (a multi-node cluster needs inter_node)");
+      }
+    } catch (const std::exception& e) {
+      c.error(e.what());
+    }
+  }
+  return s;
+}
+
+}  // namespace moesim::hw

@@ -1,0 +1,406 @@
+#include "hardware/flow_network.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <stdexcept>
+#include <string>
+
+namespace moesim::hw {
+
+namespace {
+/// Relative tolerance for "this link is full" and "this flow has the largest rate on the link"
+/// in the departure check. It only decides whether to re-solve; a false "not a bottleneck"
+/// costs a re-solve, never exactness beyond floating-point rounding.
+constexpr double kSatTol = 1e-9;
+}  // namespace
+
+LinkId FlowNetwork::add_link(double bytes_per_s, sim::SimTime latency) {
+  if (!(bytes_per_s > 0) || !std::isfinite(bytes_per_s))
+    throw std::invalid_argument("FlowNetwork::add_link: bandwidth must be finite and > 0, got " +
+                                std::to_string(bytes_per_s));
+  if (latency < sim::SimTime::zero()) throw std::invalid_argument("FlowNetwork::add_link: negative latency");
+  const auto id = static_cast<LinkId>(links_.size());
+  links_.push_back(Link{bytes_per_s, latency});
+  link_bytes_.push_back(0);
+  link_flows_.emplace_back();
+  used_.push_back(0);
+  max_rate_.push_back(0);
+  saturated_.push_back(0);
+  bneck_count_.push_back(0);
+  link_stamp_.push_back(0);
+  link_cnt_.push_back(0);
+  csr_begin_.push_back(0);
+  csr_fill_.push_back(0);
+  link_res_.push_back(0);
+  return id;
+}
+
+sim::SimTime FlowNetwork::path_latency(std::span<const LinkId> path) const {
+  sim::SimTime t{};
+  for (LinkId l : path) t += links_.at(l).latency;
+  return t;
+}
+
+sim::SimTime FlowNetwork::batch_done_time(BatchId b) const {
+  const Batch& bt = batches_.at(b);
+  return bt.running == 0 ? sim::SimTime::from_ps(bt.max_done_ps) : sim::SimTime::max();
+}
+
+double FlowNetwork::flow_rate(BatchId b, std::size_t index) const {
+  const Batch& bt = batches_.at(b);
+  if (bt.done.at(index) != sim::SimTime::max()) return 0;
+  for (FlowIdx f : active_)
+    if (flows_[f].batch == b && flows_[f].index == index) return flows_[f].rate;
+  return 0;
+}
+
+BatchId FlowNetwork::start(FlowBatch batch, sim::Callback on_done) {
+  const std::size_t n = batch.bytes.size();
+  if (batch.offsets.size() != n + 1 || batch.offsets.front() != 0 || batch.offsets.back() != batch.links.size())
+    throw std::invalid_argument("FlowNetwork::start: inconsistent FlowBatch offsets");
+  for (LinkId l : batch.links)
+    if (l >= links_.size()) throw std::invalid_argument("FlowNetwork::start: unknown link id " + std::to_string(l));
+  for (double b : batch.bytes)
+    if (!(b >= 0) || !std::isfinite(b))
+      throw std::invalid_argument("FlowNetwork::start: flow bytes must be finite and >= 0");
+
+  const auto bid = static_cast<BatchId>(batches_.size());
+  batches_.emplace_back();
+  Batch& bt = batches_.back();
+  bt.done.assign(n, sim::SimTime::max());
+  bt.on_done = std::move(on_done);
+  const std::int64_t now = sim_.now().ps();
+  bt.max_done_ps = now;
+
+  flows_.reserve(flows_.size() + n);
+  path_links_.reserve(path_links_.size() + batch.links.size());
+  path_pos_.reserve(path_pos_.size() + batch.links.size());
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::uint32_t b0 = batch.offsets[i], b1 = batch.offsets[i + 1];
+    const double bytes = batch.bytes[i];
+    std::int64_t lat = 0;
+    for (std::uint32_t k = b0; k < b1; ++k) {
+      link_bytes_[batch.links[k]] += bytes;
+      lat += links_[batch.links[k]].latency.ps();
+    }
+    if (bytes == 0 || b0 == b1) {
+      bt.done[i] = sim::SimTime::from_ps(now + lat);
+      bt.max_done_ps = std::max(bt.max_done_ps, now + lat);
+      continue;
+    }
+    const auto f = static_cast<FlowIdx>(flows_.size());
+    Flow fl;
+    fl.path_begin = static_cast<std::uint32_t>(path_links_.size());
+    fl.path_len = b1 - b0;
+    fl.batch = bid;
+    fl.index = static_cast<std::uint32_t>(i);
+    fl.anchor_bytes = bytes;
+    fl.anchor_ps = now;
+    fl.active_pos = static_cast<std::uint32_t>(active_.size());
+    for (std::uint32_t k = b0; k < b1; ++k) {
+      const LinkId l = batch.links[k];
+      path_links_.push_back(l);
+      path_pos_.push_back(static_cast<std::uint32_t>(link_flows_[l].size()));
+      link_flows_[l].push_back(f);
+    }
+    flows_.push_back(fl);
+    active_.push_back(f);
+    arrived_.push_back(f);
+    ++bt.running;
+    ++stats_.flows_started;
+  }
+  flow_stamp_.resize(flows_.size(), 0);
+  new_num_.resize(flows_.size(), 0);
+  new_den_.resize(flows_.size(), 0);
+
+  if (bt.running == 0) {
+    sim_.schedule_at(sim::SimTime::from_ps(bt.max_done_ps), std::move(bt.on_done));
+  } else {
+    request_solve();
+  }
+  return bid;
+}
+
+void FlowNetwork::request_solve() {
+  if (solve_pending_) return;
+  solve_pending_ = true;
+  sim_.schedule_at(
+      sim_.now(), [this] { solve_event(); }, sim::Phase::kObserve);
+}
+
+void FlowNetwork::solve_event() {
+  solve_pending_ = false;
+  if (!arrived_.empty() || !incremental_) {
+    if (!active_.empty()) {
+      solve(active_, true);
+      ++stats_.full_solves;
+    }
+  } else if (!departed_.empty()) {
+    // Which remaining flows lost every bottleneck? Only flows on the freed links can have.
+    const std::uint32_t u = ++stamp_;
+    for (FlowIdx f : departed_) {
+      const Flow& fl = flows_[f];
+      for (std::uint32_t k = 0; k < fl.path_len; ++k) link_stamp_[path_links_[fl.path_begin + k]] = u;
+    }
+    for (FlowIdx f : departed_) {
+      const Flow& fl = flows_[f];
+      for (std::uint32_t k = 0; k < fl.path_len; ++k) {
+        const LinkId l = path_links_[fl.path_begin + k];
+        saturated_[l] = used_[l] >= links_[l].capacity * (1 - kSatTol) ? 1 : 0;
+      }
+    }
+    double rho = std::numeric_limits<double>::infinity();
+    for (FlowIdx f : departed_) {
+      const Flow& fl = flows_[f];
+      for (std::uint32_t k = 0; k < fl.path_len; ++k) {
+        const LinkId l = path_links_[fl.path_begin + k];
+        if (bneck_count_[l] == 0) continue;
+        for (FlowIdx g : link_flows_[l]) {
+          Flow& gl = flows_[g];
+          if (gl.bneck != l) continue;
+          LinkId alt = kNone;
+          for (std::uint32_t j = 0; j < gl.path_len; ++j) {
+            const LinkId m = path_links_[gl.path_begin + j];
+            if (link_stamp_[m] != u && saturated_[m] && gl.rate >= max_rate_[m] * (1 - kSatTol)) {
+              alt = m;
+              break;
+            }
+          }
+          if (alt != kNone) {
+            set_bneck(gl, alt);
+          } else {
+            rho = std::min(rho, gl.rate);
+          }
+        }
+      }
+    }
+    if (rho == std::numeric_limits<double>::infinity()) {
+      ++stats_.skipped_solves;
+    } else {
+      const double cut = rho * (1 - kSatTol);
+      const auto p =
+          static_cast<std::size_t>(std::lower_bound(order_key_.begin(), order_key_.end(), cut) - order_key_.begin());
+      set_scratch_.clear();
+      for (std::size_t k = p; k < order_.size(); ++k)
+        if (flows_[order_[k]].active_pos != kNone) set_scratch_.push_back(order_[k]);
+      order_.resize(p);
+      order_key_.resize(p);
+      solve(set_scratch_, false);
+      ++stats_.partial_solves;
+    }
+  }
+  arrived_.clear();
+  departed_.clear();
+  arm_wakeup();
+  maybe_reset();
+}
+
+void FlowNetwork::solve(const std::vector<FlowIdx>& set, bool full) {
+  const std::uint32_t st = ++stamp_;
+  stats_.flows_resolved += set.size();
+  touched_.clear();
+  if (full) {
+    std::fill(used_.begin(), used_.end(), 0.0);
+    std::fill(saturated_.begin(), saturated_.end(), 0);
+    std::fill(max_rate_.begin(), max_rate_.end(), 0.0);
+  }
+  for (FlowIdx f : set) {
+    const Flow& fl = flows_[f];
+    for (std::uint32_t k = 0; k < fl.path_len; ++k) {
+      const LinkId l = path_links_[fl.path_begin + k];
+      if (link_stamp_[l] != st) {
+        link_stamp_[l] = st;
+        touched_.push_back(l);
+        link_cnt_[l] = 0;
+        link_res_[l] = full ? links_[l].capacity : links_[l].capacity - used_[l];
+        max_rate_[l] = 0;
+      }
+      ++link_cnt_[l];
+      if (!full) link_res_[l] += fl.rate;
+    }
+  }
+  // Flows of each touched link, counting sort by link.
+  std::uint32_t pos = 0;
+  for (LinkId l : touched_) {
+    csr_begin_[l] = pos;
+    csr_fill_[l] = pos;
+    pos += link_cnt_[l];
+  }
+  csr_flows_.resize(pos);
+  for (FlowIdx f : set) {
+    const Flow& fl = flows_[f];
+    for (std::uint32_t k = 0; k < fl.path_len; ++k) csr_flows_[csr_fill_[path_links_[fl.path_begin + k]]++] = f;
+  }
+  // Progressive filling. Keys are (fair share, link id): ties resolve by link id, so the run
+  // is deterministic. Shares only grow as flows freeze elsewhere, so a popped key that is
+  // smaller than the link's current share is re-inserted instead of updated in place.
+  freeze_order_.clear();
+  if (full) {
+    order_.clear();
+    order_key_.clear();
+  }
+  heap_.clear();
+  for (LinkId l : touched_) heap_.emplace_back(link_res_[l] / link_cnt_[l], l);
+  const auto cmp = std::greater<>();
+  std::make_heap(heap_.begin(), heap_.end(), cmp);
+  while (!heap_.empty()) {
+    std::pop_heap(heap_.begin(), heap_.end(), cmp);
+    const auto [key, l] = heap_.back();
+    heap_.pop_back();
+    const std::uint32_t cnt = link_cnt_[l];
+    if (cnt == 0) continue;
+    double res = link_res_[l];
+    const double share = res / cnt;
+    if (share > key) {
+      heap_.emplace_back(share, l);
+      std::push_heap(heap_.begin(), heap_.end(), cmp);
+      continue;
+    }
+    // Rounding can leave a tied link a hair below zero; it still has flows to serve.
+    if (!(res > 0)) res = links_[l].capacity * 1e-15;
+    const double rate = res / cnt;
+    for (std::uint32_t k = csr_begin_[l], e = csr_begin_[l] + static_cast<std::uint32_t>(csr_fill_[l] - csr_begin_[l]);
+         k < e; ++k) {
+      const FlowIdx f = csr_flows_[k];
+      if (flow_stamp_[f] == st) continue;
+      flow_stamp_[f] = st;
+      freeze_order_.push_back(f);
+      new_num_[f] = res;
+      new_den_[f] = cnt;
+      Flow& fl = flows_[f];
+      set_bneck(fl, l);
+      for (std::uint32_t j = 0; j < fl.path_len; ++j) {
+        const LinkId m = path_links_[fl.path_begin + j];
+        link_res_[m] -= rate;
+        --link_cnt_[m];
+        if (rate > max_rate_[m]) max_rate_[m] = rate;
+      }
+    }
+  }
+  for (LinkId l : touched_) {
+    used_[l] = links_[l].capacity - link_res_[l];
+    saturated_[l] = used_[l] >= links_[l].capacity * (1 - kSatTol) ? 1 : 0;
+  }
+  const std::int64_t now = sim_.now().ps();
+  for (FlowIdx f : set) apply_rate(f, new_num_[f], new_den_[f], now);
+  // Append the new suffix in freeze order; drop dead entries when they dominate.
+  double key = order_key_.empty() ? 0.0 : order_key_.back();
+  for (FlowIdx f : freeze_order_) {
+    key = std::max(key, flows_[f].rate);
+    order_.push_back(f);
+    order_key_.push_back(key);
+  }
+  if (order_.size() > 2 * active_.size() + 4096) {
+    std::size_t w = 0;
+    for (std::size_t k = 0; k < order_.size(); ++k)
+      if (flows_[order_[k]].active_pos != kNone) {
+        order_[w] = order_[k];
+        order_key_[w++] = order_key_[k];
+      }
+    order_.resize(w);
+    order_key_.resize(w);
+  }
+}
+
+void FlowNetwork::apply_rate(FlowIdx f, double num, std::uint32_t den, std::int64_t now_ps) {
+  Flow& fl = flows_[f];
+  if (fl.rate_den == den && fl.rate_num == num) return;
+  if (fl.rate_den != 0 && now_ps > fl.anchor_ps) {
+    fl.anchor_bytes -= fl.rate * (static_cast<double>(now_ps - fl.anchor_ps) * 1e-12);
+    if (fl.anchor_bytes < 0) fl.anchor_bytes = 0;
+  }
+  fl.anchor_ps = now_ps;
+  fl.rate_num = num;
+  fl.rate_den = den;
+  fl.rate = num / den;
+  fl.drain_ps = now_ps + sim::duration_for(fl.anchor_bytes * den, num).ps();
+  ++fl.version;
+  drains_.push(Pending{fl.drain_ps, f, fl.version});
+}
+
+void FlowNetwork::arm_wakeup() {
+  while (!drains_.empty()) {
+    const Pending& p = drains_.top();
+    const Flow& fl = flows_[p.flow];
+    if (fl.active_pos != kNone && fl.version == p.version) break;
+    drains_.pop();
+  }
+  const std::int64_t t = drains_.empty() ? std::numeric_limits<std::int64_t>::max() : drains_.top().ps;
+  if (t == wakeup_ps_) return;
+  if (wakeup_id_.valid()) sim_.cancel(wakeup_id_);
+  wakeup_id_ = {};
+  wakeup_ps_ = t;
+  if (drains_.empty()) return;
+  wakeup_id_ = sim_.schedule_at(
+      sim::SimTime::from_ps(t), [this] { drain_event(); }, sim::Phase::kComplete);
+}
+
+void FlowNetwork::drain_event() {
+  wakeup_id_ = {};
+  wakeup_ps_ = std::numeric_limits<std::int64_t>::max();
+  const std::int64_t now = sim_.now().ps();
+  ++stats_.drain_events;
+  while (!drains_.empty() && drains_.top().ps <= now) {
+    const Pending p = drains_.top();
+    drains_.pop();
+    const Flow& fl = flows_[p.flow];
+    if (fl.active_pos == kNone || fl.version != p.version) continue;
+    finish_flow(p.flow, now);
+  }
+  if (!departed_.empty()) request_solve();
+  arm_wakeup();
+}
+
+void FlowNetwork::finish_flow(FlowIdx f, std::int64_t now_ps) {
+  Flow& fl = flows_[f];
+  set_bneck(fl, kNone);
+  std::int64_t lat = 0;
+  for (std::uint32_t k = 0; k < fl.path_len; ++k) {
+    const std::uint32_t h = fl.path_begin + k;
+    const LinkId l = path_links_[h];
+    lat += links_[l].latency.ps();
+    used_[l] -= fl.rate;
+    auto& lf = link_flows_[l];
+    const std::uint32_t pos = path_pos_[h];
+    const FlowIdx last = lf.back();
+    lf[pos] = last;
+    lf.pop_back();
+    if (last != f) {
+      const Flow& ll = flows_[last];
+      for (std::uint32_t j = 0; j < ll.path_len; ++j)
+        if (path_links_[ll.path_begin + j] == l) {
+          path_pos_[ll.path_begin + j] = pos;
+          break;
+        }
+    }
+  }
+  const FlowIdx moved = active_.back();
+  active_[fl.active_pos] = moved;
+  flows_[moved].active_pos = fl.active_pos;
+  active_.pop_back();
+  fl.active_pos = kNone;
+  departed_.push_back(f);
+
+  Batch& bt = batches_[fl.batch];
+  bt.done[fl.index] = sim::SimTime::from_ps(now_ps + lat);
+  bt.max_done_ps = std::max(bt.max_done_ps, now_ps + lat);
+  if (--bt.running == 0) sim_.schedule_at(sim::SimTime::from_ps(bt.max_done_ps), std::move(bt.on_done));
+}
+
+void FlowNetwork::maybe_reset() {
+  if (!active_.empty()) return;
+  // Nothing in flight: drop flow records so a long simulation does not grow without bound.
+  flows_.clear();
+  path_links_.clear();
+  path_pos_.clear();
+  drains_ = {};
+  std::fill(used_.begin(), used_.end(), 0.0);
+  std::fill(saturated_.begin(), saturated_.end(), 0);
+  std::fill(max_rate_.begin(), max_rate_.end(), 0.0);
+  std::fill(bneck_count_.begin(), bneck_count_.end(), 0U);
+  order_.clear();
+  order_key_.clear();
+}
+
+}  // namespace moesim::hw

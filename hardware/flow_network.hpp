@@ -1,0 +1,217 @@
+#pragma once
+/// \file
+/// Flow-level network: transfers are fluid flows over fixed paths of directed links, and the
+/// flows that share a link divide its bandwidth by max-min fairness.
+///
+/// Why max-min (and not a per-packet model): an all-to-all among 1,024 GPUs is a million
+/// transfers; packet simulation is out of reach, while the max-min fluid model is what SimGrid
+/// and most flow-level simulators use and matches long RDMA transfers well.
+///
+/// Model
+///  - A link is directional (a full-duplex cable is two links) with a capacity in bytes/s and a
+///    latency. A flow has a path (a list of links), a byte count, and a start time.
+///  - Rates are the exact max-min fair allocation (progressive filling), recomputed whenever the
+///    set of flows changes. All flows started at the same instant are solved together, once: the
+///    solve runs as a `Phase::kObserve` event at that instant, after every start and completion.
+///  - Latency is added at the END: the bytes leave the source at the flow's (changing) rate from
+///    the moment it starts, and the flow completes `path latency` after its last byte has left.
+///    Completion = start + drain time + sum of link latencies. Choosing the end (rather than
+///    delaying the start) keeps the flows of one collective starting together, so they share one
+///    solve, and makes the closed forms simple (bytes / bandwidth + latency).
+///  - A rate is kept as the pair (residual capacity, flow count) of the link that froze it, and a
+///    drain time is `duration_for(remaining * count, residual)`: for flows that share a link
+///    equally from the start this is exactly ceil(bytes * n / B) picoseconds, the closed form.
+///
+/// Speed without approximation
+///  - Progressive filling over a min-heap of links keyed by fair share, with lazy re-keying
+///    (shares only grow while filling), per-link flow lists, and one pass over each path.
+///  - When flows finish and nothing starts, the old allocation (minus the finished flows) is
+///    still the max-min allocation unless some remaining flow lost every bottleneck it had
+///    (Bertsekas & Gallager, Data Networks, 6.5: an allocation is max-min fair iff every flow
+///    has a saturated link on which its rate is maximal). Each flow remembers one bottleneck;
+///    only flows whose remembered bottleneck is a freed link are checked, and they look for
+///    another one on their path (which they then remember). If some flows lost all their bottlenecks, let rho be the
+///    smallest of their rates: progressive filling on the new flow set performs the same steps as before below level
+///    rho, so every flow whose rate is below rho keeps it, and only the flows at or above rho are re-solved, on the
+///    capacity the others leave. Results equal a full re-solve (up to floating-point rounding of the rates;
+///    `set_incremental(false)` forces full solves, and the tests compare the two).
+///  - Flows whose (residual, count) rate is unchanged by a solve keep their drain event.
+///  - One simulation event at a time stands for the earliest drain; same-picosecond drains are
+///    processed together.
+
+#include <cstdint>
+#include <limits>
+#include <queue>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "sim/simulation.hpp"
+#include "sim/time.hpp"
+
+namespace moesim::hw {
+
+using LinkId = std::uint32_t;
+using BatchId = std::uint32_t;
+
+/// Flows to start together. Paths are stored flat (CSR) so that a million-flow collective costs
+/// three vectors, not a million small ones.
+struct FlowBatch {
+  std::vector<LinkId> links;              ///< concatenated paths
+  std::vector<std::uint32_t> offsets{0};  ///< path i = links[offsets[i] .. offsets[i+1])
+  std::vector<double> bytes;              ///< bytes of flow i (>= 0, finite)
+
+  void add(std::span<const LinkId> path, double flow_bytes) {
+    links.insert(links.end(), path.begin(), path.end());
+    offsets.push_back(static_cast<std::uint32_t>(links.size()));
+    bytes.push_back(flow_bytes);
+  }
+  std::size_t size() const { return bytes.size(); }
+  void reserve(std::size_t flows, std::size_t hops_per_flow) {
+    bytes.reserve(flows);
+    offsets.reserve(flows + 1);
+    links.reserve(flows * hops_per_flow);
+  }
+};
+
+/// Counters for benchmarks and tests.
+struct FlowNetworkStats {
+  std::uint64_t flows_started = 0;
+  std::uint64_t full_solves = 0;     ///< progressive filling over every active flow
+  std::uint64_t partial_solves = 0;  ///< over the flows at or above the threshold rho
+  std::uint64_t skipped_solves = 0;  ///< departures that provably changed no rate
+  std::uint64_t flows_resolved = 0;  ///< sum of flow counts over all solves
+  std::uint64_t drain_events = 0;    ///< distinct drain instants
+};
+
+class FlowNetwork {
+ public:
+  explicit FlowNetwork(sim::Simulation& sim) : sim_(sim) {}
+  FlowNetwork(const FlowNetwork&) = delete;
+  FlowNetwork& operator=(const FlowNetwork&) = delete;
+
+  /// Adds a directional link. Capacity must be finite and > 0 (std::invalid_argument).
+  LinkId add_link(double bytes_per_s, sim::SimTime latency);
+  std::size_t link_count() const { return links_.size(); }
+  double link_capacity(LinkId l) const { return links_[l].capacity; }
+  sim::SimTime link_latency(LinkId l) const { return links_[l].latency; }
+  /// Sum of the latencies of a path's links.
+  sim::SimTime path_latency(std::span<const LinkId> path) const;
+
+  /// Starts every flow of `batch` now. `on_done` runs as an event at the instant the last flow of
+  /// the batch completes (drain + path latency). Zero-byte flows and empty paths complete after
+  /// the path latency without taking bandwidth. Throws std::invalid_argument on a bad link id or
+  /// a negative/non-finite byte count.
+  BatchId start(FlowBatch batch, sim::Callback on_done);
+
+  /// Completion time of flow `index` of a batch (SimTime::max() while it is still running).
+  sim::SimTime flow_done_time(BatchId b, std::size_t index) const { return batches_[b].done[index]; }
+  /// Completion of the whole batch (SimTime::max() while running).
+  sim::SimTime batch_done_time(BatchId b) const;
+  bool batch_finished(BatchId b) const { return batches_[b].running == 0; }
+
+  /// Bytes that have been started over each link (cumulative, including running flows).
+  double link_bytes(LinkId l) const { return link_bytes_[l]; }
+  /// Current rate of flow `index` of batch `b` in bytes/s (0 when finished or not yet solved).
+  double flow_rate(BatchId b, std::size_t index) const;
+
+  std::size_t active_flows() const { return active_.size(); }
+  const FlowNetworkStats& stats() const { return stats_; }
+  /// false: re-solve every active flow at every change (the reference the tests compare with).
+  void set_incremental(bool on) { incremental_ = on; }
+
+ private:
+  using FlowIdx = std::uint32_t;
+  static constexpr std::uint32_t kNone = ~0U;
+
+  struct Link {
+    double capacity = 0;
+    sim::SimTime latency{};
+  };
+  struct Flow {
+    std::uint32_t path_begin = 0;
+    std::uint32_t path_len = 0;
+    BatchId batch = 0;
+    std::uint32_t index = 0;  ///< index inside its batch
+    std::uint32_t active_pos = kNone;
+    std::uint32_t version = 0;   ///< bumps when the drain time changes
+    std::uint32_t rate_den = 0;  ///< 0 = no rate yet
+    LinkId bneck = kNone;        ///< a link where this flow is bottlenecked (saturated, max rate)
+    double rate_num = 0;
+    double rate = 0;          ///< rate_num / rate_den
+    double anchor_bytes = 0;  ///< bytes left at anchor_ps
+    std::int64_t anchor_ps = 0;
+    std::int64_t drain_ps = 0;
+  };
+  struct Batch {
+    std::uint32_t running = 0;
+    std::int64_t max_done_ps = 0;
+    std::vector<sim::SimTime> done;
+    sim::Callback on_done;
+  };
+  struct Pending {  // min-heap entry of drain times
+    std::int64_t ps;
+    FlowIdx flow;
+    std::uint32_t version;
+    bool operator>(const Pending& o) const { return ps != o.ps ? ps > o.ps : flow > o.flow; }
+  };
+
+  void request_solve();
+  void solve_event();
+  void solve(const std::vector<FlowIdx>& set, bool full);
+  void drain_event();
+  void finish_flow(FlowIdx f, std::int64_t now_ps);
+  void apply_rate(FlowIdx f, double num, std::uint32_t den, std::int64_t now_ps);
+  void arm_wakeup();
+  void maybe_reset();
+  void set_bneck(Flow& fl, LinkId l) {
+    if (fl.bneck != kNone) --bneck_count_[fl.bneck];
+    fl.bneck = l;
+    if (l != kNone) ++bneck_count_[l];
+  }
+
+  sim::Simulation& sim_;
+  std::vector<Link> links_;
+  std::vector<double> link_bytes_;
+  std::vector<std::vector<FlowIdx>> link_flows_;  ///< active flows per link
+  std::vector<double> used_;                      ///< sum of active rates per link
+  std::vector<double> max_rate_;                  ///< largest rate on a saturated link
+  std::vector<std::uint8_t> saturated_;
+  std::vector<std::uint32_t> bneck_count_;  ///< flows whose `bneck` is this link
+
+  std::vector<Flow> flows_;
+  std::vector<LinkId> path_links_;
+  std::vector<std::uint32_t> path_pos_;  ///< position of the flow in link_flows_[link]
+  std::vector<FlowIdx> active_;
+  std::vector<Batch> batches_;
+
+  std::vector<FlowIdx> arrived_;   ///< since the last solve
+  std::vector<FlowIdx> departed_;  ///< since the last solve
+  bool solve_pending_ = false;
+  std::priority_queue<Pending, std::vector<Pending>, std::greater<>> drains_;
+  sim::EventId wakeup_id_{};
+  std::int64_t wakeup_ps_ = std::numeric_limits<std::int64_t>::max();
+
+  // solver scratch (sized to links / flows, reused)
+  std::vector<std::uint32_t> link_stamp_, link_cnt_, csr_begin_, csr_fill_;
+  std::vector<double> link_res_;
+  std::vector<FlowIdx> csr_flows_;
+  std::vector<LinkId> touched_;
+  std::vector<std::uint32_t> flow_stamp_;
+  std::vector<double> new_num_;
+  std::vector<std::uint32_t> new_den_;
+  std::vector<std::pair<double, LinkId>> heap_;
+  std::vector<FlowIdx> set_scratch_;
+  /// Flows in the order the last solves froze them, i.e. by nondecreasing rate (key = rate,
+  /// made monotone), so the flows at or above a threshold are a suffix. Finished flows stay as
+  /// dead entries until compaction.
+  std::vector<FlowIdx> order_;
+  std::vector<double> order_key_;
+  std::vector<FlowIdx> freeze_order_;
+  std::uint32_t stamp_ = 0;
+
+  bool incremental_ = true;
+  FlowNetworkStats stats_;
+};
+
+}  // namespace moesim::hw

@@ -1,0 +1,271 @@
+#include "hardware/topology.hpp"
+
+#include <fmt/format.h>
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <ostream>
+#include <stdexcept>
+
+#include <boost/graph/breadth_first_search.hpp>
+#include <boost/graph/filtered_graph.hpp>
+#include <boost/graph/reverse_graph.hpp>
+#include <boost/graph/visitors.hpp>
+
+#include "hardware/flow_network.hpp"
+
+namespace moesim::hw {
+
+namespace {
+std::uint64_t mix64(std::uint64_t x) {  // splitmix64 finaliser
+  x += 0x9E3779B97F4A7C15ULL;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+  return x ^ (x >> 31);
+}
+
+std::string bw_label(double bps) {
+  if (bps >= 1e12) return fmt::format("{:g} TB/s", bps / 1e12);
+  if (bps >= 1e9) return fmt::format("{:g} GB/s", bps / 1e9);
+  return fmt::format("{:g} MB/s", bps / 1e6);
+}
+}  // namespace
+
+int Topology::add_vertex(VertexKind kind, std::string name, int node) {
+  return static_cast<int>(boost::add_vertex(VertexInfo{kind, std::move(name), node}, g_));
+}
+
+LinkId Topology::add_link(int from, int to, double bandwidth, sim::SimTime latency) {
+  if (!(bandwidth > 0) || !std::isfinite(bandwidth))
+    throw std::invalid_argument(fmt::format("link {} -> {}: bandwidth must be > 0", g_[from].name, g_[to].name));
+  const auto id = static_cast<LinkId>(link_src_.size());
+  boost::add_edge(static_cast<std::size_t>(from), static_cast<std::size_t>(to), EdgeInfo{id, bandwidth, latency}, g_);
+  link_src_.push_back(from);
+  link_dst_.push_back(to);
+  link_bw_.push_back(bandwidth);
+  link_lat_.push_back(latency);
+  dist_cache_.clear();
+  out_links_.clear();
+  return id;
+}
+
+void Topology::add_duplex(int a, int b, double bandwidth, sim::SimTime latency_ab, sim::SimTime latency_ba) {
+  add_link(a, b, bandwidth, latency_ab);
+  add_link(b, a, bandwidth, latency_ba);
+}
+
+std::optional<int> Topology::find_vertex(const std::string& name) const {
+  for (std::size_t v = 0; v < boost::num_vertices(g_); ++v)
+    if (g_[v].name == name) return static_cast<int>(v);
+  return std::nullopt;
+}
+
+std::string Topology::link_name(LinkId l) const {
+  return g_[static_cast<std::size_t>(link_src_[l])].name + "->" + g_[static_cast<std::size_t>(link_dst_[l])].name;
+}
+
+void Topology::install(FlowNetwork& net) const {
+  if (net.link_count() != 0) throw std::invalid_argument("Topology::install: the FlowNetwork already has links");
+  for (std::size_t l = 0; l < link_src_.size(); ++l) net.add_link(link_bw_[l], link_lat_[l]);
+}
+
+const std::vector<std::int32_t>& Topology::dist_to(int dst) const {
+  const std::size_t nv = boost::num_vertices(g_);
+  if (out_links_.size() != link_src_.size()) {
+    out_begin_.assign(nv + 1, 0);
+    for (int s : link_src_) ++out_begin_[static_cast<std::size_t>(s) + 1];
+    for (std::size_t v = 0; v < nv; ++v) out_begin_[v + 1] += out_begin_[v];
+    out_links_.assign(link_src_.size(), 0);
+    std::vector<std::uint32_t> fill(out_begin_.begin(), out_begin_.end() - 1);
+    for (std::size_t l = 0; l < link_src_.size(); ++l)
+      out_links_[fill[static_cast<std::size_t>(link_src_[l])]++] = static_cast<LinkId>(l);
+    dist_cache_.clear();
+  }
+  if (dist_cache_.empty()) dist_cache_.resize(static_cast<std::size_t>(gpus_));
+  auto& d = dist_cache_[static_cast<std::size_t>(dst)];
+  if (!d.empty()) return d;
+  // Hop distances to `dst` over the reversed graph, never passing through another GPU.
+  d.assign(nv, -1);
+  d[static_cast<std::size_t>(dst)] = 0;
+  const auto rg = boost::make_reverse_graph(g_);
+  const Graph* gp = &g_;
+  auto keep = [gp, dst](std::size_t v) { return (*gp)[v].kind != VertexKind::kGpu || static_cast<int>(v) == dst; };
+  boost::filtered_graph<decltype(rg), boost::keep_all, std::function<bool(std::size_t)>> fg(rg, boost::keep_all(),
+                                                                                            keep);
+  auto dmap = boost::make_iterator_property_map(d.begin(), boost::get(boost::vertex_index, g_));
+  boost::breadth_first_search(
+      fg, static_cast<std::size_t>(dst),
+      boost::visitor(boost::make_bfs_visitor(boost::record_distances(dmap, boost::on_tree_edge()))));
+  return d;
+}
+
+void Topology::route(int src, int dst, std::uint64_t flow_key, std::vector<LinkId>& out) const {
+  if (src == dst) return;
+  const auto& d = dist_to(dst);
+  auto pick = [&](int u, std::int32_t want, std::uint32_t hop) -> LinkId {
+    std::uint32_t n = 0;
+    const std::uint32_t b = out_begin_[static_cast<std::size_t>(u)], e = out_begin_[static_cast<std::size_t>(u) + 1];
+    for (std::uint32_t k = b; k < e; ++k)
+      if (d[static_cast<std::size_t>(link_dst_[out_links_[k]])] == want) ++n;
+    if (n == 0) throw std::runtime_error(fmt::format("no route from {} to {}", g_[src].name, g_[dst].name));
+    std::uint32_t choice = n == 1 ? 0 : static_cast<std::uint32_t>(mix64(flow_key ^ (0x51ED27ULL * (hop + 1))) % n);
+    for (std::uint32_t k = b; k < e; ++k)
+      if (d[static_cast<std::size_t>(link_dst_[out_links_[k]])] == want && choice-- == 0) return out_links_[k];
+    return 0;  // unreachable
+  };
+  // The source is a GPU (not expanded by the search): its distance is 1 + its best neighbour's.
+  std::int32_t best = -1;
+  for (std::uint32_t k = out_begin_[static_cast<std::size_t>(src)]; k < out_begin_[static_cast<std::size_t>(src) + 1];
+       ++k) {
+    const std::int32_t dv = d[static_cast<std::size_t>(link_dst_[out_links_[k]])];
+    if (dv >= 0 && (best < 0 || dv < best)) best = dv;
+  }
+  if (best < 0) throw std::runtime_error(fmt::format("no route from {} to {}", g_[src].name, g_[dst].name));
+  int u = src;
+  std::uint32_t hop = 0;
+  for (std::int32_t want = best; want >= 0; --want, ++hop) {
+    const LinkId l = pick(u, want, hop);
+    out.push_back(l);
+    u = link_dst_[l];
+  }
+}
+
+std::optional<std::string> Topology::connectivity_problem() const {
+  for (int dst = 0; dst < gpus_; ++dst) {
+    const auto& d = dist_to(dst);
+    for (int src = 0; src < gpus_; ++src) {
+      if (src == dst) continue;
+      bool ok = false;
+      for (std::uint32_t k = out_begin_[static_cast<std::size_t>(src)];
+           k < out_begin_[static_cast<std::size_t>(src) + 1] && !ok; ++k)
+        ok = d[static_cast<std::size_t>(link_dst_[out_links_[k]])] >= 0;
+      if (!ok)
+        return fmt::format("{} cannot reach {}: the topology does not connect every GPU",
+                           g_[static_cast<std::size_t>(src)].name, g_[static_cast<std::size_t>(dst)].name);
+    }
+  }
+  return std::nullopt;
+}
+
+void Topology::write_dot(std::ostream& os) const {
+  os << "digraph moesim_topology {\n  rankdir=BT;\n  node [fontsize=10];\n";
+  std::map<int, std::vector<std::size_t>> by_node;
+  std::vector<std::size_t> global;
+  for (std::size_t v = 0; v < boost::num_vertices(g_); ++v) {
+    if (g_[v].node >= 0)
+      by_node[g_[v].node].push_back(v);
+    else
+      global.push_back(v);
+  }
+  auto vertex = [&](std::size_t v, const char* indent) {
+    const char* shape = g_[v].kind == VertexKind::kGpu ? "box" : g_[v].kind == VertexKind::kNic ? "ellipse" : "diamond";
+    os << fmt::format("{}v{} [label=\"{}\", shape={}];\n", indent, v, g_[v].name, shape);
+  };
+  for (const auto& [n, vs] : by_node) {
+    os << fmt::format("  subgraph cluster_node{} {{\n    label=\"node {}\";\n", n, n);
+    for (auto v : vs) vertex(v, "    ");
+    os << "  }\n";
+  }
+  for (auto v : global) vertex(v, "  ");
+  for (std::size_t l = 0; l < link_src_.size(); ++l)
+    os << fmt::format("  v{} -> v{} [label=\"{}\"];\n", link_src_[l], link_dst_[l], bw_label(link_bw_[l]));
+  os << "}\n";
+}
+
+Topology build_topology(const ClusterSpec& s) {
+  if (s.nodes < 1 || s.gpus_per_node < 1)
+    throw std::invalid_argument("build_topology: nodes and gpus_per_node must be >= 1");
+  Topology t;
+  t.gpus_ = s.total_gpus();
+  t.gpus_per_node_ = s.gpus_per_node;
+  const int gpn = s.gpus_per_node;
+  for (int g = 0; g < t.gpus_; ++g) t.add_vertex(VertexKind::kGpu, fmt::format("gpu{}", g), g / gpn);
+
+  // Inside each node.
+  if (gpn > 1 && s.intra.fabric != IntraFabric::kNone) {
+    const double bw = s.intra.bandwidth * s.intra.efficiency;
+    for (int n = 0; n < s.nodes; ++n) {
+      const int g0 = n * gpn;
+      if (s.intra.fabric == IntraFabric::kNvlinkMesh) {
+        // Every GPU pair has a direct link; a GPU's bandwidth is split over its gpn-1 peers.
+        for (int i = 0; i < gpn; ++i)
+          for (int j = i + 1; j < gpn; ++j)
+            t.add_duplex(g0 + i, g0 + j, bw / (gpn - 1), s.intra.latency, s.intra.latency);
+      } else {
+        const char* what = s.intra.fabric == IntraFabric::kNvswitch ? "nvswitch" : "pcie";
+        const int sw = t.add_vertex(VertexKind::kSwitch, fmt::format("node{}.{}", n, what), n);
+        for (int i = 0; i < gpn; ++i) t.add_duplex(g0 + i, sw, bw, s.intra.latency, sim::SimTime{});
+      }
+    }
+  }
+
+  // Between nodes.
+  if (s.inter.fabric == InterFabric::kExplicit) {
+    std::map<std::string, int> names;
+    for (int g = 0; g < t.gpus_; ++g) names[fmt::format("gpu{}", g)] = g;
+    for (const auto& sw : s.explicit_switches) names[sw] = t.add_vertex(VertexKind::kSwitch, sw, -1);
+    for (const auto& l : s.explicit_links) {
+      auto a = names.find(l.from), b = names.find(l.to);
+      if (a == names.end() || b == names.end())
+        throw std::invalid_argument(fmt::format("explicit link {} -> {}: unknown vertex", l.from, l.to));
+      t.add_link(a->second, b->second, l.bandwidth, l.latency);
+      if (l.duplex) t.add_link(b->second, a->second, l.bandwidth, l.latency);
+    }
+  } else if (s.nodes > 1) {
+    const int nics = s.inter.nics_per_node;
+    if (nics < 1 || nics > gpn)
+      throw std::invalid_argument("build_topology: nics_per_node must be in 1..gpus_per_node");
+    const double pcie = s.inter.pcie_bandwidth > 0 ? s.inter.pcie_bandwidth : s.gpu.pcie_bandwidth;
+    const double nic_bw = s.inter.nic_bandwidth * s.inter.efficiency;
+    std::vector<std::vector<int>> nic(static_cast<std::size_t>(s.nodes));  // [node][k]
+    for (int n = 0; n < s.nodes; ++n)
+      for (int k = 0; k < nics; ++k)
+        nic[static_cast<std::size_t>(n)].push_back(
+            t.add_vertex(VertexKind::kNic, fmt::format("node{}.nic{}", n, k), n));
+    for (int g = 0; g < t.gpus_; ++g)
+      t.add_duplex(g, nic[static_cast<std::size_t>(g / gpn)][static_cast<std::size_t>((g % gpn) * nics / gpn)], pcie,
+                   sim::SimTime{}, sim::SimTime{});
+    auto attach = [&](int n_vertex, int sw) { t.add_duplex(n_vertex, sw, nic_bw, s.inter.latency, sim::SimTime{}); };
+    if (s.inter.fabric == InterFabric::kSingleSwitch) {
+      const int sw = t.add_vertex(VertexKind::kSwitch, "switch", -1);
+      for (auto& node_nics : nic)
+        for (int v : node_nics) attach(v, sw);
+    } else {
+      const int D = s.inter.leaf_down_ports;
+      if (D < 1) throw std::invalid_argument("build_topology: leaf_down_ports must be >= 1");
+      std::vector<std::vector<int>> groups;  // NIC vertices per leaf
+      if (s.inter.fabric == InterFabric::kRailFatTree) {
+        for (int k = 0; k < nics; ++k)
+          for (int n = 0; n < s.nodes; ++n) {
+            if (n % D == 0) groups.emplace_back();
+            groups.back().push_back(nic[static_cast<std::size_t>(n)][static_cast<std::size_t>(k)]);
+          }
+      } else {
+        int c = 0;
+        for (int n = 0; n < s.nodes; ++n)
+          for (int k = 0; k < nics; ++k, ++c) {
+            if (c % D == 0) groups.emplace_back();
+            groups.back().push_back(nic[static_cast<std::size_t>(n)][static_cast<std::size_t>(k)]);
+          }
+      }
+      std::vector<int> leaves;
+      for (std::size_t i = 0; i < groups.size(); ++i) {
+        const int leaf = t.add_vertex(VertexKind::kSwitch, fmt::format("leaf{}", i), -1);
+        leaves.push_back(leaf);
+        for (int v : groups[i]) attach(v, leaf);
+      }
+      if (leaves.size() > 1) {
+        const double over = s.inter.oversubscription;
+        const int S = s.inter.spines > 0 ? s.inter.spines : std::max(1, static_cast<int>(std::ceil(D / over)));
+        const double up = D * nic_bw / (over * S);
+        std::vector<int> spines;
+        for (int i = 0; i < S; ++i) spines.push_back(t.add_vertex(VertexKind::kSwitch, fmt::format("spine{}", i), -1));
+        for (int leaf : leaves)
+          for (int sp : spines) t.add_duplex(leaf, sp, up, sim::SimTime{}, sim::SimTime{});
+      }
+    }
+  }
+  return t;
+}
+
+}  // namespace moesim::hw

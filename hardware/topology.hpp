@@ -1,0 +1,152 @@
+#pragma once
+/// \file
+/// Cluster description (ClusterSpec, parsed from the scenario's `cluster:` section) and the
+/// network graph built from it (Topology, a Boost.Graph adjacency_list).
+///
+/// Every edge of the graph is one directional link of the flow network (a cable is two edges),
+/// with the bandwidth the flow model sees (nominal x efficiency) and a latency. GPU vertices
+/// come first (vertex g is global GPU g = node * gpus_per_node + local index) and never forward
+/// traffic: routes only pass through switches and NICs. Multi-hop forwarding through a GPU (the
+/// NVLink -> RDMA relay of hierarchical all-to-all) is expressed by the collective as separate
+/// transfers, so that its cost is visible.
+///
+/// Routing: shortest paths by hop count. Where several next hops are equally short (ECMP in a
+/// fat tree), the choice is a hash of (flow key, hop index), so it is deterministic and spreads
+/// flows like switch ECMP hashing does, collisions included. Distances to each destination are
+/// computed once by breadth-first search and cached.
+
+#include <cstdint>
+#include <iosfwd>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <boost/graph/adjacency_list.hpp>
+
+#include "hardware/gpu_catalog.hpp"
+#include "sim/time.hpp"
+
+namespace moesim::config {
+class Node;
+}
+
+namespace moesim::hw {
+
+class FlowNetwork;
+using LinkId = std::uint32_t;
+
+enum class IntraFabric { kNvswitch, kNvlinkMesh, kPcie, kNone };
+enum class InterFabric { kRailFatTree, kFatTree, kSingleSwitch, kExplicit };
+
+/// A link of an explicit topology, between two named vertices ("gpu3", "node1.nic0" or a
+/// declared switch).
+struct ExplicitLink {
+  std::string from, to;
+  double bandwidth = 0;  ///< bytes/s per direction
+  sim::SimTime latency{};
+  bool duplex = true;  ///< false: only from -> to
+};
+
+struct ClusterSpec {
+  GpuSpec gpu;
+  int nodes = 1;
+  int gpus_per_node = 8;
+  struct Intra {
+    IntraFabric fabric = IntraFabric::kNvswitch;
+    double bandwidth = 0;  ///< bytes/s per GPU per direction (default: the GPU's NVLink figure)
+    sim::SimTime latency{};
+    double efficiency = 1.0;
+  } intra;
+  struct Inter {
+    InterFabric fabric = InterFabric::kRailFatTree;
+    double nic_bandwidth = 50e9;  ///< bytes/s per NIC per direction
+    int nics_per_node = 8;
+    double oversubscription = 1.0;  ///< leaf downlink : uplink capacity
+    sim::SimTime latency{};         ///< NIC-to-NIC one way, charged on the NIC uplink
+    int leaf_down_ports = 32;       ///< NICs per leaf switch (radix / 2 for a 1:1 leaf)
+    int spines = 0;                 ///< 0: one uplink per leaf down port / oversubscription
+    double pcie_bandwidth = 0;      ///< GPU <-> NIC, bytes/s per direction (default: GPU's PCIe)
+    double efficiency = 1.0;
+  } inter;
+  std::vector<std::string> explicit_switches;
+  std::vector<ExplicitLink> explicit_links;
+
+  int total_gpus() const { return nodes * gpus_per_node; }
+};
+
+/// Reads `cluster:`. Every problem is reported into the node's Diagnostics with its location
+/// (unknown keys with did-you-mean, unknown GPU name, non-positive bandwidths, GPU count
+/// mismatch, a topology that leaves some GPU unreachable); the caller throws.
+ClusterSpec parse_cluster(const config::Node& cluster, const GpuCatalog& catalog);
+
+enum class VertexKind { kGpu, kSwitch, kNic };
+
+struct VertexInfo {
+  VertexKind kind = VertexKind::kSwitch;
+  std::string name;
+  int node = -1;
+};
+struct EdgeInfo {
+  LinkId link = 0;
+  double bandwidth = 0;  ///< bytes/s as the flow model sees it (efficiency applied)
+  sim::SimTime latency{};
+};
+
+class Topology {
+ public:
+  using Graph = boost::adjacency_list<boost::vecS, boost::vecS, boost::bidirectionalS, VertexInfo, EdgeInfo>;
+
+  int gpu_count() const { return gpus_; }
+  int gpus_per_node() const { return gpus_per_node_; }
+  int node_of(int gpu) const { return gpu / gpus_per_node_; }
+  const Graph& graph() const { return g_; }
+  std::size_t vertex_count() const { return boost::num_vertices(g_); }
+  std::size_t link_count() const { return link_src_.size(); }
+  double link_bandwidth(LinkId l) const { return link_bw_[l]; }
+  sim::SimTime link_latency(LinkId l) const { return link_lat_[l]; }
+  /// "gpu3->node0.nvswitch"
+  std::string link_name(LinkId l) const;
+
+  /// Adds a vertex / a directional link (builders and tests).
+  int add_vertex(VertexKind kind, std::string name, int node);
+  LinkId add_link(int from, int to, double bandwidth, sim::SimTime latency);
+  void add_duplex(int a, int b, double bandwidth, sim::SimTime latency_ab, sim::SimTime latency_ba);
+  std::optional<int> find_vertex(const std::string& name) const;
+
+  /// Appends the links of the route src_gpu -> dst_gpu to `out`. `flow_key` picks among equal
+  /// shortest paths. Throws std::runtime_error when dst is unreachable.
+  void route(int src_gpu, int dst_gpu, std::uint64_t flow_key, std::vector<LinkId>& out) const;
+
+  /// Creates this topology's links in an empty FlowNetwork (link ids equal).
+  void install(FlowNetwork& net) const;
+
+  /// A message naming a GPU that cannot reach another, or nullopt when all pairs connect.
+  std::optional<std::string> connectivity_problem() const;
+
+  /// Graphviz dot: one vertex per GPU / NIC / switch, one edge per link labelled with its
+  /// bandwidth; nodes are drawn as clusters.
+  void write_dot(std::ostream& os) const;
+
+ private:
+  friend Topology build_topology(const ClusterSpec& spec);
+  const std::vector<std::int32_t>& dist_to(int dst_gpu) const;
+
+  Graph g_;
+  int gpus_ = 0;
+  int gpus_per_node_ = 1;
+  std::vector<int> link_src_, link_dst_;
+  std::vector<double> link_bw_;
+  std::vector<sim::SimTime> link_lat_;
+  // out-edge CSR for route walks
+  mutable std::vector<std::uint32_t> out_begin_;
+  mutable std::vector<LinkId> out_links_;
+  mutable std::vector<std::vector<std::int32_t>> dist_cache_;  ///< per destination GPU, lazily
+};
+
+/// Builds the graph for a cluster. Throws std::invalid_argument for specs parse_cluster
+/// would have rejected.
+Topology build_topology(const ClusterSpec& spec);
+
+inline void write_dot(std::ostream& os, const Topology& t) { t.write_dot(os); }
+
+}  // namespace moesim::hw

@@ -1,0 +1,178 @@
+// Closed forms for collectives on built topologies, determinism, and the incremental solver
+// against full re-solves.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <sstream>
+
+#include "hardware/collectives.hpp"
+#include "hardware/memory.hpp"
+#include "hardware/topology.hpp"
+#include "sim/rng.hpp"
+
+using namespace moesim;
+using namespace moesim::hw;
+using namespace moesim::sim::literals;
+using sim::duration_for;
+using sim::SimTime;
+
+namespace {
+constexpr double kMiB = 1048576.0;
+
+ClusterSpec cluster(int nodes, InterFabric fabric) {
+  ClusterSpec s;
+  s.gpu.name = "test-gpu";
+  s.gpu.pcie_bandwidth = 64e9;
+  s.nodes = nodes;
+  s.gpus_per_node = 8;
+  s.intra.fabric = IntraFabric::kNvswitch;
+  s.intra.bandwidth = 450e9;
+  s.intra.latency = 1_us;
+  s.inter.fabric = fabric;
+  s.inter.nic_bandwidth = 50e9;
+  s.inter.nics_per_node = 8;
+  s.inter.latency = 2_us;
+  s.inter.efficiency = 1.0;
+  return s;
+}
+}  // namespace
+
+TEST_CASE("all-to-all on 8 GPUs over NVSwitch equals bytes per GPU / per-direction bandwidth") {
+  const Topology topo = build_topology(cluster(1, InterFabric::kSingleSwitch));
+  REQUIRE(topo.gpu_count() == 8);
+  const auto r =
+      run_collective(topo, plan_all_to_allv(topo, all_gpus(topo), ByteMatrix(8, kMiB), CollectiveAlgo::kDirect));
+  // Each GPU pushes 7 MiB through its 450 GB/s NVSwitch port; 7 equal flows share it.
+  CHECK(r.time == duration_for(7 * kMiB, 450e9) + 1_us);
+  CHECK(r.size_bytes == 8 * kMiB);
+  CHECK(r.busbw == Approx(r.algbw * 7 / 8));
+  // Per-link bytes: every GPU uplink carries 7 MiB.
+  double total = 0;
+  for (double b : r.per_link_bytes) total += b;
+  CHECK(total == 8 * 7 * kMiB * 2);  // each flow crosses two links
+}
+
+TEST_CASE("all-to-all on 2x8 GPUs over NICs: the NIC is the bottleneck") {
+  for (auto fabric : {InterFabric::kSingleSwitch, InterFabric::kRailFatTree, InterFabric::kFatTree}) {
+    const Topology topo = build_topology(cluster(2, fabric));
+    const auto r =
+        run_collective(topo, plan_all_to_allv(topo, all_gpus(topo), ByteMatrix(16, kMiB), CollectiveAlgo::kDirect));
+    // 8 remote destinations x 1 MiB through one 50 GB/s NIC (intra-node traffic finishes first).
+    CHECK(r.time == duration_for(8 * kMiB, 50e9) + 2_us);
+    CHECK(r.busbw == Approx(16 * kMiB / r.time.to_s() * 15 / 16));
+    // Analytical model agrees here: every flow crosses a most-loaded link (its NIC).
+    const auto a =
+        run_collective(topo, plan_all_to_allv(topo, all_gpus(topo), ByteMatrix(16, kMiB), CollectiveAlgo::kDirect),
+                       NetworkModel::kAnalytical);
+    CHECK(a.time == r.time);
+  }
+}
+
+TEST_CASE("hierarchical all-to-all on 2x8: NVLink gather then one exchange per rail") {
+  const Topology topo = build_topology(cluster(2, InterFabric::kRailFatTree));
+  const auto r =
+      run_collective(topo, plan_all_to_allv(topo, all_gpus(topo), ByteMatrix(16, kMiB), CollectiveAlgo::kHierarchical));
+  // Phase 1: each GPU sends 2 MiB (1 local + 1 for the remote GPU on that rail) to each of its
+  // 7 peers over 450 GB/s. Phase 2: each GPU sends 8 MiB to its same-rail peer over 50 GB/s.
+  CHECK(r.phases == 2);
+  CHECK(r.time == duration_for(14 * kMiB, 450e9) + 1_us + duration_for(8 * kMiB, 50e9) + 2_us);
+}
+
+TEST_CASE("ring all-reduce, all-gather and reduce-scatter on one NVSwitch node") {
+  const Topology topo = build_topology(cluster(1, InterFabric::kSingleSwitch));
+  const double S = 64 * kMiB;
+  // Each ring step: every GPU sends S/8 to its successor, one flow per port.
+  const SimTime step = duration_for(S / 8, 450e9) + 1_us;
+  const auto ar = run_collective(topo, plan_all_reduce(topo, all_gpus(topo), S, CollectiveAlgo::kRing));
+  CHECK(ar.time == step * 14);
+  CHECK(ar.busbw == Approx(S / ar.time.to_s() * 2 * 7 / 8));
+  const auto ag = run_collective(topo, plan_all_gather(topo, all_gpus(topo), S));
+  CHECK(ag.time == step * 7);
+  const auto rs = run_collective(topo, plan_reduce_scatter(topo, all_gpus(topo), S));
+  CHECK(rs.time == step * 7);
+  const auto sr = run_collective(topo, plan_send_recv(topo, 0, 5, S));
+  CHECK(sr.time == duration_for(S, 450e9) + 1_us);
+  CHECK(sr.busbw == Approx(sr.algbw));
+  // Tree: depth 3 for 8 ranks; the root's port carries 2 broadcast flows (S each) while each
+  // leaf's carries one reduce flow; a middle GPU's port carries reduce + 2 broadcasts = 3 S.
+  const auto tr = run_collective(topo, plan_all_reduce(topo, all_gpus(topo), S, CollectiveAlgo::kTree));
+  CHECK(tr.time >= duration_for(3 * S, 450e9) + 1_us);
+}
+
+TEST_CASE("same scenario twice gives identical completion times; incremental equals full re-solves") {
+  const Topology topo = build_topology(cluster(4, InterFabric::kRailFatTree));
+  const int n = topo.gpu_count();
+  ByteMatrix m(n);
+  sim::Rng rng(7, "test.matrix");
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j < n; ++j) m.at(i, j) = i == j ? 0 : std::floor(1 + rng.uniform01() * 4e6);
+  auto run = [&](bool incremental) {
+    sim::Simulation s;
+    FlowNetwork net(s);
+    net.set_incremental(incremental);
+    topo.install(net);
+    const auto plan = plan_all_to_allv(topo, all_gpus(topo), m, CollectiveAlgo::kDirect);
+    const auto b = net.start(plan.phases[0], [] {});
+    s.run();
+    std::vector<SimTime> t;
+    for (std::size_t i = 0; i < plan.phases[0].size(); ++i) t.push_back(net.flow_done_time(b, i));
+    return std::make_pair(t, net.stats());
+  };
+  const auto [a, sa] = run(true);
+  const auto [b, sb] = run(true);
+  CHECK(a == b);
+  const auto [full, sf] = run(false);
+  REQUIRE(full.size() == a.size());
+  CHECK(sa.skipped_solves + sa.partial_solves > 0);
+  CHECK(sf.partial_solves == 0);
+  std::size_t differ = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    // Rates are doubles; the two solvers may round the last bit differently.
+    CHECK(std::llabs(a[i].ps() - full[i].ps()) <= std::max<std::int64_t>(2, full[i].ps() / 1'000'000'000));
+    differ += a[i] != full[i];
+  }
+  INFO("flows whose completion differs by rounding: " << differ);
+  CHECK(differ <= a.size() / 10);
+}
+
+TEST_CASE("topology: connectivity, routes, dot output") {
+  ClusterSpec s = cluster(2, InterFabric::kRailFatTree);
+  const Topology topo = build_topology(s);
+  CHECK_FALSE(topo.connectivity_problem());
+  std::vector<LinkId> path;
+  topo.route(0, 9, 123, path);  // gpu0 (rail 0) -> gpu9 (node 1, rail 1): via a spine
+  CHECK(path.size() == 6);
+  CHECK(topo.link_name(path.front()) == "gpu0->node0.nic0");
+  CHECK(topo.link_name(path.back()) == "node1.nic1->gpu9");
+  path.clear();
+  topo.route(0, 3, 1, path);  // same node: NVSwitch, never through another GPU
+  CHECK(path.size() == 2);
+  std::ostringstream dot;
+  topo.write_dot(dot);
+  CHECK(dot.str().find("digraph") == 0);
+  CHECK(dot.str().find("cluster_node1") != std::string::npos);
+
+  // Two nodes with no inter-node fabric described: not connected.
+  ClusterSpec e = s;
+  e.inter.fabric = InterFabric::kExplicit;
+  const Topology broken = build_topology(e);
+  REQUIRE(broken.connectivity_problem());
+  CHECK(broken.connectivity_problem()->find("cannot reach") != std::string::npos);
+}
+
+TEST_CASE("memory ledger: peak, categories, fits") {
+  MemoryLedger mem(2, 80.0 * (1 << 30));
+  mem.alloc_all(MemCategory::kWeights, 30.0 * (1 << 30));
+  mem.alloc(1, MemCategory::kActivations, 40.0 * (1 << 30));
+  mem.free(1, MemCategory::kActivations, 40.0 * (1 << 30));
+  mem.alloc(1, MemCategory::kKvCache, 10.0 * (1 << 30));
+  CHECK(mem.peak(0) == 30.0 * (1 << 30));
+  CHECK(mem.peak(1) == 70.0 * (1 << 30));
+  CHECK(mem.in_use(1) == 40.0 * (1 << 30));
+  CHECK(mem.at_peak(1)[static_cast<std::size_t>(MemCategory::kActivations)] == 40.0 * (1 << 30));
+  CHECK(mem.max_peak_gpu() == 1);
+  CHECK(mem.fits());
+  mem.alloc(0, MemCategory::kOptimizer, 60.0 * (1 << 30));
+  CHECK_FALSE(mem.fits());
+  CHECK_THROWS_AS(mem.free(0, MemCategory::kGradients, 1), MemoryAccountingError);
+}

@@ -1,0 +1,123 @@
+// Hand-solved max-min cases for the flow network. Every expected value is derived in the
+// comment above it from the max-min definition, not taken from a run.
+#include <catch2/catch.hpp>
+
+#include <vector>
+
+#include "hardware/flow_network.hpp"
+#include "sim/simulation.hpp"
+
+using namespace moesim;
+using namespace moesim::sim::literals;
+using hw::FlowBatch;
+using hw::FlowNetwork;
+using hw::LinkId;
+using sim::SimTime;
+
+namespace {
+SimTime ps(std::int64_t v) { return SimTime::from_ps(v); }
+}  // namespace
+
+TEST_CASE("two flows on one link share it equally, then the survivor takes it all") {
+  sim::Simulation s;
+  FlowNetwork net(s);
+  const LinkId l = net.add_link(1e9, 1_us);
+  FlowBatch b;
+  b.add(std::vector<LinkId>{l}, 1e6);
+  b.add(std::vector<LinkId>{l}, 3e6);
+  bool done = false;
+  const auto id = net.start(std::move(b), [&] { done = true; });
+  s.run();
+  s.check_drained();
+  REQUIRE(done);
+  // Both at 0.5e9 B/s: flow 0 drains 1e6 B in 2 ms. Flow 1 then has 2e6 B left at 1e9 B/s: 2 ms
+  // more. Latency 1 us is added at the end.
+  CHECK(net.flow_done_time(id, 0) == 2_ms + 1_us);
+  CHECK(net.flow_done_time(id, 1) == 4_ms + 1_us);
+  CHECK(net.batch_done_time(id) == 4_ms + 1_us);
+}
+
+TEST_CASE("bottleneck shared by flows of different path lengths (rates change mid-flight)") {
+  // L1 = 1e9 B/s carries A (L1+L2) and B (L1 only); L2 = 3e9 B/s carries A and C (L2 only).
+  // Filling: L1's share 0.5e9 < L2's 1.5e9, so A = B = 0.5e9 and C = 3e9 - 0.5e9 = 2.5e9.
+  // B (1e6 B) drains at 2 ms. Then L1 holds only A: A = 1e9, C = 2e9.
+  // A had 1e6 B left at 2 ms -> drains at 3 ms. C had 8e6 - 5e6 = 3e6 left at 2 ms, 2e6 sent by
+  // 3 ms, then alone on L2 at 3e9: 1e6 B in 1/3 ms -> 3 ms + ceil(333333333.3) ps.
+  sim::Simulation s;
+  FlowNetwork net(s);
+  const LinkId l1 = net.add_link(1e9, SimTime{});
+  const LinkId l2 = net.add_link(3e9, SimTime{});
+  for (bool incremental : {true, false}) {
+    net.set_incremental(incremental);
+    FlowBatch b;
+    b.add(std::vector<LinkId>{l1, l2}, 2e6);
+    b.add(std::vector<LinkId>{l1}, 1e6);
+    b.add(std::vector<LinkId>{l2}, 8e6);
+    const SimTime t0 = s.now();
+    const auto id = net.start(std::move(b), [] {});
+    s.run();
+    CHECK(net.flow_done_time(id, 1) - t0 == 2_ms);
+    CHECK(net.flow_done_time(id, 0) - t0 == 3_ms);
+    CHECK(net.flow_done_time(id, 2) - t0 == 3_ms + ps(333333334));
+  }
+}
+
+TEST_CASE("oversubscribed uplink: remote flows split the uplink, a local flow takes the rest") {
+  // Four hosts h0..h3 under one leaf, each host uplink 1e9 B/s; the leaf's uplink is 1e9 B/s
+  // (4:1 oversubscribed). h0..h3 each send 1e6 B to a remote host (distinct remote downlinks of
+  // 1e9 B/s), and h0 also sends 1e6 B to h1 locally (h0 up, h1 down).
+  // Filling: uplink share 0.25e9 is the smallest -> the four remote flows get 0.25e9 each.
+  // h0's uplink then has 0.75e9 left for the local flow.
+  // Local: ceil(1e6 / 0.75e9 s) = 1333333334 ps. Remote: 1e6 / 0.25e9 = 4 ms, unchanged when
+  // the local flow leaves (their bottleneck, the uplink, is not on the local flow's path).
+  sim::Simulation s;
+  FlowNetwork net(s);
+  std::vector<LinkId> up, down, rdown;
+  for (int i = 0; i < 4; ++i) up.push_back(net.add_link(1e9, SimTime{}));
+  for (int i = 0; i < 4; ++i) down.push_back(net.add_link(1e9, SimTime{}));
+  for (int i = 0; i < 4; ++i) rdown.push_back(net.add_link(1e9, SimTime{}));
+  const LinkId uplink = net.add_link(1e9, SimTime{});
+  FlowBatch b;
+  for (int i = 0; i < 4; ++i) b.add(std::vector<LinkId>{up[i], uplink, rdown[i]}, 1e6);
+  b.add(std::vector<LinkId>{up[0], down[1]}, 1e6);
+  const auto id = net.start(std::move(b), [] {});
+  s.run();
+  for (int i = 0; i < 4; ++i) CHECK(net.flow_done_time(id, i) == 4_ms);
+  CHECK(net.flow_done_time(id, 4) == ps(1333333334));
+  CHECK(net.stats().full_solves == 1);
+  CHECK(net.stats().partial_solves == 0);
+}
+
+TEST_CASE("crossing traffic in a two-level fat tree") {
+  // Leaves A and B, spines S0 and S1; every cable is two links of 1e9 B/s. Hosts a0, a1 under
+  // A; b0, b1 under B. ECMP has put a0->b0 and a1->b1 on S0 (collision on A->S0 and S0->B),
+  // a0->b1 on S1, and b0->a1 on S1 in the opposite direction (crossing, reverse links).
+  // Links: a0 up carries {a0b0, a0b1}: share 0.5e9; A->S0 carries {a0b0, a1b1}: 0.5e9;
+  // S0->B {a0b0, a1b1}; b1 down {a1b1, a0b1}: 0.5e9. All at 0.5e9 except b0a1, which is
+  // alone on its links: 1e9.
+  // Sizes: a0b0 1e6, a1b1 2e6, a0b1 2e6, b0a1 1e6.
+  // t=1 ms: a0b0 and b0a1 drain together. Then a0 up holds a0b1 only, A->S0 holds a1b1 only,
+  // b1 down holds both -> a1b1 = a0b1 = 0.5e9 still (b1 down). They drain at 2e6/0.5e9 = 4 ms.
+  sim::Simulation s;
+  FlowNetwork net(s);
+  auto L = [&] { return net.add_link(1e9, SimTime{}); };
+  const LinkId a0_up = L(), a1_up = L(), b0_up = L(), b1_up = L();
+  const LinkId a0_dn = L(), a1_dn = L(), b0_dn = L(), b1_dn = L();
+  const LinkId A_S0 = L(), A_S1 = L(), B_S0 = L(), B_S1 = L();
+  const LinkId S0_A = L(), S1_A = L(), S0_B = L(), S1_B = L();
+  (void)b1_up;
+  (void)a0_dn;
+  (void)B_S0;
+  (void)S0_A;
+  FlowBatch b;
+  b.add(std::vector<LinkId>{a0_up, A_S0, S0_B, b0_dn}, 1e6);
+  b.add(std::vector<LinkId>{a1_up, A_S0, S0_B, b1_dn}, 2e6);
+  b.add(std::vector<LinkId>{a0_up, A_S1, S1_B, b1_dn}, 2e6);
+  b.add(std::vector<LinkId>{b0_up, B_S1, S1_A, a1_dn}, 1e6);
+  const auto id = net.start(std::move(b), [] {});
+  s.run();
+  CHECK(net.flow_done_time(id, 0) == 2_ms);
+  CHECK(net.flow_done_time(id, 3) == 1_ms);
+  CHECK(net.flow_done_time(id, 1) == 4_ms);
+  CHECK(net.flow_done_time(id, 2) == 4_ms);
+}
