@@ -68,7 +68,7 @@ struct CalibrateOptions {
   /// Rows with these values are fitted; others are skipped and counted (CALIBRATION.md: fit
   /// cold-L2, per-iteration-event rows by default).
   std::string l2_mode = "cold";
-  std::string timing_method = "events";
+  std::string timing_method = "events_cold_l2";
   bool skip_clock_drift = true;  ///< skip rows whose clock_drift_flag is set
   /// A (family, impl, dtype, tile) group needs at least this many fitting rows per fitted
   /// parameter.

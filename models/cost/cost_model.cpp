@@ -203,6 +203,10 @@ double routing_bytes(const RoutingOp& op) {
   return 0;
 }
 
+double harness_routing_size(const RoutingOp& op) {
+  return static_cast<double>(op.tokens) * static_cast<double>(op.hidden) * 2.0;
+}
+
 GemmFeatures gemm_features(const std::vector<std::int64_t>& rows, std::int64_t k, std::int64_t n, DType in, DType out,
                            TileConfig tile) {
   if (k <= 0 || n <= 0) throw std::invalid_argument(fmt::format("GEMM shape needs K, N > 0 (K={}, N={})", k, n));
@@ -392,11 +396,10 @@ sim::SimTime CostModel::routing(const RoutingOp& op) const {
   ModelParams prm = default_routing_params(gpu_, op.kind);
   const std::string impl = op.kind == RoutingKind::kCapacity ? options_.capacity_impl : impl_name(op.kind);
   // Routing entries are keyed by the dtype the harness recorded; take the first for this impl.
+  // A fitted entry is a function of the harness's size measure, the defaults of real traffic.
   for (const ProfileEntry& e : entries_)
-    if (e.family == "routing" && e.impl == impl) {
-      prm = e.params;
-      break;
-    }
+    if (e.family == "routing" && e.impl == impl)
+      return to_sim_time(bandwidth_seconds(op.bytes > 0 ? op.bytes : harness_routing_size(op), e.params, gpu_));
   return to_sim_time(bandwidth_seconds(routing_bytes(op), prm, gpu_));
 }
 

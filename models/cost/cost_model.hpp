@@ -120,12 +120,16 @@ struct RoutingOp {
   std::int64_t topk = 1;     ///< k
   std::int64_t hidden = 0;   ///< hidden size (permute / combine move rows of this width)
   DType act_dtype = DType::kBf16;
-  /// Bytes the kernel must move. 0: derived by routing_bytes(). Callers that know the exact
-  /// traffic (e.g. the harness's bytes_min definition) set it.
+  /// Override of the size fed to the model. 0 (normal): routing_bytes() for the defaults,
+  /// harness_routing_size() for a fitted entry.
   double bytes = 0;
 };
-/// Minimum traffic of a routing kernel (see the table in README.md).
+/// Minimum traffic of a routing kernel (see the table in README.md); used by the defaults.
 double routing_bytes(const RoutingOp& op);
+/// The size measure the validation harness records as bytes_min for EVERY routing kernel
+/// (schema v1: tokens x hidden x 2). Fitted routing entries are a function of this measure,
+/// so CostModel::routing() feeds it (not routing_bytes) to a fitted entry.
+double harness_routing_size(const RoutingOp& op);
 
 /// A memory-bound elementwise / reduction op (activation, residual add, norm, cast).
 struct ElementwiseOp {

@@ -168,6 +168,10 @@ TEST_CASE("calibrate recovers known parameters from synthetic measurements", "[c
     GpuParams other = h100_sxm();
     other.sm_count = 108;
     REQUIRE_THROWS_AS(CostModel(other, back), std::invalid_argument);
+    // Fitted routing entries take the harness size measure T x hidden x 2.
+    RoutingOp op{RoutingKind::kPermute, 4096, 256, 8, 7168, DType::kBf16, 0};
+    const ProfileEntry* rp = back.find("routing/permute/fp32");
+    REQUIRE(cm.routing(op) == to_sim_time(bandwidth_seconds(4096.0 * 7168 * 2, rp->params, h100_sxm())));
   }
 
   SECTION("validate_profile re-evaluates the same rows") {
