@@ -18,7 +18,13 @@
 #include <vector>
 
 #include "config/reader.hpp"
+#include "engine/gpu_params.hpp"
 #include "engine/scenario.hpp"
+#include "hardware/collectives.hpp"
+#include "hardware/gpu_catalog.hpp"
+#include "hardware/topology.hpp"
+#include "models/cost/calibrate.hpp"
+#include "models/cost/profile.hpp"
 #include "models/model_spec.hpp"
 #include "models/router.hpp"
 #include "sim/units.hpp"
@@ -92,6 +98,48 @@ void run_routing(const Scenario& s, nlohmann::ordered_json& j) {
   }
 }
 
+/// Single-collective run: the collective over every GPU of the cluster, alone on the network.
+void run_collective(const Scenario& s, const moesim::hw::Topology& topo, nlohmann::ordered_json& j) {
+  namespace hw = moesim::hw;
+  using moesim::engine::CollectiveOp;
+  const auto& c = *s.workload.collective;
+  const std::vector<int> group = hw::all_gpus(topo);
+  const int n = static_cast<int>(group.size());
+  hw::CollectivePlan plan;
+  switch (c.op) {
+    case CollectiveOp::kAllToAll: {
+      hw::ByteMatrix m(n, c.bytes);
+      for (int i = 0; i < n; ++i) m.at(i, i) = 0;
+      plan = hw::plan_all_to_allv(topo, group, m,
+                                  c.algorithm == "hierarchical" ? hw::CollectiveAlgo::kHierarchical
+                                                                : hw::CollectiveAlgo::kDirect);
+      break;
+    }
+    case CollectiveOp::kAllReduce:
+      plan = hw::plan_all_reduce(topo, group, c.bytes,
+                                 c.algorithm == "tree" ? hw::CollectiveAlgo::kTree : hw::CollectiveAlgo::kRing);
+      break;
+    case CollectiveOp::kAllGather: plan = hw::plan_all_gather(topo, group, c.bytes); break;
+    case CollectiveOp::kReduceScatter: plan = hw::plan_reduce_scatter(topo, group, c.bytes); break;
+    case CollectiveOp::kSendRecv: plan = hw::plan_send_recv(topo, group.front(), group.back(), c.bytes); break;
+  }
+  hw::CollectiveOptions opts;
+  opts.launch_overhead = s.cluster.gpu.kernel_launch_overhead;
+  const auto model = s.network.model == moesim::engine::NetworkModel::kFlow ? hw::NetworkModel::kFlow
+                                                                            : hw::NetworkModel::kAnalytical;
+  const hw::CollectiveResult r = hw::run_collective(topo, plan, model, opts);
+  fmt::print("collective {} ({}) over {} GPUs, size {}: time {:.3f} us, algbw {:.2f} GB/s, busbw {:.2f} GB/s "
+             "({} network model, launch overhead {} included)\n",
+             hw::to_string(r.kind), c.algorithm, r.ranks, moesim::sim::format_bytes(r.size_bytes), r.time.to_us(),
+             r.algbw / 1e9, r.busbw / 1e9, moesim::engine::to_string(s.network.model),
+             moesim::sim::to_string(opts.launch_overhead));
+  j["step_time_us"] = r.time.to_us();
+  j["collective"] = {{"op", hw::to_string(r.kind)}, {"algorithm", c.algorithm},
+                     {"ranks", r.ranks},        {"size_bytes", r.size_bytes},
+                     {"time_us", r.time.to_us()}, {"algbw_GBps", r.algbw / 1e9},
+                     {"busbw_GBps", r.busbw / 1e9}, {"phases", r.phases}};
+}
+
 nlohmann::ordered_json summary_json(const Scenario& s) {
   nlohmann::ordered_json j;
   j["moesim_version"] = MOESIM_VERSION;
@@ -129,6 +177,8 @@ int main(int argc, char** argv) {
   run->add_option("--set", run_sets, "override a value: key.path=value (repeatable)");
   run->add_option("--seed", run_seed, "replace the scenario's seed");
   run->add_option("--json", run_json, "write the JSON report to this file ('-' for stdout)");
+  std::string run_dot;
+  run->add_option("--dump-topology", run_dot, "write the cluster topology as Graphviz dot to this file");
 
   // validate
   auto* validate = app.add_subcommand("validate", "parse and check a scenario; report every error");
@@ -136,6 +186,29 @@ int main(int argc, char** argv) {
   std::vector<std::string> val_sets;
   validate->add_option("scenario", val_file, "scenario YAML")->required();
   validate->add_option("--set", val_sets, "override a value: key.path=value (repeatable)");
+
+  // calibrate
+  auto* calibrate = app.add_subcommand("calibrate", "fit kernel cost models to a measurement run directory");
+  std::string cal_dir;
+  std::string cal_out;
+  std::string cal_gpu = "h100-sxm";
+  std::string cal_points;
+  bool cal_strict = false;
+  calibrate->add_option("measurements", cal_dir, "validation_kernels/measurements/<gpu>/<run_id>")->required();
+  calibrate->add_option("-o,--output", cal_out, "write the fitted profile YAML here");
+  calibrate->add_option("--gpu", cal_gpu, "catalog GPU the measurements were taken on (default h100-sxm)");
+  calibrate->add_option("--points", cal_points, "write every fitted/held-out point as CSV here");
+  calibrate->add_flag("--strict", cal_strict, "fail when a kernel family has too few points to fit");
+
+  // validate-model
+  auto* validate_model =
+      app.add_subcommand("validate-model", "held-out error of a fitted profile against a measurement run");
+  std::string vm_profile;
+  std::string vm_dir;
+  std::string vm_gpu = "h100-sxm";
+  validate_model->add_option("profile", vm_profile, "profile YAML written by calibrate")->required();
+  validate_model->add_option("measurements", vm_dir, "measurement run directory")->required();
+  validate_model->add_option("--gpu", vm_gpu, "catalog GPU (default h100-sxm)");
 
   // describe
   auto* describe = app.add_subcommand("describe", "print the catalogs and registries");
@@ -163,6 +236,15 @@ int main(int argc, char** argv) {
       const Scenario s = moesim::engine::load_scenario(run_file, {run_sets, run_seed});
       print_summary(s, stdout);
       nlohmann::ordered_json report = summary_json(s);
+      std::optional<moesim::hw::Topology> topo;
+      if (s.has_cluster) topo.emplace(moesim::hw::build_topology(s.cluster));
+      if (!run_dot.empty()) {
+        if (!topo) throw std::runtime_error("--dump-topology needs a cluster section");
+        std::ofstream f(run_dot);
+        topo->write_dot(f);
+        if (!f) throw std::runtime_error("cannot write " + run_dot);
+      }
+      if (s.workload.mode == moesim::engine::WorkloadMode::kCollective) run_collective(s, *topo, report);
       if (s.has_model && s.model.experts > 0 && s.workload.mode != moesim::engine::WorkloadMode::kCollective)
         run_routing(s, report);
       if (!run_json.empty()) {
@@ -184,11 +266,48 @@ int main(int argc, char** argv) {
       fmt::print("{}: ok (scenario '{}')\n", val_file, s.name);
       return kExitOk;
     }
+    if (*calibrate) {
+      namespace cost = moesim::models::cost;
+      cost::CalibrateOptions o;
+      o.gpu = moesim::engine::gpu_params(moesim::engine::find_gpu(cal_gpu, "--gpu"));
+      o.strict = cal_strict;
+      const cost::CalibrationResult r = cost::calibrate(cal_dir, o);
+      std::ostringstream os;
+      cost::print_report(r.profile, r.report, os);
+      std::fputs(os.str().c_str(), stdout);
+      if (!cal_out.empty()) {
+        cost::write_profile_file(r.profile, cal_out);
+        fmt::print(stderr, "moesim calibrate: wrote {}\n", cal_out);
+      }
+      if (!cal_points.empty()) {
+        std::ofstream f(cal_points);
+        cost::write_points_csv(r.report, f);
+        if (!f) throw std::runtime_error("cannot write " + cal_points);
+      }
+      return kExitOk;
+    }
+    if (*validate_model) {
+      namespace cost = moesim::models::cost;
+      cost::CalibrateOptions o;
+      o.gpu = moesim::engine::gpu_params(moesim::engine::find_gpu(vm_gpu, "--gpu"));
+      const cost::CostProfile p = cost::read_profile_file(vm_profile);
+      const cost::FitReport rep = cost::validate_profile(p, vm_dir, o);
+      std::ostringstream os;
+      cost::print_report(p, rep, os);
+      std::fputs(os.str().c_str(), stdout);
+      return kExitOk;
+    }
     if (*describe) {
       if (describe_what.empty() || describe_what[0] == "units") {
         for (auto f : {moesim::sim::UnitFamily::kBytes, moesim::sim::UnitFamily::kBandwidth,
                        moesim::sim::UnitFamily::kTime, moesim::sim::UnitFamily::kFlopRate})
           fmt::print("{:<12} {}\n", moesim::sim::family_name(f), moesim::sim::accepted_units(f));
+        return kExitOk;
+      }
+      if (describe_what[0] == "gpus") {
+        std::ostringstream os;
+        moesim::hw::describe_gpus(os, moesim::hw::load_default_gpu_catalog());
+        std::fputs(os.str().c_str(), stdout);
         return kExitOk;
       }
       if (describe_what[0] == "models") {
@@ -197,7 +316,7 @@ int main(int argc, char** argv) {
         std::fputs(os.str().c_str(), stdout);
         return kExitOk;
       }
-      fmt::print(stderr, "moesim describe: unknown kind '{}' (known: units, models)\n", describe_what[0]);
+      fmt::print(stderr, "moesim describe: unknown kind '{}' (known: units, gpus, models)\n", describe_what[0]);
       return kExitConfig;
     }
     std::fputs(app.help().c_str(), stdout);

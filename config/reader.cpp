@@ -458,6 +458,11 @@ std::optional<FlopRate> Node::opt_flop_rate(std::string_view key, Range r) const
   if (!c.defined()) return std::nullopt;
   return c.as_flop_rate(r);
 }
+std::optional<double> Node::opt_frequency(std::string_view key, Range r) const {
+  Node c = child(key);
+  if (!c.defined()) return std::nullopt;
+  return checked(c, read_unit(c, [](std::string_view t) { return sim::parse_frequency(t); }), r);
+}
 sim::SimTime Node::req_time(std::string_view key, Range r) const {
   Node c = child(key);
   if (!c.defined()) return missing(*this, key), sim::SimTime{};

@@ -149,6 +149,8 @@ class Node {
   std::optional<Bandwidth> opt_bandwidth(std::string_view key, Range r = Range::positive()) const;
   FlopRate req_flop_rate(std::string_view key, Range r = Range::positive()) const;
   std::optional<FlopRate> opt_flop_rate(std::string_view key, Range r = Range::positive()) const;
+  /// A frequency in hertz ("1830MHz").
+  std::optional<double> opt_frequency(std::string_view key, Range r = Range::positive()) const;
   sim::SimTime req_time(std::string_view key, Range r = Range::non_negative()) const;
   sim::SimTime opt_time(std::string_view key, sim::SimTime dflt, Range r = Range::non_negative()) const;
   std::string req_choice(std::string_view key, const std::vector<std::string>& choices) const;

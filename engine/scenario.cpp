@@ -4,6 +4,7 @@
 
 #include <filesystem>
 
+#include "hardware/gpu_catalog.hpp"
 #include "models/model_spec.hpp"
 #include "models/routing_spec.hpp"
 
@@ -237,6 +238,23 @@ Scenario parse_scenario(const config::Document& doc, std::optional<std::uint64_t
     }
   }
 
+  // cluster: parsed by hardware/ (GPU catalog names or inline specs, fabrics, topology checks).
+  const Node cluster = root.child("cluster");
+  if (cluster.defined()) {
+    static const hw::GpuCatalog gpus = hw::load_default_gpu_catalog();
+    const std::size_t before = diags.size();
+    s.cluster = hw::parse_cluster(cluster, gpus);
+    s.has_cluster = diags.size() == before;
+    if (s.has_cluster && s.workload.mode != WorkloadMode::kCollective &&
+        s.parallel.world() != s.cluster.total_gpus())
+      root.child("parallel")
+          .error(fmt::format("dp*tp*pp = {}*{}*{} = {} GPUs, but the cluster has {} (nodes {} x gpus_per_node {})",
+                             s.parallel.dp, s.parallel.tp, s.parallel.pp, s.parallel.world(), s.cluster.total_gpus(),
+                             s.cluster.nodes, s.cluster.gpus_per_node));
+  } else if (s.workload.mode != WorkloadMode::kRouting) {
+    root.error_at("cluster", "required key is missing (e.g. cluster: {gpu: h100-sxm, nodes: 1, gpus_per_node: 8})");
+  }
+
   // Cross-checks between sections (only meaningful when each section parsed).
   if (s.has_model && s.model.experts > 0 && s.workload.mode != WorkloadMode::kCollective) {
     if (auto why = models::placement_problem(s.model.experts, s.parallel.ep, s.routing.redundant_experts))
@@ -247,7 +265,7 @@ Scenario parse_scenario(const config::Document& doc, std::optional<std::uint64_t
                                             "(dp x micro_batches for training)",
                                             s.workload.tokens_per_step(), groups));
   }
-  root.finish({"cluster"});
+  root.finish();
   diags.throw_if_any();
   return s;
 }

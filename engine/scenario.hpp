@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "config/reader.hpp"
+#include "hardware/topology.hpp"
 #include "models/model_spec.hpp"
 #include "models/routing_spec.hpp"
 
@@ -64,6 +65,8 @@ struct Scenario {
   std::string name;
   std::string file;
   std::uint64_t seed = 0;
+  bool has_cluster = false;  ///< routing-only scenarios may omit the cluster
+  hw::ClusterSpec cluster;
   bool has_model = false;  ///< false only for collective-only workloads without a model
   models::ModelSpec model;
   models::RoutingSpec routing;

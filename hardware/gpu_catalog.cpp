@@ -63,6 +63,7 @@ GpuSpec parse_gpu_spec(const std::string& name, const config::Node& n) {
     pcie.finish();
   }
   g.kernel_launch_overhead = n.req_time("kernel_launch_overhead");
+  if (auto f = n.opt_frequency("tensor_clock")) g.tensor_clock_hz = *f;
   g.source = n.opt_string("source", "");
   n.finish();
   return g;

@@ -34,6 +34,9 @@ struct GpuSpec {
   int pcie_generation = 0;
   double pcie_bandwidth = 0;  ///< bytes/s per direction, x16
   sim::SimTime kernel_launch_overhead{};
+  /// SM clock at which the peak_dense figures are quoted (0: not given). Cost-model
+  /// calibration rescales compute rates by measured clock / this clock.
+  double tensor_clock_hz = 0;
   std::string source;  ///< citation(s)
 };
 

@@ -59,6 +59,10 @@ constexpr std::array kFlopUnits{
     UnitDef{"TFLOP/s", 1e12}, UnitDef{"PFLOP/s", 1e15},
 };
 
+constexpr std::array kFrequencyUnits{
+    UnitDef{"Hz", 1.0}, UnitDef{"kHz", 1e3}, UnitDef{"MHz", 1e6}, UnitDef{"GHz", 1e9},
+};
+
 template <std::size_t N>
 std::string join_units(const std::array<UnitDef, N>& units) {
   std::string out;

@@ -25,6 +25,7 @@ enum class UnitFamily {
   kBandwidth,  ///< B/s .. PB/s, KiB/s .., b/s, Kb/s, Mb/s, Gb/s, Tb/s -> bytes per second
   kTime,       ///< ps, ns, us (or µs), ms, s -> picoseconds (rounded to nearest ps)
   kFlopRate,   ///< FLOPS, KFLOPS .. PFLOPS (also written TFLOP/s) -> FLOP per second
+  kFrequency,  ///< Hz, kHz, MHz, GHz -> hertz (clock rates)
 };
 
 std::string_view family_name(UnitFamily f);
@@ -47,6 +48,7 @@ double parse_quantity(std::string_view text, UnitFamily family);
 inline double parse_bytes(std::string_view t) { return parse_quantity(t, UnitFamily::kBytes); }
 inline double parse_bandwidth(std::string_view t) { return parse_quantity(t, UnitFamily::kBandwidth); }
 inline double parse_flop_rate(std::string_view t) { return parse_quantity(t, UnitFamily::kFlopRate); }
+inline double parse_frequency(std::string_view t) { return parse_quantity(t, UnitFamily::kFrequency); }
 /// Time is rounded to the nearest picosecond; values beyond SimTime::max() are errors.
 SimTime parse_time(std::string_view t);
 

@@ -48,6 +48,14 @@ TEST_CASE("FLOP rates", "[units]") {
   REQUIRE(parse_flop_rate("19.5TFLOPS") == Approx(19.5e12));
 }
 
+TEST_CASE("frequencies", "[units]") {
+  REQUIRE(parse_frequency("1830MHz") == 1830e6);
+  REQUIRE(parse_frequency("1.98 GHz") == Approx(1.98e9));
+  REQUIRE(parse_frequency("50Hz") == 50.0);
+  REQUIRE_THROWS_AS(parse_frequency("1830"), UnitError);
+  REQUIRE_THROWS_AS(parse_frequency("1830mhz"), UnitError);
+}
+
 TEST_CASE("malformed quantities are rejected with the accepted units listed", "[units]") {
   const char* bad_bytes[] = {"12 GBs",  "-3GB",   "GB",     "12",    "",     "1e999GB", "12  GB",
                              "1.2.3GB", "0x10GB", "inf GB", "nanGB", "+5GB", "5 gb",    "12GB/s"};
