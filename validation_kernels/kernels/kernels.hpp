@@ -1,0 +1,131 @@
+// Host-side launchers of the validation kernels (CUDA C++17). Every launcher checks its
+// preconditions and returns the launch's cudaError_t; none synchronises.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+namespace moesim::vk::gpu {
+
+using bf16 = __nv_bfloat16;
+
+/// Largest expert count the device-side tile scheduler holds in shared memory.
+inline constexpr int kMaxExperts = 256;
+
+/// Grouped GEMM out[r, N] = A[r, K] * W_e[N, K]^T, bf16 in, fp32 accumulate, bf16 out.
+/// Contiguous layout: expert e owns rows [row_offset[e], row_offset[e+1]) of A and out (no padding
+/// needed: tails are masked). Masked layout: expert e owns rows [e*cap, e*cap + min(counts[e], cap)).
+struct GroupedGemmArgs {
+  const bf16* a = nullptr;
+  const bf16* w = nullptr;  ///< [E, N, K]
+  bf16* out = nullptr;
+  const int* row_offset = nullptr;  ///< device [E+1], contiguous layout
+  const int* counts = nullptr;      ///< device [E], masked layout
+  int experts = 0;
+  int n = 0;
+  int k = 0;
+  int cap = 0;  ///< > 0 selects the masked layout
+};
+
+/// Portable tensor-core path: mma.sync m16n8k16, ldmatrix, 3-stage cp.async pipeline, persistent
+/// grid with a device-side (expert, N-tile, M-tile) scheduler. Needs N % 128 == 0, K % 32 == 0.
+cudaError_t grouped_gemm_mma(const GroupedGemmArgs& args, int grid_blocks, cudaStream_t stream);
+/// Tile configuration string recorded in impl_config.
+std::string grouped_gemm_mma_config();
+/// Blocks per SM the mma kernel fits (occupancy), for sizing the persistent grid.
+int grouped_gemm_mma_blocks_per_sm();
+int grouped_gemm_mma_tile_m();
+int grouped_gemm_mma_tile_n();
+
+/// Hopper path (wgmma + TMA, sm_90a). Not implemented yet: returns cudaErrorNotSupported.
+cudaError_t grouped_gemm_wgmma(const GroupedGemmArgs& args, int grid_blocks, cudaStream_t stream);
+bool grouped_gemm_wgmma_implemented();
+
+/// Naive fp32 reference for a list of rows: ref[i, :] = A[rows[i], :] * W_{expert_of_row[i]}^T.
+cudaError_t reference_rows(const bf16* a, const bf16* w, const int* rows, const int* expert_of_row, int num_rows, int n,
+                           int k, float* ref, cudaStream_t stream);
+
+/// Fills buf[n] with bf16 N(0, scale^2) values from a counter-based hash of (seed, index).
+cudaError_t fill_normal_bf16(bf16* buf, size_t n, uint64_t seed, float scale, cudaStream_t stream);
+cudaError_t fill_normal_f32(float* buf, size_t n, uint64_t seed, float scale, cudaStream_t stream);
+/// Writes every byte of buf (L2 flush between timed iterations).
+cudaError_t touch_buffer(void* buf, size_t bytes, uint32_t value, cudaStream_t stream);
+
+// ----------------------------------------------------------------------------------------------
+// Routing kernels. Slot s = t * topk + j throughout; semantics = moesim::vk::ref (routing_ref.hpp).
+// ----------------------------------------------------------------------------------------------
+struct GateArgs {
+  const float* logits = nullptr;  ///< [T, E]
+  const float* bias = nullptr;    ///< [E] or null
+  int tokens = 0, experts = 0, topk = 0;
+  bool sigmoid = false;
+  int num_groups = 1, topk_group = 1;
+  bool renormalize = false;
+  float scale = 1.0f;
+  int* expert = nullptr;  ///< out [T*k]
+  float* weight = nullptr;
+  float* score = nullptr;
+};
+/// Fused softmax (or sigmoid+bias, group-limited) + top-k, one warp per token. E <= 256, k <= 16.
+cudaError_t gate_topk(const GateArgs& args, cudaStream_t stream);
+
+/// counts[E] (zeroed inside) = histogram of ids[n] (ids outside [0, E) ignored).
+cudaError_t histogram(const int* ids, int n, int experts, int* counts, cudaStream_t stream);
+/// offset[E+1] = exclusive scan of counts rounded up to block_rows. E <= 1024, one block.
+cudaError_t exclusive_scan(const int* counts, int experts, int block_rows, int* offset, cudaStream_t stream);
+
+/// Scratch for stable_rank_by_key; size it with stable_rank_scratch_ints.
+size_t stable_rank_scratch_ints(int items, int keys);
+/// rank[i] = number of items j < i with key[j] == key[i] (stable counting sort rank, token order);
+/// keys < 0 are skipped (rank -1). total[key] = items with that key. When capacity >= 0 ranks >=
+/// capacity become -1 and total is clamped (the `position` drop policy in one pass). keys <= 256.
+cudaError_t stable_rank_by_key(const int* key, int items, int keys, int capacity, int* rank, int* total, int* scratch,
+                               cudaStream_t stream);
+
+/// Scratch bytes for capacity_probs (CUB radix sort temp + keys).
+size_t capacity_probs_scratch_bytes(int slots, int experts);
+/// `probs` drop policy: keep the C highest-weight slots per expert (ties: lower slot), then positions
+/// = stable rank among kept in token order. position[-1 = dropped], kept_count[E].
+cudaError_t capacity_probs(const int* expert, const float* weight, int slots, int experts, int capacity, int* position,
+                           int* kept_count, void* scratch, size_t scratch_bytes, cudaStream_t stream);
+
+/// row_of_slot[s] = offset[expert[s]] + position[s], or -1 when dropped.
+cudaError_t slot_rows(const int* expert, const int* position, const int* offset, int slots, int* row_of_slot,
+                      cudaStream_t stream);
+/// out[row_of_slot[s]] = x[s / topk]; hidden % 8 == 0.
+cudaError_t permute(const bf16* x, const int* row_of_slot, int slots, int topk, int hidden, bf16* out,
+                    cudaStream_t stream);
+/// out[t] = sum_j weight[t,j] * expert_out[row_of_slot[t,j]] (fp32 accumulate), zeros when fully dropped.
+cudaError_t unpermute_combine(const bf16* expert_out, const int* row_of_slot, const float* weight, int tokens, int topk,
+                              int hidden, bf16* out, cudaStream_t stream);
+/// rank_offset[R+1] from the contiguous expert offsets (experts split contiguously over ranks).
+cudaError_t rank_offsets_from_experts(const int* expert_offset, int experts, int ranks, int* rank_offset,
+                                      cudaStream_t stream);
+/// Dedup keys: key[t*R + r] = r when token t has a kept slot on rank r, else -1.
+cudaError_t dedup_rank_keys(const int* expert, const int* position, int tokens, int topk, int experts, int ranks,
+                            int* key, cudaStream_t stream);
+/// packed[rank_offset[r] + rank[t*R + r]] = x[t] for every (t, r) with a key.
+cudaError_t pack_dedup(const bf16* x, const int* key, const int* rank, const int* rank_offset, int tokens, int ranks,
+                       int hidden, bf16* packed, int* token_of_row, cudaStream_t stream);
+
+/// Baseline: CUB radix sort of slots by expert id over ceil(log2 E) bits.
+size_t radix_sort_scratch_bytes(int slots);
+cudaError_t radix_sort_by_expert(const int* expert, int slots, int experts, int* sorted_expert, int* sorted_slot,
+                                 void* scratch, size_t scratch_bytes, cudaStream_t stream);
+
+// ----------------------------------------------------------------------------------------------
+// Probes.
+// ----------------------------------------------------------------------------------------------
+cudaError_t copy_probe(const int4* src, int4* dst, size_t n_vec, cudaStream_t stream);
+/// Register-only mma.sync loop; flops_out gets the FLOPs one launch performs.
+cudaError_t mma_peak_bf16(int blocks, int iters, float* sink, double* flops_out, cudaStream_t stream);
+/// fp8 e4m3 mma.sync (sm_89+); cudaErrorNotSupported on older devices.
+cudaError_t mma_peak_fp8(int blocks, int iters, float* sink, double* flops_out, cudaStream_t stream);
+cudaError_t empty_kernel(cudaStream_t stream);
+/// One thread spins ~spin_ns; out[0..1] = clock64 delta, out[2..3] = %globaltimer delta (ns).
+cudaError_t clock_probe(unsigned long long* out, unsigned long long spin_ns, cudaStream_t stream);
+
+}  // namespace moesim::vk::gpu
