@@ -373,47 +373,55 @@ LayerStats layer_stats(const std::vector<GroupRouting>& groups, int E, int /*top
 
 namespace {
 
-/// ln(x) for x in (0, 1], branch-free and vectorisable; |relative error| < 1e-12. Written out
-/// (not std::log) so the hot loop vectorises and gives the same bits with any libm.
-inline double fast_log(double x) {
-  const std::uint64_t bits = std::bit_cast<std::uint64_t>(x);
-  // Exponent field as a double via the 2^52 magic-number trick (vectorises without int->fp).
-  const double ef = std::bit_cast<double>((bits >> 52) | 0x4330000000000000ULL) - 4503599627370496.0;
-  double m = std::bit_cast<double>((bits & 0x000FFFFFFFFFFFFFULL) | 0x3FF0000000000000ULL);
-  const bool big = m > 1.4142135623730951;
-  m = big ? m * 0.5 : m;
-  const double e = ef - 1023.0 + (big ? 1.0 : 0.0);
-  const double f = m - 1.0;
-  const double s = f / (2.0 + f);
-  const double z = s * s;
-  const double poly =
-      1.0 + z * (1.0 / 3 + z * (1.0 / 5 + z * (1.0 / 7 + z * (1.0 / 9 + z * (1.0 / 11 + z * (1.0 / 13 + z / 15))))));
-  return e * 0.6931471805599453 + 2.0 * s * poly;
+/// ln(x) for x in (0, 1), branch-free so the loop below vectorises (4 floats per SSE op);
+/// |relative error| < 1e-7. Written out (not std::log) for speed and so that every libm gives
+/// the same bits.
+inline float fast_logf(float x) {
+  // Split x = 2^e * m with m in [sqrt(1/2), sqrt(2)) by offsetting the bits by those of
+  // sqrt(1/2): integer ops and an int->float conversion only, all SSE2-vectorisable.
+  const std::uint32_t bits = std::bit_cast<std::uint32_t>(x) - 0x3F3504F3U;
+  const float e = static_cast<float>(static_cast<std::int32_t>(bits) >> 23);
+  const float m = std::bit_cast<float>((bits & 0x007FFFFFU) + 0x3F3504F3U);
+  const float f = m - 1.0f;
+  const float s = f / (2.0f + f);
+  const float z = s * s;
+  const float poly = 1.0f + z * (1.0f / 3 + z * (1.0f / 5 + z * (1.0f / 7 + z * (1.0f / 9))));
+  return e * 0.693147181f + 2.0f * s * poly;
 }
 
-struct TokenScratch {
-  std::vector<double> u, s, key, score;
-  std::vector<std::uint8_t> group_ok;
-};
-
-/// Fill u[0..E) with uniforms in (0,1) at 32-bit resolution, two per 64-bit draw.
-inline void fill_uniform(sim::Rng& rng, double* u, int E) {
+/// x[e] = -ln(u_e) ~ Exp(1) for E fresh uniforms u_e in (0, 1), drawn two per 64-bit output at
+/// 23-bit resolution ((2m + 1) / 2^24 is exact in float and never 0 or 1).
+inline void fill_exponential(sim::Rng& rng, float* x, int E) {
   int e = 0;
   for (; e + 1 < E; e += 2) {
     const std::uint64_t r = rng();
-    u[e] = (static_cast<double>(r >> 32) + 0.5) * 0x1.0p-32;
-    u[e + 1] = (static_cast<double>(r & 0xFFFFFFFFULL) + 0.5) * 0x1.0p-32;
+    x[e] = static_cast<float>(2 * (r >> 41) + 1) * 0x1.0p-24f;
+    x[e + 1] = static_cast<float>(2 * ((r >> 9) & 0x7FFFFFU) + 1) * 0x1.0p-24f;
   }
-  if (e < E) u[e] = (static_cast<double>(rng() >> 32) + 0.5) * 0x1.0p-32;
+  if (e < E) x[e] = static_cast<float>(2 * (rng() >> 41) + 1) * 0x1.0p-24f;
+  for (int i = 0; i < E; ++i) x[i] = -fast_logf(x[i]);
 }
 
-/// Top-k of key[0..E) (skipping masked = -inf), descending, ties to the lower index.
-inline void top_k(const double* key, int E, int k, int* out_idx, double* out_key) {
+/// Sum in a fixed order with 8 partial sums (vectorisable, deterministic).
+inline float sum_f(const float* v, int n) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) acc[j] += v[i + j];
+  for (; i < n; ++i) acc[0] += v[i];
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+/// Top-k of key[0..E) (skipping masked = -inf), descending, ties to the lower index. Once k
+/// candidates are held, blocks of 8 whose maximum cannot enter are skipped without branching on
+/// each element (most of the E keys for k << E).
+template <typename T>
+inline void top_k(const T* key, int E, int k, int* out_idx, T* out_key) {
   int n = 0;
-  for (int e = 0; e < E; ++e) {
-    const double v = key[e];
-    if (n == k && !(v > out_key[k - 1])) continue;
-    if (v == -std::numeric_limits<double>::infinity()) continue;
+  const auto consider = [&](int e) {
+    const T v = key[e];
+    if (n == k && !(v > out_key[k - 1])) return;
+    if (v == -std::numeric_limits<T>::infinity()) return;
     int pos = n < k ? n : k - 1;
     while (pos > 0 && v > out_key[pos - 1]) {
       out_key[pos] = out_key[pos - 1];
@@ -423,7 +431,18 @@ inline void top_k(const double* key, int E, int k, int* out_idx, double* out_key
     out_key[pos] = v;
     out_idx[pos] = e;
     if (n < k) ++n;
+  };
+  int e = 0;
+  for (; e + 8 <= E; e += 8) {
+    if (n == k) {
+      const T* b = key + e;
+      const T m = std::max(std::max(std::max(b[0], b[1]), std::max(b[2], b[3])),
+                           std::max(std::max(b[4], b[5]), std::max(b[6], b[7])));
+      if (!(m > out_key[k - 1])) continue;
+    }
+    for (int i = 0; i < 8; ++i) consider(e + i);
   }
+  for (; e < E; ++e) consider(e);
   for (int j = n; j < k; ++j) out_idx[j] = -1;
 }
 
@@ -434,39 +453,37 @@ void route_group_token_choice(const RoutingSpec& spec, const std::vector<double>
   const std::size_t Eu = static_cast<std::size_t>(E);
   const bool sigmoid = spec.gate == GateFunction::kSigmoid;
   const bool grouped = spec.n_groups > 1 && spec.topk_group < spec.n_groups;
-  std::vector<double> pf(Eu);
-  for (std::size_t e = 0; e < Eu; ++e) pf[e] = sigmoid ? p[e] * E : p[e];
-  std::vector<double> u(Eu), s(Eu), key(Eu), sel_key(static_cast<std::size_t>(k));
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  std::vector<float> pf(Eu), bias(Eu, 0.0f);
+  for (std::size_t e = 0; e < Eu; ++e) pf[e] = static_cast<float>(sigmoid ? p[e] * E : p[e]);
+  if (sigmoid && !spec.gate_bias.empty())
+    for (std::size_t e = 0; e < Eu; ++e) bias[e] = static_cast<float>(spec.gate_bias[e]);
+  std::vector<float> x(Eu), s(Eu), key(Eu), sel_key(static_cast<std::size_t>(k));
   std::vector<int> sel(static_cast<std::size_t>(k)), gsel(static_cast<std::size_t>(spec.n_groups));
-  std::vector<double> gscore(static_cast<std::size_t>(spec.n_groups)), gkey(static_cast<std::size_t>(spec.n_groups));
+  std::vector<float> gscore(static_cast<std::size_t>(spec.n_groups)), gkey(static_cast<std::size_t>(spec.n_groups));
+  std::vector<std::uint8_t> group_ok(static_cast<std::size_t>(spec.n_groups));
   const int group_size = E / spec.n_groups;
-  const bool has_bias = sigmoid && !spec.gate_bias.empty();
   for (std::int64_t t = 0; t < g.tokens; ++t) {
-    fill_uniform(rng, u.data(), E);
-    // s_e = exp(logit_e) = p_e / X_e with X_e = -ln u_e ~ Exp(1): logit = ln p_e + Gumbel.
-    double sum = 0;
-    for (std::size_t e = 0; e < Eu; ++e) {
-      s[e] = pf[e] / -fast_log(u[e]);
-      sum += s[e];
-    }
-    double inv = 1.0 / sum;
+    fill_exponential(rng, x.data(), E);
+    // s_e = exp(logit_e) = p_e / X_e with X_e ~ Exp(1): logit = ln p_e + Gumbel.
+    for (std::size_t e = 0; e < Eu; ++e) s[e] = pf[e] / x[e];
+    const float* sel_src = s.data();
     if (sigmoid) {
-      double ssum = 0;
-      for (std::size_t e = 0; e < Eu; ++e) {
-        s[e] = s[e] / (1.0 + s[e]);  // sigmoid(logit)
-        ssum += s[e];
-      }
-      inv = 1.0 / ssum;
-      for (std::size_t e = 0; e < Eu; ++e) key[e] = s[e] + (has_bias ? spec.gate_bias[e] : 0.0);
-    } else {
-      for (std::size_t e = 0; e < Eu; ++e) key[e] = s[e];
+      for (std::size_t e = 0; e < Eu; ++e) s[e] = s[e] / (1.0f + s[e]);  // sigmoid(logit)
+      for (std::size_t e = 0; e < Eu; ++e) key[e] = s[e] + bias[e];
+      sel_src = key.data();
     }
-    for (std::size_t e = 0; e < Eu; ++e) g.prob_sum[e] += s[e] * inv;
+    const float inv = 1.0f / sum_f(s.data(), E);  // softmax denominator (sigmoid: score normaliser)
+    for (std::size_t e = 0; e < Eu; ++e) g.prob_sum[e] += static_cast<double>(s[e] * inv);
     if (grouped) {
+      if (sel_src != key.data()) {
+        std::copy(s.begin(), s.end(), key.begin());
+        sel_src = key.data();
+      }
       for (int gi = 0; gi < spec.n_groups; ++gi) {
-        const double* kk = key.data() + static_cast<std::ptrdiff_t>(gi) * group_size;
+        const float* kk = key.data() + static_cast<std::ptrdiff_t>(gi) * group_size;
         if (sigmoid) {  // DeepSeek-V3: sum of the two best biased scores
-          double a = -std::numeric_limits<double>::infinity(), b = a;
+          float a = kNegInf, b = kNegInf;
           for (int i = 0; i < group_size; ++i) {
             if (kk[i] > a) {
               b = a;
@@ -481,12 +498,13 @@ void route_group_token_choice(const RoutingSpec& spec, const std::vector<double>
         }
       }
       top_k(gscore.data(), spec.n_groups, spec.topk_group, gsel.data(), gkey.data());
-      std::vector<std::uint8_t> ok(static_cast<std::size_t>(spec.n_groups), 0);
-      for (int j = 0; j < spec.topk_group; ++j) ok[static_cast<std::size_t>(gsel[static_cast<std::size_t>(j)])] = 1;
+      std::fill(group_ok.begin(), group_ok.end(), 0);
+      for (int j = 0; j < spec.topk_group; ++j)
+        group_ok[static_cast<std::size_t>(gsel[static_cast<std::size_t>(j)])] = 1;
       for (std::size_t e = 0; e < Eu; ++e)
-        if (!ok[e / static_cast<std::size_t>(group_size)]) key[e] = -std::numeric_limits<double>::infinity();
+        if (!group_ok[e / static_cast<std::size_t>(group_size)]) key[e] = kNegInf;
     }
-    top_k(key.data(), E, k, sel.data(), sel_key.data());
+    top_k(sel_src, E, k, sel.data(), sel_key.data());
     double wsum = 0;
     const std::size_t base = static_cast<std::size_t>(t) * static_cast<std::size_t>(k);
     for (int j = 0; j < k; ++j) {
@@ -513,11 +531,12 @@ void route_group_expert_choice(const RoutingSpec& spec, const std::vector<double
   const int E = spec.experts;
   const std::size_t Eu = static_cast<std::size_t>(E);
   const std::size_t T = static_cast<std::size_t>(g.tokens);
-  std::vector<double> prob(T * Eu), u(Eu);
+  std::vector<double> prob(T * Eu);
+  std::vector<float> x(Eu);
   for (std::size_t t = 0; t < T; ++t) {
-    fill_uniform(rng, u.data(), E);
+    fill_exponential(rng, x.data(), E);
     double sum = 0;
-    for (std::size_t e = 0; e < Eu; ++e) sum += prob[t * Eu + e] = p[e] / -fast_log(u[e]);
+    for (std::size_t e = 0; e < Eu; ++e) sum += prob[t * Eu + e] = p[e] / x[e];
     for (std::size_t e = 0; e < Eu; ++e) {
       prob[t * Eu + e] /= sum;
       g.prob_sum[e] += prob[t * Eu + e];
