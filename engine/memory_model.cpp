@@ -1,0 +1,208 @@
+#include "engine/memory_model.hpp"
+
+#include <algorithm>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+namespace moesim::engine {
+
+std::vector<std::pair<int, int>> stage_layer_ranges(int layers, int pp) {
+  if (pp <= 0 || layers < pp)
+    throw std::invalid_argument(fmt::format("{} layers cannot be split over {} pipeline stages", layers, pp));
+  std::vector<std::pair<int, int>> out;
+  int first = 0;
+  for (int s = 0; s < pp; ++s) {
+    const int n = layers / pp + (s < layers % pp ? 1 : 0);
+    out.emplace_back(first, first + n);
+    first += n;
+  }
+  return out;
+}
+
+LayerParams layer_params(const models::ModelSpec& m, int layer) {
+  const models::ParamCount pc = models::count_params(m);
+  const std::int64_t L = m.num_layers();
+  LayerParams p;
+  p.attention = pc.total.attention / L;
+  // Final norm(s) belong to no layer; the per-layer norms are the rest.
+  const std::int64_t final_norms = (m.architecture == models::Architecture::kEncoderDecoder ? 2 : 1) *
+                                   (m.norm == models::NormKind::kLayerNorm ? 2 * m.hidden : m.hidden);
+  p.norms = (pc.total.norms - final_norms) / L;
+  if (m.moe_layer[static_cast<std::size_t>(layer)]) {
+    const std::int64_t moe = m.num_moe_layers();
+    p.router = pc.total.router / moe;
+    p.shared_experts = pc.total.shared_experts / moe;
+    p.per_expert = pc.expert_params;
+    p.experts = m.experts;
+  } else {
+    p.dense_ffn = m.ffn_params(m.dense_ffn);
+  }
+  return p;
+}
+
+MicroBatchShape micro_batch_shape(const Scenario& s) {
+  MicroBatchShape b;
+  const auto& w = s.workload;
+  const auto& par = s.parallel;
+  switch (w.mode) {
+    case WorkloadMode::kTrain: {
+      b.train = true;
+      b.micro_batches = par.micro_batches;
+      const std::int64_t groups = std::int64_t{par.dp} * par.micro_batches;
+      if (w.tokens_per_step() % groups != 0)
+        throw std::invalid_argument(
+            fmt::format("{} tokens per step do not split over dp x micro_batches = {}", w.tokens_per_step(), groups));
+      b.tokens = w.tokens_per_step() / groups;
+      if (w.seq_len > 0 && b.tokens % w.seq_len == 0) {
+        b.seqs = b.tokens / w.seq_len;
+        b.q_len = w.seq_len;
+      } else {
+        b.seqs = 1;
+        b.q_len = b.tokens;
+      }
+      b.kv_len = b.q_len;
+      b.causal = true;
+      break;
+    }
+    case WorkloadMode::kPrefill:
+    case WorkloadMode::kDecode: {
+      if (w.batch % par.dp != 0)
+        throw std::invalid_argument(fmt::format("batch {} does not split over dp {}", w.batch, par.dp));
+      b.seqs = w.batch / par.dp;
+      if (w.mode == WorkloadMode::kPrefill) {
+        b.q_len = w.prompt_len;
+        b.kv_len = w.prompt_len;
+        b.causal = true;
+      } else {
+        b.q_len = 1;
+        b.kv_len = w.context_len + 1;
+        b.causal = false;
+      }
+      b.tokens = b.seqs * b.q_len;
+      break;
+    }
+    default:
+      throw std::invalid_argument(fmt::format("workload mode '{}' has no step graph", to_string(w.mode)));
+  }
+  if (b.tokens <= 0) throw std::invalid_argument("a micro-batch has no tokens");
+  if (b.tokens % par.tp != 0)
+    throw std::invalid_argument(fmt::format(
+        "{} tokens per micro-batch do not split over tp {} (sequence-parallel MoE input)", b.tokens, par.tp));
+  b.moe_tokens = b.tokens / par.tp;
+  return b;
+}
+
+namespace {
+
+/// Bytes of K and V cached per token per layer on one GPU.
+std::int64_t kv_bytes_per_token(const models::ModelSpec& m, int tp) {
+  const std::int64_t b = m.bytes_per_param;
+  if (m.attention == models::AttentionKind::kMla) return (m.mla.kv_lora_rank + m.mla.qk_rope_head_dim) * b;
+  const std::int64_t kv_heads_local = std::max<std::int64_t>(1, (m.kv_heads + tp - 1) / tp);
+  return 2 * kv_heads_local * m.head_dim * b;
+}
+
+/// Query/key/value widths of the attention projections (whole model, before TP split).
+struct AttnDims {
+  std::int64_t q, k, v, out;
+};
+AttnDims attn_dims(const models::ModelSpec& m) {
+  if (m.attention == models::AttentionKind::kMla) {
+    const std::int64_t qk = m.mla.qk_nope_head_dim + m.mla.qk_rope_head_dim;
+    return {m.heads * qk, m.heads * qk, std::int64_t{m.heads} * m.mla.v_head_dim,
+            std::int64_t{m.heads} * m.mla.v_head_dim};
+  }
+  return {std::int64_t{m.heads} * m.head_dim, std::int64_t{m.kv_heads} * m.head_dim,
+          std::int64_t{m.kv_heads} * m.head_dim, std::int64_t{m.heads} * m.head_dim};
+}
+
+}  // namespace
+
+MemoryEstimate estimate_memory(const Scenario& s, const MemoryOptions& opt) {
+  const models::ModelSpec& m = s.model;
+  const RankLayout lay(s.parallel);
+  const MicroBatchShape mb = micro_batch_shape(s);
+  const auto ranges = stage_layer_ranges(m.num_layers(), lay.pp);
+  const double tp = lay.tp, dp = lay.dp, ep = lay.ep;
+  const double edp = lay.expert_dp();
+  const double bpp = m.bytes_per_param;
+  const double h = static_cast<double>(m.hidden);
+  const double T = static_cast<double>(mb.tokens), Tr = static_cast<double>(mb.moe_tokens);
+  const AttnDims ad = attn_dims(m);
+  const double ffn_mats = m.is_gated() ? 2.0 : 1.0;  // GEMM1 output width multiplier
+  const double k = m.top_k;
+
+  // Activation bytes of one layer for one micro-batch (bf16 tensors kept for backward).
+  const auto layer_act = [&](int l) {
+    double a = 2.0 * (2.0 * Tr * h + T * (ad.q + ad.k + ad.v) / tp + T * ad.out / tp) + 4.0 * T * m.heads / tp;
+    if (m.moe_layer[static_cast<std::size_t>(l)]) {
+      const double F = static_cast<double>(m.expert_ffn);
+      const double rows = Tr * k;
+      a += 2.0 * Tr * h + 4.0 * Tr * m.experts;
+      a += rows * (2.0 * h + 2.0 * ffn_mats * F + 2.0 * F + 2.0 * h);
+      const double Fs = static_cast<double>(m.shared_expert_ffn) * m.shared_experts;
+      a += m.shared_experts > 0 ? T * (2.0 * h / tp + (2.0 * ffn_mats * Fs + 2.0 * Fs) / tp) : 0.0;
+    } else {
+      const double F = static_cast<double>(m.dense_ffn);
+      a += 2.0 * Tr * h + T * (2.0 * ffn_mats * F + 2.0 * F) / tp;
+    }
+    return a;
+  };
+
+  MemoryEstimate est;
+  est.capacity_bytes = opt.capacity_bytes;
+  const double dense_shard = opt.distributed_optimizer ? dp : 1.0;
+  const double expert_shard = opt.distributed_optimizer ? edp : 1.0;
+  for (int st = 0; st < lay.pp; ++st) {
+    StageMemory sm;
+    sm.stage = st;
+    double dense = 0, expert = 0, act_full = 0, act_inputs = 0, act_max_layer = 0;
+    for (int l = ranges[static_cast<std::size_t>(st)].first; l < ranges[static_cast<std::size_t>(st)].second; ++l) {
+      const LayerParams p = layer_params(m, l);
+      dense += static_cast<double>(p.dense_local(lay.tp));
+      expert += static_cast<double>(p.per_expert) * p.experts / ep;
+      const double a = layer_act(l);
+      act_full += a;
+      act_inputs += 2.0 * Tr * h;
+      act_max_layer = std::max(act_max_layer, a);
+    }
+    if (st == 0) dense += static_cast<double>(m.vocab) * h / tp;
+    if (st == lay.pp - 1) {
+      if (!m.tied_embeddings || lay.pp > 1) dense += static_cast<double>(m.vocab) * h / tp;
+      dense += h;                                               // final norm
+      act_full += 4.0 * T * static_cast<double>(m.vocab) / tp;  // fp32 logits for the loss
+      act_max_layer = std::max(act_max_layer, 4.0 * T * static_cast<double>(m.vocab) / tp);
+    }
+    sm.weights = (dense + expert) * bpp;
+    const double comm_rows = Tr * k;
+    sm.comm_buffers =
+        m.num_moe_layers() > 0
+            ? 2.0 * comm_rows * static_cast<double>(models::row_bytes(m.hidden, opt.dispatch_format)) +
+                  2.0 * comm_rows * static_cast<double>(models::row_bytes(m.hidden, models::WireFormat::kBf16))
+            : 0.0;
+    if (mb.train) {
+      sm.grads = (dense + expert) * opt.grad_bytes;
+      sm.optimizer = 12.0 * (dense / dense_shard + expert / expert_shard);
+      const double inflight = std::min(lay.pp - st, mb.micro_batches);
+      sm.activations_no_recompute = inflight * act_full;
+      sm.activations_recompute = inflight * act_inputs + act_max_layer;
+      sm.activations = s.workload.recompute ? sm.activations_recompute : sm.activations_no_recompute;
+    } else {
+      sm.activations = act_max_layer;  // inference keeps no stash, one layer's working set
+      sm.activations_no_recompute = sm.activations_recompute = sm.activations;
+      const double layers = ranges[static_cast<std::size_t>(st)].second - ranges[static_cast<std::size_t>(st)].first;
+      sm.kv_cache = static_cast<double>(mb.seqs) * static_cast<double>(mb.kv_len) * layers *
+                    static_cast<double>(kv_bytes_per_token(m, lay.tp));
+    }
+    if (sm.total() > est.peak_bytes) {
+      est.peak_bytes = sm.total();
+      est.peak_stage = st;
+    }
+    est.stages.push_back(sm);
+  }
+  est.fits = est.peak_bytes <= est.capacity_bytes;
+  return est;
+}
+
+}  // namespace moesim::engine

@@ -1,0 +1,105 @@
+#pragma once
+/// \file
+/// Rank layout, per-layer parameter split, micro-batch shapes and the per-GPU memory estimate.
+///
+/// These are shared by the step builder (which needs the same layout and shapes to emit ops)
+/// and the memory report, so that the two can never disagree about who holds what.
+///
+/// Rank layout (Megatron-Core order, TP fastest): global = ((stage * dp) + dp_idx) * tp + tp_idx.
+/// Inside a stage, local = dp_idx * tp + tp_idx; EP groups are consecutive blocks of `ep` local
+/// ranks, so ep must divide dp * tp. Layers split evenly over stages, the remainder going to the
+/// first stages (layers 0..9 over 4 stages: 3, 3, 2, 2).
+///
+/// Memory (per GPU, bytes; training uses Megatron-Core mixed precision):
+///   weights    = local params * bytes_per_param
+///   grads      = local params * grad_bytes (fp32 main-grad buffer by default)
+///   optimizer  = local params * 12 (fp32 master + Adam m, v), divided over the data-parallel
+///                group when distributed_optimizer (ZeRO-1): dense params over dp, expert params
+///                over the expert-data-parallel group (dp * tp / ep ranks)
+///   activations= stashed micro-batches (1F1B: min(pp - stage, micro_batches)) * layers * per-
+///                layer bytes; with recompute only each layer's input is stashed, plus one
+///                layer's full working set
+///   kv_cache   = inference only: sequences per DP rank * tokens * layers * bytes per token
+///   comm       = all-to-all send/recv buffers of one MoE layer (dispatch + combine)
+/// The peak is the sum (everything above is live at the start of the first backward).
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/scenario.hpp"
+#include "models/placement.hpp"
+
+namespace moesim::engine {
+
+struct RankLayout {
+  int dp = 1, tp = 1, ep = 1, pp = 1;
+  explicit RankLayout(const ParallelSpec& p) : dp(p.dp), tp(p.tp), ep(p.ep), pp(p.pp) {}
+  int world() const { return dp * tp * pp; }
+  int stage_size() const { return dp * tp; }
+  int global(int stage, int dp_idx, int tp_idx) const { return (stage * dp + dp_idx) * tp + tp_idx; }
+  int global_of_local(int stage, int local) const { return stage * stage_size() + local; }
+  int ep_groups_per_stage() const { return stage_size() / ep; }
+  int expert_dp() const { return stage_size() / ep; }  ///< ranks holding the same experts, per stage
+};
+
+/// [first, end) layer range of each stage.
+std::vector<std::pair<int, int>> stage_layer_ranges(int layers, int pp);
+
+/// Parameters of one layer, split by how they are sharded.
+struct LayerParams {
+  std::int64_t attention = 0;       ///< TP-sharded
+  std::int64_t norms = 0;           ///< replicated (counted per GPU)
+  std::int64_t router = 0;          ///< replicated over TP
+  std::int64_t dense_ffn = 0;       ///< TP-sharded
+  std::int64_t shared_experts = 0;  ///< TP-sharded
+  std::int64_t per_expert = 0;      ///< one routed expert (EP-sharded, whole experts)
+  int experts = 0;                  ///< routed experts in this layer (0 for dense layers)
+  /// Dense (non-expert) params held by one GPU with TP width tp.
+  std::int64_t dense_local(int tp) const { return (attention + dense_ffn + shared_experts) / tp + norms + router; }
+};
+/// Exact for decoder-only models (per-layer share of count_params); encoder-decoder decoder
+/// layers' cross-attention is averaged into every layer (a simplification).
+LayerParams layer_params(const models::ModelSpec& m, int layer);
+
+/// Token shapes of one micro-batch on one data-parallel rank.
+struct MicroBatchShape {
+  int micro_batches = 1;        ///< pipeline micro-batches (1 for inference)
+  std::int64_t tokens = 0;      ///< tokens per DP rank per micro-batch (attention input)
+  std::int64_t seqs = 1;        ///< sequences in those tokens
+  std::int64_t q_len = 0;       ///< query tokens per sequence
+  std::int64_t kv_len = 0;      ///< keys per sequence (context + 1 in decode)
+  std::int64_t moe_tokens = 0;  ///< tokens one GPU routes: tokens / tp (sequence-parallel split)
+  bool causal = true;
+  bool train = false;
+};
+/// Throws std::invalid_argument when tokens do not split over dp, micro-batches and tp.
+MicroBatchShape micro_batch_shape(const Scenario& s);
+
+struct MemoryOptions {
+  double capacity_bytes = 80.0 * 1024 * 1024 * 1024;  ///< per GPU (H100 80 GiB by default)
+  int grad_bytes = 4;                                 ///< fp32 main grads (Megatron-Core default)
+  bool distributed_optimizer = true;                  ///< ZeRO-1: optimizer states sharded over DP
+  models::WireFormat dispatch_format = models::WireFormat::kBf16;
+};
+
+struct StageMemory {
+  int stage = 0;
+  double weights = 0, grads = 0, optimizer = 0, activations = 0, kv_cache = 0, comm_buffers = 0;
+  double activations_no_recompute = 0;  ///< what activations would be without recomputation
+  double activations_recompute = 0;     ///< ... and with it
+  double total() const { return weights + grads + optimizer + activations + kv_cache + comm_buffers; }
+};
+
+struct MemoryEstimate {
+  std::vector<StageMemory> stages;  ///< every GPU of a stage holds the same (EP shards are equal)
+  double peak_bytes = 0;
+  int peak_stage = 0;
+  double capacity_bytes = 0;
+  bool fits = false;
+};
+
+MemoryEstimate estimate_memory(const Scenario& s, const MemoryOptions& opt);
+
+}  // namespace moesim::engine

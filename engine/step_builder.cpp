@@ -1,0 +1,835 @@
+#include "engine/step_builder.hpp"
+
+#include <algorithm>
+#include <array>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+namespace moesim::engine {
+
+using sim::SimTime;
+
+const char* to_string(CollectiveKind k) {
+  switch (k) {
+    case CollectiveKind::kAllToAllV:
+      return "all_to_allv";
+    case CollectiveKind::kAllReduce:
+      return "all_reduce";
+    case CollectiveKind::kReduceScatter:
+      return "reduce_scatter";
+    case CollectiveKind::kAllGather:
+      return "all_gather";
+    case CollectiveKind::kSendRecv:
+      return "send_recv";
+  }
+  return "?";
+}
+
+double CollectiveRequest::at(int src, int dst) const {
+  if (!matrix) return 0;
+  const std::size_t G = gpus.size();
+  const std::size_t i = transpose ? static_cast<std::size_t>(dst) * G + static_cast<std::size_t>(src)
+                                  : static_cast<std::size_t>(src) * G + static_cast<std::size_t>(dst);
+  return (*matrix)[i] * scale;
+}
+
+double CollectiveRequest::total_bytes() const {
+  if (kind != CollectiveKind::kAllToAllV || !matrix) return bytes;
+  double t = 0;
+  for (double b : *matrix) t += b;
+  return t * scale;
+}
+
+namespace {
+
+std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
+
+/// Routing outcome of one (MoE layer, micro-batch, EP group).
+struct EpSlice {
+  std::shared_ptr<const std::vector<double>> dispatch;  // [src * ep + dst]
+  std::shared_ptr<const std::vector<double>> combine;   // [sender(expert rank) * ep + receiver]
+  std::vector<std::vector<std::int64_t>> rows;          // [ep rank][local expert] rows computed
+  std::vector<std::int64_t> kept_rows;                  // [ep rank] real rows computed (model FLOPs)
+  std::vector<std::int64_t> sent_rows;                  // [ep rank] rows dispatched (permute size)
+};
+
+class Builder {
+ public:
+  Builder(const Scenario& s, const ComputeCosts& c, const StepBuildOptions& o, BuiltStep& out)
+      : s_(s), m_(s.model), c_(c), o_(o), out_(out), lay_(s.parallel), mb_(micro_batch_shape(s)) {
+    if (o_.overlap_chunks < 1) throw std::invalid_argument("overlap_chunks must be >= 1");
+    if (lay_.stage_size() % lay_.ep != 0)
+      throw std::invalid_argument(fmt::format("ep {} does not divide dp x tp = {}", lay_.ep, lay_.stage_size()));
+    if (m_.num_moe_layers() > 0) {
+      if (m_.experts % lay_.ep != 0)
+        throw std::invalid_argument(fmt::format("{} experts do not divide over ep {}", m_.experts, lay_.ep));
+      if (s.routing.redundant_experts > 0)
+        throw std::invalid_argument("the step builder does not support redundant (replicated) experts yet");
+    }
+    ranges_ = stage_layer_ranges(m_.num_layers(), lay_.pp);
+    out_.stage_layers = ranges_;
+    const int W = lay_.world();
+    last_.assign(static_cast<std::size_t>(W), kNoOp);
+    pending_.assign(static_cast<std::size_t>(W), {});
+    reduce_ops_.assign(static_cast<std::size_t>(W), {});
+    out_.flops.per_gpu_executed.assign(static_cast<std::size_t>(W), 0.0);
+    out_.compute_ops_per_gpu.assign(static_cast<std::size_t>(W), 0);
+    placement_ = m_.num_moe_layers() > 0 ? models::place_contiguous(m_.experts, lay_.ep) : models::Placement{};
+    gated_ = m_.is_gated() ? 2 : 1;
+    tokens_ = mb_.tokens;
+    moe_tokens_ = mb_.moe_tokens;
+    bpe_ = m_.bytes_per_param;
+  }
+
+  void build() {
+    route_all();
+    schedule();
+  }
+
+ private:
+  // ---------------------------------------------------------------- routing
+  void route_all() {
+    const int M = mb_.micro_batches;
+    const int S = lay_.stage_size();
+    const int G = lay_.ep_groups_per_stage();
+    const int ep = lay_.ep;
+    slices_.resize(static_cast<std::size_t>(m_.num_layers()));
+    models::RoutingSpec spec = s_.routing;
+    for (int l : m_.moe_layer_indices()) {
+      models::RouteRequest req;
+      req.tokens_per_group = moe_tokens_;
+      req.groups = M * S;
+      req.step = o_.step;
+      req.seed = s_.seed;
+      req.ep_ranks = ep;
+      req.keep_assignments = false;
+      models::LayerRouting lr = models::route_layer(spec, l, req);
+      MoeLayerReport rep;
+      rep.layer = l;
+      rep.stage = stage_of(l);
+      rep.stats = lr.stats;
+      out_.routed += lr.stats.routed;
+      out_.kept += lr.stats.kept;
+      out_.dropped += lr.stats.dropped;
+      out_.padded += lr.stats.padded;
+      std::vector<std::int64_t> rank_rows(static_cast<std::size_t>(ep), 0);
+      auto& per = slices_[static_cast<std::size_t>(l)];
+      per.resize(static_cast<std::size_t>(M * G));
+      models::ByteMatrixOptions bo;
+      bo.hidden = m_.hidden;
+      bo.dispatch = o_.dispatch_format;
+      bo.combine = o_.combine_format;
+      bo.pad_to_capacity = spec.pad_to_capacity;
+      const std::size_t EPL = static_cast<std::size_t>(placement_.slots_per_rank);
+      for (int mb = 0; mb < M; ++mb)
+        for (int j = 0; j < G; ++j) {
+          models::LayerRouting sub;
+          sub.layer = l;
+          for (int r = 0; r < ep; ++r)
+            sub.groups.push_back(std::move(lr.groups[static_cast<std::size_t>(mb * S + j * ep + r)]));
+          const models::DispatchMatrices dm = models::build_dispatch_matrices(sub, placement_, bo);
+          EpSlice sl;
+          sl.dispatch = std::make_shared<const std::vector<double>>(dm.dispatch_bytes.begin(), dm.dispatch_bytes.end());
+          sl.combine = std::make_shared<const std::vector<double>>(dm.combine_bytes.begin(), dm.combine_bytes.end());
+          sl.rows.assign(static_cast<std::size_t>(ep), std::vector<std::int64_t>(EPL, 0));
+          sl.kept_rows.assign(static_cast<std::size_t>(ep), 0);
+          sl.sent_rows.assign(static_cast<std::size_t>(ep), 0);
+          for (int src = 0; src < ep; ++src) {
+            const models::GroupRouting& g = sub.groups[static_cast<std::size_t>(src)];
+            const bool pad = spec.pad_to_capacity && g.capacity != models::kDropless;
+            for (int e = 0; e < m_.experts; ++e) {
+              const std::int64_t kept = g.kept[static_cast<std::size_t>(e)];
+              const std::int64_t rows = pad ? g.capacity : kept;
+              const int dst = e / placement_.slots_per_rank;
+              sl.rows[static_cast<std::size_t>(dst)][static_cast<std::size_t>(e % placement_.slots_per_rank)] += rows;
+              sl.kept_rows[static_cast<std::size_t>(dst)] += kept;
+              sl.sent_rows[static_cast<std::size_t>(src)] += rows;
+              rank_rows[static_cast<std::size_t>(dst)] += rows;
+            }
+          }
+          per[static_cast<std::size_t>(mb * G + j)] = std::move(sl);
+        }
+      std::int64_t mx = 0, sum = 0;
+      for (auto v : rank_rows) {
+        mx = std::max(mx, v);
+        sum += v;
+      }
+      rep.rank_max_over_mean = sum > 0 ? static_cast<double>(mx) * ep / static_cast<double>(sum) : 0.0;
+      out_.moe_layers.push_back(std::move(rep));
+    }
+  }
+
+  int stage_of(int l) const {
+    for (int st = 0; st < lay_.pp; ++st)
+      if (l >= ranges_[static_cast<std::size_t>(st)].first && l < ranges_[static_cast<std::size_t>(st)].second)
+        return st;
+    return -1;
+  }
+
+  // ---------------------------------------------------------------- op helpers
+  OpId comp(int g, const char* name, int layer, int mb, SimTime d, double flops, double bytes = 0) {
+    OpInfo i;
+    i.name = name;
+    i.category = Category::kCompute;
+    i.layer = layer;
+    i.micro_batch = mb;
+    i.flops = flops;
+    i.bytes = bytes;
+    auto& p = pending_[static_cast<std::size_t>(g)];
+    const OpId id = out_.graph.compute(g, std::move(i), d, p);
+    p.clear();
+    last_[static_cast<std::size_t>(g)] = id;
+    out_.flops.executed += flops;
+    out_.flops.per_gpu_executed[static_cast<std::size_t>(g)] += flops;
+    ++out_.compute_ops;
+    ++out_.compute_ops_per_gpu[static_cast<std::size_t>(g)];
+    out_.serial_compute += d;
+    KernelTotals& k = out_.kernels[name];
+    ++k.count;
+    k.time += d;
+    k.flops += flops;
+    return id;
+  }
+
+  OpId coll(CollectiveRequest req, const char* name, EngineKind eng, const std::vector<OpId>& deps, int sms = 0) {
+    OpInfo i;
+    i.name = name;
+    i.category = req.category;
+    i.layer = req.layer;
+    i.micro_batch = req.micro_batch;
+    i.bytes = req.total_bytes();
+    const auto index = static_cast<std::uint32_t>(out_.collectives.size());
+    std::vector<OpId> d;
+    for (OpId x : deps)
+      if (x != kNoOp) d.push_back(x);
+    const OpId id = out_.graph.collective(req.gpus, std::move(i), index, eng, d, sms);
+    out_.collectives.push_back(std::move(req));
+    ++out_.collective_ops;
+    return id;
+  }
+
+  std::vector<OpId> lasts(const std::vector<int>& gpus) const {
+    std::vector<OpId> d;
+    for (int g : gpus) d.push_back(last_[static_cast<std::size_t>(g)]);
+    return d;
+  }
+
+  /// Collective over `gpus` after each member's latest compute op; members' next compute waits.
+  OpId blocking(CollectiveKind kind, const std::vector<int>& gpus, double bytes, const char* name, int layer, int mb,
+                bool bwd, EngineKind eng) {
+    CollectiveRequest r;
+    r.kind = kind;
+    r.gpus = gpus;
+    r.bytes = bytes;
+    r.category = Category::kOtherComm;
+    r.layer = layer;
+    r.micro_batch = mb;
+    r.backward = bwd;
+    const OpId id = coll(std::move(r), name, eng, lasts(gpus));
+    for (int g : gpus) pending_[static_cast<std::size_t>(g)].push_back(id);
+    return id;
+  }
+
+  std::vector<int> stage_gpus(int st) const {
+    std::vector<int> v;
+    for (int i = 0; i < lay_.stage_size(); ++i) v.push_back(lay_.global_of_local(st, i));
+    return v;
+  }
+  std::vector<int> tp_group(int st, int d) const {
+    std::vector<int> v;
+    for (int t = 0; t < lay_.tp; ++t) v.push_back(lay_.global(st, d, t));
+    return v;
+  }
+  std::vector<int> ep_group(int st, int j) const {
+    std::vector<int> v;
+    for (int r = 0; r < lay_.ep; ++r) v.push_back(lay_.global_of_local(st, j * lay_.ep + r));
+    return v;
+  }
+  std::vector<int> dp_group(int st, int t) const {
+    std::vector<int> v;
+    for (int d = 0; d < lay_.dp; ++d) v.push_back(lay_.global(st, d, t));
+    return v;
+  }
+  std::vector<int> edp_group(int st, int r) const {
+    std::vector<int> v;
+    for (int j = 0; j < lay_.ep_groups_per_stage(); ++j) v.push_back(lay_.global_of_local(st, j * lay_.ep + r));
+    return v;
+  }
+
+  void tp_collective(int st, CollectiveKind kind, double bytes, const char* name, int layer, int mb, bool bwd) {
+    if (lay_.tp <= 1) return;
+    for (int d = 0; d < lay_.dp; ++d) blocking(kind, tp_group(st, d), bytes, name, layer, mb, bwd, o_.ep_engine);
+  }
+
+  static SimTime scaled(SimTime t, int num, int den) { return SimTime::from_ps(t.ps() * num / den); }
+
+  // ---------------------------------------------------------------- layer pieces
+  struct Gemm {
+    SimTime t{};
+    double flops = 0;
+  };
+  Gemm gemm(std::int64_t M, std::int64_t N, std::int64_t K) const {
+    return {c_.dense_gemm(M, N, K), 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K)};
+  }
+
+  /// Attention projections as one list of GEMMs [M, N, K] on one GPU.
+  std::vector<std::array<std::int64_t, 3>> qkv_gemms() const {
+    const std::int64_t T = tokens_, h = m_.hidden, tp = lay_.tp;
+    if (m_.attention == models::AttentionKind::kMla) {
+      const auto& a = m_.mla;
+      const std::int64_t qk = a.qk_nope_head_dim + a.qk_rope_head_dim;
+      std::vector<std::array<std::int64_t, 3>> v;
+      if (a.q_lora_rank > 0) {
+        v.push_back({T, a.q_lora_rank, h});
+        v.push_back({T, m_.heads * qk / tp, a.q_lora_rank});
+      } else {
+        v.push_back({T, m_.heads * qk / tp, h});
+      }
+      v.push_back({T, a.kv_lora_rank + a.qk_rope_head_dim, h});
+      v.push_back({T, std::int64_t{m_.heads} * (a.qk_nope_head_dim + a.v_head_dim) / tp, a.kv_lora_rank});
+      return v;
+    }
+    return {{T, (std::int64_t{m_.heads} + 2 * std::int64_t{m_.kv_heads}) * m_.head_dim / tp, h}};
+  }
+  std::int64_t attn_out_dim() const {
+    const std::int64_t v = m_.attention == models::AttentionKind::kMla ? m_.mla.v_head_dim : m_.head_dim;
+    return std::int64_t{m_.heads} * v / lay_.tp;
+  }
+  AttentionShape attn_shape() const {
+    AttentionShape a;
+    a.batch = mb_.seqs;
+    a.q_len = mb_.q_len;
+    a.kv_len = mb_.kv_len;
+    a.heads = std::max<std::int64_t>(1, m_.heads / lay_.tp);
+    a.causal = mb_.causal;
+    a.bytes_per_elem = bpe_;
+    if (m_.attention == models::AttentionKind::kMla) {
+      a.qk_dim = m_.mla.qk_nope_head_dim + m_.mla.qk_rope_head_dim;
+      a.v_dim = m_.mla.v_head_dim;
+      a.kv_bytes_per_token = s_.workload.mode == WorkloadMode::kDecode
+                                 ? (m_.mla.kv_lora_rank + m_.mla.qk_rope_head_dim) * bpe_
+                                 : a.heads * (a.qk_dim + a.v_dim) * bpe_;
+    } else {
+      a.qk_dim = a.v_dim = m_.head_dim;
+      const std::int64_t kvh = std::max<std::int64_t>(1, ceil_div(m_.kv_heads, lay_.tp));
+      a.kv_bytes_per_token = 2 * kvh * m_.head_dim * bpe_;
+    }
+    return a;
+  }
+
+  /// Forward (or recomputed forward) of one layer for micro-batch mb on every GPU of stage st.
+  void forward_layer(int st, int mb, int l, bool recompute) {
+    const auto gpus = stage_gpus(st);
+    const double act_bytes = static_cast<double>(tokens_ * m_.hidden * bpe_);
+    const double mult = mb_.train && !recompute ? 3.0 : (recompute ? 0.0 : 1.0);  // model FLOPs factor
+    const auto model_flops = [&](double f) { out_.flops.model += mult * f; };
+    // attention
+    SimTime tq{};
+    double fq = 0;
+    for (const auto& g : qkv_gemms()) {
+      const Gemm x = gemm(g[0], g[1], g[2]);
+      tq += x.t;
+      fq += x.flops;
+    }
+    const AttentionShape as = attn_shape();
+    const SimTime ta = c_.attention(as);
+    const double fa = attention_flops(as);
+    const Gemm go = gemm(tokens_, m_.hidden, attn_out_dim());
+    for (int g : gpus) {
+      comp(g, "qkv", l, mb, tq, fq);
+      comp(g, "attn", l, mb, ta, fa, attention_bytes(as));
+      comp(g, "o_proj", l, mb, go.t, go.flops);
+    }
+    model_flops((fq + fa + go.flops) * static_cast<double>(gpus.size()));
+    tp_collective(st, CollectiveKind::kAllReduce, act_bytes, "tp_allreduce", l, mb, false);
+    if (!m_.moe_layer[static_cast<std::size_t>(l)]) {
+      const std::int64_t F = m_.dense_ffn / lay_.tp;
+      const Gemm f1 = gemm(tokens_, F * gated_, m_.hidden), f2 = gemm(tokens_, m_.hidden, F);
+      for (int g : gpus) {
+        comp(g, "ffn_fc1", l, mb, f1.t, f1.flops);
+        comp(g, "ffn_fc2", l, mb, f2.t, f2.flops);
+      }
+      model_flops((f1.flops + f2.flops) * static_cast<double>(gpus.size()));
+      tp_collective(st, CollectiveKind::kAllReduce, act_bytes, "tp_allreduce", l, mb, false);
+      return;
+    }
+    moe_block(st, mb, l, mult);
+    tp_collective(st, CollectiveKind::kAllGather, act_bytes, "tp_allgather", l, mb, false);
+  }
+
+  void moe_block(int st, int mb, int l, double mult) {
+    const int ep = lay_.ep, G = lay_.ep_groups_per_stage(), c = o_.overlap_chunks;
+    const std::int64_t h = m_.hidden, F = m_.expert_ffn;
+    const std::int64_t rb = models::row_bytes(h, models::WireFormat::kBf16);
+    const SimTime tr = c_.router_topk(moe_tokens_, h, m_.experts, m_.top_k);
+    const double fr = 2.0 * static_cast<double>(moe_tokens_ * h) * m_.experts;
+    const std::int64_t Fs = m_.shared_expert_ffn * m_.shared_experts / lay_.tp;
+    const Gemm s1 = gemm(tokens_, Fs * gated_, h), s2 = gemm(tokens_, h, Fs);
+    for (int j = 0; j < G; ++j) {
+      const EpSlice& sl = slices_[static_cast<std::size_t>(l)][static_cast<std::size_t>(mb * G + j)];
+      const auto grp = ep_group(st, j);
+      for (int r = 0; r < ep; ++r) {
+        const int g = grp[static_cast<std::size_t>(r)];
+        comp(g, "router", l, mb, tr, fr);
+        const std::int64_t rows = sl.sent_rows[static_cast<std::size_t>(r)];
+        comp(g, "permute", l, mb, c_.permute(rows, rb), 0, static_cast<double>(rows * rb));
+      }
+      std::vector<OpId> disp(static_cast<std::size_t>(c));
+      for (int i = 0; i < c; ++i)
+        disp[static_cast<std::size_t>(i)] = coll(a2a(grp, sl.dispatch, false, Category::kDispatch, l, mb, false),
+                                                 "dispatch", o_.ep_engine, lasts(grp), o_.a2a_sm_count);
+      std::vector<std::vector<OpId>> fc2(static_cast<std::size_t>(ep));
+      for (int r = 0; r < ep; ++r) {
+        const int g = grp[static_cast<std::size_t>(r)];
+        if (m_.shared_experts > 0) {
+          comp(g, "shared_fc1", l, mb, s1.t, s1.flops);
+          comp(g, "shared_fc2", l, mb, s2.t, s2.flops);
+          out_.flops.model += mult * (s1.flops + s2.flops);
+        }
+        const auto& rows = sl.rows[static_cast<std::size_t>(r)];
+        for (int i = 0; i < c; ++i) {
+          const auto part = chunk(rows, i, c);
+          const double n = static_cast<double>(sum(part));
+          const OpId e1 = comp(g, "expert_fc1", l, mb, c_.grouped_gemm(part, h, F * gated_),
+                               2.0 * n * static_cast<double>(h * F * gated_));
+          out_.graph.flow(e1, disp[static_cast<std::size_t>(i)]);
+          fc2[static_cast<std::size_t>(r)].push_back(
+              comp(g, "expert_fc2", l, mb, c_.grouped_gemm(part, F, h), 2.0 * n * static_cast<double>(F * h)));
+        }
+        out_.flops.model += mult * 2.0 * static_cast<double>(sl.kept_rows[static_cast<std::size_t>(r)]) *
+                            static_cast<double>(h * F) * static_cast<double>(gated_ + 1);
+        out_.flops.model += mult * fr;
+      }
+      OpId last_comb = kNoOp;
+      for (int i = 0; i < c; ++i) {
+        last_comb = coll(a2a(grp, sl.combine, false, Category::kCombine, l, mb, false), "combine", o_.ep_engine, {},
+                         o_.a2a_sm_count);
+        for (int r = 0; r < ep; ++r)
+          out_.graph.flow(last_comb, fc2[static_cast<std::size_t>(r)][static_cast<std::size_t>(i)]);
+      }
+      for (int r = 0; r < ep; ++r) {
+        const int g = grp[static_cast<std::size_t>(r)];
+        pending_[static_cast<std::size_t>(g)].push_back(last_comb);
+        const std::int64_t rows = sl.sent_rows[static_cast<std::size_t>(r)];
+        comp(g, "unpermute", l, mb, c_.unpermute(rows, rb), 0, static_cast<double>(rows * rb));
+      }
+    }
+  }
+
+  CollectiveRequest a2a(const std::vector<int>& grp, std::shared_ptr<const std::vector<double>> m, bool transpose,
+                        Category cat, int l, int mb, bool bwd) const {
+    CollectiveRequest r;
+    r.kind = CollectiveKind::kAllToAllV;
+    r.gpus = grp;
+    r.matrix = std::move(m);
+    r.transpose = transpose;
+    r.scale = 1.0 / o_.overlap_chunks;
+    r.category = cat;
+    r.layer = l;
+    r.micro_batch = mb;
+    r.backward = bwd;
+    return r;
+  }
+
+  static std::vector<std::int64_t> chunk(const std::vector<std::int64_t>& rows, int i, int c) {
+    std::vector<std::int64_t> out(rows.size());
+    for (std::size_t e = 0; e < rows.size(); ++e) out[e] = rows[e] / c + (i < rows[e] % c ? 1 : 0);
+    return out;
+  }
+  static std::int64_t sum(const std::vector<std::int64_t>& v) {
+    std::int64_t s = 0;
+    for (auto x : v) s += x;
+    return s;
+  }
+
+  /// dgrad + wgrad of a GEMM [M x K] * [K x N] on gpu g.
+  void gemm_bwd(int g, const char* dname, const char* wname, int l, int mb, std::int64_t M, std::int64_t N,
+                std::int64_t K) {
+    const Gemm d = gemm(M, K, N), w = gemm(K, N, M);
+    comp(g, dname, l, mb, d.t, d.flops);
+    comp(g, wname, l, mb, w.t, w.flops);
+  }
+
+  void backward_layer(int st, int mb, int l) {
+    const auto gpus = stage_gpus(st);
+    const double act_bytes = static_cast<double>(tokens_ * m_.hidden * bpe_);
+    const std::int64_t h = m_.hidden;
+    if (m_.moe_layer[static_cast<std::size_t>(l)]) {
+      tp_collective(st, CollectiveKind::kReduceScatter, act_bytes, "tp_rs.bwd", l, mb, true);
+      moe_block_bwd(st, mb, l);
+      tp_collective(st, CollectiveKind::kAllGather, act_bytes, "tp_ag.bwd", l, mb, true);
+    } else {
+      const std::int64_t F = m_.dense_ffn / lay_.tp;
+      for (int g : gpus) {
+        gemm_bwd(g, "ffn_fc2.dgrad", "ffn_fc2.wgrad", l, mb, tokens_, h, F);
+        gemm_bwd(g, "ffn_fc1.dgrad", "ffn_fc1.wgrad", l, mb, tokens_, F * gated_, h);
+      }
+      tp_collective(st, CollectiveKind::kAllReduce, act_bytes, "tp_allreduce.bwd", l, mb, true);
+    }
+    const AttentionShape as = attn_shape();
+    const SimTime ta = c_.attention(as);
+    for (int g : gpus) {
+      gemm_bwd(g, "o_proj.dgrad", "o_proj.wgrad", l, mb, tokens_, h, attn_out_dim());
+      comp(g, "attn.bwd", l, mb, ta * 2 + scaled(ta, 1, 2), 2.5 * attention_flops(as), 2.0 * attention_bytes(as));
+      SimTime td{}, tw{};
+      double fd = 0, fw = 0;
+      for (const auto& q : qkv_gemms()) {
+        const Gemm d = gemm(q[0], q[2], q[1]), w = gemm(q[2], q[1], q[0]);
+        td += d.t;
+        tw += w.t;
+        fd += d.flops;
+        fw += w.flops;
+      }
+      comp(g, "qkv.dgrad", l, mb, td, fd);
+      comp(g, "qkv.wgrad", l, mb, tw, fw);
+    }
+    tp_collective(st, CollectiveKind::kAllReduce, act_bytes, "tp_allreduce.bwd", l, mb, true);
+  }
+
+  void moe_block_bwd(int st, int mb, int l) {
+    const int ep = lay_.ep, G = lay_.ep_groups_per_stage(), c = o_.overlap_chunks;
+    const std::int64_t h = m_.hidden, F = m_.expert_ffn;
+    const std::int64_t rb = models::row_bytes(h, models::WireFormat::kBf16);
+    const std::int64_t Fs = m_.shared_expert_ffn * m_.shared_experts / lay_.tp;
+    const SimTime tr = c_.router_topk(moe_tokens_, h, m_.experts, m_.top_k);
+    const double fr = 2.0 * static_cast<double>(moe_tokens_ * h) * m_.experts;
+    for (int j = 0; j < G; ++j) {
+      const EpSlice& sl = slices_[static_cast<std::size_t>(l)][static_cast<std::size_t>(mb * G + j)];
+      const auto grp = ep_group(st, j);
+      for (int r = 0; r < ep; ++r) {
+        const std::int64_t rows = sl.sent_rows[static_cast<std::size_t>(r)];
+        comp(grp[static_cast<std::size_t>(r)], "unpermute.bwd", l, mb, c_.unpermute(rows, rb), 0,
+             static_cast<double>(rows * rb));
+      }
+      // Combine backward: output gradients go source -> expert rank (the combine matrix transposed).
+      std::vector<OpId> cb(static_cast<std::size_t>(c));
+      for (int i = 0; i < c; ++i)
+        cb[static_cast<std::size_t>(i)] = coll(a2a(grp, sl.combine, true, Category::kCombine, l, mb, true),
+                                               "combine.bwd", o_.ep_engine, lasts(grp), o_.a2a_sm_count);
+      std::vector<std::vector<OpId>> d1(static_cast<std::size_t>(ep));
+      for (int r = 0; r < ep; ++r) {
+        const int g = grp[static_cast<std::size_t>(r)];
+        if (m_.shared_experts > 0) {
+          gemm_bwd(g, "shared_fc2.dgrad", "shared_fc2.wgrad", l, mb, tokens_, h, Fs);
+          gemm_bwd(g, "shared_fc1.dgrad", "shared_fc1.wgrad", l, mb, tokens_, Fs * gated_, h);
+        }
+        const auto& rows = sl.rows[static_cast<std::size_t>(r)];
+        for (int i = 0; i < c; ++i) {
+          const auto part = chunk(rows, i, c);
+          const double n = static_cast<double>(sum(part));
+          const OpId e2 =
+              comp(g, "expert_fc2.dgrad", l, mb, c_.grouped_gemm(part, h, F), 2.0 * n * static_cast<double>(F * h));
+          out_.graph.flow(e2, cb[static_cast<std::size_t>(i)]);
+          d1[static_cast<std::size_t>(r)].push_back(comp(g, "expert_fc1.dgrad", l, mb,
+                                                         c_.grouped_gemm(part, F * gated_, h),
+                                                         2.0 * n * static_cast<double>(h * F * gated_)));
+        }
+      }
+      // Dispatch backward: input gradients go expert rank -> source (the combine matrix as is).
+      OpId last_db = kNoOp;
+      for (int i = 0; i < c; ++i) {
+        last_db = coll(a2a(grp, sl.combine, false, Category::kDispatch, l, mb, true), "dispatch.bwd", o_.ep_engine, {},
+                       o_.a2a_sm_count);
+        for (int r = 0; r < ep; ++r)
+          out_.graph.flow(last_db, d1[static_cast<std::size_t>(r)][static_cast<std::size_t>(i)]);
+      }
+      for (int r = 0; r < ep; ++r) {
+        const int g = grp[static_cast<std::size_t>(r)];
+        const auto& rows = sl.rows[static_cast<std::size_t>(r)];
+        const double n = static_cast<double>(sum(rows));
+        // Weight gradients need no communication: they overlap the dispatch backward.
+        comp(g, "expert_fc2.wgrad", l, mb, c_.grouped_gemm_wgrad(rows, F, h), 2.0 * n * static_cast<double>(F * h));
+        comp(g, "expert_fc1.wgrad", l, mb, c_.grouped_gemm_wgrad(rows, h, F * gated_),
+             2.0 * n * static_cast<double>(h * F * gated_));
+        pending_[static_cast<std::size_t>(g)].push_back(last_db);
+        const std::int64_t sent = sl.sent_rows[static_cast<std::size_t>(r)];
+        comp(g, "permute.bwd", l, mb, c_.permute(sent, rb), 0, static_cast<double>(sent * rb));
+        comp(g, "router.bwd", l, mb, tr * 2, 2.0 * fr);
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------- embedding and head
+  std::int64_t head_rows() const { return mb_.train ? tokens_ : mb_.seqs; }
+  void embed_fwd(int st, int mb) {
+    for (int g : stage_gpus(st))
+      comp(g, "embed", -1, mb, c_.elementwise(2.0 * static_cast<double>(tokens_ * m_.hidden * bpe_)), 0);
+  }
+  void head_fwd(int st, int mb) {
+    const Gemm x = gemm(head_rows(), m_.vocab / lay_.tp, m_.hidden);
+    const double logits = 4.0 * static_cast<double>(head_rows() * (m_.vocab / lay_.tp));
+    for (int g : stage_gpus(st)) {
+      comp(g, "lm_head", -1, mb, x.t, x.flops);
+      if (mb_.train) comp(g, "loss", -1, mb, c_.elementwise(2.0 * logits), 0);
+      out_.flops.model += (mb_.train ? 3.0 : 1.0) * x.flops;
+    }
+  }
+  void head_bwd(int st, int mb) {
+    const double logits = 4.0 * static_cast<double>(tokens_ * (m_.vocab / lay_.tp));
+    for (int g : stage_gpus(st)) {
+      comp(g, "loss.bwd", -1, mb, c_.elementwise(2.0 * logits), 0);
+      gemm_bwd(g, "lm_head.dgrad", "lm_head.wgrad", -1, mb, tokens_, m_.vocab / lay_.tp, m_.hidden);
+    }
+  }
+  void embed_bwd(int st, int mb) {
+    for (int g : stage_gpus(st))
+      comp(g, "embed.bwd", -1, mb, c_.elementwise(2.0 * static_cast<double>(tokens_ * m_.hidden * bpe_)), 0);
+  }
+
+  // ---------------------------------------------------------------- data-parallel reduction
+  void reduce(int st, double dense_params, double expert_params, int layer) {
+    const CollectiveKind kind = o_.distributed_optimizer ? CollectiveKind::kReduceScatter : CollectiveKind::kAllReduce;
+    const auto issue = [&](const std::vector<int>& gpus, double params) {
+      if (gpus.size() < 2 || params <= 0) return;
+      CollectiveRequest r;
+      r.kind = kind;
+      r.gpus = gpus;
+      r.bytes = params * o_.grad_bytes;
+      r.category = Category::kOtherComm;
+      r.layer = layer;
+      r.backward = true;
+      const OpId id = coll(std::move(r), "dp_grad_reduce", o_.dp_engine, lasts(gpus));
+      for (int g : gpus) reduce_ops_[static_cast<std::size_t>(g)].push_back(id);
+    };
+    for (int t = 0; t < lay_.tp; ++t) issue(dp_group(st, t), dense_params);
+    for (int r = 0; r < lay_.ep; ++r) issue(edp_group(st, r), expert_params);
+  }
+
+  double stage_dense_params(int st) const {
+    double p = 0;
+    for (int l = ranges_[static_cast<std::size_t>(st)].first; l < ranges_[static_cast<std::size_t>(st)].second; ++l)
+      p += static_cast<double>(layer_params(m_, l).dense_local(lay_.tp));
+    if (st == 0) p += static_cast<double>(m_.vocab * m_.hidden) / lay_.tp;
+    if (st == lay_.pp - 1 && (!m_.tied_embeddings || lay_.pp > 1))
+      p += static_cast<double>(m_.vocab * m_.hidden) / lay_.tp;
+    return p;
+  }
+  double stage_expert_params(int st) const {
+    double p = 0;
+    for (int l = ranges_[static_cast<std::size_t>(st)].first; l < ranges_[static_cast<std::size_t>(st)].second; ++l) {
+      const LayerParams lp = layer_params(m_, l);
+      p += static_cast<double>(lp.per_expert) * lp.experts / lay_.ep;
+    }
+    return p;
+  }
+
+  void optimizer(int st) {
+    const double dense = stage_dense_params(st), expert = stage_expert_params(st);
+    const double dshard = o_.distributed_optimizer ? lay_.dp : 1,
+                 eshard = o_.distributed_optimizer ? lay_.expert_dp() : 1;
+    const double params = dense / dshard + expert / eshard;
+    for (int g : stage_gpus(st)) {
+      auto& p = pending_[static_cast<std::size_t>(g)];
+      p.insert(p.end(), reduce_ops_[static_cast<std::size_t>(g)].begin(),
+               reduce_ops_[static_cast<std::size_t>(g)].end());
+      comp(g, "optimizer", -1, -1, c_.elementwise(params * o_.optimizer_bytes_per_param), 0,
+           params * o_.optimizer_bytes_per_param);
+    }
+    if (!o_.distributed_optimizer) return;
+    for (int t = 0; t < lay_.tp; ++t)
+      if (lay_.dp > 1)
+        blocking(CollectiveKind::kAllGather, dp_group(st, t), dense * bpe_, "dp_param_gather", -1, -1, false,
+                 o_.dp_engine);
+    for (int r = 0; r < lay_.ep; ++r)
+      if (lay_.expert_dp() > 1 && expert > 0)
+        blocking(CollectiveKind::kAllGather, edp_group(st, r), expert * bpe_, "dp_param_gather", -1, -1, false,
+                 o_.dp_engine);
+  }
+
+  // ---------------------------------------------------------------- pipeline
+  void p2p(int st_from, int st_to, int mb, bool bwd, std::vector<std::vector<std::vector<OpId>>>& recv) {
+    const double bytes = static_cast<double>(moe_tokens_ * m_.hidden * bpe_);
+    for (int d = 0; d < lay_.dp; ++d)
+      for (int t = 0; t < lay_.tp; ++t) {
+        CollectiveRequest r;
+        r.kind = CollectiveKind::kSendRecv;
+        const int a = lay_.global(st_from, d, t), b = lay_.global(st_to, d, t);
+        r.gpus = {a, b};
+        r.bytes = bytes;
+        r.category = Category::kOtherComm;
+        r.micro_batch = mb;
+        r.backward = bwd;
+        const OpId id = coll(std::move(r), bwd ? "pp_send_grad" : "pp_send_act", o_.dp_engine,
+                             {last_[static_cast<std::size_t>(a)]});
+        auto& slot = recv[static_cast<std::size_t>(st_to)][static_cast<std::size_t>(mb)];
+        slot.resize(static_cast<std::size_t>(lay_.stage_size()), kNoOp);
+        slot[static_cast<std::size_t>(d * lay_.tp + t)] = id;
+      }
+  }
+
+  void take(std::vector<OpId>& ids, int st) {
+    // ids[local rank]: the transfer that GPU receives; its next kernel waits for it.
+    for (std::size_t i = 0; i < ids.size(); ++i)
+      if (ids[i] != kNoOp)
+        pending_[static_cast<std::size_t>(lay_.global_of_local(st, static_cast<int>(i)))].push_back(ids[i]);
+    ids.clear();
+  }
+
+  void forward_action(int st, int mb, std::vector<std::vector<std::vector<OpId>>>& fwd_recv) {
+    take(fwd_recv[static_cast<std::size_t>(st)][static_cast<std::size_t>(mb)], st);
+    if (st == 0) embed_fwd(st, mb);
+    for (int l = ranges_[static_cast<std::size_t>(st)].first; l < ranges_[static_cast<std::size_t>(st)].second; ++l)
+      forward_layer(st, mb, l, false);
+    if (st == lay_.pp - 1)
+      head_fwd(st, mb);
+    else
+      p2p(st, st + 1, mb, false, fwd_recv);
+  }
+
+  void backward_action(int st, int mb, std::vector<std::vector<std::vector<OpId>>>& bwd_recv) {
+    take(bwd_recv[static_cast<std::size_t>(st)][static_cast<std::size_t>(mb)], st);
+    const bool last_mb = mb == mb_.micro_batches - 1;
+    const double head = static_cast<double>(m_.vocab * m_.hidden) / lay_.tp;
+    if (st == lay_.pp - 1) {
+      head_bwd(st, mb);
+      if (last_mb && (!m_.tied_embeddings || lay_.pp > 1)) reduce(st, head, 0, -1);
+    }
+    for (int l = ranges_[static_cast<std::size_t>(st)].second - 1; l >= ranges_[static_cast<std::size_t>(st)].first;
+         --l) {
+      if (s_.workload.recompute) forward_layer(st, mb, l, true);
+      backward_layer(st, mb, l);
+      if (last_mb) {
+        const LayerParams lp = layer_params(m_, l);
+        reduce(st, static_cast<double>(lp.dense_local(lay_.tp)),
+               static_cast<double>(lp.per_expert) * lp.experts / lay_.ep, l);
+      }
+    }
+    if (st == 0) {
+      embed_bwd(st, mb);
+      if (last_mb) reduce(st, head, 0, -1);
+    } else {
+      p2p(st, st - 1, mb, true, bwd_recv);
+    }
+  }
+
+  void schedule() {
+    const int P = lay_.pp, M = mb_.micro_batches;
+    struct Action {
+      bool fwd;
+      int mb;
+    };
+    std::vector<std::vector<Action>> plan(static_cast<std::size_t>(P));
+    for (int st = 0; st < P; ++st) {
+      auto& a = plan[static_cast<std::size_t>(st)];
+      if (!mb_.train) {
+        for (int m = 0; m < M; ++m) a.push_back({true, m});
+        continue;
+      }
+      const int warm = std::min(P - st - 1, M);
+      for (int m = 0; m < warm; ++m) a.push_back({true, m});
+      for (int i = 0; i < M - warm; ++i) {
+        a.push_back({true, warm + i});
+        a.push_back({false, i});
+      }
+      for (int m = M - warm; m < M; ++m) a.push_back({false, m});
+    }
+    std::vector<std::vector<std::uint8_t>> fdone(static_cast<std::size_t>(P), std::vector<std::uint8_t>(M, 0)),
+        bdone = fdone;
+    std::vector<std::vector<std::vector<OpId>>> fwd_recv(static_cast<std::size_t>(P),
+                                                         std::vector<std::vector<OpId>>(static_cast<std::size_t>(M))),
+        bwd_recv = fwd_recv;
+    std::vector<std::size_t> next(static_cast<std::size_t>(P), 0);
+    std::size_t remaining = 0;
+    for (const auto& a : plan) remaining += a.size();
+    while (remaining > 0) {
+      bool progress = false;
+      for (int st = 0; st < P; ++st) {
+        auto& n = next[static_cast<std::size_t>(st)];
+        if (n >= plan[static_cast<std::size_t>(st)].size()) continue;
+        const Action a = plan[static_cast<std::size_t>(st)][n];
+        const auto m = static_cast<std::size_t>(a.mb);
+        const bool ready = a.fwd ? (st == 0 || fdone[static_cast<std::size_t>(st - 1)][m])
+                                 : (st == P - 1 ? fdone[static_cast<std::size_t>(st)][m]
+                                                : bdone[static_cast<std::size_t>(st + 1)][m] != 0);
+        if (!ready) continue;
+        if (a.fwd) {
+          forward_action(st, a.mb, fwd_recv);
+          fdone[static_cast<std::size_t>(st)][m] = 1;
+        } else {
+          backward_action(st, a.mb, bwd_recv);
+          bdone[static_cast<std::size_t>(st)][m] = 1;
+        }
+        ++n;
+        --remaining;
+        progress = true;
+      }
+      if (!progress) throw std::logic_error("build_step: pipeline schedule deadlocked");
+    }
+    if (mb_.train)
+      for (int st = 0; st < P; ++st) optimizer(st);
+  }
+
+  const Scenario& s_;
+  const models::ModelSpec& m_;
+  const ComputeCosts& c_;
+  const StepBuildOptions& o_;
+  BuiltStep& out_;
+  RankLayout lay_;
+  MicroBatchShape mb_;
+  std::vector<std::pair<int, int>> ranges_;
+  models::Placement placement_;
+  std::vector<std::vector<EpSlice>> slices_;  // [layer][mb * ep_groups + j]
+  std::vector<OpId> last_;
+  std::vector<std::vector<OpId>> pending_;
+  std::vector<std::vector<OpId>> reduce_ops_;
+  std::int64_t gated_ = 2;
+  std::int64_t tokens_ = 0, moe_tokens_ = 0, bpe_ = 2;
+};
+
+}  // namespace
+
+BuiltStep build_step(const Scenario& s, const ComputeCosts& costs, const StepBuildOptions& opt) {
+  if (!s.has_model) throw std::invalid_argument("build_step: the scenario has no model");
+  BuiltStep out(s.parallel.world());
+  Builder b(s, costs, opt, out);
+  b.build();
+  MemoryOptions mo;
+  mo.capacity_bytes = opt.memory_capacity_bytes;
+  mo.grad_bytes = opt.grad_bytes;
+  mo.distributed_optimizer = opt.distributed_optimizer;
+  mo.dispatch_format = opt.dispatch_format;
+  out.memory = estimate_memory(s, mo);
+  return out;
+}
+
+SimpleCommBackend::SimpleCommBackend(sim::Simulation& s, const std::vector<CollectiveRequest>& reqs, double bytes_per_s,
+                                     SimTime latency)
+    : sim_(s), reqs_(reqs), bw_(bytes_per_s), latency_(latency) {}
+
+SimTime SimpleCommBackend::duration(const CollectiveRequest& r) const {
+  const double G = r.group_size();
+  double amount = 0;
+  switch (r.kind) {
+    case CollectiveKind::kAllToAllV: {
+      const int n = r.group_size();
+      for (int a = 0; a < n; ++a) {
+        double sent = 0, recv = 0;
+        for (int b = 0; b < n; ++b) {
+          if (a == b) continue;
+          sent += r.at(a, b);
+          recv += r.at(b, a);
+        }
+        amount = std::max({amount, sent, recv});
+      }
+      break;
+    }
+    case CollectiveKind::kAllReduce:
+      amount = 2.0 * (G - 1) / G * r.bytes;
+      break;
+    case CollectiveKind::kReduceScatter:
+    case CollectiveKind::kAllGather:
+      amount = (G - 1) / G * r.bytes;
+      break;
+    case CollectiveKind::kSendRecv:
+      amount = r.bytes;
+      break;
+  }
+  return latency_ + (amount > 0 ? sim::duration_for(amount, bw_) : SimTime::zero());
+}
+
+void SimpleCommBackend::start(std::uint32_t idx, sim::Callback done) {
+  sim_.schedule_in(duration(reqs_.at(idx)), std::move(done), sim::Phase::kComplete);
+}
+
+}  // namespace moesim::engine

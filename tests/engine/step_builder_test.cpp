@@ -1,0 +1,232 @@
+#include <catch2/catch.hpp>
+
+#include <set>
+#include <string>
+
+#include "engine/step_builder.hpp"
+
+using namespace moesim;
+using namespace moesim::engine;
+using sim::SimTime;
+
+namespace {
+
+/// 2 MoE layers, 4 experts, top-2, SwiGLU, MHA (heads * head_dim == hidden), untied head.
+models::ModelSpec tiny_model() {
+  models::ModelSpec m;
+  m.name = "tiny";
+  m.decoder_layers = 2;
+  m.hidden = 512;
+  m.heads = 8;
+  m.kv_heads = 8;
+  m.head_dim = 64;
+  m.vocab = 1000;
+  m.expert_ffn = 1024;
+  m.shared_expert_ffn = 1024;
+  m.activation = models::Activation::kSwiGLU;
+  m.experts = 4;
+  m.top_k = 2;
+  m.moe_layer = {true, true};
+  return m;
+}
+
+Scenario tiny_scenario(WorkloadMode mode) {
+  Scenario s;
+  s.name = "tiny";
+  s.seed = 11;
+  s.has_model = true;
+  s.model = tiny_model();
+  s.routing = models::default_routing(s.model);  // uniform, dropless
+  s.parallel.dp = 4;
+  s.parallel.ep = 4;
+  s.workload.mode = mode;
+  if (mode == WorkloadMode::kTrain) {
+    s.workload.seq_len = 256;
+    s.workload.global_batch = 16;
+    s.parallel.micro_batches = 2;
+  } else {
+    s.workload.batch = 8;
+    s.workload.prompt_len = 256;
+  }
+  return s;
+}
+
+GpuRoofline small_gpu() {
+  GpuRoofline g;
+  g.peak_flops_bf16 = 100e12;
+  g.hbm_bytes_per_s = 1e12;
+  g.sm_count = 16;
+  g.launch_overhead = SimTime::from_ps(1'000'000);
+  return g;
+}
+
+struct Run {
+  SimTime step{};
+  SimTime serial_comm{};
+};
+
+Run play(BuiltStep& b, double bw = 50e9) {
+  sim::Simulation s;
+  SimpleCommBackend be(s, b.collectives, bw, SimTime::zero());
+  Executor ex(s, b.graph, be, {});
+  Run r;
+  r.step = ex.run().step_time;
+  for (const auto& c : b.collectives) r.serial_comm += be.duration(c);
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("roofline: tile and wave quantisation", "[step_builder]") {
+  GpuRoofline g = small_gpu();
+  g.launch_overhead = SimTime::zero();
+  const RooflineCosts c(g);
+  // One 128x128 tile with K = 1024: 2*128*128*1024 FLOPs at 0.7 * 100e12 / 16 SMs per SM.
+  const double tile = 2.0 * 128 * 128 * 1024;
+  REQUIRE(c.dense_gemm(128, 128, 1024) == sim::duration_for(tile * 16, 0.7 * 100e12));
+  // 129 rows: two row tiles, still one wave -> same time; 17 tiles: two waves.
+  REQUIRE(c.dense_gemm(129, 128, 1024) == c.dense_gemm(128, 128, 1024));
+  REQUIRE(c.grouped_gemm(std::vector<std::int64_t>(17, 128), 1024, 128) == sim::duration_for(tile * 32, 0.7 * 100e12));
+  // Experts with no rows cost nothing beyond launch.
+  REQUIRE(c.grouped_gemm({0, 0}, 1024, 128) == SimTime::zero());
+}
+
+TEST_CASE("tiny prefill: op counts, closed-form FLOPs, conserved bytes", "[step_builder]") {
+  const Scenario s = tiny_scenario(WorkloadMode::kPrefill);
+  const RooflineCosts costs(small_gpu());
+  BuiltStep b = build_step(s, costs, {});
+  // Per GPU: embed + 2 x (qkv, attn, o_proj, router, permute, fc1, fc2, unpermute) + lm_head.
+  REQUIRE(b.compute_ops_per_gpu == std::vector<std::uint32_t>(4, 18));
+  REQUIRE(b.collective_ops == 4);  // dispatch + combine per layer
+  REQUIRE(b.kernels.at("expert_fc1").count == 8);
+
+  // Closed form. N tokens, per token per layer: 2 * (4 h^2 + h E + k * 3 h F); attention per
+  // sequence 2 * (P(P+1)/2) * heads * 2 * head_dim; LM head on the last token of each sequence.
+  const double N = 8 * 256, h = 512, E = 4, k = 2, F = 1024, P = 256, seqs = 8, V = 1000;
+  const double per_token = 2 * (4 * h * h + h * E + k * 3 * h * F);
+  const double attn = seqs * 2 * (P * (P + 1) / 2) * 8 * 2 * 64;
+  const double expected = 2 * (N * per_token + attn) + 2 * seqs * h * V;
+  REQUIRE(b.flops.model == Approx(expected).epsilon(1e-12));
+  REQUIRE(b.flops.executed == Approx(expected).epsilon(1e-12));  // dropless: no padding
+
+  // Bytes: every dispatch (and combine) moves kept rows * hidden * 2 bytes, nothing lost.
+  REQUIRE(b.dropped == 0);
+  REQUIRE(b.kept == static_cast<std::int64_t>(2 * N * k));
+  double disp = 0, comb = 0;
+  for (const auto& c : b.collectives) {
+    REQUIRE(c.kind == CollectiveKind::kAllToAllV);
+    REQUIRE(c.gpus == std::vector<int>{0, 1, 2, 3});
+    (c.category == Category::kDispatch ? disp : comb) += c.total_bytes();
+  }
+  REQUIRE(disp == 2 * N * k * h * 2);
+  REQUIRE(comb == disp);
+
+  const Run r = play(b);
+  REQUIRE(r.step > SimTime::zero());
+  REQUIRE(r.step <= b.serial_compute + r.serial_comm);
+  REQUIRE(b.memory.fits);
+  REQUIRE(b.memory.stages.at(0).kv_cache == Approx(2.0 * 256 * 2 * (2 * 8 * 64 * 2)));
+}
+
+TEST_CASE("build is deterministic", "[step_builder]") {
+  const Scenario s = tiny_scenario(WorkloadMode::kTrain);
+  const RooflineCosts costs(small_gpu());
+  BuiltStep a = build_step(s, costs, {}), b = build_step(s, costs, {});
+  REQUIRE(a.flops.executed == b.flops.executed);
+  REQUIRE(play(a).step == play(b).step);
+}
+
+TEST_CASE("skewed routing is slower than balanced", "[step_builder]") {
+  Scenario s = tiny_scenario(WorkloadMode::kPrefill);
+  const RooflineCosts costs(small_gpu());
+  s.routing.distribution = models::Distribution::kBalanced;
+  BuiltStep bal = build_step(s, costs, {});
+  s.routing.distribution = models::Distribution::kPowerLaw;
+  s.routing.alpha = 1.2;
+  BuiltStep skew = build_step(s, costs, {});
+  REQUIRE(bal.flops.model == Approx(skew.flops.model));  // same work, different spread
+  REQUIRE(skew.moe_layers.at(0).rank_max_over_mean > bal.moe_layers.at(0).rank_max_over_mean);
+  REQUIRE(play(skew).step > play(bal).step);
+}
+
+TEST_CASE("larger capacity factor: fewer drops, more padding, longer expert GEMM", "[step_builder]") {
+  Scenario s = tiny_scenario(WorkloadMode::kPrefill);
+  const RooflineCosts costs(small_gpu());
+  s.routing.distribution = models::Distribution::kPowerLaw;
+  s.routing.alpha = 1.2;
+  s.routing.pad_to_capacity = true;
+  s.routing.capacity_factor = 1.0;
+  BuiltStep lo = build_step(s, costs, {});
+  s.routing.capacity_factor = 2.0;
+  BuiltStep hi = build_step(s, costs, {});
+  REQUIRE(lo.dropped > 0);
+  REQUIRE(hi.drop_fraction() < lo.drop_fraction());
+  REQUIRE(hi.padded > lo.padded);
+  REQUIRE(hi.padded_fraction() > lo.padded_fraction());
+  REQUIRE(hi.kernels.at("expert_fc1").time > lo.kernels.at("expert_fc1").time);
+  // Padded rows are executed but not useful.
+  REQUIRE(hi.flops.executed > hi.flops.model);
+  // Fixed-shape buffers: dispatch bytes are C rows per (source, expert).
+  const std::int64_t C = models::expert_capacity(512, 2, 4, 2.0);
+  REQUIRE(hi.collectives.at(0).total_bytes() == static_cast<double>(4 * 4 * C * 512 * 2));
+}
+
+TEST_CASE("overlap chunks never slow a communication-bound layer down", "[step_builder]") {
+  Scenario s = tiny_scenario(WorkloadMode::kPrefill);
+  const RooflineCosts costs(small_gpu());
+  StepBuildOptions o1, o2, o4;
+  o2.overlap_chunks = 2;
+  o4.overlap_chunks = 4;
+  BuiltStep b1 = build_step(s, costs, o1), b2 = build_step(s, costs, o2), b4 = build_step(s, costs, o4);
+  REQUIRE(b2.collective_ops == 2 * b1.collective_ops);
+  REQUIRE(b2.flops.executed == Approx(b1.flops.executed));
+  const double bw = 5e9;  // slow links: the all-to-alls dominate
+  const Run r1 = play(b1, bw), r2 = play(b2, bw), r4 = play(b4, bw);
+  REQUIRE(r2.step <= r1.step);
+  REQUIRE(r4.step <= r2.step);
+  REQUIRE(r1.step <= b1.serial_compute + r1.serial_comm);
+  REQUIRE(r2.step <= b2.serial_compute + r2.serial_comm);
+}
+
+TEST_CASE("training step: backward for every forward op, DP reduction, optimizer", "[step_builder]") {
+  const RooflineCosts costs(small_gpu());
+  const auto check = [&](const Scenario& s) {
+    BuiltStep b = build_step(s, costs, {});
+    for (const auto& [name, k] : b.kernels) {
+      if (name.find('.') != std::string::npos || name == "optimizer") continue;
+      bool has_bwd = false;
+      for (const auto& [other, k2] : b.kernels) has_bwd |= other.rfind(name + ".", 0) == 0;
+      INFO(name);
+      REQUIRE(has_bwd);
+    }
+    int reduces = 0;
+    for (const auto& c : b.collectives) reduces += c.kind == CollectiveKind::kReduceScatter && c.backward ? 1 : 0;
+    REQUIRE(reduces > 0);
+    REQUIRE(b.kernels.at("optimizer").count == static_cast<std::uint64_t>(s.parallel.world()));
+    // Training model FLOPs are 3x the forward ones.
+    Scenario fwd = s;
+    fwd.workload.recompute = false;
+    const Run r = play(b);
+    REQUIRE(r.step > SimTime::zero());
+    REQUIRE(r.step <= b.serial_compute + r.serial_comm);
+    return b;
+  };
+  Scenario s = tiny_scenario(WorkloadMode::kTrain);
+  BuiltStep plain = check(s);
+  s.workload.recompute = true;
+  BuiltStep rec = check(s);
+  REQUIRE(rec.flops.model == Approx(plain.flops.model));
+  REQUIRE(rec.flops.executed > plain.flops.executed);
+  REQUIRE(rec.memory.stages[0].activations < plain.memory.stages[0].activations);
+  // Pipeline: 2 stages x dp 2, EP 2, with send/recv between stages.
+  s.workload.recompute = false;
+  s.parallel.dp = 2;
+  s.parallel.pp = 2;
+  s.parallel.ep = 2;
+  s.parallel.micro_batches = 4;
+  BuiltStep pp = check(s);
+  int p2p = 0;
+  for (const auto& c : pp.collectives) p2p += c.kind == CollectiveKind::kSendRecv ? 1 : 0;
+  REQUIRE(p2p == 2 * 2 * 4);  // (fwd + bwd) x dp x micro-batches
+  REQUIRE(pp.flops.model == Approx(plain.flops.model));
+}
