@@ -350,6 +350,7 @@ void Runner::run_gemm(const Config& c) {
   } else {
     args.row_offset = d_offset;
   }
+  args.total_rows = rows;
   const int grid_blocks = prop_.multiProcessorCount * gpu::grouped_gemm_mma_blocks_per_sm();
   std::vector<std::string> impls = planned_impls(c.family);
   Rng rng(c.seed ^ 0xABCDull);  // interleave implementations in a random order per configuration
@@ -361,8 +362,19 @@ void Runner::run_gemm(const Config& c) {
           impl, gpu::grouped_gemm_mma_config(), [&] { return gpu::grouped_gemm_mma(args, grid_blocks, stream_); },
           chk_rows, chk_exp, masked ? "masked" : "contiguous");
     } else if (impl == "vk_wgmma") {
-      write_row(c, impl, "wgmma_tma_sm90a", gpu::grouped_gemm_wgmma_implemented() ? "skipped" : "not_implemented", NAN,
-                {}, "Hopper wgmma path not implemented yet (README Status)", "contiguous");
+      // sm_90a code: runs on compute capability 9.0 only (one CTA per SM, persistent).
+      if (!gpu::grouped_gemm_wgmma_implemented())
+        write_row(c, impl, gpu::grouped_gemm_wgmma_config(), "not_implemented", NAN, {}, "Hopper wgmma path missing",
+                  "contiguous");
+      else if (!gpu::grouped_gemm_wgmma_runs_on(prop_.major, prop_.minor))
+        write_row(c, impl, gpu::grouped_gemm_wgmma_config(), "skipped_arch", NAN, {},
+                  "sm_90a kernel; device cc " + std::to_string(prop_.major) + "." + std::to_string(prop_.minor),
+                  "contiguous");
+      else
+        measure(
+            impl, gpu::grouped_gemm_wgmma_config(),
+            [&] { return gpu::grouped_gemm_wgmma(args, prop_.multiProcessorCount, stream_); }, chk_rows, chk_exp,
+            masked ? "masked" : "contiguous");
     } else if (!cublas_.loaded()) {
       write_row(c, impl, "", "skipped", NAN, {}, "cuBLAS not found", "");
     } else if (impl == "cublas_concat") {

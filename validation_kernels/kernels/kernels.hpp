@@ -28,6 +28,9 @@ struct GroupedGemmArgs {
   int n = 0;
   int k = 0;
   int cap = 0;  ///< > 0 selects the masked layout
+  /// Rows of A and out in the contiguous layout (= row_offset[E], known on the host). The wgmma
+  /// path needs it for the bounds of its TMA descriptor; the mma path ignores it.
+  int total_rows = -1;
 };
 
 /// Portable tensor-core path: mma.sync m16n8k16, ldmatrix, 3-stage cp.async pipeline, persistent
@@ -40,9 +43,18 @@ int grouped_gemm_mma_blocks_per_sm();
 int grouped_gemm_mma_tile_m();
 int grouped_gemm_mma_tile_n();
 
-/// Hopper path (wgmma + TMA, sm_90a). Not implemented yet: returns cudaErrorNotSupported.
+/// Hopper path (sm_90a): TMA loads into a 4-stage 128B-swizzled ring (full/empty mbarriers), one
+/// producer warp, two consumer warpgroups issuing wgmma m64n128k16 bf16 -> fp32, persistent grid
+/// (one CTA per SM is the intended grid_blocks) with the same scheduler as the mma path. Both layouts
+/// (contiguous needs args.total_rows). Needs N % 128 == 0, K % 64 == 0, 16-byte aligned A and W.
+/// Returns cudaErrorNotSupported on devices other than compute capability 9.0 (the sm_90a code runs
+/// nowhere else). Compiles; never run on a GPU yet (README Status).
 cudaError_t grouped_gemm_wgmma(const GroupedGemmArgs& args, int grid_blocks, cudaStream_t stream);
 bool grouped_gemm_wgmma_implemented();
+/// Whether the sm_90a kernel can run on a device of this compute capability (exactly 9.0).
+bool grouped_gemm_wgmma_runs_on(int cc_major, int cc_minor);
+/// Tile configuration string recorded in impl_config.
+std::string grouped_gemm_wgmma_config();
 
 /// Naive fp32 reference for a list of rows: ref[i, :] = A[rows[i], :] * W_{expert_of_row[i]}^T.
 cudaError_t reference_rows(const bf16* a, const bf16* w, const int* rows, const int* expert_of_row, int num_rows, int n,
