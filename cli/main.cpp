@@ -20,6 +20,7 @@
 #include "config/reader.hpp"
 #include "engine/gpu_params.hpp"
 #include "engine/scenario.hpp"
+#include "engine/simulate.hpp"
 #include "hardware/collectives.hpp"
 #include "hardware/gpu_catalog.hpp"
 #include "hardware/topology.hpp"
@@ -68,15 +69,14 @@ void run_routing(const Scenario& s, nlohmann::ordered_json& j) {
   std::ostringstream os;
   m::format_routing_summary(os, s.model, s.routing, step);
   std::fputs(os.str().c_str(), stdout);
-  auto& r = j["routing"];
+  nlohmann::ordered_json r;
   r["sampling_mode"] = m::to_string(step.mode);
   r["groups"] = step.groups;
   r["tokens_per_group"] = step.tokens_per_group;
   r["drop_fraction"] = step.drop_fraction;
   r["padded_fraction"] = step.padded_fraction;
   r["max_over_mean_load"] = step.max_over_mean;
-  auto& layers = r["layers"];
-  layers = nlohmann::ordered_json::array();
+  nlohmann::ordered_json layers = nlohmann::ordered_json::array();
   for (const auto& l : step.layers) {
     const auto& st = l.stats;
     layers.push_back(
@@ -110,34 +110,125 @@ void run_collective(const Scenario& s, const moesim::hw::Topology& topo, nlohman
     case CollectiveOp::kAllToAll: {
       hw::ByteMatrix m(n, c.bytes);
       for (int i = 0; i < n; ++i) m.at(i, i) = 0;
-      plan = hw::plan_all_to_allv(topo, group, m,
-                                  c.algorithm == "hierarchical" ? hw::CollectiveAlgo::kHierarchical
-                                                                : hw::CollectiveAlgo::kDirect);
+      plan = hw::plan_all_to_allv(
+          topo, group, m,
+          c.algorithm == "hierarchical" ? hw::CollectiveAlgo::kHierarchical : hw::CollectiveAlgo::kDirect);
       break;
     }
     case CollectiveOp::kAllReduce:
       plan = hw::plan_all_reduce(topo, group, c.bytes,
                                  c.algorithm == "tree" ? hw::CollectiveAlgo::kTree : hw::CollectiveAlgo::kRing);
       break;
-    case CollectiveOp::kAllGather: plan = hw::plan_all_gather(topo, group, c.bytes); break;
-    case CollectiveOp::kReduceScatter: plan = hw::plan_reduce_scatter(topo, group, c.bytes); break;
-    case CollectiveOp::kSendRecv: plan = hw::plan_send_recv(topo, group.front(), group.back(), c.bytes); break;
+    case CollectiveOp::kAllGather:
+      plan = hw::plan_all_gather(topo, group, c.bytes);
+      break;
+    case CollectiveOp::kReduceScatter:
+      plan = hw::plan_reduce_scatter(topo, group, c.bytes);
+      break;
+    case CollectiveOp::kSendRecv:
+      plan = hw::plan_send_recv(topo, group.front(), group.back(), c.bytes);
+      break;
   }
   hw::CollectiveOptions opts;
   opts.launch_overhead = s.cluster.gpu.kernel_launch_overhead;
-  const auto model = s.network.model == moesim::engine::NetworkModel::kFlow ? hw::NetworkModel::kFlow
-                                                                            : hw::NetworkModel::kAnalytical;
+  const auto model =
+      s.network.model == moesim::engine::NetworkModel::kFlow ? hw::NetworkModel::kFlow : hw::NetworkModel::kAnalytical;
   const hw::CollectiveResult r = hw::run_collective(topo, plan, model, opts);
-  fmt::print("collective {} ({}) over {} GPUs, size {}: time {:.3f} us, algbw {:.2f} GB/s, busbw {:.2f} GB/s "
-             "({} network model, launch overhead {} included)\n",
-             hw::to_string(r.kind), c.algorithm, r.ranks, moesim::sim::format_bytes(r.size_bytes), r.time.to_us(),
-             r.algbw / 1e9, r.busbw / 1e9, moesim::engine::to_string(s.network.model),
-             moesim::sim::to_string(opts.launch_overhead));
+  fmt::print(
+      "collective {} ({}) over {} GPUs, size {}: time {:.3f} us, algbw {:.2f} GB/s, busbw {:.2f} GB/s "
+      "({} network model, launch overhead {} included)\n",
+      hw::to_string(r.kind), c.algorithm, r.ranks, moesim::sim::format_bytes(r.size_bytes), r.time.to_us(),
+      r.algbw / 1e9, r.busbw / 1e9, moesim::engine::to_string(s.network.model),
+      moesim::sim::to_string(opts.launch_overhead));
   j["step_time_us"] = r.time.to_us();
-  j["collective"] = {{"op", hw::to_string(r.kind)}, {"algorithm", c.algorithm},
-                     {"ranks", r.ranks},        {"size_bytes", r.size_bytes},
-                     {"time_us", r.time.to_us()}, {"algbw_GBps", r.algbw / 1e9},
+  j["collective"] = {{"op", hw::to_string(r.kind)}, {"algorithm", c.algorithm},  {"ranks", r.ranks},
+                     {"size_bytes", r.size_bytes},  {"time_us", r.time.to_us()}, {"algbw_GBps", r.algbw / 1e9},
                      {"busbw_GBps", r.busbw / 1e9}, {"phases", r.phases}};
+}
+
+/// Full step (train / prefill / decode): executor on the cluster with cost models.
+void run_step(const Scenario& s, const std::string& trace, nlohmann::ordered_json& j) {
+  namespace e = moesim::engine;
+  e::SimulateOptions o;
+  o.trace_file = trace;
+  o.profile_file = s.execution.profile;
+  o.build.overlap_chunks = s.execution.overlap_chunks;
+  o.build.a2a_sm_count = s.execution.comm_sms;
+  if (s.execution.dispatch_dtype == "fp8") o.build.dispatch_format = moesim::models::WireFormat::kFp8;
+  const e::StepReport r = e::simulate_step(s, o);
+  const auto& b = r.built;
+  const auto& crit = r.exec.per_gpu[static_cast<std::size_t>(r.exec.critical_gpu)];
+  fmt::print("step time  {:.3f} ms ({} GPUs, critical GPU {}), {:.0f} tokens/s, MFU {:.1f}%\n",
+             r.exec.step_time.to_ms(), s.cluster.total_gpus(), r.exec.critical_gpu, r.tokens_per_s, 100 * r.mfu);
+  fmt::print(
+      "breakdown  (mean per GPU, us) compute {:.1f} | dispatch {:.1f} | combine {:.1f} | other comm {:.1f} | "
+      "exposed comm {:.1f} | idle {:.1f}\n",
+      r.compute_us, r.dispatch_us, r.combine_us, r.other_comm_us, r.exposed_comm_us, r.idle_us);
+  fmt::print("critical   compute {:.1f} | exposed comm {:.1f} | idle {:.1f} us\n", crit.compute.to_us(),
+             crit.exposed_comm.to_us(), crit.idle.to_us());
+  fmt::print("routing    drop {:.4f}% of assignments, padded {:.4f}% of expert rows, {} MoE layers\n",
+             100 * b.drop_fraction(), 100 * b.padded_fraction(), b.moe_layers.size());
+  fmt::print("memory     peak {:.2f} GiB of {:.2f} GiB per GPU: {}\n", b.memory.peak_bytes / 1073741824.0,
+             b.memory.capacity_bytes / 1073741824.0, b.memory.fits ? "fits" : "DOES NOT FIT");
+  fmt::print("simulated  {} compute ops, {} collectives, {} flows, {} events\n", b.compute_ops, b.collective_ops,
+             r.flows, r.exec.events);
+
+  j["step_time_us"] = r.exec.step_time.to_us();
+  j["tokens_per_s"] = r.tokens_per_s;
+  j["mfu"] = r.mfu;
+  j["flops"] = {{"model", b.flops.model}, {"executed", b.flops.executed}};
+  j["breakdown_us"] = {{"compute", r.compute_us},
+                       {"dispatch", r.dispatch_us},
+                       {"combine", r.combine_us},
+                       {"other_collectives", r.other_comm_us},
+                       {"exposed_communication", r.exposed_comm_us},
+                       {"idle", r.idle_us}};
+  j["critical_gpu"] = {{"index", r.exec.critical_gpu},
+                       {"compute_us", crit.compute.to_us()},
+                       {"exposed_communication_us", crit.exposed_comm.to_us()},
+                       {"idle_us", crit.idle.to_us()}};
+  double max_over_mean = 0;
+  for (const auto& l : b.moe_layers) max_over_mean = std::max(max_over_mean, l.stats.max_over_mean);
+  j["routing"] = {{"drop_fraction", b.drop_fraction()},
+                  {"padded_fraction", b.padded_fraction()},
+                  {"max_over_mean_load", max_over_mean},
+                  {"routed", b.routed},
+                  {"kept", b.kept},
+                  {"dropped", b.dropped},
+                  {"padded", b.padded}};
+  // (build arrays before inserting: ordered_json references are invalidated by insertions)
+  nlohmann::ordered_json stages = nlohmann::ordered_json::array();
+  for (const auto& st : b.memory.stages)
+    stages.push_back({{"stage", st.stage},
+                      {"weights", st.weights},
+                      {"grads", st.grads},
+                      {"optimizer", st.optimizer},
+                      {"activations", st.activations},
+                      {"activations_no_recompute", st.activations_no_recompute},
+                      {"activations_recompute", st.activations_recompute},
+                      {"kv_cache", st.kv_cache},
+                      {"comm_buffers", st.comm_buffers},
+                      {"total", st.total()}});
+  j["memory"] = {{"peak_bytes_per_gpu", b.memory.peak_bytes},
+                 {"capacity_bytes_per_gpu", b.memory.capacity_bytes},
+                 {"fits", b.memory.fits},
+                 {"stages", std::move(stages)}};
+  nlohmann::ordered_json layers = nlohmann::ordered_json::array();
+  for (const auto& l : b.moe_layers)
+    layers.push_back({{"layer", l.layer},
+                      {"stage", l.stage},
+                      {"drop_fraction", l.stats.drop_fraction},
+                      {"padded_fraction", l.stats.padded_fraction},
+                      {"max_over_mean_load", l.stats.max_over_mean},
+                      {"rank_max_over_mean_rows", l.rank_max_over_mean},
+                      {"cv", l.stats.cv},
+                      {"aux_loss", l.stats.aux_loss}});
+  j["layers"] = std::move(layers);
+  j["simulation"] = {{"compute_ops", b.compute_ops},
+                     {"collective_ops", b.collective_ops},
+                     {"flows", r.flows},
+                     {"events", r.exec.events},
+                     {"collective_bytes", r.bytes_sent}};
 }
 
 nlohmann::ordered_json summary_json(const Scenario& s) {
@@ -178,6 +269,8 @@ int main(int argc, char** argv) {
   run->add_option("--seed", run_seed, "replace the scenario's seed");
   run->add_option("--json", run_json, "write the JSON report to this file ('-' for stdout)");
   std::string run_dot;
+  std::string run_trace;
+  run->add_option("--trace", run_trace, "write a Chrome/Perfetto trace of the step to this file");
   run->add_option("--dump-topology", run_dot, "write the cluster topology as Graphviz dot to this file");
 
   // validate
@@ -245,8 +338,14 @@ int main(int argc, char** argv) {
         if (!f) throw std::runtime_error("cannot write " + run_dot);
       }
       if (s.workload.mode == moesim::engine::WorkloadMode::kCollective) run_collective(s, *topo, report);
-      if (s.has_model && s.model.experts > 0 && s.workload.mode != moesim::engine::WorkloadMode::kCollective)
+      using moesim::engine::WorkloadMode;
+      if (s.workload.mode == WorkloadMode::kRouting) {
         run_routing(s, report);
+      } else if (s.workload.mode != WorkloadMode::kCollective) {
+        run_step(s, run_trace, report);
+      } else if (!run_trace.empty()) {
+        throw std::runtime_error("--trace is written for train/prefill/decode workloads only");
+      }
       if (!run_json.empty()) {
         const std::string text = report.dump(2) + "\n";
         if (run_json == "-") {

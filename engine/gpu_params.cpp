@@ -10,10 +10,10 @@ namespace moesim::engine {
 
 models::cost::GpuParams gpu_params(const hw::GpuSpec& g) {
   if (g.tensor_clock_hz <= 0)
-    throw std::invalid_argument(fmt::format(
-        "GPU '{}' has no tensor_clock in the catalog (the clock its peak FLOP/s are quoted at); add it to "
-        "hardware/catalog/gpus.yaml",
-        g.name));
+    throw std::invalid_argument(
+        fmt::format("GPU '{}' has no tensor_clock in the catalog (the clock its peak FLOP/s are quoted at); add it to "
+                    "hardware/catalog/gpus.yaml",
+                    g.name));
   models::cost::GpuParams p;
   p.name = g.name;
   p.sm_count = g.sm_count;

@@ -181,6 +181,23 @@ NetworkSpec parse_network(const Node& n) {
   return s;
 }
 
+ExecutionSpec parse_execution(const Node& n, const std::string& scenario_file) {
+  ExecutionSpec e;
+  if (!n.defined()) return e;
+  e.overlap_chunks = static_cast<int>(n.opt_int("overlap_chunks", 1, Range::between(1, 64)));
+  e.comm_sms = static_cast<int>(n.opt_int("comm_sms", 0, Range::between(0, 1024)));
+  e.dispatch_dtype = n.opt_choice("dispatch_dtype", {"bf16", "fp8"}, "bf16");
+  e.profile = n.opt_string("profile", "");
+  if (!e.profile.empty() && std::filesystem::path(e.profile).is_relative() && !scenario_file.empty()) {
+    // Profiles named relative to the repository root are the common case (hardware/profiles/).
+    const std::filesystem::path beside = std::filesystem::path(scenario_file).parent_path() / e.profile;
+    if (std::filesystem::exists(beside)) e.profile = beside.lexically_normal().string();
+  }
+  if (!e.profile.empty() && !std::filesystem::exists(e.profile)) n.error_at("profile", "file not found: " + e.profile);
+  n.finish();
+  return e;
+}
+
 }  // namespace
 
 Scenario parse_scenario(const config::Document& doc, std::optional<std::uint64_t> seed_override) {
@@ -198,6 +215,7 @@ Scenario parse_scenario(const config::Document& doc, std::optional<std::uint64_t
   s.parallel = parse_parallel(root.child("parallel"));
   s.workload = parse_workload(root.child("workload"));
   s.network = parse_network(root.child("network"));
+  s.execution = parse_execution(root.child("execution"), s.file);
 
   // model: a catalog name or an inline block (parsed by models/).
   const Node model = root.child("model");
@@ -245,8 +263,7 @@ Scenario parse_scenario(const config::Document& doc, std::optional<std::uint64_t
     const std::size_t before = diags.size();
     s.cluster = hw::parse_cluster(cluster, gpus);
     s.has_cluster = diags.size() == before;
-    if (s.has_cluster && s.workload.mode != WorkloadMode::kCollective &&
-        s.parallel.world() != s.cluster.total_gpus())
+    if (s.has_cluster && s.workload.mode != WorkloadMode::kCollective && s.parallel.world() != s.cluster.total_gpus())
       root.child("parallel")
           .error(fmt::format("dp*tp*pp = {}*{}*{} = {} GPUs, but the cluster has {} (nodes {} x gpus_per_node {})",
                              s.parallel.dp, s.parallel.tp, s.parallel.pp, s.parallel.world(), s.cluster.total_gpus(),
@@ -256,6 +273,10 @@ Scenario parse_scenario(const config::Document& doc, std::optional<std::uint64_t
   }
 
   // Cross-checks between sections (only meaningful when each section parsed).
+  if (s.has_model && s.workload.mode != WorkloadMode::kCollective && s.workload.mode != WorkloadMode::kRouting &&
+      s.parallel.tp > 1 && s.tokens_per_group() % s.parallel.tp != 0)
+    root.error_at("workload", fmt::format("{} tokens per routing group do not split over tp={} (sequence parallelism)",
+                                          s.tokens_per_group(), s.parallel.tp));
   if (s.has_model && s.model.experts > 0 && s.workload.mode != WorkloadMode::kCollective) {
     if (auto why = models::placement_problem(s.model.experts, s.parallel.ep, s.routing.redundant_experts))
       root.child("parallel").error_at("ep", *why);

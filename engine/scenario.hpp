@@ -61,6 +61,14 @@ struct NetworkSpec {
   NetworkModel model = NetworkModel::kFlow;
 };
 
+/// How the step is executed (not what is computed).
+struct ExecutionSpec {
+  int overlap_chunks = 1;               ///< dispatch/GEMM/combine pipelining degree (Tutel/FSMoE)
+  int comm_sms = 0;                     ///< SMs an all-to-all kernel takes from compute (DeepEP ~20)
+  std::string dispatch_dtype = "bf16";  ///< bf16 | fp8 (DeepEP fp8 dispatch)
+  std::string profile;                  ///< fitted kernel cost profile YAML ("" = catalog defaults)
+};
+
 struct Scenario {
   std::string name;
   std::string file;
@@ -73,6 +81,7 @@ struct Scenario {
   ParallelSpec parallel;
   WorkloadSpec workload;
   NetworkSpec network;
+  ExecutionSpec execution;
 
   /// Routing groups of one step and tokens per group: by default the tokens of one data-
   /// parallel rank's micro-batch (as Megatron-Core and DeepSpeed route before dispatch).

@@ -60,7 +60,10 @@ constexpr std::array kFlopUnits{
 };
 
 constexpr std::array kFrequencyUnits{
-    UnitDef{"Hz", 1.0}, UnitDef{"kHz", 1e3}, UnitDef{"MHz", 1e6}, UnitDef{"GHz", 1e9},
+    UnitDef{"Hz", 1.0},
+    UnitDef{"kHz", 1e3},
+    UnitDef{"MHz", 1e6},
+    UnitDef{"GHz", 1e9},
 };
 
 template <std::size_t N>
@@ -90,6 +93,8 @@ const UnitDef* lookup(UnitFamily f, std::string_view name) {
       return find_unit(kTimeUnits, name);
     case UnitFamily::kFlopRate:
       return find_unit(kFlopUnits, name);
+    case UnitFamily::kFrequency:
+      return find_unit(kFrequencyUnits, name);
   }
   return nullptr;
 }
@@ -108,6 +113,8 @@ std::string_view family_name(UnitFamily f) {
       return "a time";
     case UnitFamily::kFlopRate:
       return "a FLOP rate";
+    case UnitFamily::kFrequency:
+      return "a frequency";
   }
   return "a quantity";
 }
@@ -122,6 +129,8 @@ std::string accepted_units(UnitFamily f) {
       return "ps, ns, us, ms, s";
     case UnitFamily::kFlopRate:
       return join_units(kFlopUnits);
+    case UnitFamily::kFrequency:
+      return join_units(kFrequencyUnits);
   }
   return {};
 }
