@@ -43,8 +43,9 @@ void print_summary(const Scenario& s, std::FILE* out) {
   const auto& w = s.workload;
   fmt::print(out, "scenario   {} ({})\n", s.name, s.file);
   fmt::print(out, "seed       {}\n", s.seed);
-  fmt::print(out, "parallel   dp={} tp={} ep={} pp={} micro_batches={} (world {})\n", p.dp, p.tp, p.ep, p.pp,
-             p.micro_batches, p.world());
+  if (w.mode != moesim::engine::WorkloadMode::kCollective)
+    fmt::print(out, "parallel   dp={} tp={} ep={} pp={} micro_batches={} (world {})\n", p.dp, p.tp, p.ep, p.pp,
+               p.micro_batches, p.world());
   fmt::print(out, "workload   {}", moesim::engine::to_string(w.mode));
   if (w.tokens_per_step() > 0) fmt::print(out, ", {} tokens/step", w.tokens_per_step());
   if (w.collective)
