@@ -28,6 +28,7 @@ LinkId FlowNetwork::add_link(double bytes_per_s, sim::SimTime latency) {
   max_rate_.push_back(0);
   saturated_.push_back(0);
   bneck_count_.push_back(0);
+  link_dead_.push_back(0);
   link_stamp_.push_back(0);
   link_cnt_.push_back(0);
   csr_begin_.push_back(0);
@@ -75,7 +76,6 @@ BatchId FlowNetwork::start(FlowBatch batch, sim::Callback on_done) {
 
   flows_.reserve(flows_.size() + n);
   path_links_.reserve(path_links_.size() + batch.links.size());
-  path_pos_.reserve(path_pos_.size() + batch.links.size());
   for (std::size_t i = 0; i < n; ++i) {
     const std::uint32_t b0 = batch.offsets[i], b1 = batch.offsets[i + 1];
     const double bytes = batch.bytes[i];
@@ -101,7 +101,6 @@ BatchId FlowNetwork::start(FlowBatch batch, sim::Callback on_done) {
     for (std::uint32_t k = b0; k < b1; ++k) {
       const LinkId l = batch.links[k];
       path_links_.push_back(l);
-      path_pos_.push_back(static_cast<std::uint32_t>(link_flows_[l].size()));
       link_flows_[l].push_back(f);
     }
     flows_.push_back(fl);
@@ -138,40 +137,37 @@ void FlowNetwork::solve_event() {
     }
   } else if (!departed_.empty()) {
     // Which remaining flows lost every bottleneck? Only flows on the freed links can have.
+    // Each freed link is examined once, however many departed flows crossed it.
     const std::uint32_t u = ++stamp_;
-    for (FlowIdx f : departed_) {
-      const Flow& fl = flows_[f];
-      for (std::uint32_t k = 0; k < fl.path_len; ++k) link_stamp_[path_links_[fl.path_begin + k]] = u;
-    }
+    freed_.clear();
     for (FlowIdx f : departed_) {
       const Flow& fl = flows_[f];
       for (std::uint32_t k = 0; k < fl.path_len; ++k) {
         const LinkId l = path_links_[fl.path_begin + k];
+        if (link_stamp_[l] == u) continue;
+        link_stamp_[l] = u;
+        freed_.push_back(l);
         saturated_[l] = used_[l] >= links_[l].capacity * (1 - kSatTol) ? 1 : 0;
       }
     }
     double rho = std::numeric_limits<double>::infinity();
-    for (FlowIdx f : departed_) {
-      const Flow& fl = flows_[f];
-      for (std::uint32_t k = 0; k < fl.path_len; ++k) {
-        const LinkId l = path_links_[fl.path_begin + k];
-        if (bneck_count_[l] == 0) continue;
-        for (FlowIdx g : link_flows_[l]) {
-          Flow& gl = flows_[g];
-          if (gl.bneck != l) continue;
-          LinkId alt = kNone;
-          for (std::uint32_t j = 0; j < gl.path_len; ++j) {
-            const LinkId m = path_links_[gl.path_begin + j];
-            if (link_stamp_[m] != u && saturated_[m] && gl.rate >= max_rate_[m] * (1 - kSatTol)) {
-              alt = m;
-              break;
-            }
+    for (LinkId l : freed_) {
+      if (bneck_count_[l] == 0) continue;
+      for (FlowIdx g : link_flows_[l]) {
+        Flow& gl = flows_[g];
+        if (gl.bneck != l) continue;  // also skips finished flows (bneck cleared)
+        LinkId alt = kNone;
+        for (std::uint32_t j = 0; j < gl.path_len; ++j) {
+          const LinkId m = path_links_[gl.path_begin + j];
+          if (link_stamp_[m] != u && saturated_[m] && gl.rate >= max_rate_[m] * (1 - kSatTol)) {
+            alt = m;
+            break;
           }
-          if (alt != kNone) {
-            set_bneck(gl, alt);
-          } else {
-            rho = std::min(rho, gl.rate);
-          }
+        }
+        if (alt != kNone) {
+          set_bneck(gl, alt);
+        } else {
+          rho = std::min(rho, gl.rate);
         }
       }
     }
@@ -316,17 +312,18 @@ void FlowNetwork::apply_rate(FlowIdx f, double num, std::uint32_t den, std::int6
   fl.rate = num / den;
   fl.drain_ps = now_ps + sim::duration_for(fl.anchor_bytes * den, num).ps();
   ++fl.version;
-  drains_.push(Pending{fl.drain_ps, f, fl.version});
+  push_drain(Pending{fl.drain_ps, f, fl.version});
 }
 
 void FlowNetwork::arm_wakeup() {
+  if (drains_.size() > 2 * active_.size() + 1024) compact_drains();
   while (!drains_.empty()) {
-    const Pending& p = drains_.top();
+    const Pending& p = drains_.front();
     const Flow& fl = flows_[p.flow];
     if (fl.active_pos != kNone && fl.version == p.version) break;
-    drains_.pop();
+    pop_drain();
   }
-  const std::int64_t t = drains_.empty() ? std::numeric_limits<std::int64_t>::max() : drains_.top().ps;
+  const std::int64_t t = drains_.empty() ? std::numeric_limits<std::int64_t>::max() : drains_.front().ps;
   if (t == wakeup_ps_) return;
   if (wakeup_id_.valid()) sim_.cancel(wakeup_id_);
   wakeup_id_ = {};
@@ -336,14 +333,26 @@ void FlowNetwork::arm_wakeup() {
       sim::SimTime::from_ps(t), [this] { drain_event(); }, sim::Phase::kComplete);
 }
 
+void FlowNetwork::compact_drains() {
+  // Live entries are unique per flow (one per version), and the heap order is a strict total
+  // order on (ps, flow), so rebuilding gives the same pop sequence as lazy deletion.
+  std::size_t w = 0;
+  for (const Pending& p : drains_) {
+    const Flow& fl = flows_[p.flow];
+    if (fl.active_pos != kNone && fl.version == p.version) drains_[w++] = p;
+  }
+  drains_.resize(w);
+  std::make_heap(drains_.begin(), drains_.end(), std::greater<>());
+}
+
 void FlowNetwork::drain_event() {
   wakeup_id_ = {};
   wakeup_ps_ = std::numeric_limits<std::int64_t>::max();
   const std::int64_t now = sim_.now().ps();
   ++stats_.drain_events;
-  while (!drains_.empty() && drains_.top().ps <= now) {
-    const Pending p = drains_.top();
-    drains_.pop();
+  while (!drains_.empty() && drains_.front().ps <= now) {
+    const Pending p = drains_.front();
+    pop_drain();
     const Flow& fl = flows_[p.flow];
     if (fl.active_pos == kNone || fl.version != p.version) continue;
     finish_flow(p.flow, now);
@@ -355,32 +364,28 @@ void FlowNetwork::drain_event() {
 void FlowNetwork::finish_flow(FlowIdx f, std::int64_t now_ps) {
   Flow& fl = flows_[f];
   set_bneck(fl, kNone);
-  std::int64_t lat = 0;
-  for (std::uint32_t k = 0; k < fl.path_len; ++k) {
-    const std::uint32_t h = fl.path_begin + k;
-    const LinkId l = path_links_[h];
-    lat += links_[l].latency.ps();
-    used_[l] -= fl.rate;
-    auto& lf = link_flows_[l];
-    const std::uint32_t pos = path_pos_[h];
-    const FlowIdx last = lf.back();
-    lf[pos] = last;
-    lf.pop_back();
-    if (last != f) {
-      const Flow& ll = flows_[last];
-      for (std::uint32_t j = 0; j < ll.path_len; ++j)
-        if (path_links_[ll.path_begin + j] == l) {
-          path_pos_[ll.path_begin + j] = pos;
-          break;
-        }
-    }
-  }
   const FlowIdx moved = active_.back();
   active_[fl.active_pos] = moved;
   flows_[moved].active_pos = fl.active_pos;
   active_.pop_back();
   fl.active_pos = kNone;
   departed_.push_back(f);
+  // Finished flows stay in the per-link lists (readers skip them: active_pos == kNone) until
+  // they are half of a list; then the list is compacted in place, keeping its order.
+  std::int64_t lat = 0;
+  for (std::uint32_t k = 0; k < fl.path_len; ++k) {
+    const LinkId l = path_links_[fl.path_begin + k];
+    lat += links_[l].latency.ps();
+    used_[l] -= fl.rate;
+    auto& lf = link_flows_[l];
+    if (2 * ++link_dead_[l] > lf.size() + 64) {
+      std::size_t w = 0;
+      for (FlowIdx g : lf)
+        if (flows_[g].active_pos != kNone) lf[w++] = g;
+      lf.resize(w);
+      link_dead_[l] = 0;
+    }
+  }
 
   Batch& bt = batches_[fl.batch];
   bt.done[fl.index] = sim::SimTime::from_ps(now_ps + lat);
@@ -393,8 +398,9 @@ void FlowNetwork::maybe_reset() {
   // Nothing in flight: drop flow records so a long simulation does not grow without bound.
   flows_.clear();
   path_links_.clear();
-  path_pos_.clear();
-  drains_ = {};
+  for (auto& lf : link_flows_) lf.clear();
+  std::fill(link_dead_.begin(), link_dead_.end(), 0U);
+  drains_.clear();
   std::fill(used_.begin(), used_.end(), 0.0);
   std::fill(saturated_.begin(), saturated_.end(), 0);
   std::fill(max_rate_.begin(), max_rate_.end(), 0.0);

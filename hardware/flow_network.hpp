@@ -39,9 +39,10 @@
 ///  - One simulation event at a time stands for the earliest drain; same-picosecond drains are
 ///    processed together.
 
+#include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <limits>
-#include <queue>
 #include <span>
 #include <string>
 #include <vector>
@@ -173,7 +174,8 @@ class FlowNetwork {
   sim::Simulation& sim_;
   std::vector<Link> links_;
   std::vector<double> link_bytes_;
-  std::vector<std::vector<FlowIdx>> link_flows_;  ///< active flows per link
+  std::vector<std::vector<FlowIdx>> link_flows_;  ///< flows per link (finished ones lazily removed)
+  std::vector<std::uint32_t> link_dead_;          ///< finished flows still in link_flows_[l]
   std::vector<double> used_;                      ///< sum of active rates per link
   std::vector<double> max_rate_;                  ///< largest rate on a saturated link
   std::vector<std::uint8_t> saturated_;
@@ -181,14 +183,26 @@ class FlowNetwork {
 
   std::vector<Flow> flows_;
   std::vector<LinkId> path_links_;
-  std::vector<std::uint32_t> path_pos_;  ///< position of the flow in link_flows_[link]
   std::vector<FlowIdx> active_;
   std::vector<Batch> batches_;
 
   std::vector<FlowIdx> arrived_;   ///< since the last solve
   std::vector<FlowIdx> departed_;  ///< since the last solve
   bool solve_pending_ = false;
-  std::priority_queue<Pending, std::vector<Pending>, std::greater<>> drains_;
+  /// Min-heap (std::push_heap with std::greater) of drain times. A rate change pushes a new
+  /// entry and leaves the old one stale (version mismatch); compact_drains() drops the stale
+  /// entries in one O(n) pass when they outnumber the live ones, so the heap stays about the
+  /// size of the active set instead of growing with every rate change.
+  std::vector<Pending> drains_;
+  void push_drain(const Pending& p) {
+    drains_.push_back(p);
+    std::push_heap(drains_.begin(), drains_.end(), std::greater<>());
+  }
+  void pop_drain() {
+    std::pop_heap(drains_.begin(), drains_.end(), std::greater<>());
+    drains_.pop_back();
+  }
+  void compact_drains();
   sim::EventId wakeup_id_{};
   std::int64_t wakeup_ps_ = std::numeric_limits<std::int64_t>::max();
 
@@ -196,7 +210,7 @@ class FlowNetwork {
   std::vector<std::uint32_t> link_stamp_, link_cnt_, csr_begin_, csr_fill_;
   std::vector<double> link_res_;
   std::vector<FlowIdx> csr_flows_;
-  std::vector<LinkId> touched_;
+  std::vector<LinkId> touched_, freed_;
   std::vector<std::uint32_t> flow_stamp_;
   std::vector<double> new_num_;
   std::vector<std::uint32_t> new_den_;
