@@ -109,9 +109,7 @@ BatchId FlowNetwork::start(FlowBatch batch, sim::Callback on_done) {
     ++bt.running;
     ++stats_.flows_started;
   }
-  flow_stamp_.resize(flows_.size(), 0);
-  new_num_.resize(flows_.size(), 0);
-  new_den_.resize(flows_.size(), 0);
+  alive_.resize(flows_.size(), 1);
 
   if (bt.running == 0) {
     sim_.schedule_at(sim::SimTime::from_ps(bt.max_done_ps), std::move(bt.on_done));
@@ -179,7 +177,7 @@ void FlowNetwork::solve_event() {
           static_cast<std::size_t>(std::lower_bound(order_key_.begin(), order_key_.end(), cut) - order_key_.begin());
       set_scratch_.clear();
       for (std::size_t k = p; k < order_.size(); ++k)
-        if (flows_[order_[k]].active_pos != kNone) set_scratch_.push_back(order_[k]);
+        if (alive_[order_[k]]) set_scratch_.push_back(order_[k]);
       order_.resize(p);
       order_key_.resize(p);
       solve(set_scratch_, false);
@@ -194,17 +192,29 @@ void FlowNetwork::solve_event() {
 
 void FlowNetwork::solve(const std::vector<FlowIdx>& set, bool full) {
   const std::uint32_t st = ++stamp_;
-  stats_.flows_resolved += set.size();
+  const auto ns = static_cast<std::uint32_t>(set.size());
+  stats_.flows_resolved += ns;
   touched_.clear();
   if (full) {
     std::fill(used_.begin(), used_.end(), 0.0);
     std::fill(saturated_.begin(), saturated_.end(), 0);
     std::fill(max_rate_.begin(), max_rate_.end(), 0.0);
   }
-  for (FlowIdx f : set) {
-    const Flow& fl = flows_[f];
-    for (std::uint32_t k = 0; k < fl.path_len; ++k) {
-      const LinkId l = path_links_[fl.path_begin + k];
+  // Gather the paths and rates of the set into contiguous local arrays (local index i = position
+  // in `set`), so that the passes below do not chase flow records scattered over memory.
+  lbegin_.resize(ns + 1);
+  lpath_.clear();
+  lrate_.resize(ns);
+  for (std::uint32_t i = 0; i < ns; ++i) {
+    const Flow& fl = flows_[set[i]];
+    lbegin_[i] = static_cast<std::uint32_t>(lpath_.size());
+    lpath_.insert(lpath_.end(), path_links_.begin() + fl.path_begin, path_links_.begin() + fl.path_begin + fl.path_len);
+    lrate_[i] = fl.rate;
+  }
+  lbegin_[ns] = static_cast<std::uint32_t>(lpath_.size());
+  for (std::uint32_t i = 0; i < ns; ++i) {
+    for (std::uint32_t k = lbegin_[i]; k < lbegin_[i + 1]; ++k) {
+      const LinkId l = lpath_[k];
       if (link_stamp_[l] != st) {
         link_stamp_[l] = st;
         touched_.push_back(l);
@@ -213,7 +223,7 @@ void FlowNetwork::solve(const std::vector<FlowIdx>& set, bool full) {
         max_rate_[l] = 0;
       }
       ++link_cnt_[l];
-      if (!full) link_res_[l] += fl.rate;
+      if (!full) link_res_[l] += lrate_[i];
     }
   }
   // Flows of each touched link, counting sort by link.
@@ -224,14 +234,16 @@ void FlowNetwork::solve(const std::vector<FlowIdx>& set, bool full) {
     pos += link_cnt_[l];
   }
   csr_flows_.resize(pos);
-  for (FlowIdx f : set) {
-    const Flow& fl = flows_[f];
-    for (std::uint32_t k = 0; k < fl.path_len; ++k) csr_flows_[csr_fill_[path_links_[fl.path_begin + k]]++] = f;
-  }
+  for (std::uint32_t i = 0; i < ns; ++i)
+    for (std::uint32_t k = lbegin_[i]; k < lbegin_[i + 1]; ++k) csr_flows_[csr_fill_[lpath_[k]]++] = i;
   // Progressive filling. Keys are (fair share, link id): ties resolve by link id, so the run
   // is deterministic. Shares only grow as flows freeze elsewhere, so a popped key that is
   // smaller than the link's current share is re-inserted instead of updated in place.
   freeze_order_.clear();
+  lfrozen_.assign(ns, 0);
+  new_num_.resize(ns);
+  new_den_.resize(ns);
+  lbneck_.resize(ns);
   if (full) {
     order_.clear();
     order_key_.clear();
@@ -256,18 +268,16 @@ void FlowNetwork::solve(const std::vector<FlowIdx>& set, bool full) {
     // Rounding can leave a tied link a hair below zero; it still has flows to serve.
     if (!(res > 0)) res = links_[l].capacity * 1e-15;
     const double rate = res / cnt;
-    for (std::uint32_t k = csr_begin_[l], e = csr_begin_[l] + static_cast<std::uint32_t>(csr_fill_[l] - csr_begin_[l]);
-         k < e; ++k) {
-      const FlowIdx f = csr_flows_[k];
-      if (flow_stamp_[f] == st) continue;
-      flow_stamp_[f] = st;
-      freeze_order_.push_back(f);
-      new_num_[f] = res;
-      new_den_[f] = cnt;
-      Flow& fl = flows_[f];
-      set_bneck(fl, l);
-      for (std::uint32_t j = 0; j < fl.path_len; ++j) {
-        const LinkId m = path_links_[fl.path_begin + j];
+    for (std::uint32_t k = csr_begin_[l], e = csr_fill_[l]; k < e; ++k) {
+      const std::uint32_t i = csr_flows_[k];
+      if (lfrozen_[i]) continue;
+      lfrozen_[i] = 1;
+      freeze_order_.push_back(i);
+      new_num_[i] = res;
+      new_den_[i] = cnt;
+      lbneck_[i] = l;
+      for (std::uint32_t j = lbegin_[i]; j < lbegin_[i + 1]; ++j) {
+        const LinkId m = lpath_[j];
         link_res_[m] -= rate;
         --link_cnt_[m];
         if (rate > max_rate_[m]) max_rate_[m] = rate;
@@ -279,18 +289,23 @@ void FlowNetwork::solve(const std::vector<FlowIdx>& set, bool full) {
     saturated_[l] = used_[l] >= links_[l].capacity * (1 - kSatTol) ? 1 : 0;
   }
   const std::int64_t now = sim_.now().ps();
-  for (FlowIdx f : set) apply_rate(f, new_num_[f], new_den_[f], now);
-  // Append the new suffix in freeze order; drop dead entries when they dominate.
+  for (std::uint32_t i = 0; i < ns; ++i) {
+    const FlowIdx f = set[i];
+    set_bneck(flows_[f], lbneck_[i]);
+    apply_rate(f, new_num_[i], new_den_[i], now);
+  }
+  // Append the new suffix in freeze order (a flow's rate is now num / den, bit for bit);
+  // drop dead entries when they dominate.
   double key = order_key_.empty() ? 0.0 : order_key_.back();
-  for (FlowIdx f : freeze_order_) {
-    key = std::max(key, flows_[f].rate);
-    order_.push_back(f);
+  for (std::uint32_t i : freeze_order_) {
+    key = std::max(key, new_num_[i] / new_den_[i]);
+    order_.push_back(set[i]);
     order_key_.push_back(key);
   }
   if (order_.size() > 2 * active_.size() + 4096) {
     std::size_t w = 0;
     for (std::size_t k = 0; k < order_.size(); ++k)
-      if (flows_[order_[k]].active_pos != kNone) {
+      if (alive_[order_[k]]) {
         order_[w] = order_[k];
         order_key_[w++] = order_key_[k];
       }
@@ -369,6 +384,7 @@ void FlowNetwork::finish_flow(FlowIdx f, std::int64_t now_ps) {
   flows_[moved].active_pos = fl.active_pos;
   active_.pop_back();
   fl.active_pos = kNone;
+  alive_[f] = 0;
   departed_.push_back(f);
   // Finished flows stay in the per-link lists (readers skip them: active_pos == kNone) until
   // they are half of a list; then the list is compacted in place, keeping its order.
@@ -397,6 +413,7 @@ void FlowNetwork::maybe_reset() {
   if (!active_.empty()) return;
   // Nothing in flight: drop flow records so a long simulation does not grow without bound.
   flows_.clear();
+  alive_.clear();
   path_links_.clear();
   for (auto& lf : link_flows_) lf.clear();
   std::fill(link_dead_.begin(), link_dead_.end(), 0U);

@@ -211,7 +211,12 @@ class FlowNetwork {
   std::vector<double> link_res_;
   std::vector<FlowIdx> csr_flows_;
   std::vector<LinkId> touched_, freed_;
-  std::vector<std::uint32_t> flow_stamp_;
+  std::vector<std::uint8_t> alive_;  ///< per flow: still running (dense copy of active_pos != kNone)
+  // per-solve arrays indexed by position in the solved set
+  std::vector<std::uint32_t> lbegin_;
+  std::vector<LinkId> lpath_, lbneck_;
+  std::vector<double> lrate_;
+  std::vector<std::uint8_t> lfrozen_;
   std::vector<double> new_num_;
   std::vector<std::uint32_t> new_den_;
   std::vector<std::pair<double, LinkId>> heap_;
