@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <stdexcept>
 #include <string>
@@ -13,6 +14,24 @@ namespace {
 /// in the departure check. It only decides whether to re-solve; a false "not a bottleneck"
 /// costs a re-solve, never exactness beyond floating-point rounding.
 constexpr double kSatTol = 1e-9;
+
+/// (fair share, link id) packed into one integer whose unsigned order is the lexicographic
+/// order of the pair: the IEEE bits of the share, made monotone for both signs (-0 counts as
+/// +0), then the link id. One integer compare per heap step instead of a two-field compare.
+FlowNetwork::HeapKey heap_key(double share, LinkId l) {
+  const double s = share + 0.0;
+  std::uint64_t b = 0;
+  std::memcpy(&b, &s, sizeof b);
+  b = (b >> 63) != 0 ? ~b : (b | (1ULL << 63));
+  return (static_cast<FlowNetwork::HeapKey>(b) << 32) | l;
+}
+double key_share(FlowNetwork::HeapKey k) {
+  auto b = static_cast<std::uint64_t>(k >> 32);
+  b = (b >> 63) != 0 ? (b & ~(1ULL << 63)) : ~b;
+  double s = 0;
+  std::memcpy(&s, &b, sizeof s);
+  return s;
+}
 }  // namespace
 
 LinkId FlowNetwork::add_link(double bytes_per_s, sim::SimTime latency) {
@@ -249,19 +268,21 @@ void FlowNetwork::solve(const std::vector<FlowIdx>& set, bool full) {
     order_key_.clear();
   }
   heap_.clear();
-  for (LinkId l : touched_) heap_.emplace_back(link_res_[l] / link_cnt_[l], l);
+  for (LinkId l : touched_) heap_.push_back(heap_key(link_res_[l] / link_cnt_[l], l));
   const auto cmp = std::greater<>();
   std::make_heap(heap_.begin(), heap_.end(), cmp);
   while (!heap_.empty()) {
     std::pop_heap(heap_.begin(), heap_.end(), cmp);
-    const auto [key, l] = heap_.back();
+    const HeapKey hk = heap_.back();
     heap_.pop_back();
+    const auto l = static_cast<LinkId>(hk);
+    const double key = key_share(hk);
     const std::uint32_t cnt = link_cnt_[l];
     if (cnt == 0) continue;
     double res = link_res_[l];
     const double share = res / cnt;
     if (share > key) {
-      heap_.emplace_back(share, l);
+      heap_.push_back(heap_key(share, l));
       std::push_heap(heap_.begin(), heap_.end(), cmp);
       continue;
     }

@@ -87,6 +87,8 @@ struct FlowNetworkStats {
 
 class FlowNetwork {
  public:
+  __extension__ typedef unsigned __int128 HeapKey;  ///< internal: packed (share, link) solver key
+
   explicit FlowNetwork(sim::Simulation& sim) : sim_(sim) {}
   FlowNetwork(const FlowNetwork&) = delete;
   FlowNetwork& operator=(const FlowNetwork&) = delete;
@@ -219,7 +221,7 @@ class FlowNetwork {
   std::vector<std::uint8_t> lfrozen_;
   std::vector<double> new_num_;
   std::vector<std::uint32_t> new_den_;
-  std::vector<std::pair<double, LinkId>> heap_;
+  std::vector<HeapKey> heap_;
   std::vector<FlowIdx> set_scratch_;
   /// Flows in the order the last solves froze them, i.e. by nondecreasing rate (key = rate,
   /// made monotone), so the flows at or above a threshold are a suffix. Finished flows stay as
