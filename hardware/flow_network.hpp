@@ -37,7 +37,15 @@
 ///    `set_incremental(false)` forces full solves, and the tests compare the two).
 ///  - Flows whose (residual, count) rate is unchanged by a solve keep their drain event.
 ///  - One simulation event at a time stands for the earliest drain; same-picosecond drains are
-///    processed together.
+///    processed together. The drain heap uses lazy deletion (a rate change pushes a new entry),
+///    and is compacted in one pass whenever stale entries outnumber live ones: without that, a
+///    skewed all-to-all (10^8 rate changes) grows it to gigabytes and pays a cache miss per level.
+///  - Finished flows leave the per-link flow lists lazily (a list is compacted when half of it
+///    is finished flows), so a finish costs O(path length), not a scan of other flows' paths;
+///    the bottleneck check examines each freed link once per event.
+///  - A solve first gathers its flows' paths and rates into contiguous arrays; progressive
+///    filling then runs on those, with (share, link id) packed into one integer heap key.
+///  Measured effect and what still limits the skewed case: hardware/README.md, "Performance".
 
 #include <algorithm>
 #include <cstdint>

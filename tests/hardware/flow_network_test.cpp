@@ -210,3 +210,31 @@ TEST_CASE("incremental re-solves match a full re-solve at every event on a skewe
     CHECK(worst <= 1);
   }
 }
+
+TEST_CASE("processor sharing on one link: many staggered finishes (heap and link-list compaction)") {
+  // n flows of k x 1e6 B (k = 1..n) share one 1e9 B/s link. Between the (k-1)-th and the k-th
+  // finish, n-k+1 flows each receive 1e6 B at 1e9/(n-k+1) B/s, i.e. (n-k+1) ms, so flow k
+  // finishes at sum_{j=1..k} (n-j+1) ms. With n = 200 there are 20,100 rate changes, enough
+  // to compact both the drain heap (stale entries > 2 x active + 1024) and the link's flow list.
+  // Rates like 1e9/7 are not exact in binary, so the remaining bytes carry rounding: allow 1 ps.
+  const int n = 200;
+  for (bool incremental : {true, false}) {
+    sim::Simulation s;
+    FlowNetwork net(s);
+    net.set_incremental(incremental);
+    const LinkId l = net.add_link(1e9, SimTime{});
+    FlowBatch b;
+    for (int k = n; k >= 1; --k) b.add(std::vector<LinkId>{l}, k * 1e6);  // reversed: order must not matter
+    const auto id = net.start(std::move(b), [] {});
+    s.run();
+    s.check_drained();
+    std::int64_t expect_ms = 0;
+    for (int k = 1; k <= n; ++k) {
+      expect_ms += n - k + 1;
+      const SimTime got = net.flow_done_time(id, static_cast<std::size_t>(n - k));
+      INFO("k=" << k << " incremental=" << incremental);
+      CHECK(std::abs((got - SimTime::from_ps(expect_ms * 1'000'000'000)).ps()) <= 1);
+    }
+    CHECK(net.active_flows() == 0);
+  }
+}
