@@ -227,7 +227,7 @@ void FlowNetwork::solve(const std::vector<FlowIdx>& set, bool full) {
   for (std::uint32_t i = 0; i < ns; ++i) {
     const Flow& fl = flows_[set[i]];
     lbegin_[i] = static_cast<std::uint32_t>(lpath_.size());
-    lpath_.insert(lpath_.end(), path_links_.begin() + fl.path_begin, path_links_.begin() + fl.path_begin + fl.path_len);
+    for (std::uint32_t k = 0; k < fl.path_len; ++k) lpath_.push_back(path_links_[fl.path_begin + k]);
     lrate_[i] = fl.rate;
   }
   lbegin_[ns] = static_cast<std::uint32_t>(lpath_.size());
@@ -352,7 +352,7 @@ void FlowNetwork::apply_rate(FlowIdx f, double num, std::uint32_t den, std::int6
 }
 
 void FlowNetwork::arm_wakeup() {
-  if (drains_.size() > 2 * active_.size() + 1024) compact_drains();
+  if (drains_.size() > 4 * active_.size() + 1024) compact_drains();
   while (!drains_.empty()) {
     const Pending& p = drains_.front();
     const Flow& fl = flows_[p.flow];

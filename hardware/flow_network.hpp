@@ -38,7 +38,7 @@
 ///  - Flows whose (residual, count) rate is unchanged by a solve keep their drain event.
 ///  - One simulation event at a time stands for the earliest drain; same-picosecond drains are
 ///    processed together. The drain heap uses lazy deletion (a rate change pushes a new entry),
-///    and is compacted in one pass whenever stale entries outnumber live ones: without that, a
+///    and is compacted in one pass whenever stale entries outnumber live ones three to one: without that, a
 ///    skewed all-to-all (10^8 rate changes) grows it to gigabytes and pays a cache miss per level.
 ///  - Finished flows leave the per-link flow lists lazily (a list is compacted when half of it
 ///    is finished flows), so a finish costs O(path length), not a scan of other flows' paths;
@@ -201,8 +201,8 @@ class FlowNetwork {
   bool solve_pending_ = false;
   /// Min-heap (std::push_heap with std::greater) of drain times. A rate change pushes a new
   /// entry and leaves the old one stale (version mismatch); compact_drains() drops the stale
-  /// entries in one O(n) pass when they outnumber the live ones, so the heap stays about the
-  /// size of the active set instead of growing with every rate change.
+  /// entries in one O(n) pass when they outnumber the live ones three to one, so the heap stays
+  /// a small multiple of the active set instead of growing with every rate change.
   std::vector<Pending> drains_;
   void push_drain(const Pending& p) {
     drains_.push_back(p);

@@ -215,7 +215,7 @@ TEST_CASE("processor sharing on one link: many staggered finishes (heap and link
   // n flows of k x 1e6 B (k = 1..n) share one 1e9 B/s link. Between the (k-1)-th and the k-th
   // finish, n-k+1 flows each receive 1e6 B at 1e9/(n-k+1) B/s, i.e. (n-k+1) ms, so flow k
   // finishes at sum_{j=1..k} (n-j+1) ms. With n = 200 there are 20,100 rate changes, enough
-  // to compact both the drain heap (stale entries > 2 x active + 1024) and the link's flow list.
+  // to compact both the drain heap (stale entries > 3 x active + 1024) and the link's flow list.
   // Rates like 1e9/7 are not exact in binary, so the remaining bytes carry rounding: allow 1 ps.
   const int n = 200;
   for (bool incremental : {true, false}) {
