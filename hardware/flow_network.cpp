@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <stdexcept>
 #include <string>
@@ -13,6 +14,24 @@ namespace {
 /// in the departure check. It only decides whether to re-solve; a false "not a bottleneck"
 /// costs a re-solve, never exactness beyond floating-point rounding.
 constexpr double kSatTol = 1e-9;
+
+/// (fair share, link id) packed into one integer whose unsigned order is the lexicographic
+/// order of the pair: the IEEE bits of the share, made monotone for both signs (-0 counts as
+/// +0), then the link id. One integer compare per heap step instead of a two-field compare.
+FlowNetwork::HeapKey heap_key(double share, LinkId l) {
+  const double s = share + 0.0;
+  std::uint64_t b = 0;
+  std::memcpy(&b, &s, sizeof b);
+  b = (b >> 63) != 0 ? ~b : (b | (1ULL << 63));
+  return (static_cast<FlowNetwork::HeapKey>(b) << 32) | l;
+}
+double key_share(FlowNetwork::HeapKey k) {
+  auto b = static_cast<std::uint64_t>(k >> 32);
+  b = (b >> 63) != 0 ? (b & ~(1ULL << 63)) : ~b;
+  double s = 0;
+  std::memcpy(&s, &b, sizeof s);
+  return s;
+}
 }  // namespace
 
 LinkId FlowNetwork::add_link(double bytes_per_s, sim::SimTime latency) {
@@ -28,6 +47,7 @@ LinkId FlowNetwork::add_link(double bytes_per_s, sim::SimTime latency) {
   max_rate_.push_back(0);
   saturated_.push_back(0);
   bneck_count_.push_back(0);
+  link_dead_.push_back(0);
   link_stamp_.push_back(0);
   link_cnt_.push_back(0);
   csr_begin_.push_back(0);
@@ -75,7 +95,6 @@ BatchId FlowNetwork::start(FlowBatch batch, sim::Callback on_done) {
 
   flows_.reserve(flows_.size() + n);
   path_links_.reserve(path_links_.size() + batch.links.size());
-  path_pos_.reserve(path_pos_.size() + batch.links.size());
   for (std::size_t i = 0; i < n; ++i) {
     const std::uint32_t b0 = batch.offsets[i], b1 = batch.offsets[i + 1];
     const double bytes = batch.bytes[i];
@@ -101,7 +120,6 @@ BatchId FlowNetwork::start(FlowBatch batch, sim::Callback on_done) {
     for (std::uint32_t k = b0; k < b1; ++k) {
       const LinkId l = batch.links[k];
       path_links_.push_back(l);
-      path_pos_.push_back(static_cast<std::uint32_t>(link_flows_[l].size()));
       link_flows_[l].push_back(f);
     }
     flows_.push_back(fl);
@@ -110,9 +128,7 @@ BatchId FlowNetwork::start(FlowBatch batch, sim::Callback on_done) {
     ++bt.running;
     ++stats_.flows_started;
   }
-  flow_stamp_.resize(flows_.size(), 0);
-  new_num_.resize(flows_.size(), 0);
-  new_den_.resize(flows_.size(), 0);
+  alive_.resize(flows_.size(), 1);
 
   if (bt.running == 0) {
     sim_.schedule_at(sim::SimTime::from_ps(bt.max_done_ps), std::move(bt.on_done));
@@ -138,40 +154,37 @@ void FlowNetwork::solve_event() {
     }
   } else if (!departed_.empty()) {
     // Which remaining flows lost every bottleneck? Only flows on the freed links can have.
+    // Each freed link is examined once, however many departed flows crossed it.
     const std::uint32_t u = ++stamp_;
-    for (FlowIdx f : departed_) {
-      const Flow& fl = flows_[f];
-      for (std::uint32_t k = 0; k < fl.path_len; ++k) link_stamp_[path_links_[fl.path_begin + k]] = u;
-    }
+    freed_.clear();
     for (FlowIdx f : departed_) {
       const Flow& fl = flows_[f];
       for (std::uint32_t k = 0; k < fl.path_len; ++k) {
         const LinkId l = path_links_[fl.path_begin + k];
+        if (link_stamp_[l] == u) continue;
+        link_stamp_[l] = u;
+        freed_.push_back(l);
         saturated_[l] = used_[l] >= links_[l].capacity * (1 - kSatTol) ? 1 : 0;
       }
     }
     double rho = std::numeric_limits<double>::infinity();
-    for (FlowIdx f : departed_) {
-      const Flow& fl = flows_[f];
-      for (std::uint32_t k = 0; k < fl.path_len; ++k) {
-        const LinkId l = path_links_[fl.path_begin + k];
-        if (bneck_count_[l] == 0) continue;
-        for (FlowIdx g : link_flows_[l]) {
-          Flow& gl = flows_[g];
-          if (gl.bneck != l) continue;
-          LinkId alt = kNone;
-          for (std::uint32_t j = 0; j < gl.path_len; ++j) {
-            const LinkId m = path_links_[gl.path_begin + j];
-            if (link_stamp_[m] != u && saturated_[m] && gl.rate >= max_rate_[m] * (1 - kSatTol)) {
-              alt = m;
-              break;
-            }
+    for (LinkId l : freed_) {
+      if (bneck_count_[l] == 0) continue;
+      for (FlowIdx g : link_flows_[l]) {
+        Flow& gl = flows_[g];
+        if (gl.bneck != l) continue;  // also skips finished flows (bneck cleared)
+        LinkId alt = kNone;
+        for (std::uint32_t j = 0; j < gl.path_len; ++j) {
+          const LinkId m = path_links_[gl.path_begin + j];
+          if (link_stamp_[m] != u && saturated_[m] && gl.rate >= max_rate_[m] * (1 - kSatTol)) {
+            alt = m;
+            break;
           }
-          if (alt != kNone) {
-            set_bneck(gl, alt);
-          } else {
-            rho = std::min(rho, gl.rate);
-          }
+        }
+        if (alt != kNone) {
+          set_bneck(gl, alt);
+        } else {
+          rho = std::min(rho, gl.rate);
         }
       }
     }
@@ -183,7 +196,7 @@ void FlowNetwork::solve_event() {
           static_cast<std::size_t>(std::lower_bound(order_key_.begin(), order_key_.end(), cut) - order_key_.begin());
       set_scratch_.clear();
       for (std::size_t k = p; k < order_.size(); ++k)
-        if (flows_[order_[k]].active_pos != kNone) set_scratch_.push_back(order_[k]);
+        if (alive_[order_[k]]) set_scratch_.push_back(order_[k]);
       order_.resize(p);
       order_key_.resize(p);
       solve(set_scratch_, false);
@@ -198,17 +211,29 @@ void FlowNetwork::solve_event() {
 
 void FlowNetwork::solve(const std::vector<FlowIdx>& set, bool full) {
   const std::uint32_t st = ++stamp_;
-  stats_.flows_resolved += set.size();
+  const auto ns = static_cast<std::uint32_t>(set.size());
+  stats_.flows_resolved += ns;
   touched_.clear();
   if (full) {
     std::fill(used_.begin(), used_.end(), 0.0);
     std::fill(saturated_.begin(), saturated_.end(), 0);
     std::fill(max_rate_.begin(), max_rate_.end(), 0.0);
   }
-  for (FlowIdx f : set) {
-    const Flow& fl = flows_[f];
-    for (std::uint32_t k = 0; k < fl.path_len; ++k) {
-      const LinkId l = path_links_[fl.path_begin + k];
+  // Gather the paths and rates of the set into contiguous local arrays (local index i = position
+  // in `set`), so that the passes below do not chase flow records scattered over memory.
+  lbegin_.resize(ns + 1);
+  lpath_.clear();
+  lrate_.resize(ns);
+  for (std::uint32_t i = 0; i < ns; ++i) {
+    const Flow& fl = flows_[set[i]];
+    lbegin_[i] = static_cast<std::uint32_t>(lpath_.size());
+    for (std::uint32_t k = 0; k < fl.path_len; ++k) lpath_.push_back(path_links_[fl.path_begin + k]);
+    lrate_[i] = fl.rate;
+  }
+  lbegin_[ns] = static_cast<std::uint32_t>(lpath_.size());
+  for (std::uint32_t i = 0; i < ns; ++i) {
+    for (std::uint32_t k = lbegin_[i]; k < lbegin_[i + 1]; ++k) {
+      const LinkId l = lpath_[k];
       if (link_stamp_[l] != st) {
         link_stamp_[l] = st;
         touched_.push_back(l);
@@ -217,7 +242,7 @@ void FlowNetwork::solve(const std::vector<FlowIdx>& set, bool full) {
         max_rate_[l] = 0;
       }
       ++link_cnt_[l];
-      if (!full) link_res_[l] += fl.rate;
+      if (!full) link_res_[l] += lrate_[i];
     }
   }
   // Flows of each touched link, counting sort by link.
@@ -228,50 +253,52 @@ void FlowNetwork::solve(const std::vector<FlowIdx>& set, bool full) {
     pos += link_cnt_[l];
   }
   csr_flows_.resize(pos);
-  for (FlowIdx f : set) {
-    const Flow& fl = flows_[f];
-    for (std::uint32_t k = 0; k < fl.path_len; ++k) csr_flows_[csr_fill_[path_links_[fl.path_begin + k]]++] = f;
-  }
+  for (std::uint32_t i = 0; i < ns; ++i)
+    for (std::uint32_t k = lbegin_[i]; k < lbegin_[i + 1]; ++k) csr_flows_[csr_fill_[lpath_[k]]++] = i;
   // Progressive filling. Keys are (fair share, link id): ties resolve by link id, so the run
   // is deterministic. Shares only grow as flows freeze elsewhere, so a popped key that is
   // smaller than the link's current share is re-inserted instead of updated in place.
   freeze_order_.clear();
+  lfrozen_.assign(ns, 0);
+  new_num_.resize(ns);
+  new_den_.resize(ns);
+  lbneck_.resize(ns);
   if (full) {
     order_.clear();
     order_key_.clear();
   }
   heap_.clear();
-  for (LinkId l : touched_) heap_.emplace_back(link_res_[l] / link_cnt_[l], l);
+  for (LinkId l : touched_) heap_.push_back(heap_key(link_res_[l] / link_cnt_[l], l));
   const auto cmp = std::greater<>();
   std::make_heap(heap_.begin(), heap_.end(), cmp);
   while (!heap_.empty()) {
     std::pop_heap(heap_.begin(), heap_.end(), cmp);
-    const auto [key, l] = heap_.back();
+    const HeapKey hk = heap_.back();
     heap_.pop_back();
+    const auto l = static_cast<LinkId>(hk);
+    const double key = key_share(hk);
     const std::uint32_t cnt = link_cnt_[l];
     if (cnt == 0) continue;
     double res = link_res_[l];
     const double share = res / cnt;
     if (share > key) {
-      heap_.emplace_back(share, l);
+      heap_.push_back(heap_key(share, l));
       std::push_heap(heap_.begin(), heap_.end(), cmp);
       continue;
     }
     // Rounding can leave a tied link a hair below zero; it still has flows to serve.
     if (!(res > 0)) res = links_[l].capacity * 1e-15;
     const double rate = res / cnt;
-    for (std::uint32_t k = csr_begin_[l], e = csr_begin_[l] + static_cast<std::uint32_t>(csr_fill_[l] - csr_begin_[l]);
-         k < e; ++k) {
-      const FlowIdx f = csr_flows_[k];
-      if (flow_stamp_[f] == st) continue;
-      flow_stamp_[f] = st;
-      freeze_order_.push_back(f);
-      new_num_[f] = res;
-      new_den_[f] = cnt;
-      Flow& fl = flows_[f];
-      set_bneck(fl, l);
-      for (std::uint32_t j = 0; j < fl.path_len; ++j) {
-        const LinkId m = path_links_[fl.path_begin + j];
+    for (std::uint32_t k = csr_begin_[l], e = csr_fill_[l]; k < e; ++k) {
+      const std::uint32_t i = csr_flows_[k];
+      if (lfrozen_[i]) continue;
+      lfrozen_[i] = 1;
+      freeze_order_.push_back(i);
+      new_num_[i] = res;
+      new_den_[i] = cnt;
+      lbneck_[i] = l;
+      for (std::uint32_t j = lbegin_[i]; j < lbegin_[i + 1]; ++j) {
+        const LinkId m = lpath_[j];
         link_res_[m] -= rate;
         --link_cnt_[m];
         if (rate > max_rate_[m]) max_rate_[m] = rate;
@@ -283,18 +310,23 @@ void FlowNetwork::solve(const std::vector<FlowIdx>& set, bool full) {
     saturated_[l] = used_[l] >= links_[l].capacity * (1 - kSatTol) ? 1 : 0;
   }
   const std::int64_t now = sim_.now().ps();
-  for (FlowIdx f : set) apply_rate(f, new_num_[f], new_den_[f], now);
-  // Append the new suffix in freeze order; drop dead entries when they dominate.
+  for (std::uint32_t i = 0; i < ns; ++i) {
+    const FlowIdx f = set[i];
+    set_bneck(flows_[f], lbneck_[i]);
+    apply_rate(f, new_num_[i], new_den_[i], now);
+  }
+  // Append the new suffix in freeze order (a flow's rate is now num / den, bit for bit);
+  // drop dead entries when they dominate.
   double key = order_key_.empty() ? 0.0 : order_key_.back();
-  for (FlowIdx f : freeze_order_) {
-    key = std::max(key, flows_[f].rate);
-    order_.push_back(f);
+  for (std::uint32_t i : freeze_order_) {
+    key = std::max(key, new_num_[i] / new_den_[i]);
+    order_.push_back(set[i]);
     order_key_.push_back(key);
   }
   if (order_.size() > 2 * active_.size() + 4096) {
     std::size_t w = 0;
     for (std::size_t k = 0; k < order_.size(); ++k)
-      if (flows_[order_[k]].active_pos != kNone) {
+      if (alive_[order_[k]]) {
         order_[w] = order_[k];
         order_key_[w++] = order_key_[k];
       }
@@ -316,17 +348,18 @@ void FlowNetwork::apply_rate(FlowIdx f, double num, std::uint32_t den, std::int6
   fl.rate = num / den;
   fl.drain_ps = now_ps + sim::duration_for(fl.anchor_bytes * den, num).ps();
   ++fl.version;
-  drains_.push(Pending{fl.drain_ps, f, fl.version});
+  push_drain(Pending{fl.drain_ps, f, fl.version});
 }
 
 void FlowNetwork::arm_wakeup() {
+  if (drains_.size() > 4 * active_.size() + 1024) compact_drains();
   while (!drains_.empty()) {
-    const Pending& p = drains_.top();
+    const Pending& p = drains_.front();
     const Flow& fl = flows_[p.flow];
     if (fl.active_pos != kNone && fl.version == p.version) break;
-    drains_.pop();
+    pop_drain();
   }
-  const std::int64_t t = drains_.empty() ? std::numeric_limits<std::int64_t>::max() : drains_.top().ps;
+  const std::int64_t t = drains_.empty() ? std::numeric_limits<std::int64_t>::max() : drains_.front().ps;
   if (t == wakeup_ps_) return;
   if (wakeup_id_.valid()) sim_.cancel(wakeup_id_);
   wakeup_id_ = {};
@@ -336,14 +369,26 @@ void FlowNetwork::arm_wakeup() {
       sim::SimTime::from_ps(t), [this] { drain_event(); }, sim::Phase::kComplete);
 }
 
+void FlowNetwork::compact_drains() {
+  // Live entries are unique per flow (one per version), and the heap order is a strict total
+  // order on (ps, flow), so rebuilding gives the same pop sequence as lazy deletion.
+  std::size_t w = 0;
+  for (const Pending& p : drains_) {
+    const Flow& fl = flows_[p.flow];
+    if (fl.active_pos != kNone && fl.version == p.version) drains_[w++] = p;
+  }
+  drains_.resize(w);
+  std::make_heap(drains_.begin(), drains_.end(), std::greater<>());
+}
+
 void FlowNetwork::drain_event() {
   wakeup_id_ = {};
   wakeup_ps_ = std::numeric_limits<std::int64_t>::max();
   const std::int64_t now = sim_.now().ps();
   ++stats_.drain_events;
-  while (!drains_.empty() && drains_.top().ps <= now) {
-    const Pending p = drains_.top();
-    drains_.pop();
+  while (!drains_.empty() && drains_.front().ps <= now) {
+    const Pending p = drains_.front();
+    pop_drain();
     const Flow& fl = flows_[p.flow];
     if (fl.active_pos == kNone || fl.version != p.version) continue;
     finish_flow(p.flow, now);
@@ -355,32 +400,29 @@ void FlowNetwork::drain_event() {
 void FlowNetwork::finish_flow(FlowIdx f, std::int64_t now_ps) {
   Flow& fl = flows_[f];
   set_bneck(fl, kNone);
-  std::int64_t lat = 0;
-  for (std::uint32_t k = 0; k < fl.path_len; ++k) {
-    const std::uint32_t h = fl.path_begin + k;
-    const LinkId l = path_links_[h];
-    lat += links_[l].latency.ps();
-    used_[l] -= fl.rate;
-    auto& lf = link_flows_[l];
-    const std::uint32_t pos = path_pos_[h];
-    const FlowIdx last = lf.back();
-    lf[pos] = last;
-    lf.pop_back();
-    if (last != f) {
-      const Flow& ll = flows_[last];
-      for (std::uint32_t j = 0; j < ll.path_len; ++j)
-        if (path_links_[ll.path_begin + j] == l) {
-          path_pos_[ll.path_begin + j] = pos;
-          break;
-        }
-    }
-  }
   const FlowIdx moved = active_.back();
   active_[fl.active_pos] = moved;
   flows_[moved].active_pos = fl.active_pos;
   active_.pop_back();
   fl.active_pos = kNone;
+  alive_[f] = 0;
   departed_.push_back(f);
+  // Finished flows stay in the per-link lists (readers skip them: active_pos == kNone) until
+  // they are half of a list; then the list is compacted in place, keeping its order.
+  std::int64_t lat = 0;
+  for (std::uint32_t k = 0; k < fl.path_len; ++k) {
+    const LinkId l = path_links_[fl.path_begin + k];
+    lat += links_[l].latency.ps();
+    used_[l] -= fl.rate;
+    auto& lf = link_flows_[l];
+    if (2 * ++link_dead_[l] > lf.size() + 64) {
+      std::size_t w = 0;
+      for (FlowIdx g : lf)
+        if (flows_[g].active_pos != kNone) lf[w++] = g;
+      lf.resize(w);
+      link_dead_[l] = 0;
+    }
+  }
 
   Batch& bt = batches_[fl.batch];
   bt.done[fl.index] = sim::SimTime::from_ps(now_ps + lat);
@@ -392,9 +434,11 @@ void FlowNetwork::maybe_reset() {
   if (!active_.empty()) return;
   // Nothing in flight: drop flow records so a long simulation does not grow without bound.
   flows_.clear();
+  alive_.clear();
   path_links_.clear();
-  path_pos_.clear();
-  drains_ = {};
+  for (auto& lf : link_flows_) lf.clear();
+  std::fill(link_dead_.begin(), link_dead_.end(), 0U);
+  drains_.clear();
   std::fill(used_.begin(), used_.end(), 0.0);
   std::fill(saturated_.begin(), saturated_.end(), 0);
   std::fill(max_rate_.begin(), max_rate_.end(), 0.0);

@@ -37,11 +37,20 @@
 ///    `set_incremental(false)` forces full solves, and the tests compare the two).
 ///  - Flows whose (residual, count) rate is unchanged by a solve keep their drain event.
 ///  - One simulation event at a time stands for the earliest drain; same-picosecond drains are
-///    processed together.
+///    processed together. The drain heap uses lazy deletion (a rate change pushes a new entry),
+///    and is compacted in one pass whenever stale entries outnumber live ones three to one: without that, a
+///    skewed all-to-all (10^8 rate changes) grows it to gigabytes and pays a cache miss per level.
+///  - Finished flows leave the per-link flow lists lazily (a list is compacted when half of it
+///    is finished flows), so a finish costs O(path length), not a scan of other flows' paths;
+///    the bottleneck check examines each freed link once per event.
+///  - A solve first gathers its flows' paths and rates into contiguous arrays; progressive
+///    filling then runs on those, with (share, link id) packed into one integer heap key.
+///  Measured effect and what still limits the skewed case: hardware/README.md, "Performance".
 
+#include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <limits>
-#include <queue>
 #include <span>
 #include <string>
 #include <vector>
@@ -86,6 +95,8 @@ struct FlowNetworkStats {
 
 class FlowNetwork {
  public:
+  __extension__ typedef unsigned __int128 HeapKey;  ///< internal: packed (share, link) solver key
+
   explicit FlowNetwork(sim::Simulation& sim) : sim_(sim) {}
   FlowNetwork(const FlowNetwork&) = delete;
   FlowNetwork& operator=(const FlowNetwork&) = delete;
@@ -173,7 +184,8 @@ class FlowNetwork {
   sim::Simulation& sim_;
   std::vector<Link> links_;
   std::vector<double> link_bytes_;
-  std::vector<std::vector<FlowIdx>> link_flows_;  ///< active flows per link
+  std::vector<std::vector<FlowIdx>> link_flows_;  ///< flows per link (finished ones lazily removed)
+  std::vector<std::uint32_t> link_dead_;          ///< finished flows still in link_flows_[l]
   std::vector<double> used_;                      ///< sum of active rates per link
   std::vector<double> max_rate_;                  ///< largest rate on a saturated link
   std::vector<std::uint8_t> saturated_;
@@ -181,14 +193,26 @@ class FlowNetwork {
 
   std::vector<Flow> flows_;
   std::vector<LinkId> path_links_;
-  std::vector<std::uint32_t> path_pos_;  ///< position of the flow in link_flows_[link]
   std::vector<FlowIdx> active_;
   std::vector<Batch> batches_;
 
   std::vector<FlowIdx> arrived_;   ///< since the last solve
   std::vector<FlowIdx> departed_;  ///< since the last solve
   bool solve_pending_ = false;
-  std::priority_queue<Pending, std::vector<Pending>, std::greater<>> drains_;
+  /// Min-heap (std::push_heap with std::greater) of drain times. A rate change pushes a new
+  /// entry and leaves the old one stale (version mismatch); compact_drains() drops the stale
+  /// entries in one O(n) pass when they outnumber the live ones three to one, so the heap stays
+  /// a small multiple of the active set instead of growing with every rate change.
+  std::vector<Pending> drains_;
+  void push_drain(const Pending& p) {
+    drains_.push_back(p);
+    std::push_heap(drains_.begin(), drains_.end(), std::greater<>());
+  }
+  void pop_drain() {
+    std::pop_heap(drains_.begin(), drains_.end(), std::greater<>());
+    drains_.pop_back();
+  }
+  void compact_drains();
   sim::EventId wakeup_id_{};
   std::int64_t wakeup_ps_ = std::numeric_limits<std::int64_t>::max();
 
@@ -196,11 +220,16 @@ class FlowNetwork {
   std::vector<std::uint32_t> link_stamp_, link_cnt_, csr_begin_, csr_fill_;
   std::vector<double> link_res_;
   std::vector<FlowIdx> csr_flows_;
-  std::vector<LinkId> touched_;
-  std::vector<std::uint32_t> flow_stamp_;
+  std::vector<LinkId> touched_, freed_;
+  std::vector<std::uint8_t> alive_;  ///< per flow: still running (dense copy of active_pos != kNone)
+  // per-solve arrays indexed by position in the solved set
+  std::vector<std::uint32_t> lbegin_;
+  std::vector<LinkId> lpath_, lbneck_;
+  std::vector<double> lrate_;
+  std::vector<std::uint8_t> lfrozen_;
   std::vector<double> new_num_;
   std::vector<std::uint32_t> new_den_;
-  std::vector<std::pair<double, LinkId>> heap_;
+  std::vector<HeapKey> heap_;
   std::vector<FlowIdx> set_scratch_;
   /// Flows in the order the last solves froze them, i.e. by nondecreasing rate (key = rate,
   /// made monotone), so the flows at or above a threshold are a suffix. Finished flows stay as

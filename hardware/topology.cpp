@@ -7,11 +7,6 @@
 #include <ostream>
 #include <stdexcept>
 
-#include <boost/graph/breadth_first_search.hpp>
-#include <boost/graph/filtered_graph.hpp>
-#include <boost/graph/reverse_graph.hpp>
-#include <boost/graph/visitors.hpp>
-
 #include "hardware/flow_network.hpp"
 
 namespace moesim::hw {
@@ -79,23 +74,36 @@ const std::vector<std::int32_t>& Topology::dist_to(int dst) const {
     std::vector<std::uint32_t> fill(out_begin_.begin(), out_begin_.end() - 1);
     for (std::size_t l = 0; l < link_src_.size(); ++l)
       out_links_[fill[static_cast<std::size_t>(link_src_[l])]++] = static_cast<LinkId>(l);
+    in_begin_.assign(nv + 1, 0);
+    for (int t : link_dst_) ++in_begin_[static_cast<std::size_t>(t) + 1];
+    for (std::size_t v = 0; v < nv; ++v) in_begin_[v + 1] += in_begin_[v];
+    in_links_.assign(link_src_.size(), 0);
+    fill.assign(in_begin_.begin(), in_begin_.end() - 1);
+    for (std::size_t l = 0; l < link_src_.size(); ++l)
+      in_links_[fill[static_cast<std::size_t>(link_dst_[l])]++] = static_cast<LinkId>(l);
+    is_gpu_.assign(nv, 0);
+    for (std::size_t v = 0; v < nv; ++v) is_gpu_[v] = g_[v].kind == VertexKind::kGpu ? 1 : 0;
     dist_cache_.clear();
   }
   if (dist_cache_.empty()) dist_cache_.resize(static_cast<std::size_t>(gpus_));
   auto& d = dist_cache_[static_cast<std::size_t>(dst)];
   if (!d.empty()) return d;
-  // Hop distances to `dst` over the reversed graph, never passing through another GPU.
+  // Hop distances to `dst` over the reversed graph, never passing through another GPU:
+  // breadth-first search over the in-edge CSR (built with the out-edge one).
   d.assign(nv, -1);
   d[static_cast<std::size_t>(dst)] = 0;
-  const auto rg = boost::make_reverse_graph(g_);
-  const Graph* gp = &g_;
-  auto keep = [gp, dst](std::size_t v) { return (*gp)[v].kind != VertexKind::kGpu || static_cast<int>(v) == dst; };
-  boost::filtered_graph<decltype(rg), boost::keep_all, std::function<bool(std::size_t)>> fg(rg, boost::keep_all(),
-                                                                                            keep);
-  auto dmap = boost::make_iterator_property_map(d.begin(), boost::get(boost::vertex_index, g_));
-  boost::breadth_first_search(
-      fg, static_cast<std::size_t>(dst),
-      boost::visitor(boost::make_bfs_visitor(boost::record_distances(dmap, boost::on_tree_edge()))));
+  bfs_queue_.clear();
+  bfs_queue_.push_back(dst);
+  for (std::size_t qi = 0; qi < bfs_queue_.size(); ++qi) {
+    const auto v = static_cast<std::size_t>(bfs_queue_[qi]);
+    if (is_gpu_[v] && static_cast<int>(v) != dst) continue;
+    for (std::uint32_t k = in_begin_[v]; k < in_begin_[v + 1]; ++k) {
+      const auto u = static_cast<std::size_t>(link_src_[in_links_[k]]);
+      if (d[u] >= 0 || (is_gpu_[u] && static_cast<int>(u) != dst)) continue;
+      d[u] = d[v] + 1;
+      bfs_queue_.push_back(static_cast<int>(u));
+    }
+  }
   return d;
 }
 

@@ -140,6 +140,11 @@ class Topology {
   // out-edge CSR for route walks
   mutable std::vector<std::uint32_t> out_begin_;
   mutable std::vector<LinkId> out_links_;
+  // in-edge CSR and GPU flags for the per-destination breadth-first search
+  mutable std::vector<std::uint32_t> in_begin_;
+  mutable std::vector<LinkId> in_links_;
+  mutable std::vector<std::uint8_t> is_gpu_;
+  mutable std::vector<int> bfs_queue_;
   mutable std::vector<std::vector<std::int32_t>> dist_cache_;  ///< per destination GPU, lazily
 };
 

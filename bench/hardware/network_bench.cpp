@@ -103,6 +103,12 @@ int main(int argc, char** argv) {
     std::printf("skewed matrix: %d distinct per-pair sizes\n", distinct);
     run_case("skewed 256 GPUs power-law", topo, m);
   }
+  if (only.rfind("skew-", 0) == 0) {  // smaller skewed variant for profiling: skew-<nodes>
+    const int nodes = std::stoi(only.substr(5));
+    const Topology topo = build_topology(h100_cluster(nodes));
+    const ByteMatrix m = skewed_matrix(nodes * 8, 1.2, 4096, 8, 7168, 42);
+    run_case("skewed power-law (small)", topo, m);
+  }
   if (only.empty() || only == "1024") {
     const Topology topo = build_topology(h100_cluster(128));
     run_case("uniform 1024 GPUs 1MiB", topo, ByteMatrix(1024, 1048576.0));
