@@ -66,7 +66,7 @@ void Topology::install(FlowNetwork& net) const {
 
 const std::vector<std::int32_t>& Topology::dist_to(int dst) const {
   const std::size_t nv = boost::num_vertices(g_);
-  if (out_links_.size() != link_src_.size()) {
+  if (out_begin_.size() != nv + 1 || out_links_.size() != link_src_.size()) {  // (re)build the CSR arrays
     out_begin_.assign(nv + 1, 0);
     for (int s : link_src_) ++out_begin_[static_cast<std::size_t>(s) + 1];
     for (std::size_t v = 0; v < nv; ++v) out_begin_[v + 1] += out_begin_[v];

@@ -176,3 +176,13 @@ TEST_CASE("memory ledger: peak, categories, fits") {
   CHECK_FALSE(mem.fits());
   CHECK_THROWS_AS(mem.free(0, MemCategory::kGradients, 1), MemoryAccountingError);
 }
+
+TEST_CASE("a single-GPU cluster has a topology without links and trivial collectives", "[collectives][topology]") {
+  // Regression: the route CSR was never built for a graph with zero links (segfault).
+  ClusterSpec s = cluster(1, InterFabric::kRailFatTree);
+  s.gpus_per_node = 1;
+  const Topology t = build_topology(s);
+  REQUIRE_FALSE(t.connectivity_problem().has_value());
+  const CollectiveResult r = run_collective(t, plan_all_reduce(t, all_gpus(t), 1 << 20, CollectiveAlgo::kRing));
+  REQUIRE(r.time == moesim::sim::SimTime::zero());
+}
