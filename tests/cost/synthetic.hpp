@@ -14,6 +14,7 @@
 
 #include "models/cost/cost_model.hpp"
 #include "sim/rng.hpp"
+#include "validation_kernels/harness/schema.hpp"
 
 namespace moesim::models::cost::testing {
 
@@ -37,89 +38,16 @@ inline GpuParams h100_sxm() {
   return g;
 }
 
-/// The 51 measurements.csv columns of schema version 1 (validation_kernels/harness/schema.hpp).
+/// The measurements.csv and runs.csv columns of the schema, taken from the kernels' own header
+/// (validation_kernels/harness/schema.hpp) so the synthetic runs cannot drift from real ones.
 inline const std::vector<std::string>& measurement_columns() {
-  static const std::vector<std::string> c = {"schema_version",
-                                             "run_id",
-                                             "config_id",
-                                             "heldout",
-                                             "kernel_family",
-                                             "impl",
-                                             "impl_config",
-                                             "dtype_in",
-                                             "dtype_out",
-                                             "num_experts_total",
-                                             "num_experts_local",
-                                             "topk",
-                                             "tokens",
-                                             "routed_rows",
-                                             "K",
-                                             "N",
-                                             "capacity",
-                                             "distribution",
-                                             "dist_param",
-                                             "dist_seed",
-                                             "m_min",
-                                             "m_max",
-                                             "m_mean",
-                                             "m_cv",
-                                             "n_active_experts",
-                                             "tiles_total",
-                                             "waves",
-                                             "flops",
-                                             "bytes_min",
-                                             "l2_mode",
-                                             "timing_method",
-                                             "batch",
-                                             "warmup_iters",
-                                             "timed_iters",
-                                             "time_us_median",
-                                             "time_us_mean",
-                                             "time_us_min",
-                                             "time_us_p10",
-                                             "time_us_p90",
-                                             "time_us_std",
-                                             "sm_clock_mhz_before",
-                                             "sm_clock_mhz_after",
-                                             "clock_drift_flag",
-                                             "power_w",
-                                             "temp_c",
-                                             "max_rel_err",
-                                             "status",
-                                             "order_index",
-                                             "model",
-                                             "variant",
-                                             "notes"};
+  static const std::vector<std::string> c(moesim::vk::kMeasurementColumns.begin(),
+                                          moesim::vk::kMeasurementColumns.end());
   return c;
 }
 
 inline const std::vector<std::string>& runs_columns() {
-  static const std::vector<std::string> c = {"schema_version",
-                                             "run_id",
-                                             "git_commit",
-                                             "gpu_name",
-                                             "sm_count",
-                                             "cc",
-                                             "l2_bytes",
-                                             "hbm_bytes",
-                                             "driver_version",
-                                             "runtime_version",
-                                             "cublas_version",
-                                             "nvcc_version",
-                                             "sm_clock_max_mhz",
-                                             "sm_clock_probed_mhz",
-                                             "hbm_gbps_probed",
-                                             "bf16_tflops_probed",
-                                             "fp8_tflops_probed",
-                                             "launch_us_probed",
-                                             "grid",
-                                             "seed",
-                                             "configs_planned",
-                                             "configs_done",
-                                             "wall_s",
-                                             "nvml",
-                                             "host",
-                                             "notes"};
+  static const std::vector<std::string> c(moesim::vk::kRunsColumns.begin(), moesim::vk::kRunsColumns.end());
   return c;
 }
 
