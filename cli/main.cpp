@@ -97,6 +97,8 @@ void run_routing(const Scenario& s, nlohmann::ordered_json& j) {
          {"entropy_normalized", st.entropy_normalized},
          {"expert_routed", st.expert_routed}});
   }
+  r["layers"] = std::move(layers);
+  j["routing"] = std::move(r);
 }
 
 /// Single-collective run: the collective over every GPU of the cluster, alone on the network.

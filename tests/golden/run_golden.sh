@@ -13,6 +13,7 @@ for y in scenarios/*.yaml; do
   if ! "$bin" run "$y" --json "$tmp/$name.json" >"$tmp/$name.out" 2>"$tmp/$name.err"; then
     echo "FAIL $y: moesim run failed:" >&2; cat "$tmp/$name.err" >&2; fail=$((fail + 1)); continue
   fi
+  if ! python3 tests/golden/check_report.py "$tmp/$name.json"; then echo "FAIL $y: report lacks required keys" >&2; fail=$((fail + 1)); continue; fi
   if [[ "${REGEN:-0}" == 1 ]]; then cp "$tmp/$name.json" "tests/golden/$name.json"; continue; fi
   if [[ ! -f "tests/golden/$name.json" ]]; then echo "FAIL $y: no golden tests/golden/$name.json" >&2; fail=$((fail + 1)); continue; fi
   if ! diff -u "tests/golden/$name.json" "$tmp/$name.json" >&2; then echo "FAIL $y: report differs from golden" >&2; fail=$((fail + 1)); continue; fi
