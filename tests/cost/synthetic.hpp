@@ -111,7 +111,10 @@ struct SyntheticRun {
                 std::int64_t n, double time_s, double mhz, bool heldout, const std::string& status = "ok",
                 const std::string& impl = "vk_mma_sync", const std::string& family = "grouped_gemm") {
     std::string enc;
-    for (std::size_t i = 0; i < c.size(); ++i) enc += (i ? " " : "") + std::to_string(c[i]);
+    for (std::size_t i = 0; i < c.size(); ++i) {
+      if (i) enc += ' ';
+      enc += std::to_string(c[i]);
+    }
     counts.push_back(
         {{"schema_version", "1"}, {"run_id", run_id}, {"config_id", std::to_string(config_id)}, {"counts", enc}});
     meas.push_back({{"schema_version", "1"},
