@@ -63,13 +63,7 @@ __global__ void __launch_bounds__(kThreads) grouped_gemm_mma_kernel(GroupedGemmA
   int my_tiles = 0;
   if (tid < args.experts) {
     int begin, count;
-    if (args.cap > 0) {
-      begin = tid * args.cap;
-      count = min(args.counts[tid], args.cap);
-    } else {
-      begin = args.row_offset[tid];
-      count = args.row_offset[tid + 1] - begin;
-    }
+    expert_rows(args, tid, begin, count);
     s_row_begin[tid] = begin;
     s_row_count[tid] = count;
     s_mtiles[tid] = (count + kBM - 1) / kBM;

@@ -222,13 +222,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   int my_tiles = 0;
   if (tid < args.experts) {
     int begin, count;
-    if (args.cap > 0) {
-      begin = tid * args.cap;
-      count = min(args.counts[tid], args.cap);
-    } else {
-      begin = args.row_offset[tid];
-      count = args.row_offset[tid + 1] - begin;
-    }
+    expert_rows(args, tid, begin, count);
     sched.row_begin[tid] = begin;
     sched.row_count[tid] = count;
     sched.mtiles[tid] = (count + kBM - 1) / kBM;

@@ -33,6 +33,20 @@ struct GroupedGemmArgs {
   int total_rows = -1;
 };
 
+#ifdef __CUDACC__
+/// Rows [begin, begin + count) of expert e in either layout. Every grouped-GEMM kernel's tile
+/// scheduler uses this one definition, so the masked layout's clamp to `cap` cannot diverge.
+__device__ __forceinline__ void expert_rows(const GroupedGemmArgs& args, int e, int& begin, int& count) {
+  if (args.cap > 0) {
+    begin = e * args.cap;
+    count = min(args.counts[e], args.cap);
+  } else {
+    begin = args.row_offset[e];
+    count = args.row_offset[e + 1] - begin;
+  }
+}
+#endif
+
 /// Portable tensor-core path: mma.sync m16n8k16, ldmatrix, 3-stage cp.async pipeline, persistent
 /// grid with a device-side (expert, N-tile, M-tile) scheduler. Needs N % 128 == 0, K % 32 == 0.
 cudaError_t grouped_gemm_mma(const GroupedGemmArgs& args, int grid_blocks, cudaStream_t stream);
