@@ -104,34 +104,35 @@ void run_routing(const Scenario& s, nlohmann::ordered_json& j) {
 /// Single-collective run: the collective over every GPU of the cluster, alone on the network.
 void run_collective(const Scenario& s, const moesim::hw::Topology& topo, nlohmann::ordered_json& j) {
   namespace hw = moesim::hw;
-  using moesim::engine::CollectiveOp;
+  namespace e = moesim::engine;
   const auto& c = *s.workload.collective;
-  const std::vector<int> group = hw::all_gpus(topo);
-  const int n = static_cast<int>(group.size());
-  hw::CollectivePlan plan;
+  e::CollectiveRequest req;
+  req.gpus = hw::all_gpus(topo);
+  req.bytes = c.bytes;
   switch (c.op) {
-    case CollectiveOp::kAllToAll: {
-      hw::ByteMatrix m(n, c.bytes);
-      for (int i = 0; i < n; ++i) m.at(i, i) = 0;
-      plan = hw::plan_all_to_allv(
-          topo, group, m,
-          c.algorithm == "hierarchical" ? hw::CollectiveAlgo::kHierarchical : hw::CollectiveAlgo::kDirect);
+    case e::CollectiveOp::kAllToAll: {
+      // Every GPU sends c.bytes to every other GPU.
+      const std::size_t n = req.gpus.size();
+      req.kind = e::CollectiveKind::kAllToAllV;
+      req.matrix = std::make_shared<const std::vector<double>>(n * n, c.bytes);
       break;
     }
-    case CollectiveOp::kAllReduce:
-      plan = hw::plan_all_reduce(topo, group, c.bytes,
-                                 c.algorithm == "tree" ? hw::CollectiveAlgo::kTree : hw::CollectiveAlgo::kRing);
+    case e::CollectiveOp::kAllReduce:
+      req.kind = e::CollectiveKind::kAllReduce;
       break;
-    case CollectiveOp::kAllGather:
-      plan = hw::plan_all_gather(topo, group, c.bytes);
+    case e::CollectiveOp::kAllGather:
+      req.kind = e::CollectiveKind::kAllGather;
       break;
-    case CollectiveOp::kReduceScatter:
-      plan = hw::plan_reduce_scatter(topo, group, c.bytes);
+    case e::CollectiveOp::kReduceScatter:
+      req.kind = e::CollectiveKind::kReduceScatter;
       break;
-    case CollectiveOp::kSendRecv:
-      plan = hw::plan_send_recv(topo, group.front(), group.back(), c.bytes);
+    case e::CollectiveOp::kSendRecv:
+      req.kind = e::CollectiveKind::kSendRecv;
       break;
   }
+  const hw::CollectivePlan plan = e::plan_collective(
+      topo, req, c.algorithm == "hierarchical" ? hw::CollectiveAlgo::kHierarchical : hw::CollectiveAlgo::kDirect,
+      c.algorithm == "tree" ? hw::CollectiveAlgo::kTree : hw::CollectiveAlgo::kRing);
   hw::CollectiveOptions opts;
   opts.launch_overhead = s.cluster.gpu.kernel_launch_overhead;
   const auto model =

@@ -123,6 +123,28 @@ SimTime CostModelCosts::elementwise(double bytes) const {
 // Flow-network communication backend
 // ---------------------------------------------------------------------------------------------
 
+hw::CollectivePlan plan_collective(const hw::Topology& topo, const CollectiveRequest& r, hw::CollectiveAlgo a2a_algo,
+                                   hw::CollectiveAlgo all_reduce_algo) {
+  switch (r.kind) {
+    case CollectiveKind::kAllToAllV: {
+      const int g = r.group_size();
+      hw::ByteMatrix m(g);
+      for (int i = 0; i < g; ++i)
+        for (int j = 0; j < g; ++j) m.at(i, j) = i == j ? 0.0 : r.at(i, j);  // the diagonal is a local copy
+      return hw::plan_all_to_allv(topo, r.gpus, m, a2a_algo);
+    }
+    case CollectiveKind::kAllReduce:
+      return hw::plan_all_reduce(topo, r.gpus, r.bytes, all_reduce_algo);
+    case CollectiveKind::kReduceScatter:
+      return hw::plan_reduce_scatter(topo, r.gpus, r.bytes);
+    case CollectiveKind::kAllGather:
+      return hw::plan_all_gather(topo, r.gpus, r.bytes);
+    case CollectiveKind::kSendRecv:
+      return hw::plan_send_recv(topo, r.gpus.front(), r.gpus.back(), r.bytes);
+  }
+  throw std::logic_error("unknown collective kind");
+}
+
 namespace {
 
 class NetworkBackend : public CommBackend {
@@ -133,13 +155,13 @@ class NetworkBackend : public CommBackend {
 
   void start(std::uint32_t idx, sim::Callback done) override {
     const CollectiveRequest& r = reqs_.at(idx);
-    hw::CollectivePlan plan = make_plan(r);
+    hw::CollectivePlan plan = plan_collective(topo_, r);
     for (const auto& phase : plan.phases) flows_ += phase.bytes.size();
     const double bytes = r.total_bytes();
     sent_ += bytes;
+    auto shared = std::make_shared<sim::Callback>(std::move(done));
     if (analytical_) {
       const hw::CollectiveResult res = hw::analytical_collective(topo_, plan, opts_);
-      auto shared = std::make_shared<sim::Callback>(std::move(done));
       sim_.schedule_in(
           res.time,
           [this, shared, bytes] {
@@ -149,7 +171,6 @@ class NetworkBackend : public CommBackend {
           sim::Phase::kComplete);
       return;
     }
-    auto shared = std::make_shared<sim::Callback>(std::move(done));
     engine_.start(std::move(plan), [this, shared, bytes](const hw::CollectiveResult&) {
       received_ += bytes;
       (*shared)();
@@ -161,27 +182,6 @@ class NetworkBackend : public CommBackend {
   double received() const { return received_; }
 
  private:
-  hw::CollectivePlan make_plan(const CollectiveRequest& r) const {
-    switch (r.kind) {
-      case CollectiveKind::kAllToAllV: {
-        const int g = r.group_size();
-        hw::ByteMatrix m(g);
-        for (int i = 0; i < g; ++i)
-          for (int j = 0; j < g; ++j) m.at(i, j) = i == j ? 0.0 : r.at(i, j);  // the diagonal is a local copy
-        return hw::plan_all_to_allv(topo_, r.gpus, m, hw::CollectiveAlgo::kDirect);
-      }
-      case CollectiveKind::kAllReduce:
-        return hw::plan_all_reduce(topo_, r.gpus, r.bytes, hw::CollectiveAlgo::kRing);
-      case CollectiveKind::kReduceScatter:
-        return hw::plan_reduce_scatter(topo_, r.gpus, r.bytes);
-      case CollectiveKind::kAllGather:
-        return hw::plan_all_gather(topo_, r.gpus, r.bytes);
-      case CollectiveKind::kSendRecv:
-        return hw::plan_send_recv(topo_, r.gpus.front(), r.gpus.back(), r.bytes);
-    }
-    throw std::logic_error("unknown collective kind");
-  }
-
   sim::Simulation& sim_;
   const hw::Topology& topo_;
   hw::CollectiveEngine engine_;

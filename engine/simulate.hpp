@@ -12,6 +12,7 @@
 #include "engine/executor.hpp"
 #include "engine/scenario.hpp"
 #include "engine/step_builder.hpp"
+#include "hardware/collectives.hpp"
 #include "models/cost/cost_model.hpp"
 
 namespace moesim::engine {
@@ -53,6 +54,13 @@ struct StepReport {
   double bytes_sent = 0;      ///< collective payload injected
   double bytes_received = 0;  ///< collective payload delivered
 };
+
+/// The hardware plan of a collective request: the one mapping from requests to phases of flows,
+/// used for the collectives of a step and for single-collective scenarios. `a2a_algo` applies to
+/// all-to-allv (direct | hierarchical), `all_reduce_algo` to all-reduce (ring | tree).
+hw::CollectivePlan plan_collective(const hw::Topology& topo, const CollectiveRequest& r,
+                                   hw::CollectiveAlgo a2a_algo = hw::CollectiveAlgo::kDirect,
+                                   hw::CollectiveAlgo all_reduce_algo = hw::CollectiveAlgo::kRing);
 
 /// Simulates one step of a train/prefill/decode scenario. Throws sim::SimulationError when an
 /// end-of-run conservation check fails (ops not run, events left, bytes not delivered).
