@@ -1,0 +1,269 @@
+#include "engine/run.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <iterator>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <stdexcept>
+
+#include "engine/simulate.hpp"
+#include "hardware/collectives.hpp"
+#include "models/router.hpp"
+#include "sim/units.hpp"
+
+namespace moesim::engine {
+
+namespace {
+
+constexpr const char* kVersion = MOESIM_VERSION;
+
+void append_header(const Scenario& s, std::string& out) {
+  const auto& p = s.parallel;
+  const auto& w = s.workload;
+  fmt::format_to(std::back_inserter(out), "scenario   {} ({})\n", s.name, s.file);
+  fmt::format_to(std::back_inserter(out), "seed       {}\n", s.seed);
+  if (w.mode != WorkloadMode::kCollective)
+    fmt::format_to(std::back_inserter(out), "parallel   dp={} tp={} ep={} pp={} micro_batches={} (world {})\n", p.dp,
+                   p.tp, p.ep, p.pp, p.micro_batches, p.world());
+  fmt::format_to(std::back_inserter(out), "workload   {}", to_string(w.mode));
+  if (w.tokens_per_step() > 0) fmt::format_to(std::back_inserter(out), ", {} tokens/step", w.tokens_per_step());
+  if (w.collective)
+    fmt::format_to(std::back_inserter(out), ", {} of {} ({})", to_string(w.collective->op),
+                   sim::format_bytes(w.collective->bytes), w.collective->algorithm);
+  fmt::format_to(std::back_inserter(out), "\nnetwork    {}\n", to_string(s.network.model));
+}
+
+/// Routing-only run: sample the step's routing and report per-layer drop and imbalance.
+void run_routing(const Scenario& s, nlohmann::ordered_json& j, std::string& out) {
+  namespace m = models;
+  m::RouteRequest req;
+  req.tokens_per_group = s.tokens_per_group();
+  req.groups = static_cast<int>(s.routing_groups());
+  req.seed = s.seed;
+  req.ep_ranks = s.parallel.ep;
+  req.keep_assignments = false;
+  std::optional<m::RoutingTrace> trace;
+  if (s.routing.distribution == m::Distribution::kTrace)
+    trace = m::load_routing_trace(s.routing.trace_file, s.model, s.routing.top_k);
+  const m::StepRouting step = m::route_step(s.model, s.routing, req, trace ? &*trace : nullptr);
+  std::ostringstream os;
+  m::format_routing_summary(os, s.model, s.routing, step);
+  out += os.str();
+  nlohmann::ordered_json r;
+  r["sampling_mode"] = m::to_string(step.mode);
+  r["groups"] = step.groups;
+  r["tokens_per_group"] = step.tokens_per_group;
+  r["drop_fraction"] = step.drop_fraction;
+  r["padded_fraction"] = step.padded_fraction;
+  r["max_over_mean_load"] = step.max_over_mean;
+  nlohmann::ordered_json layers = nlohmann::ordered_json::array();
+  for (const auto& l : step.layers) {
+    const auto& st = l.stats;
+    layers.push_back(
+        {{"layer", l.layer},
+         {"routed", st.routed},
+         {"kept", st.kept},
+         {"dropped", st.dropped},
+         {"padded", st.padded},
+         {"drop_fraction", st.drop_fraction},
+         {"fully_dropped_fraction",
+          st.fully_dropped_tokens < 0 ? nlohmann::ordered_json() : nlohmann::ordered_json(st.fully_dropped_fraction)},
+         {"padded_fraction", st.padded_fraction},
+         {"max_over_mean_load", st.max_over_mean},
+         {"cv", st.cv},
+         {"gini", st.gini},
+         {"aux_loss", st.aux_loss},
+         {"entropy_normalized", st.entropy_normalized},
+         {"expert_routed", st.expert_routed}});
+  }
+  r["layers"] = std::move(layers);
+  j["routing"] = std::move(r);
+}
+
+/// Single-collective run: the collective over every GPU of the cluster, alone on the network.
+void run_collective(const Scenario& s, const hw::Topology& topo, nlohmann::ordered_json& j, std::string& out) {
+  const auto& c = *s.workload.collective;
+  CollectiveRequest req;
+  req.gpus = hw::all_gpus(topo);
+  req.bytes = c.bytes;
+  switch (c.op) {
+    case CollectiveOp::kAllToAll: {
+      // Every GPU sends c.bytes to every other GPU.
+      const std::size_t n = req.gpus.size();
+      req.kind = CollectiveKind::kAllToAllV;
+      req.matrix = std::make_shared<const std::vector<double>>(n * n, c.bytes);
+      break;
+    }
+    case CollectiveOp::kAllReduce:
+      req.kind = CollectiveKind::kAllReduce;
+      break;
+    case CollectiveOp::kAllGather:
+      req.kind = CollectiveKind::kAllGather;
+      break;
+    case CollectiveOp::kReduceScatter:
+      req.kind = CollectiveKind::kReduceScatter;
+      break;
+    case CollectiveOp::kSendRecv:
+      req.kind = CollectiveKind::kSendRecv;
+      break;
+  }
+  const hw::CollectivePlan plan = plan_collective(
+      topo, req, c.algorithm == "hierarchical" ? hw::CollectiveAlgo::kHierarchical : hw::CollectiveAlgo::kDirect,
+      c.algorithm == "tree" ? hw::CollectiveAlgo::kTree : hw::CollectiveAlgo::kRing);
+  hw::CollectiveOptions opts;
+  opts.launch_overhead = s.cluster.gpu.kernel_launch_overhead;
+  const auto model = s.network.model == NetworkModel::kFlow ? hw::NetworkModel::kFlow : hw::NetworkModel::kAnalytical;
+  const hw::CollectiveResult r = hw::run_collective(topo, plan, model, opts);
+  fmt::format_to(std::back_inserter(out),
+                 "collective {} ({}) over {} GPUs, size {}: time {:.3f} us, algbw {:.2f} GB/s, busbw {:.2f} GB/s "
+                 "({} network model, launch overhead {} included)\n",
+                 hw::to_string(r.kind), c.algorithm, r.ranks, sim::format_bytes(r.size_bytes), r.time.to_us(),
+                 r.algbw / 1e9, r.busbw / 1e9, to_string(s.network.model), sim::to_string(opts.launch_overhead));
+  j["step_time_us"] = r.time.to_us();
+  j["collective"] = {{"op", hw::to_string(r.kind)}, {"algorithm", c.algorithm},  {"ranks", r.ranks},
+                     {"size_bytes", r.size_bytes},  {"time_us", r.time.to_us()}, {"algbw_GBps", r.algbw / 1e9},
+                     {"busbw_GBps", r.busbw / 1e9}, {"phases", r.phases}};
+}
+
+/// Full step (train / prefill / decode): executor on the cluster with cost models.
+void run_step(const Scenario& s, const std::string& trace, nlohmann::ordered_json& j, std::string& out) {
+  SimulateOptions o;
+  o.trace_file = trace;
+  o.profile_file = s.execution.profile;
+  o.build.overlap_chunks = s.execution.overlap_chunks;
+  o.build.a2a_sm_count = s.execution.comm_sms;
+  if (s.execution.dispatch_dtype == "fp8") o.build.dispatch_format = models::WireFormat::kFp8;
+  const StepReport r = simulate_step(s, o);
+  const auto& b = r.built;
+  const auto& crit = r.exec.per_gpu[static_cast<std::size_t>(r.exec.critical_gpu)];
+  fmt::format_to(std::back_inserter(out),
+                 "step time  {:.3f} ms ({} GPUs, critical GPU {}), {:.0f} tokens/s, MFU {:.1f}%\n",
+                 r.exec.step_time.to_ms(), s.cluster.total_gpus(), r.exec.critical_gpu, r.tokens_per_s, 100 * r.mfu);
+  fmt::format_to(
+      std::back_inserter(out),
+      "breakdown  (mean per GPU, us) compute {:.1f} | dispatch {:.1f} | combine {:.1f} | other comm {:.1f} | "
+      "exposed comm {:.1f} | idle {:.1f}\n",
+      r.compute_us, r.dispatch_us, r.combine_us, r.other_comm_us, r.exposed_comm_us, r.idle_us);
+  fmt::format_to(std::back_inserter(out), "critical   compute {:.1f} | exposed comm {:.1f} | idle {:.1f} us\n",
+                 crit.compute.to_us(), crit.exposed_comm.to_us(), crit.idle.to_us());
+  fmt::format_to(std::back_inserter(out),
+                 "routing    drop {:.4f}% of assignments, padded {:.4f}% of expert rows, {} MoE layers\n",
+                 100 * b.drop_fraction(), 100 * b.padded_fraction(), b.moe_layers.size());
+  fmt::format_to(std::back_inserter(out), "memory     peak {:.2f} GiB of {:.2f} GiB per GPU: {}\n",
+                 b.memory.peak_bytes / 1073741824.0, b.memory.capacity_bytes / 1073741824.0,
+                 b.memory.fits ? "fits" : "DOES NOT FIT");
+  fmt::format_to(std::back_inserter(out), "simulated  {} compute ops, {} collectives, {} flows, {} events\n",
+                 b.compute_ops, b.collective_ops, r.flows, r.exec.events);
+
+  j["step_time_us"] = r.exec.step_time.to_us();
+  j["tokens_per_s"] = r.tokens_per_s;
+  j["mfu"] = r.mfu;
+  j["flops"] = {{"model", b.flops.model}, {"executed", b.flops.executed}};
+  j["breakdown_us"] = {{"compute", r.compute_us},
+                       {"dispatch", r.dispatch_us},
+                       {"combine", r.combine_us},
+                       {"other_collectives", r.other_comm_us},
+                       {"exposed_communication", r.exposed_comm_us},
+                       {"idle", r.idle_us}};
+  j["critical_gpu"] = {{"index", r.exec.critical_gpu},
+                       {"compute_us", crit.compute.to_us()},
+                       {"exposed_communication_us", crit.exposed_comm.to_us()},
+                       {"idle_us", crit.idle.to_us()}};
+  double max_over_mean = 0;
+  for (const auto& l : b.moe_layers) max_over_mean = std::max(max_over_mean, l.stats.max_over_mean);
+  j["routing"] = {{"drop_fraction", b.drop_fraction()},
+                  {"padded_fraction", b.padded_fraction()},
+                  {"max_over_mean_load", max_over_mean},
+                  {"routed", b.routed},
+                  {"kept", b.kept},
+                  {"dropped", b.dropped},
+                  {"padded", b.padded}};
+  // (build arrays before inserting: ordered_json references are invalidated by insertions)
+  nlohmann::ordered_json stages = nlohmann::ordered_json::array();
+  for (const auto& st : b.memory.stages)
+    stages.push_back({{"stage", st.stage},
+                      {"weights", st.weights},
+                      {"grads", st.grads},
+                      {"optimizer", st.optimizer},
+                      {"activations", st.activations},
+                      {"activations_no_recompute", st.activations_no_recompute},
+                      {"activations_recompute", st.activations_recompute},
+                      {"kv_cache", st.kv_cache},
+                      {"comm_buffers", st.comm_buffers},
+                      {"total", st.total()}});
+  j["memory"] = {{"peak_bytes_per_gpu", b.memory.peak_bytes},
+                 {"capacity_bytes_per_gpu", b.memory.capacity_bytes},
+                 {"fits", b.memory.fits},
+                 {"stages", std::move(stages)}};
+  nlohmann::ordered_json layers = nlohmann::ordered_json::array();
+  for (const auto& l : b.moe_layers)
+    layers.push_back({{"layer", l.layer},
+                      {"stage", l.stage},
+                      {"drop_fraction", l.stats.drop_fraction},
+                      {"padded_fraction", l.stats.padded_fraction},
+                      {"max_over_mean_load", l.stats.max_over_mean},
+                      {"rank_max_over_mean_rows", l.rank_max_over_mean},
+                      {"cv", l.stats.cv},
+                      {"aux_loss", l.stats.aux_loss}});
+  j["layers"] = std::move(layers);
+  j["simulation"] = {{"compute_ops", b.compute_ops},
+                     {"collective_ops", b.collective_ops},
+                     {"flows", r.flows},
+                     {"events", r.exec.events},
+                     {"collective_bytes", r.bytes_sent}};
+}
+
+nlohmann::ordered_json summary_json(const Scenario& s) {
+  nlohmann::ordered_json j;
+  j["moesim_version"] = kVersion;
+  j["scenario"] = s.name;
+  j["seed"] = s.seed;
+  j["parallel"] = {{"dp", s.parallel.dp},
+                   {"tp", s.parallel.tp},
+                   {"ep", s.parallel.ep},
+                   {"pp", s.parallel.pp},
+                   {"micro_batches", s.parallel.micro_batches}};
+  j["workload"] = {{"mode", to_string(s.workload.mode)}, {"tokens_per_step", s.workload.tokens_per_step()}};
+  if (s.has_model) {
+    const auto pc = models::count_params(s.model);
+    j["model"] = {{"name", s.model.name}, {"params_total", pc.params_total()}, {"params_active", pc.params_active()}};
+  }
+  return j;
+}
+
+}  // namespace
+
+const char* version() { return kVersion; }
+
+std::string format_header(const Scenario& s) {
+  std::string out;
+  append_header(s, out);
+  return out;
+}
+
+RunResult run_scenario(const Scenario& s, const RunOptions& o) {
+  RunResult r;
+  r.report = summary_json(s);
+  std::optional<hw::Topology> topo;
+  if (s.has_cluster) topo.emplace(hw::build_topology(s.cluster));
+  switch (s.workload.mode) {
+    case WorkloadMode::kCollective:
+      if (!o.trace_file.empty()) throw std::runtime_error("--trace is written for train/prefill/decode workloads only");
+      run_collective(s, *topo, r.report, r.text);
+      break;
+    case WorkloadMode::kRouting:
+      run_routing(s, r.report, r.text);
+      break;
+    case WorkloadMode::kTrain:
+    case WorkloadMode::kPrefill:
+    case WorkloadMode::kDecode:
+      run_step(s, o.trace_file, r.report, r.text);
+      break;
+  }
+  return r;
+}
+
+}  // namespace moesim::engine
