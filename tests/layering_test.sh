@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Architecture check: #include lines may only point "down" the layer stack
-#   sim <- config <- hardware <- models <- engine <- cli
+#   sim <- config <- hardware <- models <- engine <- explore <- cli
 set -euo pipefail
 cd "$(dirname "$0")/.."
 declare -A forbidden=(
-  [sim]="config hardware models engine cli"
-  [config]="hardware models engine cli"
-  [hardware]="models engine cli"
-  [models]="engine cli"
-  [engine]="cli"
+  [sim]="config hardware models engine explore cli"
+  [config]="hardware models engine explore cli"
+  [hardware]="models engine explore cli"
+  [models]="engine explore cli"
+  [engine]="explore cli"
+  [explore]="cli"
 )
 fail=0
 for layer in "${!forbidden[@]}"; do
