@@ -1,4 +1,4 @@
-/// The `moesim` command line: run, validate, describe, --version.
+/// The `moesim` command line: run, validate, plan, describe, --version.
 ///
 /// Exit codes (CONVENTIONS.md): 0 ok; 1 simulation/runtime failure; 2 usage or configuration
 /// error; 3 sweep finished with some failed runs. Results go to stdout or files; diagnostics
@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/plan_cmd.hpp"
 #include "config/reader.hpp"
 #include "engine/gpu_params.hpp"
 #include "engine/run.hpp"
@@ -96,6 +97,9 @@ int main(int argc, char** argv) {
   auto* describe = app.add_subcommand("describe", "print the catalogs and registries");
   std::vector<std::string> describe_what;
   describe->add_option("what", describe_what, "gpus | models | units | KIND NAME");
+
+  // plan (cli/plan_cmd.cpp)
+  const moesim::cli::PlanCommand plan(app);
 
   try {
     app.parse(argc, argv);
@@ -179,6 +183,7 @@ int main(int argc, char** argv) {
       std::fputs(os.str().c_str(), stdout);
       return kExitOk;
     }
+    if (plan.selected()) return plan.run();
     if (*describe) {
       if (describe_what.empty() || describe_what[0] == "units") {
         for (auto f : {moesim::sim::UnitFamily::kBytes, moesim::sim::UnitFamily::kBandwidth,

@@ -1,0 +1,58 @@
+#include "cli/plan_cmd.hpp"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <cstdio>
+
+#include "explore/plan.hpp"
+
+namespace moesim::cli {
+
+PlanCommand::PlanCommand(CLI::App& app) {
+  cmd_ = app.add_subcommand("plan", "search deployments (GPU type, count, DP/TP/EP/PP...), simulate and rank them");
+  cmd_->add_option("plan", file_, "plan YAML")->required();
+  cmd_->add_option("-j,--jobs", threads_, "simulate this many candidates at once (results do not depend on it)")
+      ->check(CLI::Range(1, 1024));
+  cmd_->add_option("-o,--output", out_dir_, "write plan.csv, pareto.csv and top-NN.yaml scenarios here");
+  cmd_->add_option("--set", sets_, "override a plan value: key.path=value (repeatable)");
+  cmd_->add_flag("-q,--quiet", quiet_, "no progress on stderr");
+}
+
+int PlanCommand::run() const {
+  namespace ex = moesim::explore;
+  const ex::PlanSpec plan = ex::load_plan(file_, sets_);
+  ex::PlanResult r = ex::prepare_plan(plan);
+  std::size_t survivors = 0;
+  for (const auto& c : r.candidates) survivors += c.status == ex::Status::kOk ? 1 : 0;
+  if (survivors == 0) {
+    std::fputs(ex::format_summary(plan, r).c_str(), stdout);
+    fmt::print(stderr, "{}: the candidate set is empty after validation and pruning; see the counts above{}\n", file_,
+               out_dir_.empty() ? "" : " and plan.csv");
+    if (!out_dir_.empty()) ex::write_outputs(plan, r, out_dir_);
+    return 2;
+  }
+  const bool tty = isatty(fileno(stderr)) != 0;
+  std::size_t last_decile = 0;
+  const auto progress = [&](std::size_t done, std::size_t total) {
+    if (quiet_) return;
+    if (tty) {
+      fmt::print(stderr, "\rplan: simulated {}/{}{}", done, total, done == total ? "\n" : "");
+      return;
+    }
+    const std::size_t decile = done * 10 / total;
+    if (decile > last_decile || done == total) {
+      last_decile = decile;
+      fmt::print(stderr, "plan: simulated {}/{} ({}%)\n", done, total, done * 100 / total);
+    }
+  };
+  ex::simulate_plan(plan, r, threads_, progress);
+  std::fputs(ex::format_summary(plan, r).c_str(), stdout);
+  if (!out_dir_.empty()) {
+    const auto files = ex::write_outputs(plan, r, out_dir_);
+    if (!quiet_) fmt::print(stderr, "plan: wrote {} files to {}\n", files.size(), out_dir_);
+  }
+  return 0;
+}
+
+}  // namespace moesim::cli
