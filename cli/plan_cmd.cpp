@@ -5,6 +5,7 @@
 
 #include <cstdio>
 
+#include "config/reader.hpp"
 #include "explore/plan.hpp"
 
 namespace moesim::cli {
@@ -23,14 +24,11 @@ int PlanCommand::run() const {
   namespace ex = moesim::explore;
   const ex::PlanSpec plan = ex::load_plan(file_, sets_);
   ex::PlanResult r = ex::prepare_plan(plan);
-  std::size_t survivors = 0;
-  for (const auto& c : r.candidates) survivors += c.status == ex::Status::kOk ? 1 : 0;
-  if (survivors == 0) {
-    std::fputs(ex::format_summary(plan, r).c_str(), stdout);
-    fmt::print(stderr, "{}: the candidate set is empty after validation and pruning; see the counts above{}\n", file_,
-               out_dir_.empty() ? "" : " and plan.csv");
-    if (!out_dir_.empty()) ex::write_outputs(plan, r, out_dir_);
-    return 2;
+  try {
+    ex::check_not_empty(plan, r);
+  } catch (const config::ConfigError&) {
+    if (!out_dir_.empty()) ex::write_outputs(plan, r, out_dir_);  // plan.csv says why, row by row
+    throw;
   }
   const bool tty = isatty(fileno(stderr)) != 0;
   std::size_t last_decile = 0;

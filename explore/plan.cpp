@@ -106,6 +106,7 @@ PlanSpec parse_plan(config::Document& doc) {
       base.error(fmt::format("file not found: {} (paths are relative to the plan file)", p.base_file));
   }
   const Node set = root.child("set");
+  std::map<std::string, config::Location> set_locs;  // "--set a=b" -> where the plan wrote it
   if (set.defined()) {
     if (!set.is_sequence()) set.error("expected a list of \"key.path=value\" strings (the --set syntax)");
     for (const Node& i : set.is_sequence() ? set.items() : std::vector<Node>{}) {
@@ -113,7 +114,7 @@ PlanSpec parse_plan(config::Document& doc) {
       if (a.find('=') == std::string::npos)
         i.error(fmt::format("'{}' is not key.path=value", a));
       else
-        p.base_sets.push_back(a);
+        p.base_sets.push_back(a), set_locs.emplace("--set " + a, i.location());
     }
   }
 
@@ -219,18 +220,28 @@ PlanSpec parse_plan(config::Document& doc) {
     root.error_at("limits", "set limits.max_gpus or list search.gpus (the GPU counts to try)");
   if (p.ttft_us && p.prompt_len == 0)
     targets.error_at("ttft", "a TTFT target needs prefill.prompt_len (TTFT = prefill time of the whole batch)");
-  diags.throw_if_any();
+  p.search_loc = search.defined() ? search.location() : root.location();
 
-  // The base scenario: validated as `moesim run` would (its errors name the base file).
-  const config::Document bdoc = load_base(p);
-  const engine::Scenario b = engine::parse_scenario(bdoc);
-  const auto mode = b.workload.mode;
+  // The base scenario: validated as `moesim run` would (its errors name the base file), and
+  // reported together with the plan's own errors.
+  if (p.base_file.empty() || !std::filesystem::exists(p.base_file)) diags.throw_if_any();
+  std::optional<engine::Scenario> b;
+  try {
+    b = engine::parse_scenario(load_base(p));
+  } catch (const config::ConfigError& e) {
+    for (const auto& d : e.diagnostics()) {
+      const auto at = set_locs.find(d.loc.file);  // a value from the plan's `set:` list
+      diags.error(at != set_locs.end() ? at->second : d.loc, d.key, d.message);
+    }
+    diags.throw_if_any();
+  }
+  const auto mode = b->workload.mode;
   if (mode != engine::WorkloadMode::kTrain && mode != engine::WorkloadMode::kDecode)
     base.error(fmt::format("the base scenario's workload mode is {}; the planner plans train and decode scenarios",
                            engine::to_string(mode)));
   p.mode = mode;
-  p.gpus_per_node = b.cluster.gpus_per_node;
-  p.experts = b.model.experts;
+  p.gpus_per_node = b->cluster.gpus_per_node;
+  p.experts = b->model.experts;
   const bool decode = mode == engine::WorkloadMode::kDecode;
   if (decode) {
     if (!p.micro_batches.empty()) mb_node.error("applies to training plans only (the base scenario is decode)");
@@ -514,6 +525,20 @@ PlanResult prepare_plan(const PlanSpec& p) {
                              : fmt::format("duplicate of #{}: the same GPU, configuration and price", best);
   }
   return r;
+}
+
+void check_not_empty(const PlanSpec& p, const PlanResult& r) {
+  std::map<std::string, std::size_t> by;
+  for (const Candidate& c : r.candidates) {
+    if (c.status == Status::kOk) return;
+    ++by[fmt::format("{} ({})", to_string(c.status), c.rule)];
+  }
+  std::vector<std::string> parts;
+  for (const auto& [k, v] : by) parts.push_back(fmt::format("{} {}", v, k));
+  throw config::ConfigError(
+      {config::Diagnostic{p.search_loc, "search",
+                          fmt::format("no candidate is left to simulate: {} enumerated{}{}", r.candidates.size(),
+                                      parts.empty() ? "" : ": ", fmt::join(parts, ", "))}});
 }
 
 void simulate_plan(const PlanSpec& p, PlanResult& r, int threads,

@@ -67,7 +67,8 @@ struct PlanSpec {
   std::int64_t prompt_len = 0;                ///< prefill.prompt_len: > 0 simulates TTFT
   std::optional<double> tpot_us, ttft_us;     ///< targets (decode)
   Objective objective = Objective::kCostPerMtok;
-  int top = 5;  ///< scenario YAMLs written for the best `top` candidates
+  int top = 5;                  ///< scenario YAMLs written for the best `top` candidates
+  config::Location search_loc;  ///< where an empty candidate set is reported
 
   // Resolved from the base scenario while loading.
   engine::WorkloadMode mode = engine::WorkloadMode::kTrain;
@@ -124,6 +125,10 @@ struct PlanResult {
 /// Enumerates, validates, estimates memory and prunes; nothing is simulated. Surviving
 /// candidates have status kOk and no simulated metrics yet.
 PlanResult prepare_plan(const PlanSpec& plan);
+
+/// Throws config::ConfigError (located at `search:`) when prepare_plan left nothing to simulate,
+/// with the counts by outcome and rule.
+void check_not_empty(const PlanSpec& plan, const PlanResult& r);
 
 /// Simulates the survivors of prepare_plan on `threads` threads, applies the targets, ranks and
 /// marks the Pareto front. `progress(done, total)` is called on the calling thread.
