@@ -27,6 +27,7 @@ int PlanCommand::run() const {
   try {
     ex::check_not_empty(plan, r);
   } catch (const config::ConfigError&) {
+    std::fputs(ex::format_summary(plan, r).c_str(), stdout);
     if (!out_dir_.empty()) ex::write_outputs(plan, r, out_dir_);  // plan.csv says why, row by row
     throw;
   }
@@ -46,6 +47,10 @@ int PlanCommand::run() const {
   };
   ex::simulate_plan(plan, r, threads_, progress);
   std::fputs(ex::format_summary(plan, r).c_str(), stdout);
+  if (r.ranked.empty())
+    fmt::print(stderr, "{}: no simulated candidate {}; nothing is ranked (see {})\n", file_,
+               plan.tpot_us || plan.ttft_us ? "meets the targets" : "succeeded",
+               out_dir_.empty() ? "the counts above" : "plan.csv");
   if (!out_dir_.empty()) {
     const auto files = ex::write_outputs(plan, r, out_dir_);
     if (!quiet_) fmt::print(stderr, "plan: wrote {} files to {}\n", files.size(), out_dir_);

@@ -716,17 +716,17 @@ std::string format_summary(const PlanSpec& p, const PlanResult& r, std::size_t m
                  train ? "step time" : "TPOT", r.pareto.size());
   if (r.ranked.empty()) return out;
   const char* time_col = train ? "step_ms" : "TPOT_ms";
-  fmt::format_to(it, "\n{:>4} {:1} {:<14} {:>5} {:>15} {:>3} {:>5} {:>6} {:>10} {:>9} {:>11} {:>9} {:>8} {}\n", "rank",
-                 "", "gpu", "gpus", "dp/tp/ep/pp", "mb", "cf", train ? "recomp" : "batch", time_col,
-                 train ? "" : "TTFT_ms", "tok/s/GPU", "$/Mtok", "peak_GiB", "fits");
+  const bool ttft = !train && p.prompt_len > 0;
+  fmt::format_to(it, "\n{:>4} {:1} {:<14} {:>5} {:>15} {:>3} {:>5} {:>6} {:>10} {}{:>11} {:>9} {:>8} {}\n", "rank", "",
+                 "gpu", "gpus", "dp/tp/ep/pp", "mb", "cf", train ? "recomp" : "batch", time_col,
+                 ttft ? fmt::format("{:>10} ", "TTFT_ms") : "", "tok/s/GPU", "$/Mtok", "peak_GiB", "fits");
   const auto row = [&](const Candidate& c) {
-    fmt::format_to(it,
-                   "{:>4} {:1} {:<14} {:>5} {:>15} {:>3} {:>5} {:>6} {:>10.3f} {:>9} {:>11.1f} {:>9.4f} {:>8.2f} {}\n",
+    fmt::format_to(it, "{:>4} {:1} {:<14} {:>5} {:>15} {:>3} {:>5} {:>6} {:>10.3f} {}{:>11.1f} {:>9.4f} {:>8.2f} {}\n",
                    c.rank, c.pareto ? "*" : "", p.gpus[static_cast<std::size_t>(c.gpu_option)].gpu, c.gpus,
                    fmt::format("{}/{}/{}/{}", c.dp, c.tp, c.ep, c.pp), train ? fmt::format("{}", c.micro_batches) : "-",
                    c.capacity_factor, train ? (c.recompute == 1 ? "yes" : "no") : fmt::format("{}", c.batch),
-                   c.step_time_us / 1e3, c.ttft_us > 0 ? fmt::format("{:.3f}", c.ttft_us / 1e3) : "",
-                   c.tokens_per_s_per_gpu, c.cost_per_mtok, c.peak_bytes / kGiB, c.fits ? "yes" : "no");
+                   c.step_time_us / 1e3, ttft ? fmt::format("{:>10.3f} ", c.ttft_us / 1e3) : "", c.tokens_per_s_per_gpu,
+                   c.cost_per_mtok, c.peak_bytes / kGiB, c.fits ? "yes" : "no");
   };
   for (std::size_t i = 0; i < r.ranked.size() && i < max_rows; ++i) row(r.candidates[r.ranked[i]]);
   if (r.ranked.size() > max_rows) fmt::format_to(it, "     ... {} more in plan.csv\n", r.ranked.size() - max_rows);
