@@ -150,8 +150,9 @@ void run_step(const Scenario& s, const std::string& trace, nlohmann::ordered_jso
   fmt::format_to(std::back_inserter(out), "critical   compute {:.1f} | exposed comm {:.1f} | idle {:.1f} us\n",
                  crit.compute.to_us(), crit.exposed_comm.to_us(), crit.idle.to_us());
   fmt::format_to(std::back_inserter(out),
-                 "routing    drop {:.4f}% of assignments, padded {:.4f}% of expert rows, {} MoE layers\n",
-                 100 * b.drop_fraction(), 100 * b.padded_fraction(), b.moe_layers.size());
+                 "routing    {} sampling, drop {:.4f}% of assignments, padded {:.4f}% of expert rows, {} MoE layers\n",
+                 models::to_string(s.routing.sampling), 100 * b.drop_fraction(), 100 * b.padded_fraction(),
+                 b.moe_layers.size());
   fmt::format_to(std::back_inserter(out), "memory     peak {:.2f} GiB of {:.2f} GiB per GPU: {}\n",
                  b.memory.peak_bytes / 1073741824.0, b.memory.capacity_bytes / 1073741824.0,
                  b.memory.fits ? "fits" : "DOES NOT FIT");
@@ -174,7 +175,8 @@ void run_step(const Scenario& s, const std::string& trace, nlohmann::ordered_jso
                        {"idle_us", crit.idle.to_us()}};
   double max_over_mean = 0;
   for (const auto& l : b.moe_layers) max_over_mean = std::max(max_over_mean, l.stats.max_over_mean);
-  j["routing"] = {{"drop_fraction", b.drop_fraction()},
+  j["routing"] = {{"sampling_mode", models::to_string(s.routing.sampling)},
+                  {"drop_fraction", b.drop_fraction()},
                   {"padded_fraction", b.padded_fraction()},
                   {"max_over_mean_load", max_over_mean},
                   {"routed", b.routed},

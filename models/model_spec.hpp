@@ -110,8 +110,9 @@ struct ParamCount {
   ParamBreakdown active;
   std::int64_t params_total() const { return total.sum(); }
   std::int64_t params_active() const { return active.sum(); }
-  /// Active minus the input-embedding lookup (a gather, no FLOPs): DeepSeek's "activated
-  /// parameters" convention. Mixtral and Qwen3 model cards count the embedding as active.
+  /// Active minus the input-embedding lookup (a gather, no FLOPs). Matches DeepSeek-V2's "21B"
+  /// (20.85B) and V3's "37B" (36.63B) after rounding; Mistral and Qwen count the embedding as
+  /// active. See models/README.md, Parameter accounting.
   std::int64_t params_active_no_input_embedding() const { return active.sum() - active.embeddings; }
   /// Total minus embeddings and LM head (Qwen's "non-embedding" figure).
   std::int64_t params_non_embedding() const { return total.sum() - total.embeddings - total.lm_head; }

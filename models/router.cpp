@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <limits>
 #include <numeric>
@@ -11,6 +12,9 @@
 #include <stdexcept>
 
 #include <fmt/format.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "config/reader.hpp"
 #include "sim/rng.hpp"
@@ -235,6 +239,28 @@ RoutingTrace load_routing_trace(const std::string& file, const ModelSpec& model,
 // Capacity enforcement and statistics
 // ---------------------------------------------------------------------------------------------
 
+namespace {
+
+/// dropped = routed - kept, and the padded rows (pad_to_capacity: C - kept; dropless: up to the
+/// next multiple of block_size), from g.routed and g.kept.
+void finish_capacity_counts(GroupRouting& g, const RoutingSpec& spec) {
+  const std::size_t Eu = g.routed.size();
+  const std::int64_t C = g.capacity;
+  g.dropped.assign(Eu, 0);
+  g.padded.assign(Eu, 0);
+  for (std::size_t e = 0; e < Eu; ++e) {
+    g.dropped[e] = g.routed[e] - g.kept[e];
+    if (C != kDropless && spec.pad_to_capacity) {
+      g.padded[e] = C - g.kept[e];
+    } else if (C == kDropless) {
+      const std::int64_t b = spec.block_size;
+      g.padded[e] = (g.kept[e] + b - 1) / b * b - g.kept[e];
+    }
+  }
+}
+
+}  // namespace
+
 void enforce_capacity(GroupRouting& g, const RoutingSpec& spec) {
   const int E = spec.experts;
   const int k = g.top_k;
@@ -292,15 +318,7 @@ void enforce_capacity(GroupRouting& g, const RoutingSpec& spec) {
     }
     if (!any) ++g.fully_dropped_tokens;
   }
-  for (std::size_t e = 0; e < Eu; ++e) {
-    g.dropped[e] = g.routed[e] - g.kept[e];
-    if (C != kDropless && spec.pad_to_capacity) {
-      g.padded[e] = C - g.kept[e];
-    } else if (C == kDropless) {
-      const std::int64_t b = spec.block_size;
-      g.padded[e] = (g.kept[e] + b - 1) / b * b - g.kept[e];
-    }
-  }
+  finish_capacity_counts(g, spec);
 }
 
 LayerStats layer_stats(const std::vector<GroupRouting>& groups, int E, int /*top_k*/) {
@@ -446,84 +464,389 @@ inline void top_k(const T* key, int E, int k, int* out_idx, T* out_key) {
   for (int j = n; j < k; ++j) out_idx[j] = -1;
 }
 
-void route_group_token_choice(const RoutingSpec& spec, const std::vector<double>& p, sim::Rng& rng, sim::Rng& aux_rng,
-                              GroupRouting& g) {
+/// Eight interleaved xoshiro128+ generators (Blackman & Vigna, "Scrambled linear pseudorandom
+/// number generators", 2018), one per lane, so that the update vectorises (4 or 8 lanes per SIMD
+/// op). Only the upper 24 bits of each output are used (the recommended use of the "+" scrambler:
+/// its lowest bits are weak). Lanes are seeded from the group's named stream, so results depend on
+/// (seed, stream) only.
+class LaneRng {
+ public:
+  static constexpr int kLanes = 8;
+  explicit LaneRng(sim::Rng& seed_source) {
+    for (int l = 0; l < kLanes; ++l) {
+      const std::uint64_t a = seed_source(), b = seed_source();
+      s0_[l] = static_cast<std::uint32_t>(a);
+      s1_[l] = static_cast<std::uint32_t>(a >> 32);
+      s2_[l] = static_cast<std::uint32_t>(b);
+      s3_[l] = static_cast<std::uint32_t>(b >> 32) | 1U;  // never the all-zero state
+    }
+  }
+  /// out[0..n) with n a multiple of kLanes.
+  void fill(std::uint32_t* out, std::size_t n) {
+    // GCC/Clang vector extension: one 8-lane register (two SSE2 registers without AVX2).
+    using V = std::uint32_t __attribute__((vector_size(4 * kLanes)));
+    V s0, s1, s2, s3;
+    std::memcpy(&s0, s0_, sizeof s0);
+    std::memcpy(&s1, s1_, sizeof s1);
+    std::memcpy(&s2, s2_, sizeof s2);
+    std::memcpy(&s3, s3_, sizeof s3);
+    for (std::size_t i = 0; i < n; i += kLanes) {
+      const V r = s0 + s3;
+      std::memcpy(out + i, &r, sizeof r);
+      const V t = s1 << 9;
+      s2 ^= s0;
+      s3 ^= s1;
+      s1 ^= s2;
+      s0 ^= s3;
+      s2 ^= t;
+      s3 = (s3 << 11) | (s3 >> 21);
+    }
+    std::memcpy(s0_, &s0, sizeof s0);
+    std::memcpy(s1_, &s1, sizeof s1);
+    std::memcpy(s2_, &s2, sizeof s2);
+    std::memcpy(s3_, &s3, sizeof s3);
+  }
+
+ private:
+  std::uint32_t s0_[kLanes], s1_[kLanes], s2_[kLanes], s3_[kLanes];
+};
+
+/// -ln(u) ~ Exp(1) for u = (2m + 1) / 2^24 with m the upper 23 bits of r (u is exact in float and
+/// never 0 or 1). ln u = e ln 2 + ln(1 + f) with u = 2^e (1 + f), 1 + f in [sqrt(1/2), sqrt(2));
+/// ln(1 + f) = f - f^2/2 + f^3 P(f) with P a degree-6 weighted least-squares fit (relative error of
+/// ln(1 + f) below 1.5e-7 in float). No division and no branch, so the loop vectorises; written
+/// out (not std::log) so that every libm and every vector width give the same bits.
+inline float exp1_from_bits(std::uint32_t r) {
+  const float u = static_cast<float>(static_cast<std::int32_t>((r >> 8) | 1U)) * 0x1.0p-24f;
+  const std::uint32_t bits = std::bit_cast<std::uint32_t>(u) - 0x3F3504F3U;
+  const float e = static_cast<float>(static_cast<std::int32_t>(bits) >> 23);
+  const float f = std::bit_cast<float>((bits & 0x007FFFFFU) + 0x3F3504F3U) - 1.0f;
+  float q = 8.506953716e-02f;
+  q = q * f - 1.419747174e-01f;
+  q = q * f + 1.495097876e-01f;
+  q = q * f - 1.658794880e-01f;
+  q = q * f + 1.996059716e-01f;
+  q = q * f - 2.500096858e-01f;
+  q = q * f + 3.333397210e-01f;
+  const float f2 = f * f;
+  const float log1pf = (f - 0.5f * f2) + (f2 * f) * q;
+  // ln 2 split in a high part exact in float times e (|e| <= 24) and a low correction.
+  return -((e * 0.693145752f + log1pf) + e * 1.42860677e-06f);
+}
+
+/// Indices e (ascending) with key[e] > tau, at most cap - 1 of them; returns cap - 1 or more
+/// only when it stopped early (the caller then scans all keys).
+inline int gather_above(const float* key, int E, float tau, int* cand, int cap) {
+  int n = 0;
+  int e = 0;
+#if defined(__SSE2__)
+  const __m128 t = _mm_set1_ps(tau);
+  for (; e + 64 <= E; e += 64) {
+    std::uint64_t m = 0;
+    for (int i = 0; i < 16; ++i)
+      m |= static_cast<std::uint64_t>(
+               static_cast<unsigned>(_mm_movemask_ps(_mm_cmpgt_ps(_mm_loadu_ps(key + e + 4 * i), t))))
+           << (4 * i);
+    const int c = std::popcount(m);
+    if (n + c >= cap - 1) return cap - 1;
+    for (; m != 0; m &= m - 1) cand[n++] = e + std::countr_zero(m);
+  }
+#endif
+  for (; e < E; ++e) {
+    if (!(key[e] > tau)) continue;
+    if (n >= cap - 1) return n;
+    cand[n++] = e;
+  }
+  return n;
+}
+
+/// The k best of n candidate experts (ascending ids, keys ck) in descending key order, ties to the
+/// lower id, without data-dependent branches: each candidate's rank is the number of candidates
+/// that beat it. ck has room for n rounded up to 8, padded with -inf (never beats anything).
+inline void rank_select(const int* cand, float* ck, int n, int k, int* out_idx, float* out_key) {
+  const int padded = (n + 7) & ~7;
+  for (int i = n; i < padded; ++i) ck[i] = -std::numeric_limits<float>::infinity();
+  for (int i = 0; i < n; ++i) {
+    const float v = ck[i];
+    int r = 0;
+    for (int j = 0; j < padded; ++j) r += static_cast<int>(ck[j] > v) + static_cast<int>((ck[j] == v) & (j < i));
+    const int slot = std::min(r, k);  // slot k: scratch for candidates outside the top k
+    out_idx[slot] = cand[i];
+    out_key[slot] = v;
+  }
+}
+
+/// Threshold tau with sum_e P(key_e > tau) = target under the logit model, so that a token's
+/// top-k are usually all above it. The selection is exact whatever tau is: a token with fewer
+/// than k keys above tau falls back to a full scan.
+float candidate_threshold(const RoutingSpec& spec, const std::vector<float>& pf, const std::vector<float>& bias,
+                          double target) {
+  const bool sigmoid = spec.gate == GateFunction::kSigmoid;
+  const auto expected = [&](double tau) {
+    double n = 0;
+    for (std::size_t e = 0; e < pf.size(); ++e) {
+      const double w = pf[e];
+      if (!sigmoid) {
+        n += tau <= 0 ? 1.0 : -std::expm1(-w / tau);  // s = w / X > tau  <=>  X < w / tau
+      } else {
+        const double c = tau - bias[e];  // sigma = w / (w + X) > c  <=>  X < w (1 - c) / c
+        n += c <= 0 ? 1.0 : c >= 1 ? 0.0 : -std::expm1(-w * (1 - c) / c);
+      }
+    }
+    return n;
+  };
+  double lo = -4.0, hi = 1.0;  // sigmoid keys lie in (min bias, 1 + max bias)
+  if (!sigmoid) {
+    lo = 0.0;
+    hi = 1.0;
+    while (expected(hi) > target) hi *= 2;
+  } else {
+    for (float b : bias) {
+      lo = std::min(lo, static_cast<double>(b) - 1.0);
+      hi = std::max(hi, static_cast<double>(b) + 1.0);
+    }
+  }
+  for (int it = 0; it < 100; ++it) {
+    const double mid = 0.5 * (lo + hi);
+    (expected(mid) > target ? lo : hi) = mid;
+  }
+  return static_cast<float>(hi);
+}
+
+/// Token-choice routing of one group. Per token: E uniforms from a LaneRng -> X_e ~ Exp(1) ->
+/// s_e = w_e / X_e = exp(logit_e) with logit_e = ln w_e + Gumbel (softmax: w = p; sigmoid:
+/// w = E p and the score is w / (w + X) = sigmoid(logit)). The softmax denominator and the
+/// router-probability sums (aux loss) use all E scores; the top-k is found among the few keys
+/// above a precomputed threshold (a full scan when fewer than k are above it), which gives exactly
+/// the full top-k, ties to the lower index. Tokens are processed in blocks so that the random
+/// numbers and scores of a block are produced by vectorisable loops.
+///
+/// `fused_position`: apply capacity with drop_policy position while routing (same order and
+/// result as enforce_capacity) and keep no per-slot arrays.
+/// What one layer's token-choice routing needs before its groups are routed: the per-expert
+/// weights of the logit model and the candidate threshold (computed once per layer).
+struct TokenChoicePlan {
+  std::vector<float> pf, bias;
+  bool use_threshold = false;
+  int cand_cap = 0;
+  float tau = 0.0f;   ///< first try: few candidates (a second gather for about 1 token in 8)
+  float tau2 = 0.0f;  ///< second try: more candidates (a full scan for about 1 token in 500)
+};
+
+TokenChoicePlan make_token_choice_plan(const RoutingSpec& spec, const std::vector<double>& p) {
   const int E = spec.experts;
   const int k = spec.top_k;
   const std::size_t Eu = static_cast<std::size_t>(E);
   const bool sigmoid = spec.gate == GateFunction::kSigmoid;
   const bool grouped = spec.n_groups > 1 && spec.topk_group < spec.n_groups;
-  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-  std::vector<float> pf(Eu), bias(Eu, 0.0f);
-  for (std::size_t e = 0; e < Eu; ++e) pf[e] = static_cast<float>(sigmoid ? p[e] * E : p[e]);
+  TokenChoicePlan plan;
+  plan.pf.resize(Eu);
+  plan.bias.assign(Eu, 0.0f);
+  for (std::size_t e = 0; e < Eu; ++e) plan.pf[e] = static_cast<float>(sigmoid ? p[e] * E : p[e]);
   if (sigmoid && !spec.gate_bias.empty())
-    for (std::size_t e = 0; e < Eu; ++e) bias[e] = static_cast<float>(spec.gate_bias[e]);
-  std::vector<float> x(Eu), s(Eu), key(Eu), sel_key(static_cast<std::size_t>(k));
-  std::vector<int> sel(static_cast<std::size_t>(k)), gsel(static_cast<std::size_t>(spec.n_groups));
+    for (std::size_t e = 0; e < Eu; ++e) plan.bias[e] = static_cast<float>(spec.gate_bias[e]);
+  // Only worth it when k is small against E. Expected candidates k + sqrt(k) + 1 for the first
+  // try and k + 3 sqrt(k) + 3 for the second, scaled up when only some groups are eligible.
+  plan.use_threshold = E >= 32 && 4 * k <= E;
+  plan.cand_cap = std::min(E, 4 * k + 64);
+  if (plan.use_threshold) {
+    const double kd = k, scale = grouped ? static_cast<double>(spec.n_groups) / spec.topk_group : 1.0;
+    plan.tau = candidate_threshold(spec, plan.pf, plan.bias, std::min(scale * (kd + std::sqrt(kd) + 1), 0.5 * E));
+    plan.tau2 = candidate_threshold(spec, plan.pf, plan.bias, std::min(scale * (kd + 3 * std::sqrt(kd) + 3), 0.75 * E));
+  }
+  return plan;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(MOESIM_NO_ROUTER_CLONES)
+// An AVX2 clone (picked at load time on CPUs that have it) runs the block loops 8 floats wide.
+// Only element-wise IEEE operations and fixed-order sums are involved (no FMA: the clone does not
+// enable it), so both clones give the same bits.
+#define MOESIM_ROUTER_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define MOESIM_ROUTER_CLONES
+#endif
+
+MOESIM_ROUTER_CLONES
+void route_group_token_choice(const RoutingSpec& spec, const TokenChoicePlan& plan, sim::Rng& rng, sim::Rng& aux_rng,
+                              GroupRouting& g, bool fused_position) {
+  const int E = spec.experts;
+  const int k = spec.top_k;
+  const std::size_t Eu = static_cast<std::size_t>(E);
+  const std::size_t ku = static_cast<std::size_t>(k);
+  const bool sigmoid = spec.gate == GateFunction::kSigmoid;
+  const bool grouped = spec.n_groups > 1 && spec.topk_group < spec.n_groups;
+  const bool biased = sigmoid && !spec.gate_bias.empty();
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  const std::vector<float>& pf = plan.pf;
+  const std::vector<float>& bias = plan.bias;
+  const bool use_threshold = plan.use_threshold;
+  const int cand_cap = plan.cand_cap;
+  const float tau = plan.tau, tau2 = plan.tau2;
+
+  const std::size_t block = std::max<std::size_t>(1, 2048 / Eu);
+  const std::size_t block_vals = (block * Eu + LaneRng::kLanes - 1) / LaneRng::kLanes * LaneRng::kLanes;
+  std::vector<std::uint32_t> bits(block_vals);
+  std::vector<float> s(block * Eu), key(biased ? Eu : 0), masked(grouped ? Eu : 0);
+  std::vector<float> prob_acc(Eu, 0.0f), sel_key(ku + 1), cand_key(static_cast<std::size_t>(cand_cap) + 8);
+  std::vector<int> sel(ku + 1), cand(static_cast<std::size_t>(cand_cap)), gsel(static_cast<std::size_t>(spec.n_groups));
   std::vector<float> gscore(static_cast<std::size_t>(spec.n_groups)), gkey(static_cast<std::size_t>(spec.n_groups));
   std::vector<std::uint8_t> group_ok(static_cast<std::size_t>(spec.n_groups));
   const int group_size = E / spec.n_groups;
-  for (std::int64_t t = 0; t < g.tokens; ++t) {
-    fill_exponential(rng, x.data(), E);
-    // s_e = exp(logit_e) = p_e / X_e with X_e ~ Exp(1): logit = ln p_e + Gumbel.
-    for (std::size_t e = 0; e < Eu; ++e) s[e] = pf[e] / x[e];
-    const float* sel_src = s.data();
-    if (sigmoid) {
-      for (std::size_t e = 0; e < Eu; ++e) s[e] = s[e] / (1.0f + s[e]);  // sigmoid(logit)
-      for (std::size_t e = 0; e < Eu; ++e) key[e] = s[e] + bias[e];
-      sel_src = key.data();
-    }
-    const float inv = 1.0f / sum_f(s.data(), E);  // softmax denominator (sigmoid: score normaliser)
-    for (std::size_t e = 0; e < Eu; ++e) g.prob_sum[e] += static_cast<double>(s[e] * inv);
-    if (grouped) {
-      if (sel_src != key.data()) {
-        std::copy(s.begin(), s.end(), key.begin());
-        sel_src = key.data();
+  const std::int64_t C = g.capacity;
+  std::vector<std::int64_t> routed_cnt, kept_cnt;
+  if (fused_position) {
+    routed_cnt.assign(Eu, 0);
+    kept_cnt.assign(Eu, 0);
+    g.fully_dropped_tokens = 0;
+    g.unrouted_slots = 0;
+  }
+  LaneRng lanes(rng);
+  std::vector<double> w(ku);
+
+  for (std::int64_t t0 = 0; t0 < g.tokens; t0 += static_cast<std::int64_t>(block)) {
+    const std::size_t nb = static_cast<std::size_t>(std::min<std::int64_t>(block, g.tokens - t0));
+    lanes.fill(bits.data(), (nb * Eu + LaneRng::kLanes - 1) / LaneRng::kLanes * LaneRng::kLanes);
+    for (std::size_t b = 0; b < nb; ++b) {
+      const std::uint32_t* r = bits.data() + b * Eu;
+      float* sb = s.data() + b * Eu;
+      if (sigmoid) {
+        for (std::size_t e = 0; e < Eu; ++e) sb[e] = pf[e] / (pf[e] + exp1_from_bits(r[e]));
+      } else {
+        for (std::size_t e = 0; e < Eu; ++e) sb[e] = pf[e] / exp1_from_bits(r[e]);
       }
-      for (int gi = 0; gi < spec.n_groups; ++gi) {
-        const float* kk = key.data() + static_cast<std::ptrdiff_t>(gi) * group_size;
-        if (sigmoid) {  // DeepSeek-V3: sum of the two best biased scores
-          float a = kNegInf, b = kNegInf;
-          for (int i = 0; i < group_size; ++i) {
-            if (kk[i] > a) {
-              b = a;
-              a = kk[i];
-            } else if (kk[i] > b) {
-              b = kk[i];
+    }
+    for (std::size_t b = 0; b < nb; ++b) {
+      const std::int64_t t = t0 + static_cast<std::int64_t>(b);
+      const float* sb = s.data() + b * Eu;
+      const float inv = 1.0f / sum_f(sb, E);  // softmax denominator (sigmoid: score normaliser)
+      for (std::size_t e = 0; e < Eu; ++e) prob_acc[e] += sb[e] * inv;
+      const float* kb = sb;
+      if (biased) {
+        for (std::size_t e = 0; e < Eu; ++e) key[e] = sb[e] + bias[e];
+        kb = key.data();
+      }
+      if (grouped) {
+        for (int gi = 0; gi < spec.n_groups; ++gi) {
+          const float* kk = kb + static_cast<std::ptrdiff_t>(gi) * group_size;
+          // Best and second best as a multiset (so ties are harmless): 8 lanes, then lane pairs
+          // merged as a tree (top-2 of two top-2 pairs: max a, max(min a, max c)). Branch-free.
+          const auto mx = [](float x, float y) { return x > y ? x : y; };
+          const auto mn = [](float x, float y) { return x < y ? x : y; };
+          float la[8], lc[8];
+          std::fill(la, la + 8, kNegInf);
+          std::fill(lc, lc + 8, kNegInf);
+          int i = 0;
+          for (; i + 8 <= group_size; i += 8)
+            for (int l = 0; l < 8; ++l) {
+              const float v = kk[i + l];
+              lc[l] = mx(lc[l], mn(la[l], v));
+              la[l] = mx(la[l], v);
             }
+          const auto merge = [&](int h) {
+            for (int l = 0; l < h; ++l) {
+              lc[l] = mx(mn(la[l], la[l + h]), mx(lc[l], lc[l + h]));
+              la[l] = mx(la[l], la[l + h]);
+            }
+          };
+          merge(4);
+          merge(2);
+          merge(1);
+          float a = la[0], c2 = lc[0];
+          for (; i < group_size; ++i) {
+            c2 = mx(c2, mn(a, kk[i]));
+            a = mx(a, kk[i]);
           }
-          gscore[static_cast<std::size_t>(gi)] = group_size >= 2 ? a + b : a;
-        } else {  // DeepSeek-V2: best score in the group
-          gscore[static_cast<std::size_t>(gi)] = *std::max_element(kk, kk + group_size);
+          // DeepSeek-V3 (sigmoid): sum of the two best biased scores; V2: best score.
+          gscore[static_cast<std::size_t>(gi)] = sigmoid && group_size >= 2 ? a + c2 : a;
+        }
+        top_k(gscore.data(), spec.n_groups, spec.topk_group, gsel.data(), gkey.data());
+        std::fill(group_ok.begin(), group_ok.end(), 0);
+        for (int j = 0; j < spec.topk_group; ++j)
+          group_ok[static_cast<std::size_t>(gsel[static_cast<std::size_t>(j)])] = 1;
+      }
+      // Top-k: among the candidates above tau when there are at least k of them (then no key
+      // outside can beat them), else a full scan.
+      bool done = false;
+      for (int attempt = 0; use_threshold && !done && attempt < 2; ++attempt) {
+        int n = gather_above(kb, E, attempt == 0 ? tau : tau2, cand.data(), cand_cap);
+        if (n >= cand_cap - 1) break;
+        if (grouped) {  // keep the candidates of the selected groups
+          int m = 0;
+          for (int i = 0; i < n; ++i) {
+            const int e = cand[static_cast<std::size_t>(i)];
+            cand[static_cast<std::size_t>(m)] = e;
+            m += group_ok[static_cast<std::size_t>(e / group_size)];
+          }
+          n = m;
+        }
+        if (n < k) continue;
+        for (int i = 0; i < n; ++i) cand_key[static_cast<std::size_t>(i)] = kb[cand[static_cast<std::size_t>(i)]];
+        rank_select(cand.data(), cand_key.data(), n, k, sel.data(), sel_key.data());
+        done = true;
+      }
+      if (!done && !use_threshold && !grouped && E <= 64) {  // few experts: rank all, branch-free
+        for (int e = 0; e < E; ++e) {
+          cand[static_cast<std::size_t>(e)] = e;
+          cand_key[static_cast<std::size_t>(e)] = kb[e];
+        }
+        rank_select(cand.data(), cand_key.data(), E, k, sel.data(), sel_key.data());
+        done = true;
+      }
+      if (!done) {
+        const float* src = kb;
+        if (grouped) {
+          for (std::size_t e = 0; e < Eu; ++e)
+            masked[e] = group_ok[e / static_cast<std::size_t>(group_size)] ? kb[e] : kNegInf;
+          src = masked.data();
+        }
+        top_k(src, E, k, sel.data(), sel_key.data());
+      }
+      double wsum = 0;
+      for (std::size_t j = 0; j < ku; ++j) {
+        const std::size_t e = static_cast<std::size_t>(sel[j]);
+        w[j] = sigmoid ? sb[e] : sb[e] * inv;
+        wsum += w[j];
+      }
+      if (spec.gshard_random_second) {
+        // GShard Algorithm 1: g2 normalised over the top-2; keep expert 2 if 2*g2 > uniform.
+        const double g2 = static_cast<double>(static_cast<float>(w[1])) / wsum;
+        if (!(2.0 * g2 > aux_rng.uniform01())) sel[1] = -1;
+      }
+      if (fused_position) {
+        bool any = false;
+        for (std::size_t j = 0; j < ku; ++j) {
+          const int e = sel[j];
+          if (e < 0) {
+            ++g.unrouted_slots;
+            continue;
+          }
+          const std::size_t eu = static_cast<std::size_t>(e);
+          if (C == kDropless || routed_cnt[eu] < C) {  // position policy: earlier tokens first
+            ++kept_cnt[eu];
+            any = true;
+          }
+          ++routed_cnt[eu];
+        }
+        if (!any) ++g.fully_dropped_tokens;
+      } else {
+        const std::size_t base = static_cast<std::size_t>(t) * ku;
+        for (std::size_t j = 0; j < ku; ++j) {
+          double wj = static_cast<float>(w[j]);
+          if (spec.renormalize) wj /= wsum;
+          g.expert[base + j] = sel[j];
+          g.weight[base + j] = static_cast<float>(wj * spec.scaling_factor);
         }
       }
-      top_k(gscore.data(), spec.n_groups, spec.topk_group, gsel.data(), gkey.data());
-      std::fill(group_ok.begin(), group_ok.end(), 0);
-      for (int j = 0; j < spec.topk_group; ++j)
-        group_ok[static_cast<std::size_t>(gsel[static_cast<std::size_t>(j)])] = 1;
-      for (std::size_t e = 0; e < Eu; ++e)
-        if (!group_ok[e / static_cast<std::size_t>(group_size)]) key[e] = kNegInf;
     }
-    top_k(sel_src, E, k, sel.data(), sel_key.data());
-    double wsum = 0;
-    const std::size_t base = static_cast<std::size_t>(t) * static_cast<std::size_t>(k);
-    for (int j = 0; j < k; ++j) {
-      const int e = sel[static_cast<std::size_t>(j)];
-      const double w = sigmoid ? s[static_cast<std::size_t>(e)] : s[static_cast<std::size_t>(e)] * inv;
-      g.expert[base + static_cast<std::size_t>(j)] = e;
-      g.weight[base + static_cast<std::size_t>(j)] = static_cast<float>(w);
-      wsum += w;
+    for (std::size_t e = 0; e < Eu; ++e) {
+      g.prob_sum[e] += static_cast<double>(prob_acc[e]);
+      prob_acc[e] = 0.0f;
     }
-    if (spec.gshard_random_second) {
-      // GShard Algorithm 1: g2 normalised over the top-2; keep expert 2 if 2*g2 > uniform.
-      const double g2 = static_cast<double>(g.weight[base + 1]) / wsum;
-      if (!(2.0 * g2 > aux_rng.uniform01())) g.expert[base + 1] = -1;
-    }
-    for (int j = 0; j < k; ++j) {
-      double w = g.weight[base + static_cast<std::size_t>(j)];
-      if (spec.renormalize) w /= wsum;
-      g.weight[base + static_cast<std::size_t>(j)] = static_cast<float>(w * spec.scaling_factor);
-    }
+  }
+  if (fused_position) {
+    g.routed = std::move(routed_cnt);
+    g.kept = std::move(kept_cnt);
+    finish_capacity_counts(g, spec);
   }
 }
 
@@ -602,7 +925,7 @@ std::vector<double> inclusion_shares(const RoutingSpec& spec, const std::vector<
   sim::Rng aux(seed, fmt::format("routing/step/{}/layer/{}/pilot/gshard", step, layer));
   RoutingSpec s2 = spec;
   s2.gshard_random_second = false;
-  route_group_token_choice(s2, p, rng, aux, pilot);
+  route_group_token_choice(s2, make_token_choice_plan(s2, p), rng, aux, pilot, false);
   std::vector<double> share(p.size(), 0.0);
   for (int e : pilot.expert)
     if (e >= 0) share[static_cast<std::size_t>(e)] += 1.0;
@@ -632,7 +955,12 @@ LayerRouting route_layer(const RoutingSpec& spec, int layer, const RouteRequest&
       if (trace->layers[i] == layer) trace_slot = static_cast<int>(i);
     if (trace_slot < 0) throw std::invalid_argument(fmt::format("route_layer: layer {} not in the trace", layer));
   }
+  TokenChoicePlan plan;
+  if (spec.sampling == SamplingMode::kToken && !spec.expert_choice) plan = make_token_choice_plan(spec, p);
   out.groups.resize(static_cast<std::size_t>(req.groups));
+  std::vector<std::int32_t> scratch_expert;
+  std::vector<float> scratch_weight;
+  std::vector<std::uint8_t> scratch_keep;
   for (int gi = 0; gi < req.groups; ++gi) {
     GroupRouting& g = out.groups[static_cast<std::size_t>(gi)];
     g.tokens = T;
@@ -667,6 +995,19 @@ LayerRouting route_layer(const RoutingSpec& spec, int layer, const RouteRequest&
       continue;
     }
     const std::size_t slots = static_cast<std::size_t>(T) * static_cast<std::size_t>(k);
+    const bool token_choice = !spec.expert_choice && spec.distribution != Distribution::kBalanced &&
+                              spec.distribution != Distribution::kTrace;
+    if (token_choice && !req.keep_assignments && spec.drop_policy == DropPolicy::kPosition) {
+      // Capacity applied while routing; no per-slot arrays.
+      sim::Rng aux(req.seed, stream + "/gshard");
+      route_group_token_choice(spec, plan, rng, aux, g, true);
+      continue;
+    }
+    if (!req.keep_assignments) {  // reuse one set of per-slot arrays for every group
+      g.expert.swap(scratch_expert);
+      g.weight.swap(scratch_weight);
+      g.keep.swap(scratch_keep);
+    }
     g.expert.assign(slots, -1);
     g.weight.assign(slots, 0.0f);
     if (spec.expert_choice) {
@@ -696,13 +1037,16 @@ LayerRouting route_layer(const RoutingSpec& spec, int layer, const RouteRequest&
       }
     } else {
       sim::Rng aux(req.seed, stream + "/gshard");
-      route_group_token_choice(spec, p, rng, aux, g);
+      route_group_token_choice(spec, plan, rng, aux, g, false);
     }
     enforce_capacity(g, spec);
     if (!req.keep_assignments) {
-      g.expert = {};
-      g.weight = {};
-      g.keep = {};
+      g.expert.swap(scratch_expert);
+      g.weight.swap(scratch_weight);
+      g.keep.swap(scratch_keep);
+      g.expert.clear();
+      g.weight.clear();
+      g.keep.clear();
     }
   }
   out.stats = layer_stats(out.groups, E, k);

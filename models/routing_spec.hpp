@@ -29,8 +29,9 @@ enum class Distribution {
   kTrace,       ///< replay recorded expert ids from a CSV file
 };
 enum class DropPolicy { kPosition, kProbs };
-/// kToken: every token drawn and gated (exact). kCounts: per-expert counts drawn from a
-/// multinomial (no per-token data; for huge runs).
+/// kToken: every token drawn and gated (exact for the logit model). kCounts: per-expert counts
+/// drawn from a multinomial (no per-token data; for huge runs; approximate: an expert's load has
+/// the variance of T*k independent draws, not of T top-k draws; see models/README.md).
 enum class SamplingMode { kToken, kCounts };
 
 struct RoutingSpec {

@@ -61,13 +61,19 @@ int main(int argc, char** argv) {
   probs.drop_policy = DropPolicy::kProbs;
   RoutingSpec counts = base;
   counts.sampling = SamplingMode::kCounts;
+  RoutingSpec mixtral = base;  // Mixtral 8x7B shape, as in scenarios/default.yaml
+  mixtral.experts = 8;
+  mixtral.top_k = 2;
+  mixtral.distribution = Distribution::kPowerLaw;
+  mixtral.renormalize = true;
   const Case cases[] = {{"token uniform softmax position", softmax},
                         {"token power_law(1) softmax", power},
                         {"token uniform sigmoid group-limited 8/4 (DeepSeek-V3)", dsv3},
                         {"token uniform softmax probs-policy", probs},
-                        {"counts (multinomial) uniform", counts}};
-  std::printf("tokens=%lld experts=256 top_k=8 groups=%d capacity_factor=1.25\n", static_cast<long long>(tokens),
-              groups);
+                        {"counts (multinomial) uniform", counts},
+                        {"token power_law(1) softmax, 8 experts top-2 (Mixtral)", mixtral}};
+  std::printf("tokens=%lld experts=256 top_k=8 (unless named) groups=%d capacity_factor=1.25\n",
+              static_cast<long long>(tokens), groups);
   for (const auto& c : cases) {
     double drop = 0, cpu = 0;
     const double s = time_route(c.spec, tokens, groups, &drop, &cpu);

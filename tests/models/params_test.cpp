@@ -1,5 +1,6 @@
 #include <catch2/catch.hpp>
 
+#include <cmath>
 #include <sstream>
 #include <string>
 
@@ -61,26 +62,36 @@ TEST_CASE("total parameters match published figures within 1%", "[models][params
   }
 }
 
+/// n truncated to two significant digits (how several model cards state "3.3B" for 3.353B).
+double two_digits_truncated(double n) {
+  const double unit = std::pow(10.0, std::floor(std::log10(n)) - 1);
+  return std::floor(n / unit + 1e-9) * unit;
+}
+
 TEST_CASE("active parameters per token match published figures", "[models][params]") {
-  // Mixtral and Qwen3 count the embedding table and LM head as active (12.88B = 11.27B experts +
-  // 1.34B attention + 0.26B embeddings for Mixtral 8x7B).
+  // Mistral and Qwen count the embedding table and LM head as active (12.88B = 11.27B experts +
+  // 1.34B attention + 0.26B embeddings for Mixtral 8x7B). Within 1%:
   CHECK(rel_err(static_cast<double>(count_params(model("mixtral-8x7b")).params_active()), 12.9e9) < 0.01);
   CHECK(rel_err(static_cast<double>(count_params(model("mixtral-8x22b")).params_active()), 39e9) < 0.01);
   CHECK(rel_err(static_cast<double>(count_params(model("qwen3-235b-a22b")).params_active()), 22e9) < 0.01);
-  // Qwen3-30B-A3B card: "3.3B activated". Our exact count is 3.353B: the card rounds to two
-  // significant digits (3.353 -> 3.3 is a truncation), so the honest tolerance here is 2%.
-  CHECK(rel_err(static_cast<double>(count_params(model("qwen3-30b-a3b")).params_active()), 3.3e9) < 0.02);
-  // DeepSeek counts activated parameters without the input-embedding lookup (a gather, no FLOPs):
-  // V3 36.63B -> "37B" (37.55B with the embedding), V2-Lite 2.45B -> "2.4B". Both published
-  // figures have two significant digits; 1% of 37B is 0.37B and our 36.63B is 1.01% away, so
-  // the tolerance is the published rounding (half a unit of the last digit).
-  CHECK(std::abs(static_cast<double>(count_params(model("deepseek-v3")).params_active_no_input_embedding()) - 37e9) <=
-        0.5e9);
-  // V2-Lite: our count is 2.451B without the input embedding (2.66B with it); the paper's "2.4B"
-  // is 2.1% below. We could not attribute the gap to any field of the config; the test pins the
-  // discrepancy at < 2.5% so that a change in the accounting shows up.
-  CHECK(rel_err(static_cast<double>(count_params(model("deepseek-v2-lite")).params_active_no_input_embedding()),
-                2.4e9) < 0.025);
+  // The published figures below have two significant digits and no definition brings our exact
+  // count within 1% of them (see the model YAMLs for every variant and the sources). What is
+  // checked is what can be: the published figure is our exact count truncated to two digits,
+  // and the relative gap is pinned so that any change in the accounting shows up.
+  // Qwen3-30B-A3B (Qwen's definition, embeddings included): 3.353B -> "3.3B", 1.6% gap.
+  const double q3 = static_cast<double>(count_params(model("qwen3-30b-a3b")).params_active());
+  CHECK(two_digits_truncated(q3) == Approx(3.3e9).epsilon(1e-12));
+  CHECK(rel_err(q3, 3.3e9) == Approx(0.016).margin(0.001));
+  // DeepSeek-V3 "37B": 37.55B with the input embedding (+1.49%), 36.63B without (-1.01%).
+  const ParamCount v3 = count_params(model("deepseek-v3"));
+  CHECK(two_digits_truncated(static_cast<double>(v3.params_active())) == Approx(37e9).epsilon(1e-12));
+  CHECK(std::abs(static_cast<double>(v3.params_active_no_input_embedding()) - 37e9) <= 0.5e9);  // rounds to 37B
+  // DeepSeek-V2-Lite "2.4B": 2.661B with embeddings (+10.9%), 2.451B without the input embedding
+  // (+2.1%), 2.242B without embedding and head (-6.6%). An open, unanswered question upstream
+  // (deepseek-ai/DeepSeek-V2 issue 73); pinned at the closest definition.
+  const ParamCount v2l = count_params(model("deepseek-v2-lite"));
+  CHECK(rel_err(static_cast<double>(v2l.params_active_no_input_embedding()), 2.4e9) == Approx(0.0214).margin(0.001));
+  CHECK(rel_err(static_cast<double>(v2l.params_active()), 2.4e9) == Approx(0.109).margin(0.001));
 }
 
 TEST_CASE("Qwen3 non-embedding counts match the model cards", "[models][params]") {

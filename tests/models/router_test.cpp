@@ -1,15 +1,18 @@
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <numeric>
 #include <set>
 #include <string>
 
 #include "config/reader.hpp"
 #include "models/placement.hpp"
 #include "models/router.hpp"
+#include "sim/rng.hpp"
 
 using namespace moesim;
 using namespace moesim::models;
@@ -462,4 +465,205 @@ TEST_CASE("metrics on a hand-made load", "[models][router]") {
   REQUIRE(s.gini == Approx(0.75));
   REQUIRE(s.aux_loss == Approx(4.0));
   REQUIRE(s.entropy == Approx(0.0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The vectorised token-choice sampler against a plain reference: double-precision Gumbel logits
+// from sim::Rng, the gate written out, a full sort. Same distribution, different random stream,
+// so the comparison is statistical (chi-square), with a negative control that must fail.
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+struct RefCounts {
+  std::vector<double> first, inclusion, prob;  ///< [E]: first choices, top-k memberships, router probability sums
+  std::vector<double> prob2;                   ///< [E]: sums of squared router probabilities (reference only)
+};
+
+RefCounts reference_route(const RoutingSpec& s, const std::vector<double>& p, std::int64_t tokens, std::uint64_t seed) {
+  const int E = s.experts, k = s.top_k;
+  const bool sigmoid = s.gate == GateFunction::kSigmoid;
+  const int gsize = E / s.n_groups;
+  sim::Rng rng(seed, "reference-router");
+  RefCounts c{std::vector<double>(E, 0.0), std::vector<double>(E, 0.0), std::vector<double>(E, 0.0),
+              std::vector<double>(E, 0.0)};
+  std::vector<double> score(E), key(E);
+  std::vector<int> order(E);
+  for (std::int64_t t = 0; t < tokens; ++t) {
+    double sum = 0;
+    for (int e = 0; e < E; ++e) {
+      const double logit = std::log(sigmoid ? E * p[e] : p[e]) + rng.gumbel();
+      score[e] = sigmoid ? 1.0 / (1.0 + std::exp(-logit)) : std::exp(logit);
+      key[e] = score[e] + (s.gate_bias.empty() ? 0.0 : s.gate_bias[e]);
+      sum += score[e];
+    }
+    for (int e = 0; e < E; ++e) {
+      c.prob[e] += score[e] / sum;
+      c.prob2[e] += (score[e] / sum) * (score[e] / sum);
+    }
+    if (s.n_groups > 1 && s.topk_group < s.n_groups) {
+      std::vector<std::pair<double, int>> gs;
+      for (int g = 0; g < s.n_groups; ++g) {
+        std::vector<double> v(key.begin() + g * gsize, key.begin() + (g + 1) * gsize);
+        std::sort(v.rbegin(), v.rend());
+        gs.push_back({-(sigmoid ? v[0] + v[1] : v[0]), g});
+      }
+      std::sort(gs.begin(), gs.end());
+      std::vector<bool> ok(s.n_groups, false);
+      for (int j = 0; j < s.topk_group; ++j) ok[gs[j].second] = true;
+      for (int e = 0; e < E; ++e)
+        if (!ok[e / gsize]) key[e] = -1e300;
+    }
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int a, int b) { return key[a] > key[b]; });
+    c.first[order[0]] += 1;
+    for (int j = 0; j < k; ++j) c.inclusion[order[j]] += 1;
+  }
+  return c;
+}
+
+RefCounts fast_route(const RoutingSpec& s, std::int64_t tokens, std::uint64_t seed) {
+  RouteRequest req;
+  req.tokens_per_group = tokens / 8;
+  req.groups = 8;
+  req.seed = seed;
+  const LayerRouting l = route_layer(s, 0, req);
+  RefCounts c{std::vector<double>(s.experts, 0.0),
+              std::vector<double>(s.experts, 0.0),
+              std::vector<double>(s.experts, 0.0),
+              {}};
+  for (const auto& g : l.groups) {
+    for (std::int64_t t = 0; t < g.tokens; ++t) {
+      c.first[g.expert[t * s.top_k]] += 1;
+      for (int j = 0; j < s.top_k; ++j) c.inclusion[g.expert[t * s.top_k + j]] += 1;
+    }
+    for (int e = 0; e < s.experts; ++e) c.prob[e] += g.prob_sum[e];
+  }
+  return c;
+}
+
+/// Two-sample chi-square statistic for count vectors a and b (cells with no counts skipped).
+double chi2_two_sample(const std::vector<double>& a, const std::vector<double>& b, int* df) {
+  double A = 0, B = 0;
+  for (double x : a) A += x;
+  for (double x : b) B += x;
+  const double ka = std::sqrt(B / A), kb = std::sqrt(A / B);
+  double chi = 0;
+  *df = -1;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (a[i] + b[i] == 0) continue;
+    chi += (ka * a[i] - kb * b[i]) * (ka * a[i] - kb * b[i]) / (a[i] + b[i]);
+    ++*df;
+  }
+  return chi;
+}
+
+/// Chi-square upper quantile at z standard deviations (Wilson-Hilferty); z = 3.72 is p = 1e-4.
+double chi2_critical(int df, double z = 3.72) {
+  const double h = 2.0 / (9.0 * df);
+  return df * std::pow(1 - h + z * std::sqrt(h), 3);
+}
+
+}  // namespace
+
+TEST_CASE("fast token-choice sampler draws from the same distribution as the reference", "[models][router]") {
+  struct Case {
+    const char* name;
+    RoutingSpec spec;
+    std::int64_t tokens;
+  };
+  std::vector<Case> cases;
+  {  // Mixtral shape: 8 experts, top-2, skewed popularity (no candidate threshold: full scan)
+    RoutingSpec s = spec_for(8, 2, std::nullopt);
+    s.distribution = Distribution::kPowerLaw;
+    s.alpha = 1.0;
+    cases.push_back({"softmax E8 k2 power_law", s, 160000});
+  }
+  {  // DeepSeek-V3 shape at E=256: candidate thresholds
+    RoutingSpec s = spec_for(256, 8, std::nullopt);
+    s.distribution = Distribution::kPowerLaw;
+    s.alpha = 1.2;
+    cases.push_back({"softmax E256 k8 power_law", s, 64000});
+  }
+  {  // sigmoid + bias + group-limited (8 groups, 3 kept), skewed
+    RoutingSpec s = spec_for(64, 6, std::nullopt);
+    s.distribution = Distribution::kPowerLaw;
+    s.alpha = 0.8;
+    s.gate = GateFunction::kSigmoid;
+    s.n_groups = 8;
+    s.topk_group = 3;
+    s.renormalize = true;
+    for (int e = 0; e < 64; ++e) s.gate_bias.push_back(0.02 * ((e * 37) % 11) - 0.1);
+    cases.push_back({"sigmoid+bias E64 k6 groups 8/3", s, 96000});
+  }
+  for (const auto& c : cases) {
+    const auto p = expert_popularity(c.spec, 0, 0, 3);
+    const RefCounts fast = fast_route(c.spec, c.tokens, 3);
+    const RefCounts ref = reference_route(c.spec, p, c.tokens, 4);
+    int df1 = 0, df2 = 0;
+    const double chi_first = chi2_two_sample(fast.first, ref.first, &df1);
+    const double chi_incl = chi2_two_sample(fast.inclusion, ref.inclusion, &df2);
+    INFO(c.name << ": first-choice chi2 " << chi_first << " (df " << df1 << ", critical " << chi2_critical(df1)
+                << "), inclusion chi2 " << chi_incl << " (df " << df2 << ", critical " << chi2_critical(df2) << ")");
+    CHECK(chi_first < chi2_critical(df1));
+    CHECK(chi_incl < chi2_critical(df2));
+    // Mean router probability per expert (the aux-loss P_i) agrees within 4.5 standard errors of
+    // the difference (the reference's per-token spread stands in for both samples').
+    int far = 0;
+    for (int e = 0; e < c.spec.experts; ++e) {
+      const double n = static_cast<double>(c.tokens);
+      const double a = fast.prob[e] / n, b = ref.prob[e] / n;
+      const double se = std::sqrt(2.0 * std::max(0.0, ref.prob2[e] / n - b * b) / n);
+      if (std::abs(a - b) > 4.5 * se) ++far;
+    }
+    CHECK(far == 0);
+    if (c.spec.gate == GateFunction::kSoftmax) {
+      // Gumbel-max: the first choice is exactly Categorical(p); goodness of fit against p itself.
+      double chi = 0;
+      for (int e = 0; e < c.spec.experts; ++e) {
+        const double want = p[e] * c.tokens;
+        chi += (fast.first[e] - want) * (fast.first[e] - want) / want;
+      }
+      CHECK(chi < chi2_critical(c.spec.experts - 1));
+    }
+    // Negative control: the same test tells a slightly different popularity apart.
+    RoutingSpec other = c.spec;
+    other.alpha *= 1.15;
+    const RefCounts wrong = reference_route(other, expert_popularity(other, 0, 0, 3), c.tokens, 4);
+    int df3 = 0;
+    const double chi_wrong = chi2_two_sample(fast.inclusion, wrong.inclusion, &df3);
+    CHECK(chi_wrong > chi2_critical(df3));
+  }
+}
+
+TEST_CASE("capacity applied while routing equals capacity applied afterwards", "[models][router]") {
+  for (int E : {8, 64}) {
+    RoutingSpec s = spec_for(E, E == 8 ? 2 : 4, 1.0);
+    s.distribution = Distribution::kPowerLaw;
+    s.alpha = 1.0;
+    for (bool gshard : {false, true}) {
+      if (gshard && s.top_k != 2) continue;
+      s.gshard_random_second = gshard;
+      RouteRequest req;
+      req.tokens_per_group = 3000;
+      req.groups = 3;
+      req.seed = 9;
+      const LayerRouting stored = route_layer(s, 1, req);
+      req.keep_assignments = false;  // fused path
+      const LayerRouting fused = route_layer(s, 1, req);
+      REQUIRE(stored.stats.dropped > 0);
+      for (std::size_t g = 0; g < stored.groups.size(); ++g) {
+        const auto& a = stored.groups[g];
+        const auto& b = fused.groups[g];
+        REQUIRE(b.expert.empty());
+        REQUIRE(a.routed == b.routed);
+        REQUIRE(a.kept == b.kept);
+        REQUIRE(a.dropped == b.dropped);
+        REQUIRE(a.padded == b.padded);
+        REQUIRE(a.fully_dropped_tokens == b.fully_dropped_tokens);
+        REQUIRE(a.unrouted_slots == b.unrouted_slots);
+        REQUIRE(a.prob_sum == b.prob_sum);
+      }
+    }
+  }
 }
