@@ -43,6 +43,7 @@ int main(int argc, char** argv) {
   const auto r = ex.run();
   const auto t2 = std::chrono::steady_clock::now();
   const double world = s.parallel.world();
+  std::printf("graph: %zu edges, %.1f MB\n", b.graph.edges(), b.graph.memory_bytes() / 1e6);
   std::printf("%s on %d GPUs: %llu compute ops, %llu collectives (graph size %zu)\n", m->name.c_str(),
               s.parallel.world(), static_cast<unsigned long long>(b.compute_ops),
               static_cast<unsigned long long>(b.collective_ops), b.graph.size());
