@@ -59,6 +59,10 @@ class Builder {
   Builder(const Scenario& s, const ComputeCosts& c, const StepBuildOptions& o, BuiltStep& out)
       : s_(s), m_(s.model), c_(c), o_(o), out_(out), lay_(s.parallel), mb_(micro_batch_shape(s)) {
     if (o_.overlap_chunks < 1) throw std::invalid_argument("overlap_chunks must be >= 1");
+    // These combinations are configuration errors found by parse_scenario (with the key and its
+    // location); here they are internal assertions for scenarios built in code.
+    if (m_.heads % lay_.tp != 0)
+      throw std::invalid_argument(fmt::format("tp {} does not divide {} attention heads", lay_.tp, m_.heads));
     if (lay_.stage_size() % lay_.ep != 0)
       throw std::invalid_argument(fmt::format("ep {} does not divide dp x tp = {}", lay_.ep, lay_.stage_size()));
     if (m_.num_moe_layers() > 0) {
