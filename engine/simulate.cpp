@@ -295,6 +295,7 @@ StepReport simulate_step(const Scenario& s, const SimulateOptions& opts) {
   bopt.memory_capacity_bytes = s.cluster.gpu.hbm_bytes;
   StepReport rep{build_step(s, *costs, bopt), {}};
 
+  const double t_topo = thread_cpu_seconds();
   const hw::Topology topo = hw::build_topology(s.cluster);
   sim::Simulation simulation(s.seed);
   hw::FlowNetwork net(simulation);
@@ -312,7 +313,11 @@ StepReport simulate_step(const Scenario& s, const SimulateOptions& opts) {
   for (int g = 0; g < s.cluster.total_gpus(); ++g)
     eo.gpu_names.push_back(fmt::format("GPU {} (node {})", g, g / s.cluster.gpus_per_node));
   Executor ex(simulation, rep.built.graph, backend, eo);
+  const double t_play = thread_cpu_seconds();
+  rep.host_topology_s = t_play - t_topo;
   rep.exec = ex.run();
+  const double t_check = thread_cpu_seconds();
+  rep.host_play_s = t_check - t_play;
   if (trace) trace->close();
 
   // Conservation: tokens (per layer) and bytes (per collective); ops run and the queue drained
@@ -322,6 +327,7 @@ StepReport simulate_step(const Scenario& s, const SimulateOptions& opts) {
   rep.bytes_received = backend.total_received();
   for (const auto& c : rep.built.collectives) rep.payload_bytes += c.total_bytes();
   check_conservation(rep.built, backend.sent(), backend.received());
+  rep.host_check_s = thread_cpu_seconds() - t_check;
 
   const double step_s = rep.exec.step_time.to_s();
   const double gpus = static_cast<double>(s.cluster.total_gpus());

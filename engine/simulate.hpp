@@ -57,6 +57,8 @@ struct StepReport {
       0;  ///< sum of the collectives' payloads (all-to-allv matrices with the local diagonal; buffer sizes)
   double bytes_sent = 0;      ///< bytes the collectives injected into the network (flows of every phase)
   double bytes_received = 0;  ///< bytes the network delivered
+  /// Host CPU seconds of the phases after build_step (see BuiltStep::host_*; benchmarks only).
+  double host_topology_s = 0, host_play_s = 0, host_check_s = 0;
 };
 
 /// The hardware plan of a collective request: the one mapping from requests to phases of flows,

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <ctime>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -88,8 +89,12 @@ class Builder {
 
   void build() {
     reserve_graph();
+    const double t0 = thread_cpu_seconds();
     route_all();
+    const double t1 = thread_cpu_seconds();
     schedule();
+    out_.host_route_s = t1 - t0;
+    out_.host_graph_s = thread_cpu_seconds() - t1;
   }
 
  private:
@@ -825,6 +830,12 @@ class Builder {
 
 }  // namespace
 
+double thread_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
 BuiltStep build_step(const Scenario& s, const ComputeCosts& costs, const StepBuildOptions& opt) {
   if (!s.has_model) throw std::invalid_argument("build_step: the scenario has no model");
   BuiltStep out(s.parallel.world());
@@ -836,7 +847,9 @@ BuiltStep build_step(const Scenario& s, const ComputeCosts& costs, const StepBui
   mo.grad_bytes = opt.grad_bytes;
   mo.distributed_optimizer = opt.distributed_optimizer;
   mo.dispatch_format = opt.dispatch_format;
+  const double t0 = thread_cpu_seconds();
   out.memory = estimate_memory(s, mo);
+  out.host_memory_s = thread_cpu_seconds() - t0;
   return out;
 }
 

@@ -135,11 +135,18 @@ struct BuiltStep {
   sim::SimTime serial_compute{};                ///< sum of every compute op's duration
   std::map<std::string, KernelTotals> kernels;  ///< by op name ("expert_fc1", "qkv.dgrad", ...)
   std::int64_t routed = 0, kept = 0, dropped = 0, padded = 0;
+  /// Host CPU seconds (this thread) spent routing, building the graph and estimating memory (for
+  /// benchmarks; never part of a report, which must not depend on the machine).
+  double host_route_s = 0, host_graph_s = 0, host_memory_s = 0;
   double drop_fraction() const { return routed > 0 ? static_cast<double>(dropped) / static_cast<double>(routed) : 0; }
   double padded_fraction() const {
     return kept + padded > 0 ? static_cast<double>(padded) / static_cast<double>(kept + padded) : 0;
   }
 };
+
+/// CPU seconds consumed by the calling thread (CLOCK_THREAD_CPUTIME_ID): the host timings of
+/// BuiltStep and StepReport, which stay meaningful on a loaded machine.
+double thread_cpu_seconds();
 
 /// Throws std::invalid_argument for a scenario it cannot build (EP not dividing dp*tp or the
 /// experts, tokens not splitting over tp, fewer layers than stages, redundant experts).
