@@ -74,6 +74,7 @@ class Builder {
     }
     ranges_ = stage_layer_ranges(m_.num_layers(), lay_.pp);
     out_.stage_layers = ranges_;
+    out_.training = mb_.train;
     const int W = lay_.world();
     last_.assign(static_cast<std::size_t>(W), kNoOp);
     pending_.assign(static_cast<std::size_t>(W), {});

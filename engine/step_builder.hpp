@@ -135,6 +135,7 @@ struct BuiltStep {
   sim::SimTime serial_compute{};                ///< sum of every compute op's duration
   std::map<std::string, KernelTotals> kernels;  ///< by op name ("expert_fc1", "qkv.dgrad", ...)
   std::int64_t routed = 0, kept = 0, dropped = 0, padded = 0;
+  bool training = false;  ///< the graph has a backward pass
   /// Host CPU seconds (this thread) spent routing, building the graph and estimating memory (for
   /// benchmarks; never part of a report, which must not depend on the machine).
   double host_route_s = 0, host_graph_s = 0, host_memory_s = 0;

@@ -116,6 +116,7 @@ TEST_CASE("conservation: a real step passes; each corrupted count fails loudly",
     o.build.overlap_chunks = s.execution.overlap_chunks;
     const StepReport r = simulate_step(s, o);  // checks conservation itself
     const BuiltStep& b = r.built;
+    REQUIRE(b.training);
     REQUIRE(b.dropped > 0);
     REQUIRE_FALSE(b.moe_layers.empty());
     for (const auto& l : b.moe_layers) {
@@ -135,6 +136,7 @@ TEST_CASE("conservation: a real step passes; each corrupted count fails loudly",
       c.moe_layers = b.moe_layers;
       c.routed = b.routed, c.kept = b.kept, c.dropped = b.dropped;
       c.collectives = b.collectives;
+      c.training = true;
       REQUIRE_NOTHROW(check_conservation(c, sent, recv));
       c.moe_layers[1].stats.dropped -= 1;  // a dropped assignment lost
       c.dropped -= 1;
@@ -145,10 +147,14 @@ TEST_CASE("conservation: a real step passes; each corrupted count fails loudly",
       c.moe_layers = b.moe_layers;
       c.routed = b.routed, c.kept = b.kept, c.dropped = b.dropped;
       c.collectives = b.collectives;
+      c.training = true;
       c.moe_layers[0].rows_fed_fwd -= 1;  // an expert GEMM computed one row too few
       REQUIRE_THROWS_WITH(check_conservation(c, sent, recv), Catch::Contains("forward expert GEMMs"));
       c.moe_layers[0].rows_fed_fwd += 1;
+      REQUIRE_NOTHROW(check_conservation(c, sent, recv));
       c.moe_layers[0].rows_fed_bwd += 2;
+      REQUIRE_THROWS_WITH(check_conservation(c, sent, recv), Catch::Contains("backward expert GEMMs"));
+      c.moe_layers[0].rows_fed_bwd = 0;  // a training step whose backward computed no expert rows
       REQUIRE_THROWS_WITH(check_conservation(c, sent, recv), Catch::Contains("backward expert GEMMs"));
     }
     {
@@ -156,6 +162,7 @@ TEST_CASE("conservation: a real step passes; each corrupted count fails loudly",
       c.moe_layers = b.moe_layers;
       c.routed = b.routed, c.kept = b.kept + 1, c.dropped = b.dropped;
       c.collectives = b.collectives;
+      c.training = true;
       REQUIRE_THROWS_WITH(check_conservation(c, sent, recv), Catch::Contains("step totals"));
     }
     {
