@@ -219,7 +219,7 @@ ExecutionResult Executor::run() {
     GpuBreakdown& b = r.per_gpu[gi];
     const GpuState& st = gpu_[gi];
     b.exposed_comm = SimTime::from_ps(st.comm_union_ps - st.comm_overlap_ps);
-    b.busy_end = b.busy_end - t0;
+    b.busy_end = b.busy_end > t0 ? b.busy_end - t0 : SimTime::zero();  // a GPU without ops ends at 0
     r.step_time = sim::max(r.step_time, b.busy_end);
   }
   for (std::size_t gi = 0; gi < G; ++gi) {

@@ -297,3 +297,17 @@ TEST_CASE("trace has one named track per stream", "[executor][trace][streams]") 
   REQUIRE(track_names.at(slice_track.at("dp_grad_reduce")) == "comm DP");
   REQUIRE(track_names.at(slice_track.at("pp_send_act")) == "comm PP");
 }
+
+TEST_CASE("a graph on a simulation that already advanced reports times from its own start", "[executor]") {
+  sim::Simulation s;
+  s.schedule_in(7_us, [] {});
+  s.run();  // now = 7 us
+  StepGraph g(2);
+  g.compute(0, info("a"), 10_us);  // GPU 1 has no ops
+  FixedBackend be(s, {});
+  Executor ex(s, g, be, {});
+  const auto r = ex.run();
+  REQUIRE(r.step_time == 10_us);
+  REQUIRE(r.per_gpu[1].busy_end == 0_us);
+  REQUIRE(r.per_gpu[1].idle == 10_us);
+}
