@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <limits>
+#include <stdexcept>
 
 namespace moesim::engine {
 
@@ -18,6 +20,24 @@ const char* to_string(Category c) {
       return "combine";
     case Category::kOtherComm:
       return "other_comm";
+    case Category::kDataParallel:
+      return "data_parallel";
+    case Category::kPipeline:
+      return "pipeline";
+  }
+  return "?";
+}
+
+const char* to_string(Stream s) {
+  switch (s) {
+    case Stream::kCompute:
+      return "compute";
+    case Stream::kEpComm:
+      return "comm EP/TP";
+    case Stream::kDpComm:
+      return "comm DP";
+    case Stream::kPpComm:
+      return "comm PP";
   }
   return "?";
 }
@@ -26,44 +46,84 @@ const char* to_string(Category c) {
 // StepGraph
 // ---------------------------------------------------------------------------------------------
 
-void StepGraph::add_edge(OpId before, OpId after) {
-  if (before == kNoOp) return;
-  if (before >= ops_.size() || after >= ops_.size() || before == after)
-    throw std::invalid_argument(fmt::format("StepGraph: bad dependency {} -> {}", before, after));
-  ops_[before].succ.push_back(after);
-  ++ops_[after].deps;
+StepGraph::StepGraph(int num_gpus) : num_gpus_(num_gpus) {
+  if (num_gpus <= 0) throw std::invalid_argument("StepGraph: needs at least one GPU");
+  last_.assign(static_cast<std::size_t>(kNumStreams) * static_cast<std::size_t>(num_gpus), kNoOp);
 }
 
-OpId StepGraph::compute(int gpu, OpInfo info, SimTime duration, const std::vector<OpId>& deps) {
-  if (gpu < 0 || gpu >= num_gpus_) throw std::invalid_argument(fmt::format("StepGraph: GPU {} out of range", gpu));
-  if (duration < SimTime::zero()) throw std::invalid_argument("StepGraph: negative compute duration");
-  const auto id = static_cast<OpId>(ops_.size());
-  Op op;
-  op.info = std::move(info);
-  op.duration = duration;
-  op.gpus = {gpu};
-  ops_.push_back(std::move(op));
-  add_edge(last_compute_[static_cast<std::size_t>(gpu)], id);  // stream order
-  for (OpId d : deps) add_edge(d, id);
-  last_compute_[static_cast<std::size_t>(gpu)] = id;
+std::uint16_t StepGraph::intern(std::string_view name) {
+  const auto it = name_ids_.find(name);
+  if (it != name_ids_.end()) return it->second;
+  if (names_.size() > std::numeric_limits<std::uint16_t>::max())
+    throw std::invalid_argument("StepGraph: more than 65536 distinct op names");
+  const auto id = static_cast<std::uint16_t>(names_.size());
+  names_.emplace_back(name);
+  name_ids_.emplace(std::string(name), id);
   return id;
 }
 
-OpId StepGraph::collective(const std::vector<int>& gpus, OpInfo info, std::uint32_t collective_index, EngineKind engine,
-                           const std::vector<OpId>& deps, int sm_count) {
-  if (gpus.empty()) throw std::invalid_argument("StepGraph: collective without participants");
+void StepGraph::add_edge(OpId before, OpId after) {
+  if (before == kNoOp) return;
+  if (frozen_) throw std::logic_error("StepGraph: edge added after the graph was frozen");
+  if (before >= ops_.size() || after >= ops_.size() || before == after)
+    throw std::invalid_argument(fmt::format("StepGraph: bad dependency {} -> {}", before, after));
+  edges_.emplace_back(before, after);
+  ++ops_[after].deps;
+}
+
+OpId StepGraph::add_op(const OpInfo& info) {
+  if (frozen_) throw std::logic_error("StepGraph: op added after the graph was frozen");
+  if (ops_.size() >= kNoOp - 1) throw std::invalid_argument("StepGraph: too many ops");
   const auto id = static_cast<OpId>(ops_.size());
-  Op op;
-  op.info = std::move(info);
-  op.gpus = gpus;
-  op.collective = collective_index;
-  op.engine = engine == EngineKind::kCompute ? EngineKind::kNvlink : engine;
-  op.sm_count = sm_count;
-  ops_.push_back(std::move(op));
-  for (int g : gpus) {
+  Op& op = ops_.emplace_back();
+  op.name = intern(info.name);
+  op.category = info.category;
+  op.layer = info.layer;
+  op.micro_batch = info.micro_batch;
+  op.flops = info.flops;
+  op.bytes = info.bytes;
+  op.gpu_begin = static_cast<std::uint32_t>(gpus_.size());
+  return id;
+}
+
+OpId StepGraph::compute(int gpu, const OpInfo& info, SimTime duration, const std::vector<OpId>& deps) {
+  if (gpu < 0 || gpu >= num_gpus_) throw std::invalid_argument(fmt::format("StepGraph: GPU {} out of range", gpu));
+  if (duration < SimTime::zero()) throw std::invalid_argument("StepGraph: negative compute duration");
+  const OpId id = add_op(info);
+  Op& op = ops_[id];
+  op.duration = duration;
+  op.gpu_count = 1;
+  op.stream = Stream::kCompute;
+  gpus_.push_back(gpu);
+  OpId& last = last_[static_cast<std::size_t>(gpu)];
+  add_edge(last, id);  // stream order
+  for (OpId d : deps) add_edge(d, id);
+  last = id;
+  return id;
+}
+
+OpId StepGraph::collective(const std::vector<int>& gpus, const OpInfo& info, std::uint32_t collective_index,
+                           Stream stream, const std::vector<OpId>& deps, int sm_count) {
+  if (gpus.empty()) throw std::invalid_argument("StepGraph: collective without participants");
+  if (stream == Stream::kCompute) throw std::invalid_argument("StepGraph: a collective needs a communication stream");
+  if (sm_count < 0 || sm_count > std::numeric_limits<std::uint16_t>::max())
+    throw std::invalid_argument(fmt::format("StepGraph: sm_count {} out of range", sm_count));
+  for (int g : gpus)
     if (g < 0 || g >= num_gpus_) throw std::invalid_argument(fmt::format("StepGraph: GPU {} out of range", g));
-    add_edge(last_comm_[static_cast<std::size_t>(g)], id);
-    last_comm_[static_cast<std::size_t>(g)] = id;
+  const OpId id = add_op(info);
+  {
+    Op& op = ops_[id];
+    op.gpu_count = static_cast<std::uint32_t>(gpus.size());
+    op.collective = collective_index;
+    op.stream = stream;
+    op.sm_count = static_cast<std::uint16_t>(sm_count);
+  }
+  gpus_.insert(gpus_.end(), gpus.begin(), gpus.end());
+  const std::size_t base = static_cast<std::size_t>(stream) * static_cast<std::size_t>(num_gpus_);
+  for (int g : gpus) {
+    OpId& last = last_[base + static_cast<std::size_t>(g)];
+    add_edge(last, id);
+    last = id;
   }
   for (OpId d : deps) add_edge(d, id);
   return id;
@@ -73,7 +133,30 @@ void StepGraph::depend(OpId after, OpId before) { add_edge(before, after); }
 
 void StepGraph::flow(OpId after, OpId before) {
   add_edge(before, after);
-  if (before != kNoOp) ops_[after].flow_pred.push_back(before);
+  if (before != kNoOp) flow_edges_.emplace_back(after, before);
+}
+
+void StepGraph::freeze() {
+  if (frozen_) return;
+  const std::size_t n = ops_.size();
+  succ_begin_.assign(n + 1, 0);
+  for (const auto& e : edges_) ++succ_begin_[e.first + 1];
+  for (std::size_t i = 0; i < n; ++i) succ_begin_[i + 1] += succ_begin_[i];
+  succ_.resize(edges_.size());
+  std::vector<std::uint32_t> fill(succ_begin_.begin(), succ_begin_.end() - 1);
+  // Edges are visited in insertion order, so each op's successors keep their insertion order
+  // (completion callbacks make successors ready in a deterministic order).
+  for (const auto& e : edges_) succ_[fill[e.first]++] = e.second;
+  std::vector<std::pair<OpId, OpId>>().swap(edges_);
+  frozen_ = true;
+}
+
+std::size_t StepGraph::memory_bytes() const {
+  std::size_t b = ops_.size() * sizeof(Op) + gpus_.size() * sizeof(int) + edges_.size() * sizeof(edges_[0]) +
+                  flow_edges_.size() * sizeof(flow_edges_[0]) + succ_begin_.size() * sizeof(std::uint32_t) +
+                  succ_.size() * sizeof(OpId) + last_.size() * sizeof(OpId);
+  for (const auto& s : names_) b += s.capacity() + sizeof(s);
+  return b;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -85,34 +168,38 @@ Executor::Executor(sim::Simulation& sim, StepGraph& graph, CommBackend& backend,
   if (opts_.sms_per_gpu <= 0) throw std::invalid_argument("Executor: sms_per_gpu must be > 0");
 }
 
-namespace {
-constexpr int kTrackCompute = 0;
-int track_of(EngineKind e) { return static_cast<int>(e); }
-}  // namespace
-
 ExecutionResult Executor::run() {
+  g_.freeze();
   const std::size_t n = g_.ops_.size();
-  pending_deps_.assign(n, 0);
+  const auto G = static_cast<std::size_t>(g_.num_gpus_);
+  pending_deps_.resize(n);
   start_time_.assign(n, SimTime::zero());
   done_.assign(n, 0);
-  gpu_.assign(static_cast<std::size_t>(g_.num_gpus_), GpuState{});
-  intervals_.assign(static_cast<std::size_t>(g_.num_gpus_), {});
+  gpu_.assign(G, GpuState{});
+  acc_.assign(G, GpuBreakdown{});
   completed_ = 0;
   for (std::size_t i = 0; i < n; ++i) pending_deps_[i] = g_.ops_[i].deps;
+  for (auto& st : gpu_) st.last_change_ps = sim_.now().ps();
 
   if (opts_.trace) {
     for (int gi = 0; gi < g_.num_gpus_; ++gi) {
       const auto gs = static_cast<std::size_t>(gi);
       opts_.trace->process(gi, gs < opts_.gpu_names.size() ? opts_.gpu_names[gs] : fmt::format("GPU {}", gi));
-      opts_.trace->track(gi, kTrackCompute, "compute");
-      opts_.trace->track(gi, track_of(EngineKind::kNvlink), "NVLink comm");
-      opts_.trace->track(gi, track_of(EngineKind::kNic), "NIC comm");
+      for (int s = 0; s < kNumStreams; ++s) opts_.trace->track(gi, s, to_string(static_cast<Stream>(s)));
     }
+    // Flow predecessors by op, in the order flow() was called.
+    flow_begin_.assign(n + 1, 0);
+    for (const auto& f : g_.flow_edges_) ++flow_begin_[f.first + 1];
+    for (std::size_t i = 0; i < n; ++i) flow_begin_[i + 1] += flow_begin_[i];
+    flow_pred_.resize(g_.flow_edges_.size());
+    std::vector<std::uint32_t> fill(flow_begin_.begin(), flow_begin_.end() - 1);
+    for (const auto& f : g_.flow_edges_) flow_pred_[fill[f.first]++] = f.second;
   }
 
   const std::uint64_t events_before = sim_.executed();
+  const SimTime t0 = sim_.now();
   for (std::size_t i = 0; i < n; ++i)
-    if (pending_deps_[i] == 0) make_ready(static_cast<OpId>(i));
+    if (pending_deps_[i] == 0) start(static_cast<OpId>(i));
   sim_.run();
 
   if (completed_ != n) {
@@ -120,67 +207,23 @@ ExecutionResult Executor::run() {
     while (first < n && done_[first]) ++first;
     throw sim::SimulationError(
         fmt::format("step graph: {} of {} ops never ran (first: '{}'); a dependency cycle or a lost collective",
-                    n - completed_, n, first < n ? g_.ops_[first].info.name : std::string("?")));
+                    n - completed_, n, first < n ? g_.name(static_cast<OpId>(first)) : std::string("?")));
   }
   sim_.check_drained();
 
   ExecutionResult r;
   r.ops_executed = completed_;
   r.events = sim_.executed() - events_before;
-  r.per_gpu.resize(static_cast<std::size_t>(g_.num_gpus_));
-  for (int gi = 0; gi < g_.num_gpus_; ++gi) {
-    auto& iv = intervals_[static_cast<std::size_t>(gi)];
-    GpuBreakdown& b = r.per_gpu[static_cast<std::size_t>(gi)];
-    std::vector<std::pair<std::int64_t, std::int64_t>> comp;
-    std::vector<std::pair<std::int64_t, std::int64_t>> comm;
-    for (const auto& x : iv) {
-      const SimTime d = SimTime::from_ps(x.end - x.start);
-      switch (x.cat) {
-        case Category::kCompute:
-          b.compute += d;
-          break;
-        case Category::kDispatch:
-          b.dispatch += d;
-          break;
-        case Category::kCombine:
-          b.combine += d;
-          break;
-        case Category::kOtherComm:
-          b.other_comm += d;
-          break;
-      }
-      (x.cat == Category::kCompute ? comp : comm).emplace_back(x.start, x.end);
-      b.busy_end = sim::max(b.busy_end, SimTime::from_ps(x.end));
-    }
-    const auto merge = [](std::vector<std::pair<std::int64_t, std::int64_t>>& v) {
-      std::sort(v.begin(), v.end());
-      std::vector<std::pair<std::int64_t, std::int64_t>> out;
-      for (const auto& p : v) {
-        if (!out.empty() && p.first <= out.back().second)
-          out.back().second = std::max(out.back().second, p.second);
-        else
-          out.push_back(p);
-      }
-      v.swap(out);
-    };
-    merge(comp);
-    merge(comm);
-    std::int64_t comm_total = 0;
-    std::int64_t comp_total = 0;
-    for (const auto& p : comm) comm_total += p.second - p.first;
-    for (const auto& p : comp) comp_total += p.second - p.first;
-    std::int64_t overlap = 0;
-    for (std::size_t i = 0, j = 0; i < comp.size() && j < comm.size();) {
-      const std::int64_t lo = std::max(comp[i].first, comm[j].first);
-      const std::int64_t hi = std::min(comp[i].second, comm[j].second);
-      if (hi > lo) overlap += hi - lo;
-      (comp[i].second < comm[j].second) ? ++i : ++j;
-    }
-    b.exposed_comm = SimTime::from_ps(comm_total - overlap);
+  r.per_gpu = std::move(acc_);
+  for (std::size_t gi = 0; gi < G; ++gi) {
+    GpuBreakdown& b = r.per_gpu[gi];
+    const GpuState& st = gpu_[gi];
+    b.exposed_comm = SimTime::from_ps(st.comm_union_ps - st.comm_overlap_ps);
+    b.busy_end = b.busy_end > t0 ? b.busy_end - t0 : SimTime::zero();  // a GPU without ops ends at 0
     r.step_time = sim::max(r.step_time, b.busy_end);
   }
-  for (int gi = 0; gi < g_.num_gpus_; ++gi) {
-    GpuBreakdown& b = r.per_gpu[static_cast<std::size_t>(gi)];
+  for (std::size_t gi = 0; gi < G; ++gi) {
+    GpuBreakdown& b = r.per_gpu[gi];
     // idle = step - |compute U comm| = step - (compute_union + exposed_comm); compute ops on one
     // stream never overlap, so the compute union is the compute sum.
     b.idle = r.step_time - b.compute - b.exposed_comm;
@@ -190,30 +233,44 @@ ExecutionResult Executor::run() {
   return r;
 }
 
-void Executor::make_ready(OpId id) { start(id); }
+void Executor::advance(int gpu) {
+  GpuState& st = gpu_[static_cast<std::size_t>(gpu)];
+  const std::int64_t now = sim_.now().ps();
+  const std::int64_t dt = now - st.last_change_ps;
+  if (dt > 0 && st.comm_active > 0) {
+    st.comm_union_ps += dt;
+    if (st.running != kNoOp) st.comm_overlap_ps += dt;
+  }
+  st.last_change_ps = now;
+}
 
 void Executor::start(OpId id) {
   start_time_[id] = sim_.now();
   const StepGraph::Op& op = g_.ops_[id];
-  if (op.engine == EngineKind::kCompute) {
+  if (op.stream == Stream::kCompute) {
     start_compute(id);
     return;
   }
-  if (op.sm_count > 0)
-    for (int gi : op.gpus) set_comm_sms(gi, op.sm_count);
+  for (int gi : g_.gpus(op)) {
+    advance(gi);
+    ++gpu_[static_cast<std::size_t>(gi)].comm_active;
+    if (op.sm_count > 0) set_comm_sms(gi, op.sm_count);
+  }
   backend_.start(op.collective, [this, id] { complete(id); });
 }
 
 void Executor::start_compute(OpId id) {
   const StepGraph::Op& op = g_.ops_[id];
-  GpuState& st = gpu_[static_cast<std::size_t>(op.gpus[0])];
+  const int gpu = g_.gpus_[op.gpu_begin];
+  GpuState& st = gpu_[static_cast<std::size_t>(gpu)];
   if (st.running != kNoOp)
-    throw sim::SimulationError(fmt::format("GPU {}: compute op '{}' started while '{}' runs", op.gpus[0], op.info.name,
-                                           g_.ops_[st.running].info.name));
+    throw sim::SimulationError(
+        fmt::format("GPU {}: compute op '{}' started while '{}' runs", gpu, g_.name(id), g_.name(st.running)));
+  advance(gpu);
   st.running = id;
   st.remaining_full_ps = op.duration.ps();
   st.segment_start = sim_.now();
-  reschedule_compute(op.gpus[0]);
+  reschedule_compute(gpu);
 }
 
 void Executor::reschedule_compute(int gpu) {
@@ -249,42 +306,77 @@ void Executor::set_comm_sms(int gpu, int delta) {
 
 void Executor::record(OpId id, SimTime start, SimTime end) {
   const StepGraph::Op& op = g_.ops_[id];
-  for (int gi : op.gpus) intervals_[static_cast<std::size_t>(gi)].push_back({start.ps(), end.ps(), op.info.category});
+  const SimTime d = end - start;
+  for (int gi : g_.gpus(op)) {
+    GpuBreakdown& b = acc_[static_cast<std::size_t>(gi)];
+    switch (op.category) {
+      case Category::kCompute:
+        b.compute += d;
+        break;
+      case Category::kDispatch:
+        b.dispatch += d;
+        break;
+      case Category::kCombine:
+        b.combine += d;
+        break;
+      case Category::kOtherComm:
+        b.other_comm += d;
+        break;
+      case Category::kDataParallel:
+        b.data_parallel += d;
+        break;
+      case Category::kPipeline:
+        b.pipeline += d;
+        break;
+    }
+    b.busy_end = sim::max(b.busy_end, end);
+  }
   if (!opts_.trace) return;
   std::vector<sim::TraceArg> args;
-  if (op.info.layer >= 0) args.emplace_back("layer", op.info.layer);
-  if (op.info.micro_batch >= 0) args.emplace_back("micro_batch", op.info.micro_batch);
-  if (op.info.flops > 0) args.emplace_back("flops", op.info.flops);
-  if (op.info.bytes > 0) args.emplace_back("bytes", op.info.bytes);
-  const int track = track_of(op.engine);
-  for (int gi : op.gpus) opts_.trace->slice(gi, track, 0, op.info.name, to_string(op.info.category), start, end, args);
+  if (op.layer >= 0) args.emplace_back("layer", op.layer);
+  if (op.micro_batch >= 0) args.emplace_back("micro_batch", op.micro_batch);
+  if (op.flops > 0) args.emplace_back("flops", op.flops);
+  if (op.bytes > 0) args.emplace_back("bytes", op.bytes);
+  const int track = static_cast<int>(op.stream);
+  const std::string& name = g_.names_[op.name];
+  for (int gi : g_.gpus(op)) opts_.trace->slice(gi, track, 0, name, to_string(op.category), start, end, args);
   // Arrows from flow predecessors (e.g. dispatch -> expert GEMM): drawn on a GPU both share,
   // starting inside the predecessor's slice and ending inside this one.
-  for (OpId p : op.flow_pred) {
+  const int here = g_.gpus_[op.gpu_begin];
+  for (std::uint32_t k = flow_begin_[id]; k < flow_begin_[id + 1]; ++k) {
+    const OpId p = flow_pred_[k];
     const StepGraph::Op& pop = g_.ops_[p];
-    const int here = op.gpus[0];
-    const int there = std::find(pop.gpus.begin(), pop.gpus.end(), here) != pop.gpus.end() ? here : pop.gpus[0];
+    const auto pg = g_.gpus(pop);
+    const int there = std::find(pg.begin(), pg.end(), here) != pg.end() ? here : pg[0];
     const std::uint64_t fid = ++flow_ids_;
-    opts_.trace->flow_begin(there, track_of(pop.engine), 0, fid, "flow", start_time_[p]);
+    opts_.trace->flow_begin(there, static_cast<int>(pop.stream), 0, fid, "flow", start_time_[p]);
     opts_.trace->flow_end(here, track, 0, fid, "flow", start);
   }
 }
 
 void Executor::complete(OpId id) {
   const StepGraph::Op& op = g_.ops_[id];
-  if (done_[id]) throw sim::SimulationError(fmt::format("op '{}' completed twice", op.info.name));
+  if (done_[id]) throw sim::SimulationError(fmt::format("op '{}' completed twice", g_.name(id)));
   done_[id] = 1;
   ++completed_;
-  if (op.engine == EngineKind::kCompute) {
-    GpuState& st = gpu_[static_cast<std::size_t>(op.gpus[0])];
+  if (op.stream == Stream::kCompute) {
+    const int gpu = g_.gpus_[op.gpu_begin];
+    advance(gpu);
+    GpuState& st = gpu_[static_cast<std::size_t>(gpu)];
     st.running = kNoOp;
     st.completion = sim::EventId{};
-  } else if (op.sm_count > 0) {
-    for (int gi : op.gpus) set_comm_sms(gi, -op.sm_count);
+  } else {
+    for (int gi : g_.gpus(op)) {
+      advance(gi);
+      --gpu_[static_cast<std::size_t>(gi)].comm_active;
+      if (op.sm_count > 0) set_comm_sms(gi, -op.sm_count);
+    }
   }
   record(id, start_time_[id], sim_.now());
-  for (OpId s : op.succ)
-    if (--pending_deps_[s] == 0) make_ready(s);
+  for (std::uint32_t k = g_.succ_begin_[id]; k < g_.succ_begin_[id + 1]; ++k) {
+    const OpId s = g_.succ_[k];
+    if (--pending_deps_[s] == 0) start(s);
+  }
 }
 
 }  // namespace moesim::engine

@@ -2,24 +2,41 @@
 /// \file
 /// Plays a step graph on simulated GPUs.
 ///
-/// Model (the CUDA one): every GPU has a compute stream and a communication stream. Ops on one
-/// stream run in the order they were added (stream order), and an op also waits for its
-/// explicit dependencies, which may live on other streams or GPUs (events/barriers). A
-/// collective is ONE op shared by its participants: it starts when it is at the head of every
-/// participant's communication stream and its dependencies are done; its duration comes from
-/// the `CommBackend` (the flow network), so concurrent collectives contend on real links.
+/// Model (the CUDA/NCCL one): every GPU has a compute stream and three communication streams.
+/// NCCL runs each communicator's kernels on that communicator's stream, so collectives of
+/// different process groups do not queue behind one another: expert- and tensor-parallel
+/// collectives (on the critical path of every layer) go to the EP/TP stream, data-parallel
+/// gradient reduce-scatters and parameter all-gathers to the DP stream (overlapping backward
+/// compute, as Megatron-Core's overlap_grad_reduce does), pipeline send/recv to the PP stream.
+/// They still share links in the network model, so concurrent collectives slow each other down
+/// there. Ops on one stream run in the order they were added (stream order), and an op also waits
+/// for its explicit dependencies, which may live on other streams or GPUs (events/barriers). A
+/// collective is ONE op shared by its participants: it starts when it is at the head of its
+/// stream on every participant and its dependencies are done; its duration comes from the
+/// `CommBackend` (the flow network), so concurrent collectives contend on real links.
 ///
 /// SM sharing: while a collective runs it may occupy `sm_count` SMs of each participant (as
 /// DeepEP's kernels do); a compute op on that GPU then progresses at (SMs - taken) / SMs of its
 /// full speed. Compute progress is tracked in integer "full-speed picoseconds" so re-rating is
 /// exact and deterministic.
 ///
-/// Accounting happens once, in `finish()`: per GPU busy intervals are swept to produce the
-/// breakdown (compute, dispatch, combine, other collectives, exposed communication, idle).
+/// Accounting is online and O(GPUs) in memory: per GPU, the time with any communication active
+/// and the part of it overlapped by compute are integrated at every state change, and each op's
+/// duration is added to its category when it completes. The breakdown follows: compute,
+/// dispatch, combine, other (TP) collectives, data-parallel and pipeline communication, exposed
+/// communication (communication active while the compute stream is idle), idle.
+///
+/// Storage is compact (about 60 bytes per op plus 8 per dependency edge while building, 4 per
+/// edge once frozen): op names are interned, participants live in one flat array and edges are
+/// turned into a successor CSR when the executor starts, so million-op steps stay small.
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "sim/simulation.hpp"
@@ -28,11 +45,14 @@
 namespace moesim::engine {
 
 /// What an op's time counts as in the breakdown.
-enum class Category : std::uint8_t { kCompute, kDispatch, kCombine, kOtherComm };
+enum class Category : std::uint8_t { kCompute, kDispatch, kCombine, kOtherComm, kDataParallel, kPipeline };
 const char* to_string(Category c);
 
-/// The hardware engine a communication op uses (trace track; compute ops use kCompute).
-enum class EngineKind : std::uint8_t { kCompute = 0, kNvlink = 1, kNic = 2 };
+/// The stream an op is queued on (and its trace track).
+enum class Stream : std::uint8_t { kCompute = 0, kEpComm = 1, kDpComm = 2, kPpComm = 3 };
+inline constexpr int kNumStreams = 4;
+/// Trace track name: "compute", "comm EP/TP", "comm DP", "comm PP".
+const char* to_string(Stream s);
 
 using OpId = std::uint32_t;
 inline constexpr OpId kNoOp = ~OpId{0};
@@ -47,7 +67,7 @@ class CommBackend {
 };
 
 struct OpInfo {
-  std::string name;
+  std::string_view name;  ///< copied (interned) by the graph
   Category category = Category::kCompute;
   int layer = -1;  ///< model layer (for reports and trace args), -1 if none
   int micro_batch = -1;
@@ -57,49 +77,86 @@ struct OpInfo {
 
 class StepGraph {
  public:
-  explicit StepGraph(int num_gpus) : num_gpus_(num_gpus), last_compute_(num_gpus, kNoOp), last_comm_(num_gpus, kNoOp) {}
+  explicit StepGraph(int num_gpus);
 
   /// A kernel on `gpu`'s compute stream taking `duration` at full SM availability.
-  OpId compute(int gpu, OpInfo info, sim::SimTime duration, const std::vector<OpId>& deps = {});
-  /// A collective among `gpus` (in the comm stream of each), timed by the backend.
-  OpId collective(const std::vector<int>& gpus, OpInfo info, std::uint32_t collective_index, EngineKind engine,
+  OpId compute(int gpu, const OpInfo& info, sim::SimTime duration, const std::vector<OpId>& deps = {});
+  /// A collective among `gpus` (queued on `stream` of each), timed by the backend.
+  OpId collective(const std::vector<int>& gpus, const OpInfo& info, std::uint32_t collective_index, Stream stream,
                   const std::vector<OpId>& deps = {}, int sm_count = 0);
   /// A pure dependency edge: `after` waits for `before`.
   void depend(OpId after, OpId before);
   /// Like depend(), and draws a flow arrow in the trace (dispatch -> GEMM -> combine).
   void flow(OpId after, OpId before);
 
+  /// Capacity hints (untouched capacity costs address space, not memory).
+  void reserve(std::size_t ops, std::size_t edges, std::size_t participants) {
+    ops_.reserve(ops);
+    edges_.reserve(edges);
+    gpus_.reserve(participants);
+  }
   int num_gpus() const { return num_gpus_; }
   std::size_t size() const { return ops_.size(); }
+  std::size_t edges() const { return frozen_ ? succ_.size() : edges_.size(); }
+  /// Interned name of an op, and its id (dense, in order of first use).
+  std::uint16_t name_id(OpId id) const { return ops_[id].name; }
+  const std::string& name(OpId id) const { return names_[ops_[id].name]; }
+  const std::vector<std::string>& names() const { return names_; }
+  Stream stream(OpId id) const { return ops_[id].stream; }
+  /// Bytes of graph storage in use (sizes, not capacities; for benchmarks).
+  std::size_t memory_bytes() const;
 
  private:
   friend class Executor;
   struct Op {
-    OpInfo info;
     sim::SimTime duration{};  // compute only
-    std::vector<int> gpus;    // one for compute
+    double flops = 0;
+    double bytes = 0;
+    std::uint32_t gpu_begin = 0;  // participants: gpus_[gpu_begin, gpu_begin + gpu_count)
+    std::uint32_t gpu_count = 0;
     std::uint32_t collective = 0;
-    EngineKind engine = EngineKind::kCompute;
-    int sm_count = 0;
-    std::vector<OpId> succ;
-    std::vector<OpId> flow_pred;
     std::uint32_t deps = 0;
+    std::int32_t layer = -1;
+    std::int32_t micro_batch = -1;
+    std::uint16_t name = 0;
+    std::uint16_t sm_count = 0;
+    Category category = Category::kCompute;
+    Stream stream = Stream::kCompute;
   };
+  OpId add_op(const OpInfo& info);
   void add_edge(OpId before, OpId after);
+  std::uint16_t intern(std::string_view name);
+  /// Turns the edge list into a successor CSR (once; the executor calls it).
+  void freeze();
+  std::span<const int> gpus(const Op& op) const { return {gpus_.data() + op.gpu_begin, op.gpu_count}; }
+
+  struct NameHash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
   int num_gpus_;
   std::vector<Op> ops_;
-  std::vector<OpId> last_compute_;
-  std::vector<OpId> last_comm_;
+  std::vector<int> gpus_;
+  std::vector<std::pair<OpId, OpId>> edges_;       // (before, after) until frozen
+  std::vector<std::pair<OpId, OpId>> flow_edges_;  // (after, before): trace arrows
+  std::vector<std::uint32_t> succ_begin_;          // CSR once frozen: succ_[succ_begin_[i] ..]
+  std::vector<OpId> succ_;
+  bool frozen_ = false;
+  std::vector<std::string> names_;
+  std::unordered_map<std::string, std::uint16_t, NameHash, std::equal_to<>> name_ids_;
+  std::vector<OpId> last_;  // [stream * num_gpus + gpu]
 };
 
 struct GpuBreakdown {
   sim::SimTime compute{};
   sim::SimTime dispatch{};
   sim::SimTime combine{};
-  sim::SimTime other_comm{};
-  sim::SimTime exposed_comm{};  ///< communication active while the compute stream is idle
-  sim::SimTime idle{};          ///< neither compute nor communication active
-  sim::SimTime busy_end{};      ///< when this GPU's last op finished
+  sim::SimTime other_comm{};     ///< tensor-parallel and other collectives on the EP/TP stream
+  sim::SimTime data_parallel{};  ///< gradient reduce-scatter / all-reduce and parameter all-gather
+  sim::SimTime pipeline{};       ///< pipeline send/recv
+  sim::SimTime exposed_comm{};   ///< communication active while the compute stream is idle
+  sim::SimTime idle{};           ///< neither compute nor communication active
+  sim::SimTime busy_end{};       ///< when this GPU's last op finished
 };
 
 struct ExecutionResult {
@@ -120,16 +177,17 @@ class Executor {
  public:
   Executor(sim::Simulation& sim, StepGraph& graph, CommBackend& backend, ExecutorOptions opts);
   /// Runs the graph to completion; throws sim::SimulationError if an op never ran (a
-  /// dependency cycle or a backend that lost a collective) or events were left behind.
+  /// dependency cycle or a backend that lost a collective), an op completed twice, or events
+  /// were left behind (the queue did not drain).
   ExecutionResult run();
 
  private:
-  void make_ready(OpId id);
   void start(OpId id);
   void complete(OpId id);
   void start_compute(OpId id);
   void reschedule_compute(int gpu);
   void set_comm_sms(int gpu, int delta);
+  void advance(int gpu);
   void record(OpId id, sim::SimTime start, sim::SimTime end);
 
   sim::Simulation& sim_;
@@ -138,22 +196,23 @@ class Executor {
   ExecutorOptions opts_;
   std::vector<std::uint32_t> pending_deps_;
   std::vector<sim::SimTime> start_time_;
-  std::vector<int> lane_;
   std::vector<std::uint8_t> done_;
+  std::vector<std::uint32_t> flow_begin_;  // trace only: CSR of flow predecessors by op
+  std::vector<OpId> flow_pred_;
   struct GpuState {
     OpId running = kNoOp;
     std::int64_t remaining_full_ps = 0;  // full-speed work left as of segment_start
     sim::SimTime segment_start{};
     int comm_sms = 0;
     sim::EventId completion{};
+    // online breakdown
+    int comm_active = 0;
+    std::int64_t last_change_ps = 0;
+    std::int64_t comm_union_ps = 0;
+    std::int64_t comm_overlap_ps = 0;
   };
   std::vector<GpuState> gpu_;
-  struct Interval {
-    std::int64_t start;
-    std::int64_t end;
-    Category cat;
-  };
-  std::vector<std::vector<Interval>> intervals_;
+  std::vector<GpuBreakdown> acc_;
   std::uint64_t completed_ = 0;
   std::uint64_t flow_ids_ = 0;
 };

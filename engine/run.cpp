@@ -145,8 +145,9 @@ void run_step(const Scenario& s, const std::string& trace, nlohmann::ordered_jso
   fmt::format_to(
       std::back_inserter(out),
       "breakdown  (mean per GPU, us) compute {:.1f} | dispatch {:.1f} | combine {:.1f} | other comm {:.1f} | "
-      "exposed comm {:.1f} | idle {:.1f}\n",
-      r.compute_us, r.dispatch_us, r.combine_us, r.other_comm_us, r.exposed_comm_us, r.idle_us);
+      "DP comm {:.1f} | PP comm {:.1f} | exposed comm {:.1f} | idle {:.1f}\n",
+      r.compute_us, r.dispatch_us, r.combine_us, r.other_comm_us, r.data_parallel_us, r.pipeline_us, r.exposed_comm_us,
+      r.idle_us);
   fmt::format_to(std::back_inserter(out), "critical   compute {:.1f} | exposed comm {:.1f} | idle {:.1f} us\n",
                  crit.compute.to_us(), crit.exposed_comm.to_us(), crit.idle.to_us());
   fmt::format_to(std::back_inserter(out),
@@ -167,6 +168,8 @@ void run_step(const Scenario& s, const std::string& trace, nlohmann::ordered_jso
                        {"dispatch", r.dispatch_us},
                        {"combine", r.combine_us},
                        {"other_collectives", r.other_comm_us},
+                       {"data_parallel", r.data_parallel_us},
+                       {"pipeline", r.pipeline_us},
                        {"exposed_communication", r.exposed_comm_us},
                        {"idle", r.idle_us}};
   j["critical_gpu"] = {{"index", r.exec.critical_gpu},
@@ -215,7 +218,7 @@ void run_step(const Scenario& s, const std::string& trace, nlohmann::ordered_jso
                      {"collective_ops", b.collective_ops},
                      {"flows", r.flows},
                      {"events", r.exec.events},
-                     {"collective_bytes", r.bytes_sent}};
+                     {"collective_bytes", r.payload_bytes}};
 }
 
 nlohmann::ordered_json summary_json(const Scenario& s) {

@@ -286,6 +286,40 @@ Scenario parse_scenario(const config::Document& doc, std::optional<std::uint64_t
                                             "(dp x micro_batches for training)",
                                             s.workload.tokens_per_step(), groups));
   }
+  // Step simulations (train / prefill / decode): the combinations the step builder cannot lay
+  // out, found here so they are configuration errors with a location, not run-time failures.
+  const bool step_mode = s.workload.mode == WorkloadMode::kTrain || s.workload.mode == WorkloadMode::kPrefill ||
+                         s.workload.mode == WorkloadMode::kDecode;
+  const bool positive_layout =
+      s.parallel.dp > 0 && s.parallel.tp > 0 && s.parallel.pp > 0 && s.parallel.ep > 0;  // else reported above
+  if (s.has_model && step_mode && positive_layout) {
+    const Node par = root.child("parallel");
+    const auto& p = s.parallel;
+    const auto& m = s.model;
+    if (p.pp > m.num_layers())
+      par.error_at(
+          "pp", fmt::format("pp={} pipeline stages but the model has {} layers (each stage needs at least one)", p.pp,
+                            m.num_layers()));
+    // Megatron-Core splits attention heads and FFN columns evenly over TP ranks.
+    if (p.tp > 1 && m.heads % p.tp != 0)
+      par.error_at("tp", fmt::format("tp={} does not divide the model's {} attention heads", p.tp, m.heads));
+    bool dense_layers = false;
+    for (bool moe : m.moe_layer) dense_layers = dense_layers || !moe;
+    if (p.tp > 1 && dense_layers && m.dense_ffn % p.tp != 0)
+      par.error_at("tp", fmt::format("tp={} does not divide the dense FFN width {}", p.tp, m.dense_ffn));
+    const std::int64_t shared = m.shared_expert_ffn * m.shared_experts;
+    if (p.tp > 1 && m.num_moe_layers() > 0 && shared % p.tp != 0)
+      par.error_at("tp", fmt::format("tp={} does not divide the shared-expert FFN width {}", p.tp, shared));
+    if ((s.workload.mode == WorkloadMode::kPrefill || s.workload.mode == WorkloadMode::kDecode) &&
+        s.workload.batch % p.dp != 0)
+      root.child("workload")
+          .error_at("batch",
+                    fmt::format("batch={} sequences do not split evenly over dp={} replicas", s.workload.batch, p.dp));
+    if (m.num_moe_layers() > 0 && s.routing.redundant_experts > 0)
+      root.child("routing").error_at("redundant_experts",
+                                     "redundant (replicated) experts are supported in routing-only runs "
+                                     "(workload.mode: routing); the step simulation does not place them yet");
+  }
   root.finish();
   diags.throw_if_any();
   return s;

@@ -13,6 +13,7 @@
 #include "engine/scenario.hpp"
 #include "engine/step_builder.hpp"
 #include "hardware/collectives.hpp"
+#include "hardware/flow_network.hpp"
 #include "models/cost/cost_model.hpp"
 
 namespace moesim::engine {
@@ -49,10 +50,15 @@ struct StepReport {
   double tokens_per_s = 0;
   double mfu = 0;  ///< model FLOPs / (step time x GPUs x bf16 peak)
   /// Breakdown averaged over GPUs (microseconds).
-  double compute_us = 0, dispatch_us = 0, combine_us = 0, other_comm_us = 0, exposed_comm_us = 0, idle_us = 0;
-  std::uint64_t flows = 0;    ///< network flows simulated
-  double bytes_sent = 0;      ///< collective payload injected
-  double bytes_received = 0;  ///< collective payload delivered
+  double compute_us = 0, dispatch_us = 0, combine_us = 0, other_comm_us = 0, data_parallel_us = 0, pipeline_us = 0,
+         exposed_comm_us = 0, idle_us = 0;
+  std::uint64_t flows = 0;  ///< network flows simulated
+  double payload_bytes =
+      0;  ///< sum of the collectives' payloads (all-to-allv matrices with the local diagonal; buffer sizes)
+  double bytes_sent = 0;      ///< bytes the collectives injected into the network (flows of every phase)
+  double bytes_received = 0;  ///< bytes the network delivered
+  /// Host CPU seconds of the phases after build_step (see BuiltStep::host_*; benchmarks only).
+  double host_topology_s = 0, host_play_s = 0, host_check_s = 0;
 };
 
 /// The hardware plan of a collective request: the one mapping from requests to phases of flows,
@@ -62,8 +68,51 @@ hw::CollectivePlan plan_collective(const hw::Topology& topo, const CollectiveReq
                                    hw::CollectiveAlgo a2a_algo = hw::CollectiveAlgo::kDirect,
                                    hw::CollectiveAlgo all_reduce_algo = hw::CollectiveAlgo::kRing);
 
+/// The step's collectives on the cluster network: each request is planned (plan_collective) and
+/// its phases run back to back, on the shared flow network (`net`, where concurrent collectives
+/// contend for links) or, with `net` null, timed by the analytical model. Keeps a per-collective
+/// ledger of bytes injected and delivered for the conservation check.
+class NetworkCommBackend : public CommBackend {
+ public:
+  NetworkCommBackend(sim::Simulation& s, const hw::Topology& topo, hw::FlowNetwork* net,
+                     const std::vector<CollectiveRequest>& reqs, hw::CollectiveOptions opts);
+  void start(std::uint32_t collective_index, sim::Callback done) override;
+  std::uint64_t flows() const { return flows_; }
+  /// Bytes injected / delivered by the network, per collective index.
+  const std::vector<double>& sent() const { return sent_; }
+  const std::vector<double>& received() const { return received_; }
+  double total_sent() const;
+  double total_received() const;
+
+ private:
+  struct Run {
+    std::vector<hw::FlowBatch> phases;
+    std::size_t next = 0;
+    std::uint32_t collective = 0;
+    sim::Callback done;
+  };
+  void next_phase(std::uint32_t slot);
+  sim::Simulation& sim_;
+  const hw::Topology& topo_;
+  hw::FlowNetwork* net_;
+  const std::vector<CollectiveRequest>& reqs_;
+  hw::CollectiveOptions opts_;
+  std::vector<Run> runs_;  // collectives in flight (slots reused)
+  std::vector<std::uint32_t> free_;
+  std::uint64_t flows_ = 0;
+  std::vector<double> sent_, received_;
+};
+
+/// End-of-run conservation checks; throws sim::SimulationError naming the first violations:
+///   tokens, per MoE layer: routed = kept + dropped, and the rows given to the forward (and, in
+///   training, backward) expert GEMMs = rows kept (+ capacity padding); the step totals agree;
+///   bytes, per collective: bytes injected into the network = bytes delivered.
+/// (That every op ran and the event queue drained is checked by Executor::run.)
+void check_conservation(const BuiltStep& b, const std::vector<double>& bytes_sent,
+                        const std::vector<double>& bytes_received);
+
 /// Simulates one step of a train/prefill/decode scenario. Throws sim::SimulationError when an
-/// end-of-run conservation check fails (ops not run, events left, bytes not delivered).
+/// end-of-run conservation check fails (ops not run, events left, tokens or bytes not conserved).
 StepReport simulate_step(const Scenario& s, const SimulateOptions& opts);
 
 }  // namespace moesim::engine

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <ctime>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -59,6 +60,10 @@ class Builder {
   Builder(const Scenario& s, const ComputeCosts& c, const StepBuildOptions& o, BuiltStep& out)
       : s_(s), m_(s.model), c_(c), o_(o), out_(out), lay_(s.parallel), mb_(micro_batch_shape(s)) {
     if (o_.overlap_chunks < 1) throw std::invalid_argument("overlap_chunks must be >= 1");
+    // These combinations are configuration errors found by parse_scenario (with the key and its
+    // location); here they are internal assertions for scenarios built in code.
+    if (m_.heads % lay_.tp != 0)
+      throw std::invalid_argument(fmt::format("tp {} does not divide {} attention heads", lay_.tp, m_.heads));
     if (lay_.stage_size() % lay_.ep != 0)
       throw std::invalid_argument(fmt::format("ep {} does not divide dp x tp = {}", lay_.ep, lay_.stage_size()));
     if (m_.num_moe_layers() > 0) {
@@ -69,6 +74,7 @@ class Builder {
     }
     ranges_ = stage_layer_ranges(m_.num_layers(), lay_.pp);
     out_.stage_layers = ranges_;
+    out_.training = mb_.train;
     const int W = lay_.world();
     last_.assign(static_cast<std::size_t>(W), kNoOp);
     pending_.assign(static_cast<std::size_t>(W), {});
@@ -83,11 +89,31 @@ class Builder {
   }
 
   void build() {
+    reserve_graph();
+    const double t0 = thread_cpu_seconds();
     route_all();
+    const double t1 = thread_cpu_seconds();
     schedule();
+    out_.host_route_s = t1 - t0;
+    out_.host_graph_s = thread_cpu_seconds() - t1;
   }
 
  private:
+  /// Reserves graph storage from an estimate of the op count (growing a multi-GB graph by
+  /// doubling copies and re-faults it; capacity never touched costs no memory).
+  void reserve_graph() {
+    const std::size_t W = static_cast<std::size_t>(lay_.world()), M = static_cast<std::size_t>(mb_.micro_batches);
+    std::size_t per_stage = 0;
+    for (const auto& r : ranges_) per_stage = std::max(per_stage, static_cast<std::size_t>(r.second - r.first));
+    // ops one GPU emits per micro-batch and layer in the forward pass (attention, router, permute,
+    // shared experts, chunked expert GEMMs and all-to-alls, TP collectives); backward about twice
+    // that; recomputation repeats the forward.
+    const std::size_t fwd = 12 + 4 * static_cast<std::size_t>(o_.overlap_chunks);
+    const std::size_t per_layer = mb_.train ? fwd * (s_.workload.recompute ? 4 : 3) : fwd;
+    const std::size_t ops = W * M * (per_stage * per_layer + 8);
+    out_.graph.reserve(ops, ops * 2, ops + ops / 2);
+  }
+
   // ---------------------------------------------------------------- routing
   void route_all() {
     const int M = mb_.micro_batches;
@@ -95,6 +121,7 @@ class Builder {
     const int G = lay_.ep_groups_per_stage();
     const int ep = lay_.ep;
     slices_.resize(static_cast<std::size_t>(m_.num_layers()));
+    moe_index_.assign(static_cast<std::size_t>(m_.num_layers()), -1);
     models::RoutingSpec spec = s_.routing;
     for (int l : m_.moe_layer_indices()) {
       models::RouteRequest req;
@@ -156,6 +183,9 @@ class Builder {
         sum += v;
       }
       rep.rank_max_over_mean = sum > 0 ? static_cast<double>(mx) * ep / static_cast<double>(sum) : 0.0;
+      const bool padded = spec.pad_to_capacity && !lr.groups.empty() && lr.groups.front().capacity != models::kDropless;
+      rep.rows_expected = rep.stats.kept + (padded ? rep.stats.padded : 0);
+      moe_index_[static_cast<std::size_t>(l)] = static_cast<int>(out_.moe_layers.size());
       out_.moe_layers.push_back(std::move(rep));
     }
   }
@@ -177,7 +207,7 @@ class Builder {
     i.flops = flops;
     i.bytes = bytes;
     auto& p = pending_[static_cast<std::size_t>(g)];
-    const OpId id = out_.graph.compute(g, std::move(i), d, p);
+    const OpId id = out_.graph.compute(g, i, d, p);
     p.clear();
     last_[static_cast<std::size_t>(g)] = id;
     out_.flops.executed += flops;
@@ -185,14 +215,16 @@ class Builder {
     ++out_.compute_ops;
     ++out_.compute_ops_per_gpu[static_cast<std::size_t>(g)];
     out_.serial_compute += d;
-    KernelTotals& k = out_.kernels[name];
+    const std::size_t nid = out_.graph.name_id(id);
+    if (nid >= kernels_.size()) kernels_.resize(nid + 1);
+    KernelTotals& k = kernels_[nid];
     ++k.count;
     k.time += d;
     k.flops += flops;
     return id;
   }
 
-  OpId coll(CollectiveRequest req, const char* name, EngineKind eng, const std::vector<OpId>& deps, int sms = 0) {
+  OpId coll(CollectiveRequest req, const char* name, Stream stream, const std::vector<OpId>& deps, int sms = 0) {
     OpInfo i;
     i.name = name;
     i.category = req.category;
@@ -203,7 +235,7 @@ class Builder {
     std::vector<OpId> d;
     for (OpId x : deps)
       if (x != kNoOp) d.push_back(x);
-    const OpId id = out_.graph.collective(req.gpus, std::move(i), index, eng, d, sms);
+    const OpId id = out_.graph.collective(req.gpus, i, index, stream, d, sms);
     out_.collectives.push_back(std::move(req));
     ++out_.collective_ops;
     return id;
@@ -217,16 +249,16 @@ class Builder {
 
   /// Collective over `gpus` after each member's latest compute op; members' next compute waits.
   OpId blocking(CollectiveKind kind, const std::vector<int>& gpus, double bytes, const char* name, int layer, int mb,
-                bool bwd, EngineKind eng) {
+                bool bwd, Stream stream, Category cat = Category::kOtherComm) {
     CollectiveRequest r;
     r.kind = kind;
     r.gpus = gpus;
     r.bytes = bytes;
-    r.category = Category::kOtherComm;
+    r.category = cat;
     r.layer = layer;
     r.micro_batch = mb;
     r.backward = bwd;
-    const OpId id = coll(std::move(r), name, eng, lasts(gpus));
+    const OpId id = coll(std::move(r), name, stream, lasts(gpus));
     for (int g : gpus) pending_[static_cast<std::size_t>(g)].push_back(id);
     return id;
   }
@@ -259,7 +291,7 @@ class Builder {
 
   void tp_collective(int st, CollectiveKind kind, double bytes, const char* name, int layer, int mb, bool bwd) {
     if (lay_.tp <= 1) return;
-    for (int d = 0; d < lay_.dp; ++d) blocking(kind, tp_group(st, d), bytes, name, layer, mb, bwd, o_.ep_engine);
+    for (int d = 0; d < lay_.dp; ++d) blocking(kind, tp_group(st, d), bytes, name, layer, mb, bwd, Stream::kEpComm);
   }
 
   static SimTime scaled(SimTime t, int num, int den) { return SimTime::from_ps(t.ps() * num / den); }
@@ -378,7 +410,7 @@ class Builder {
       std::vector<OpId> disp(static_cast<std::size_t>(c));
       for (int i = 0; i < c; ++i)
         disp[static_cast<std::size_t>(i)] = coll(a2a(grp, sl.dispatch, false, Category::kDispatch, l, mb, false),
-                                                 "dispatch", o_.ep_engine, lasts(grp), o_.a2a_sm_count);
+                                                 "dispatch", Stream::kEpComm, lasts(grp), o_.a2a_sm_count);
       std::vector<std::vector<OpId>> fc2(static_cast<std::size_t>(ep));
       for (int r = 0; r < ep; ++r) {
         const int g = grp[static_cast<std::size_t>(r)];
@@ -389,10 +421,11 @@ class Builder {
         }
         const auto& rows = sl.rows[static_cast<std::size_t>(r)];
         for (int i = 0; i < c; ++i) {
-          const auto part = chunk(rows, i, c);
+          const auto& part = chunk(rows, i, c);
           const double n = static_cast<double>(sum(part));
           const OpId e1 = comp(g, "expert_fc1", l, mb, c_.grouped_gemm(part, h, F * gated_),
                                2.0 * n * static_cast<double>(h * F * gated_));
+          if (mult != 0) layer_report(l).rows_fed_fwd += sum(part);
           out_.graph.flow(e1, disp[static_cast<std::size_t>(i)]);
           fc2[static_cast<std::size_t>(r)].push_back(
               comp(g, "expert_fc2", l, mb, c_.grouped_gemm(part, F, h), 2.0 * n * static_cast<double>(F * h)));
@@ -403,7 +436,7 @@ class Builder {
       }
       OpId last_comb = kNoOp;
       for (int i = 0; i < c; ++i) {
-        last_comb = coll(a2a(grp, sl.combine, false, Category::kCombine, l, mb, false), "combine", o_.ep_engine, {},
+        last_comb = coll(a2a(grp, sl.combine, false, Category::kCombine, l, mb, false), "combine", Stream::kEpComm, {},
                          o_.a2a_sm_count);
         for (int r = 0; r < ep; ++r)
           out_.graph.flow(last_comb, fc2[static_cast<std::size_t>(r)][static_cast<std::size_t>(i)]);
@@ -432,11 +465,16 @@ class Builder {
     return r;
   }
 
-  static std::vector<std::int64_t> chunk(const std::vector<std::int64_t>& rows, int i, int c) {
-    std::vector<std::int64_t> out(rows.size());
-    for (std::size_t e = 0; e < rows.size(); ++e) out[e] = rows[e] / c + (i < rows[e] % c ? 1 : 0);
-    return out;
+  /// Rows of chunk i of c (the rows themselves when c == 1; else a scratch buffer reused by
+  /// the next call).
+  const std::vector<std::int64_t>& chunk(const std::vector<std::int64_t>& rows, int i, int c) {
+    if (c == 1) return rows;
+    chunk_.resize(rows.size());
+    for (std::size_t e = 0; e < rows.size(); ++e) chunk_[e] = rows[e] / c + (i < rows[e] % c ? 1 : 0);
+    return chunk_;
   }
+  Stream dp_stream() const { return o_.separate_comm_streams ? Stream::kDpComm : Stream::kEpComm; }
+  Stream pp_stream() const { return o_.separate_comm_streams ? Stream::kPpComm : Stream::kEpComm; }
   static std::int64_t sum(const std::vector<std::int64_t>& v) {
     std::int64_t s = 0;
     for (auto x : v) s += x;
@@ -506,7 +544,7 @@ class Builder {
       std::vector<OpId> cb(static_cast<std::size_t>(c));
       for (int i = 0; i < c; ++i)
         cb[static_cast<std::size_t>(i)] = coll(a2a(grp, sl.combine, true, Category::kCombine, l, mb, true),
-                                               "combine.bwd", o_.ep_engine, lasts(grp), o_.a2a_sm_count);
+                                               "combine.bwd", Stream::kEpComm, lasts(grp), o_.a2a_sm_count);
       std::vector<std::vector<OpId>> d1(static_cast<std::size_t>(ep));
       for (int r = 0; r < ep; ++r) {
         const int g = grp[static_cast<std::size_t>(r)];
@@ -516,10 +554,11 @@ class Builder {
         }
         const auto& rows = sl.rows[static_cast<std::size_t>(r)];
         for (int i = 0; i < c; ++i) {
-          const auto part = chunk(rows, i, c);
+          const auto& part = chunk(rows, i, c);
           const double n = static_cast<double>(sum(part));
           const OpId e2 =
               comp(g, "expert_fc2.dgrad", l, mb, c_.grouped_gemm(part, h, F), 2.0 * n * static_cast<double>(F * h));
+          layer_report(l).rows_fed_bwd += sum(part);
           out_.graph.flow(e2, cb[static_cast<std::size_t>(i)]);
           d1[static_cast<std::size_t>(r)].push_back(comp(g, "expert_fc1.dgrad", l, mb,
                                                          c_.grouped_gemm(part, F * gated_, h),
@@ -529,8 +568,8 @@ class Builder {
       // Dispatch backward: input gradients go expert rank -> source (the combine matrix as is).
       OpId last_db = kNoOp;
       for (int i = 0; i < c; ++i) {
-        last_db = coll(a2a(grp, sl.combine, false, Category::kDispatch, l, mb, true), "dispatch.bwd", o_.ep_engine, {},
-                       o_.a2a_sm_count);
+        last_db = coll(a2a(grp, sl.combine, false, Category::kDispatch, l, mb, true), "dispatch.bwd", Stream::kEpComm,
+                       {}, o_.a2a_sm_count);
         for (int r = 0; r < ep; ++r)
           out_.graph.flow(last_db, d1[static_cast<std::size_t>(r)][static_cast<std::size_t>(i)]);
       }
@@ -586,10 +625,10 @@ class Builder {
       r.kind = kind;
       r.gpus = gpus;
       r.bytes = params * o_.grad_bytes;
-      r.category = Category::kOtherComm;
+      r.category = Category::kDataParallel;
       r.layer = layer;
       r.backward = true;
-      const OpId id = coll(std::move(r), "dp_grad_reduce", o_.dp_engine, lasts(gpus));
+      const OpId id = coll(std::move(r), "dp_grad_reduce", dp_stream(), lasts(gpus));
       for (int g : gpus) reduce_ops_[static_cast<std::size_t>(g)].push_back(id);
     };
     for (int t = 0; t < lay_.tp; ++t) issue(dp_group(st, t), dense_params);
@@ -630,11 +669,11 @@ class Builder {
     for (int t = 0; t < lay_.tp; ++t)
       if (lay_.dp > 1)
         blocking(CollectiveKind::kAllGather, dp_group(st, t), dense * bpe_, "dp_param_gather", -1, -1, false,
-                 o_.dp_engine);
+                 dp_stream(), Category::kDataParallel);
     for (int r = 0; r < lay_.ep; ++r)
       if (lay_.expert_dp() > 1 && expert > 0)
         blocking(CollectiveKind::kAllGather, edp_group(st, r), expert * bpe_, "dp_param_gather", -1, -1, false,
-                 o_.dp_engine);
+                 dp_stream(), Category::kDataParallel);
   }
 
   // ---------------------------------------------------------------- pipeline
@@ -647,11 +686,11 @@ class Builder {
         const int a = lay_.global(st_from, d, t), b = lay_.global(st_to, d, t);
         r.gpus = {a, b};
         r.bytes = bytes;
-        r.category = Category::kOtherComm;
+        r.category = Category::kPipeline;
         r.micro_batch = mb;
         r.backward = bwd;
-        const OpId id = coll(std::move(r), bwd ? "pp_send_grad" : "pp_send_act", o_.dp_engine,
-                             {last_[static_cast<std::size_t>(a)]});
+        const OpId id =
+            coll(std::move(r), bwd ? "pp_send_grad" : "pp_send_act", pp_stream(), {last_[static_cast<std::size_t>(a)]});
         auto& slot = recv[static_cast<std::size_t>(st_to)][static_cast<std::size_t>(mb)];
         slot.resize(static_cast<std::size_t>(lay_.stage_size()), kNoOp);
         slot[static_cast<std::size_t>(d * lay_.tp + t)] = id;
@@ -775,21 +814,43 @@ class Builder {
   std::vector<std::vector<OpId>> reduce_ops_;
   std::int64_t gated_ = 2;
   std::int64_t tokens_ = 0, moe_tokens_ = 0, bpe_ = 2;
+  std::vector<std::int64_t> chunk_;
+  std::vector<int> moe_index_;  // layer -> index into out_.moe_layers
+  MoeLayerReport& layer_report(int l) {
+    return out_.moe_layers[static_cast<std::size_t>(moe_index_[static_cast<std::size_t>(l)])];
+  }
+  std::vector<KernelTotals> kernels_;  // by graph name id
+
+ public:
+  void finish_kernels() {
+    const auto& names = out_.graph.names();
+    for (std::size_t i = 0; i < kernels_.size(); ++i)
+      if (kernels_[i].count > 0) out_.kernels[names[i]] = kernels_[i];
+  }
 };
 
 }  // namespace
+
+double thread_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
 
 BuiltStep build_step(const Scenario& s, const ComputeCosts& costs, const StepBuildOptions& opt) {
   if (!s.has_model) throw std::invalid_argument("build_step: the scenario has no model");
   BuiltStep out(s.parallel.world());
   Builder b(s, costs, opt, out);
   b.build();
+  b.finish_kernels();
   MemoryOptions mo;
   mo.capacity_bytes = opt.memory_capacity_bytes;
   mo.grad_bytes = opt.grad_bytes;
   mo.distributed_optimizer = opt.distributed_optimizer;
   mo.dispatch_format = opt.dispatch_format;
+  const double t0 = thread_cpu_seconds();
   out.memory = estimate_memory(s, mo);
+  out.host_memory_s = thread_cpu_seconds() - t0;
   return out;
 }
 

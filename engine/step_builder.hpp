@@ -28,9 +28,12 @@
 /// (layer, micro-batch, rank) draws from its own named stream and results are independent of build
 /// order. With tp = 1 these are exactly the routing groups of a routing-only run.
 ///
+/// Streams: EP all-to-alls and TP collectives go to the EP/TP communication stream, DP gradient
+/// reductions and parameter all-gathers to the DP stream, pipeline send/recv to the PP stream
+/// (separate NCCL communicators), so a long reduce-scatter does not delay the next layer's
+/// dispatch; they still share links in the network model.
+///
 /// Simplifications (stated, not hidden): embedding/LM-head vocab-parallel all-reduces omitted;
-/// the DP gradient collectives share the comm stream with the all-to-alls (the executor has one
-/// comm stream per GPU), so a queued reduce-scatter can delay a later layer's all-to-all;
 /// inference uses a single micro-batch per step; MLA decode runs the un-absorbed projections;
 /// redundant (replicated) experts are rejected.
 
@@ -80,12 +83,11 @@ struct StepBuildOptions {
   int step = 0;            ///< training step index (routing streams)
   models::WireFormat dispatch_format = models::WireFormat::kBf16;
   models::WireFormat combine_format = models::WireFormat::kBf16;
-  int a2a_sm_count = 0;                        ///< SMs an all-to-all kernel occupies on each participant (DeepEP: ~20)
-  EngineKind ep_engine = EngineKind::kNvlink;  ///< trace track of EP/TP collectives
-  EngineKind dp_engine = EngineKind::kNic;     ///< trace track of DP and PP collectives
-  int grad_bytes = 4;                          ///< bytes per gradient element reduced over DP
-  bool distributed_optimizer = true;           ///< ZeRO-1: reduce-scatter + sharded Adam + all-gather
-  double optimizer_bytes_per_param = 16;       ///< Adam step HBM traffic per param
+  int a2a_sm_count = 0;                   ///< SMs an all-to-all kernel occupies on each participant (DeepEP: ~20)
+  bool separate_comm_streams = true;      ///< false: DP and PP traffic queue on the EP/TP stream (one comm stream)
+  int grad_bytes = 4;                     ///< bytes per gradient element reduced over DP
+  bool distributed_optimizer = true;      ///< ZeRO-1: reduce-scatter + sharded Adam + all-gather
+  double optimizer_bytes_per_param = 16;  ///< Adam step HBM traffic per param
   double memory_capacity_bytes = 80.0 * 1024 * 1024 * 1024;
 };
 
@@ -103,6 +105,13 @@ struct MoeLayerReport {
   int stage = 0;
   models::LayerStats stats;       ///< over every micro-batch and GPU of the step
   double rank_max_over_mean = 0;  ///< expert rows computed per EP rank, max / mean (all groups)
+  /// Token conservation: rows the routing says the expert GEMMs must compute (kept, plus the
+  /// padding rows when buffers are padded to capacity) and the rows actually given to the
+  /// forward fc1 and backward fc2-dgrad grouped GEMMs of the graph (all chunks, micro-batches
+  /// and ranks; recomputation not counted).
+  std::int64_t rows_expected = 0;
+  std::int64_t rows_fed_fwd = 0;
+  std::int64_t rows_fed_bwd = 0;
 };
 
 /// Serial totals of one kernel name over all GPUs (for reports and tests).
@@ -126,11 +135,19 @@ struct BuiltStep {
   sim::SimTime serial_compute{};                ///< sum of every compute op's duration
   std::map<std::string, KernelTotals> kernels;  ///< by op name ("expert_fc1", "qkv.dgrad", ...)
   std::int64_t routed = 0, kept = 0, dropped = 0, padded = 0;
+  bool training = false;  ///< the graph has a backward pass
+  /// Host CPU seconds (this thread) spent routing, building the graph and estimating memory (for
+  /// benchmarks; never part of a report, which must not depend on the machine).
+  double host_route_s = 0, host_graph_s = 0, host_memory_s = 0;
   double drop_fraction() const { return routed > 0 ? static_cast<double>(dropped) / static_cast<double>(routed) : 0; }
   double padded_fraction() const {
     return kept + padded > 0 ? static_cast<double>(padded) / static_cast<double>(kept + padded) : 0;
   }
 };
+
+/// CPU seconds consumed by the calling thread (CLOCK_THREAD_CPUTIME_ID): the host timings of
+/// BuiltStep and StepReport, which stay meaningful on a loaded machine.
+double thread_cpu_seconds();
 
 /// Throws std::invalid_argument for a scenario it cannot build (EP not dividing dp*tp or the
 /// experts, tokens not splitting over tp, fewer layers than stages, redundant experts).

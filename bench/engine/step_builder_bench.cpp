@@ -35,14 +35,20 @@ int main(int argc, char** argv) {
   s.workload.global_batch = std::atoll(argv[8]);
   const engine::RooflineCosts costs(engine::GpuRoofline::h100_sxm());
   const auto t0 = std::chrono::steady_clock::now();
+  const double c0 = engine::thread_cpu_seconds();
   engine::BuiltStep b = engine::build_step(s, costs, {});
   const auto t1 = std::chrono::steady_clock::now();
+  const double c1 = engine::thread_cpu_seconds();
   sim::Simulation sim;
   engine::SimpleCommBackend be(sim, b.collectives, 50e9, sim::SimTime::from_ps(5'000'000));
   engine::Executor ex(sim, b.graph, be, {});
   const auto r = ex.run();
   const auto t2 = std::chrono::steady_clock::now();
+  const double c2 = engine::thread_cpu_seconds();
   const double world = s.parallel.world();
+  std::printf("graph: %zu edges, %.1f MB\n", b.graph.edges(), b.graph.memory_bytes() / 1e6);
+  std::printf("CPU: build %.3f s (routing %.3f, graph %.3f, memory %.5f), play %.3f s\n", c1 - c0, b.host_route_s,
+              b.host_graph_s, b.host_memory_s, c2 - c1);
   std::printf("%s on %d GPUs: %llu compute ops, %llu collectives (graph size %zu)\n", m->name.c_str(),
               s.parallel.world(), static_cast<unsigned long long>(b.compute_ops),
               static_cast<unsigned long long>(b.collective_ops), b.graph.size());

@@ -18,9 +18,11 @@ class FixedBackend : public CommBackend {
   FixedBackend(sim::Simulation& s, std::vector<SimTime> d) : sim_(s), d_(std::move(d)) {}
   void start(std::uint32_t idx, sim::Callback done) override {
     ++started;
+    started_at[idx] = sim_.now();
     sim_.schedule_in(d_.at(idx), std::move(done), sim::Phase::kComplete);
   }
   int started = 0;
+  std::map<std::uint32_t, SimTime> started_at;
 
  private:
   sim::Simulation& sim_;
@@ -57,7 +59,7 @@ TEST_CASE("a collective waits for every participant and is timed by the backend"
   StepGraph g(2);
   const OpId a0 = g.compute(0, info("pre0"), 4_us);
   const OpId a1 = g.compute(1, info("pre1"), 9_us);
-  const OpId c = g.collective({0, 1}, info("a2a", Category::kDispatch), 0, EngineKind::kNvlink, {a0, a1});
+  const OpId c = g.collective({0, 1}, info("a2a", Category::kDispatch), 0, Stream::kEpComm, {a0, a1});
   g.compute(0, info("post0"), 1_us, {c});
   g.compute(1, info("post1"), 1_us, {c});
   FixedBackend be(s, {6_us});
@@ -75,7 +77,7 @@ TEST_CASE("overlapped communication is not exposed, and overlap never slows the 
   const auto run = [](bool overlap) {
     sim::Simulation s;
     StepGraph g(1);
-    const OpId c = g.collective({0}, info("dispatch", Category::kDispatch), 0, EngineKind::kNic);
+    const OpId c = g.collective({0}, info("dispatch", Category::kDispatch), 0, Stream::kDpComm);
     if (overlap) {
       g.compute(0, info("shared_expert"), 8_us);  // independent of the dispatch
     } else {
@@ -99,7 +101,7 @@ TEST_CASE("communication SMs slow concurrent compute exactly", "[executor]") {
   sim::Simulation s;
   StepGraph g(1);
   // 100 SMs; the collective takes 50 of them for 10 us while a 20 us kernel runs.
-  g.collective({0}, info("dispatch", Category::kDispatch), 0, EngineKind::kNvlink, {}, 50);
+  g.collective({0}, info("dispatch", Category::kDispatch), 0, Stream::kEpComm, {}, 50);
   g.compute(0, info("gemm"), 20_us);
   FixedBackend be(s, {10_us});
   ExecutorOptions o;
@@ -117,7 +119,7 @@ TEST_CASE("a cycle-free graph whose backend loses a collective fails loudly", "[
   };
   sim::Simulation s;
   StepGraph g(1);
-  g.collective({0}, info("lost", Category::kOtherComm), 0, EngineKind::kNic);
+  g.collective({0}, info("lost", Category::kOtherComm), 0, Stream::kDpComm);
   LosingBackend be;
   Executor ex(s, g, be, {});
   REQUIRE_THROWS_AS(ex.run(), sim::SimulationError);
@@ -129,12 +131,12 @@ TEST_CASE("trace has one slice per op per participant and paired flow arrows", "
     sim::TraceWriter w(f);
     sim::Simulation s;
     StepGraph g(2);
-    const OpId d = g.collective({0, 1}, info("dispatch", Category::kDispatch), 0, EngineKind::kNvlink);
+    const OpId d = g.collective({0, 1}, info("dispatch", Category::kDispatch), 0, Stream::kEpComm);
     const OpId e0 = g.compute(0, info("experts"), 3_us);
     g.flow(e0, d);
     const OpId e1 = g.compute(1, info("experts"), 4_us);
     g.flow(e1, d);
-    const OpId c = g.collective({0, 1}, info("combine", Category::kCombine), 1, EngineKind::kNvlink);
+    const OpId c = g.collective({0, 1}, info("combine", Category::kCombine), 1, Stream::kEpComm);
     g.flow(c, e0);
     g.flow(c, e1);
     FixedBackend be(s, {2_us, 2_us});
@@ -161,4 +163,151 @@ TEST_CASE("trace has one slice per op per participant and paired flow arrows", "
   REQUIRE(slices == 6);  // dispatch x2, experts x2, combine x2
   REQUIRE(flows.size() == 4);
   for (const auto& [id, v] : flows) REQUIRE(v == 11);  // each id has one start and one end
+}
+
+TEST_CASE("an EP all-to-all does not queue behind a DP reduce-scatter on another stream", "[executor][streams]") {
+  // Two GPUs: a 100 us gradient reduce-scatter is issued at t = 0; 10 us of compute later the
+  // next layer's dispatch (5 us) is ready. With the reduction on the DP stream the dispatch starts
+  // at 10 us; queued on the same stream (one communication stream per GPU) it waits until 100 us.
+  const auto run = [](Stream dp_stream) {
+    sim::Simulation s;
+    StepGraph g(2);
+    g.collective({0, 1}, info("dp_grad_reduce", Category::kDataParallel), 0, dp_stream);
+    const OpId c0 = g.compute(0, info("bwd0"), 10_us);
+    const OpId c1 = g.compute(1, info("bwd1"), 10_us);
+    const OpId d = g.collective({0, 1}, info("dispatch", Category::kDispatch), 1, Stream::kEpComm, {c0, c1});
+    g.compute(0, info("experts0"), 20_us, {d});
+    g.compute(1, info("experts1"), 20_us, {d});
+    FixedBackend be(s, {100_us, 5_us});
+    Executor ex(s, g, be, {});
+    const auto r = ex.run();
+    return std::make_pair(be.started_at.at(1), r);
+  };
+  const auto [own_start, own] = run(Stream::kDpComm);
+  const auto [shared_start, shared] = run(Stream::kEpComm);
+  REQUIRE(own_start == 10_us);
+  REQUIRE(shared_start == 100_us);
+  REQUIRE(own.step_time == 100_us);  // the reduction overlaps the dispatch and the expert GEMMs
+  REQUIRE(shared.step_time == 125_us);
+  // Breakdown: the reduction counts as data-parallel time, overlapped by 30 us of compute.
+  REQUIRE(own.per_gpu[0].data_parallel == 100_us);
+  REQUIRE(own.per_gpu[0].dispatch == 5_us);
+  REQUIRE(own.per_gpu[0].compute == 30_us);
+  REQUIRE(own.per_gpu[0].exposed_comm == 70_us);
+  REQUIRE(own.per_gpu[0].idle == 0_us);
+  REQUIRE(shared.per_gpu[0].exposed_comm == 95_us);
+}
+
+TEST_CASE("collectives on one stream keep stream order even when a later one is ready first", "[executor][streams]") {
+  sim::Simulation s;
+  StepGraph g(2);
+  const OpId late = g.compute(0, info("late"), 50_us);
+  g.collective({0, 1}, info("pp_send_act", Category::kPipeline), 0, Stream::kPpComm, {late});
+  g.collective({0, 1}, info("pp_send_grad", Category::kPipeline), 1, Stream::kPpComm);  // no deps, but queued
+  FixedBackend be(s, {1_us, 1_us});
+  Executor ex(s, g, be, {});
+  const auto r = ex.run();
+  REQUIRE(be.started_at.at(1) == 51_us);
+  REQUIRE(r.per_gpu[1].pipeline == 2_us);
+}
+
+TEST_CASE("a run that stops with events still queued fails the drained-queue check", "[executor][conservation]") {
+  // A broken backend: it completes the collective but leaves a stray event behind and stops the
+  // simulation, so the queue is not drained when every op has run.
+  class StrayEventBackend : public CommBackend {
+   public:
+    explicit StrayEventBackend(sim::Simulation& s) : sim_(s) {}
+    void start(std::uint32_t, sim::Callback done) override {
+      sim_.schedule_in(
+          1_us,
+          [this, done = std::move(done)]() mutable {
+            done();
+            sim_.schedule_in(1_us, [] {});
+            sim_.stop();
+          },
+          sim::Phase::kComplete);
+    }
+
+   private:
+    sim::Simulation& sim_;
+  };
+  sim::Simulation s;
+  StepGraph g(1);
+  g.collective({0}, info("a2a", Category::kDispatch), 0, Stream::kEpComm);
+  StrayEventBackend be(s);
+  Executor ex(s, g, be, {});
+  REQUIRE_THROWS_WITH(ex.run(), Catch::Contains("pending event"));
+}
+
+TEST_CASE("a backend that completes a collective twice fails loudly", "[executor][conservation]") {
+  class TwiceBackend : public CommBackend {
+   public:
+    explicit TwiceBackend(sim::Simulation& s) : sim_(s) {}
+    void start(std::uint32_t, sim::Callback done) override {
+      auto shared = std::make_shared<sim::Callback>(std::move(done));
+      sim_.schedule_in(1_us, [shared] { (*shared)(); });
+      sim_.schedule_in(2_us, [shared] { (*shared)(); });
+    }
+
+   private:
+    sim::Simulation& sim_;
+  };
+  sim::Simulation s;
+  StepGraph g(1);
+  g.collective({0}, info("a2a", Category::kDispatch), 0, Stream::kEpComm);
+  TwiceBackend be(s);
+  Executor ex(s, g, be, {});
+  REQUIRE_THROWS_WITH(ex.run(), Catch::Contains("completed twice"));
+}
+
+TEST_CASE("trace has one named track per stream", "[executor][trace][streams]") {
+  std::FILE* f = std::tmpfile();
+  {
+    sim::TraceWriter w(f);
+    sim::Simulation s;
+    StepGraph g(1);
+    g.collective({0}, info("dispatch", Category::kDispatch), 0, Stream::kEpComm);
+    g.collective({0}, info("dp_grad_reduce", Category::kDataParallel), 1, Stream::kDpComm);
+    g.collective({0}, info("pp_send_act", Category::kPipeline), 2, Stream::kPpComm);
+    g.compute(0, info("gemm"), 3_us);
+    FixedBackend be(s, {2_us, 2_us, 2_us});
+    ExecutorOptions o;
+    o.trace = &w;
+    Executor ex(s, g, be, o);
+    ex.run();
+    w.close();
+  }
+  std::rewind(f);
+  std::string text;
+  char buf[4096];
+  std::size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, n);
+  std::fclose(f);
+  const auto j = nlohmann::json::parse(text);
+  std::map<int, std::string> track_names;
+  std::map<std::string, int> slice_track;
+  for (const auto& e : j.at("traceEvents")) {
+    if (e.at("ph") == "M" && e.at("name") == "thread_name")
+      track_names[e.at("tid").get<int>()] = e.at("args").at("name").get<std::string>();
+    if (e.at("ph") == "X") slice_track[e.at("name").get<std::string>()] = e.at("tid").get<int>();
+  }
+  REQUIRE(track_names.size() == 4);
+  REQUIRE(track_names.at(slice_track.at("gemm")) == "compute");
+  REQUIRE(track_names.at(slice_track.at("dispatch")) == "comm EP/TP");
+  REQUIRE(track_names.at(slice_track.at("dp_grad_reduce")) == "comm DP");
+  REQUIRE(track_names.at(slice_track.at("pp_send_act")) == "comm PP");
+}
+
+TEST_CASE("a graph on a simulation that already advanced reports times from its own start", "[executor]") {
+  sim::Simulation s;
+  s.schedule_in(7_us, [] {});
+  s.run();  // now = 7 us
+  StepGraph g(2);
+  g.compute(0, info("a"), 10_us);  // GPU 1 has no ops
+  FixedBackend be(s, {});
+  Executor ex(s, g, be, {});
+  const auto r = ex.run();
+  REQUIRE(r.step_time == 10_us);
+  REQUIRE(r.per_gpu[1].busy_end == 0_us);
+  REQUIRE(r.per_gpu[1].idle == 10_us);
 }

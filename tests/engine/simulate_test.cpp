@@ -1,0 +1,188 @@
+#include <catch2/catch.hpp>
+
+#include <memory>
+#include <string>
+
+#include "config/reader.hpp"
+#include "engine/simulate.hpp"
+#include "hardware/flow_network.hpp"
+#include "hardware/topology.hpp"
+
+using namespace moesim;
+using namespace moesim::engine;
+using namespace moesim::sim::literals;
+using sim::SimTime;
+
+namespace {
+
+hw::ClusterSpec one_node() {
+  hw::ClusterSpec s;
+  s.gpu.name = "test-gpu";
+  s.gpu.pcie_bandwidth = 64e9;
+  s.nodes = 1;
+  s.gpus_per_node = 8;
+  s.intra.fabric = hw::IntraFabric::kNvswitch;
+  s.intra.bandwidth = 400e9;
+  s.intra.latency = 1_us;
+  return s;
+}
+
+OpInfo info(const char* n, Category c) {
+  OpInfo i;
+  i.name = n;
+  i.category = c;
+  return i;
+}
+
+/// GPU 0 sends `bytes` to GPU 1 twice: a pipeline send/recv on the PP stream and a one-way
+/// all-to-allv on the EP stream, both ready at t = 0 (or only one of them).
+SimTime play_pair(bool send, bool a2a, double bytes) {
+  const hw::Topology topo = hw::build_topology(one_node());
+  sim::Simulation s;
+  hw::FlowNetwork net(s);
+  topo.install(net);
+  std::vector<CollectiveRequest> reqs(2);
+  reqs[0].kind = CollectiveKind::kSendRecv;
+  reqs[0].gpus = {0, 1};
+  reqs[0].bytes = bytes;
+  reqs[1].kind = CollectiveKind::kAllToAllV;
+  reqs[1].gpus = {0, 1};
+  reqs[1].matrix = std::make_shared<const std::vector<double>>(std::vector<double>{0, bytes, 0, 0});
+  NetworkCommBackend be(s, topo, &net, reqs, {});
+  StepGraph g(8);
+  if (send) g.collective({0, 1}, info("pp_send_act", Category::kPipeline), 0, Stream::kPpComm);
+  if (a2a) g.collective({0, 1}, info("dispatch", Category::kDispatch), 1, Stream::kEpComm);
+  Executor ex(s, g, be, {});
+  const SimTime t = ex.run().step_time;
+  for (std::size_t i = 0; i < reqs.size(); ++i) REQUIRE(be.sent()[i] == be.received()[i]);
+  return t;
+}
+
+Scenario small_train(const std::string& extra = "") {
+  const std::string yaml = R"(name: small
+model: mixtral-8x7b
+cluster:
+  gpu: h100-sxm
+  nodes: 2
+  gpus_per_node: 4
+  intra_node: { fabric: nvswitch, bandwidth: 450GB/s, latency: 1us }
+  inter_node: { fabric: rail-fat-tree, nic_bandwidth: 400Gb/s, nics_per_node: 4, latency: 2us }
+parallel: { dp: 4, tp: 1, ep: 4, pp: 2, micro_batches: 4 }
+workload: { mode: train, seq_len: 256, global_batch: 16 }
+routing: { sampling: counts, distribution: power_law, alpha: 1.2, capacity_factor: 1.0 }
+network: { model: flow }
+seed: 3
+)" + extra;
+  return parse_scenario(config::Document::load_string(yaml, "small.yaml"));
+}
+
+}  // namespace
+
+TEST_CASE("two collectives on different streams sharing a link slow each other down", "[simulate][streams]") {
+  const double bytes = 80e6;  // 200 us at 400 GB/s
+  const SimTime alone_send = play_pair(true, false, bytes);
+  const SimTime alone_a2a = play_pair(false, true, bytes);
+  const SimTime both = play_pair(true, true, bytes);
+  REQUIRE(alone_send > 200_us);
+  REQUIRE(alone_a2a > 200_us);
+  // They start together on separate streams, so neither waits for the other, but they share GPU
+  // 0's NVLink egress: together they take as long as one transfer of twice the bytes.
+  REQUIRE(both >= alone_send * 2 - 5_us);
+  REQUIRE(both <= alone_send * 2 + 5_us);
+}
+
+TEST_CASE("separate DP/PP streams: never slower, DP and PP time in the breakdown", "[simulate][streams]") {
+  const Scenario s = small_train();
+  SimulateOptions one, sep;
+  one.build.separate_comm_streams = false;
+  sep.build.separate_comm_streams = true;
+  const StepReport a = simulate_step(s, one);
+  const StepReport b = simulate_step(s, sep);
+  REQUIRE(b.data_parallel_us > 0);
+  REQUIRE(b.pipeline_us > 0);
+  REQUIRE(a.data_parallel_us > 0);
+  REQUIRE(b.exec.step_time < a.exec.step_time);
+  // Same work either way: op counts and bytes do not depend on the streams.
+  REQUIRE(a.built.graph.size() == b.built.graph.size());
+  REQUIRE(a.payload_bytes == b.payload_bytes);
+  REQUIRE(b.bytes_sent == b.bytes_received);
+}
+
+TEST_CASE("conservation: a real step passes; each corrupted count fails loudly", "[simulate][conservation]") {
+  for (const std::string& extra : {std::string(), std::string("execution: { overlap_chunks: 3 }\n")}) {
+    Scenario s = small_train(extra);
+    s.routing.pad_to_capacity = extra.empty();  // padded buffers once, real rows once
+    SimulateOptions o;
+    o.build.overlap_chunks = s.execution.overlap_chunks;
+    const StepReport r = simulate_step(s, o);  // checks conservation itself
+    const BuiltStep& b = r.built;
+    REQUIRE(b.training);
+    REQUIRE(b.dropped > 0);
+    REQUIRE_FALSE(b.moe_layers.empty());
+    for (const auto& l : b.moe_layers) {
+      REQUIRE(l.rows_fed_fwd == l.rows_expected);
+      REQUIRE(l.rows_fed_bwd == l.rows_expected);
+    }
+    if (s.routing.pad_to_capacity) REQUIRE(b.moe_layers[0].rows_expected > b.moe_layers[0].stats.kept);
+
+    // Rebuild the ledger the way simulate_step does: bytes per collective, all delivered.
+    std::vector<double> sent(b.collectives.size()), recv(b.collectives.size());
+    for (std::size_t i = 0; i < sent.size(); ++i) sent[i] = recv[i] = b.collectives[i].total_bytes();
+    REQUIRE_NOTHROW(check_conservation(b, sent, recv));
+
+    // Each corruption below must be caught.
+    {
+      BuiltStep c(1);
+      c.moe_layers = b.moe_layers;
+      c.routed = b.routed, c.kept = b.kept, c.dropped = b.dropped;
+      c.collectives = b.collectives;
+      c.training = true;
+      REQUIRE_NOTHROW(check_conservation(c, sent, recv));
+      c.moe_layers[1].stats.dropped -= 1;  // a dropped assignment lost
+      c.dropped -= 1;
+      REQUIRE_THROWS_WITH(check_conservation(c, sent, recv), Catch::Contains("routed but"));
+    }
+    {
+      BuiltStep c(1);
+      c.moe_layers = b.moe_layers;
+      c.routed = b.routed, c.kept = b.kept, c.dropped = b.dropped;
+      c.collectives = b.collectives;
+      c.training = true;
+      c.moe_layers[0].rows_fed_fwd -= 1;  // an expert GEMM computed one row too few
+      REQUIRE_THROWS_WITH(check_conservation(c, sent, recv), Catch::Contains("forward expert GEMMs"));
+      c.moe_layers[0].rows_fed_fwd += 1;
+      REQUIRE_NOTHROW(check_conservation(c, sent, recv));
+      c.moe_layers[0].rows_fed_bwd += 2;
+      REQUIRE_THROWS_WITH(check_conservation(c, sent, recv), Catch::Contains("backward expert GEMMs"));
+      c.moe_layers[0].rows_fed_bwd = 0;  // a training step whose backward computed no expert rows
+      REQUIRE_THROWS_WITH(check_conservation(c, sent, recv), Catch::Contains("backward expert GEMMs"));
+    }
+    {
+      BuiltStep c(1);
+      c.moe_layers = b.moe_layers;
+      c.routed = b.routed, c.kept = b.kept + 1, c.dropped = b.dropped;
+      c.collectives = b.collectives;
+      c.training = true;
+      REQUIRE_THROWS_WITH(check_conservation(c, sent, recv), Catch::Contains("step totals"));
+    }
+    {
+      auto short_recv = recv;
+      short_recv[short_recv.size() / 2] *= 0.999;  // one collective lost bytes in the network
+      REQUIRE_THROWS_WITH(check_conservation(b, sent, short_recv), Catch::Contains("delivered"));
+      short_recv.pop_back();
+      REQUIRE_THROWS_WITH(check_conservation(b, sent, short_recv), Catch::Contains("byte counts"));
+    }
+  }
+}
+
+TEST_CASE("the analytical and flow backends keep the byte ledger", "[simulate][conservation]") {
+  for (const char* net : {"network: { model: analytical }\n", ""}) {
+    Scenario s = small_train();
+    if (*net) s.network.model = NetworkModel::kAnalytical;
+    const StepReport r = simulate_step(s, {});
+    REQUIRE(r.bytes_sent > 0);
+    REQUIRE(r.bytes_sent == r.bytes_received);
+    REQUIRE(r.payload_bytes > 0);
+    REQUIRE(r.flows > 0);
+  }
+}
