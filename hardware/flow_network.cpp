@@ -117,9 +117,12 @@ BatchId FlowNetwork::start(FlowBatch batch, sim::Callback on_done) {
     fl.anchor_bytes = bytes;
     fl.anchor_ps = now;
     fl.active_pos = static_cast<std::uint32_t>(active_.size());
+    fl.sp_begin = static_cast<std::uint32_t>(solver_links_.size());
+    fl.sp_len = fl.path_len;
     for (std::uint32_t k = b0; k < b1; ++k) {
       const LinkId l = batch.links[k];
       path_links_.push_back(l);
+      solver_links_.push_back(l);
       link_flows_[l].push_back(f);
     }
     flows_.push_back(fl);
@@ -148,6 +151,7 @@ void FlowNetwork::request_solve() {
 void FlowNetwork::solve_event() {
   solve_pending_ = false;
   if (!arrived_.empty() || !incremental_) {
+    if (!arrived_.empty()) prune_paths();
     if (!active_.empty()) {
       solve(active_, true);
       ++stats_.full_solves;
@@ -159,8 +163,8 @@ void FlowNetwork::solve_event() {
     freed_.clear();
     for (FlowIdx f : departed_) {
       const Flow& fl = flows_[f];
-      for (std::uint32_t k = 0; k < fl.path_len; ++k) {
-        const LinkId l = path_links_[fl.path_begin + k];
+      for (std::uint32_t k = 0; k < fl.sp_len; ++k) {
+        const LinkId l = solver_links_[fl.sp_begin + k];
         if (link_stamp_[l] == u) continue;
         link_stamp_[l] = u;
         freed_.push_back(l);
@@ -174,8 +178,8 @@ void FlowNetwork::solve_event() {
         Flow& gl = flows_[g];
         if (gl.bneck != l) continue;  // also skips finished flows (bneck cleared)
         LinkId alt = kNone;
-        for (std::uint32_t j = 0; j < gl.path_len; ++j) {
-          const LinkId m = path_links_[gl.path_begin + j];
+        for (std::uint32_t j = 0; j < gl.sp_len; ++j) {
+          const LinkId m = solver_links_[gl.sp_begin + j];
           if (link_stamp_[m] != u && saturated_[m] && gl.rate >= max_rate_[m] * (1 - kSatTol)) {
             alt = m;
             break;
@@ -227,7 +231,7 @@ void FlowNetwork::solve(const std::vector<FlowIdx>& set, bool full) {
   for (std::uint32_t i = 0; i < ns; ++i) {
     const Flow& fl = flows_[set[i]];
     lbegin_[i] = static_cast<std::uint32_t>(lpath_.size());
-    for (std::uint32_t k = 0; k < fl.path_len; ++k) lpath_.push_back(path_links_[fl.path_begin + k]);
+    lpath_.insert(lpath_.end(), solver_links_.begin() + fl.sp_begin, solver_links_.begin() + fl.sp_begin + fl.sp_len);
     lrate_[i] = fl.rate;
   }
   lbegin_[ns] = static_cast<std::uint32_t>(lpath_.size());
@@ -335,6 +339,55 @@ void FlowNetwork::solve(const std::vector<FlowIdx>& set, bool full) {
   }
 }
 
+void FlowNetwork::prune_paths() {
+  // A link l whose active flows all cross one link m of strictly smaller capacity never freezes a
+  // flow: its residual stays above m's (it carries a subset of m's frozen flows) and it has at most
+  // m's unfrozen count, so its share stays strictly above m's, and when m freezes, l has no
+  // unfrozen flow left. Removing such links from the solver's paths therefore changes no rate, not
+  // even in the last bit (l's residual never enters a rate). Departures only shrink flow sets, so
+  // the pruning stays valid until the next arrival. Example: a GPU's PCIe link to its NIC (64 GB/s)
+  // carries exactly the flows of that NIC's 48.5 GB/s port.
+  dominated_.assign(links_.size(), 0);
+  auto crosses = [&](const Flow& g, LinkId m) {
+    for (std::uint32_t j = 0; j < g.path_len; ++j)
+      if (path_links_[g.path_begin + j] == m) return true;
+    return false;
+  };
+  for (LinkId l = 0; l < links_.size(); ++l) {
+    const auto& lf = link_flows_[l];
+    const Flow* f0 = nullptr;
+    for (FlowIdx g : lf)
+      if (flows_[g].active_pos != kNone) {
+        f0 = &flows_[g];
+        break;
+      }
+    if (f0 == nullptr) continue;
+    for (std::uint32_t k = 0; k < f0->path_len && !dominated_[l]; ++k) {
+      const LinkId m = path_links_[f0->path_begin + k];
+      if (!(links_[m].capacity < links_[l].capacity)) continue;
+      bool all = true;
+      for (FlowIdx g : lf)
+        if (flows_[g].active_pos != kNone && !crosses(flows_[g], m)) {
+          all = false;
+          break;
+        }
+      if (all) dominated_[l] = 1;
+    }
+  }
+  std::vector<LinkId> sp;
+  sp.reserve(solver_links_.size());
+  for (FlowIdx f : active_) {
+    Flow& fl = flows_[f];
+    fl.sp_begin = static_cast<std::uint32_t>(sp.size());
+    for (std::uint32_t k = 0; k < fl.path_len; ++k) {
+      const LinkId l = path_links_[fl.path_begin + k];
+      if (!dominated_[l]) sp.push_back(l);
+    }
+    fl.sp_len = static_cast<std::uint32_t>(sp.size()) - fl.sp_begin;
+  }
+  solver_links_.swap(sp);
+}
+
 void FlowNetwork::apply_rate(FlowIdx f, double num, std::uint32_t den, std::int64_t now_ps) {
   Flow& fl = flows_[f];
   if (fl.rate_den == den && fl.rate_num == num) return;
@@ -436,6 +489,7 @@ void FlowNetwork::maybe_reset() {
   flows_.clear();
   alive_.clear();
   path_links_.clear();
+  solver_links_.clear();
   for (auto& lf : link_flows_) lf.clear();
   std::fill(link_dead_.begin(), link_dead_.end(), 0U);
   drains_.clear();

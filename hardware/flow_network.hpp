@@ -142,6 +142,8 @@ class FlowNetwork {
   struct Flow {
     std::uint32_t path_begin = 0;
     std::uint32_t path_len = 0;
+    std::uint32_t sp_begin = 0;  ///< solver path: the path without dominated links (prune_paths)
+    std::uint32_t sp_len = 0;
     BatchId batch = 0;
     std::uint32_t index = 0;  ///< index inside its batch
     std::uint32_t active_pos = kNone;
@@ -174,6 +176,7 @@ class FlowNetwork {
   void finish_flow(FlowIdx f, std::int64_t now_ps);
   void apply_rate(FlowIdx f, double num, std::uint32_t den, std::int64_t now_ps);
   void arm_wakeup();
+  void prune_paths();
   void maybe_reset();
   void set_bneck(Flow& fl, LinkId l) {
     if (fl.bneck != kNone) --bneck_count_[fl.bneck];
@@ -193,6 +196,8 @@ class FlowNetwork {
 
   std::vector<Flow> flows_;
   std::vector<LinkId> path_links_;
+  std::vector<LinkId> solver_links_;     ///< solver paths (sp_begin/sp_len), rebuilt by prune_paths
+  std::vector<std::uint8_t> dominated_;  ///< per link: left out of solver paths
   std::vector<FlowIdx> active_;
   std::vector<Batch> batches_;
 
