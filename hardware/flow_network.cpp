@@ -53,6 +53,7 @@ LinkId FlowNetwork::add_link(double bytes_per_s, sim::SimTime latency) {
   csr_begin_.push_back(0);
   csr_fill_.push_back(0);
   link_res_.push_back(0);
+  link_group_.push_back(kNone);
   return id;
 }
 
@@ -71,7 +72,8 @@ double FlowNetwork::flow_rate(BatchId b, std::size_t index) const {
   const Batch& bt = batches_.at(b);
   if (bt.done.at(index) != sim::SimTime::max()) return 0;
   for (FlowIdx f : active_)
-    if (flows_[f].batch == b && flows_[f].index == index) return flows_[f].rate;
+    if (flows_[f].batch == b && flows_[f].index == index)
+      return flows_[f].group == kNone ? 0.0 : groups_[flows_[f].group].rate;
   return 0;
 }
 
@@ -114,8 +116,7 @@ BatchId FlowNetwork::start(FlowBatch batch, sim::Callback on_done) {
     fl.path_len = b1 - b0;
     fl.batch = bid;
     fl.index = static_cast<std::uint32_t>(i);
-    fl.anchor_bytes = bytes;
-    fl.anchor_ps = now;
+    fl.key = bytes;  // remaining bytes while the flow has no group
     fl.active_pos = static_cast<std::uint32_t>(active_.size());
     fl.sp_begin = static_cast<std::uint32_t>(solver_links_.size());
     fl.sp_len = fl.path_len;
@@ -177,10 +178,11 @@ void FlowNetwork::solve_event() {
       for (FlowIdx g : link_flows_[l]) {
         Flow& gl = flows_[g];
         if (gl.bneck != l) continue;  // also skips finished flows (bneck cleared)
+        const double grate = groups_[gl.group].rate;
         LinkId alt = kNone;
         for (std::uint32_t j = 0; j < gl.sp_len; ++j) {
           const LinkId m = solver_links_[gl.sp_begin + j];
-          if (link_stamp_[m] != u && saturated_[m] && gl.rate >= max_rate_[m] * (1 - kSatTol)) {
+          if (link_stamp_[m] != u && saturated_[m] && grate >= max_rate_[m] * (1 - kSatTol)) {
             alt = m;
             break;
           }
@@ -188,7 +190,7 @@ void FlowNetwork::solve_event() {
         if (alt != kNone) {
           set_bneck(gl, alt);
         } else {
-          rho = std::min(rho, gl.rate);
+          rho = std::min(rho, grate);
         }
       }
     }
@@ -232,7 +234,7 @@ void FlowNetwork::solve(const std::vector<FlowIdx>& set, bool full) {
     const Flow& fl = flows_[set[i]];
     lbegin_[i] = static_cast<std::uint32_t>(lpath_.size());
     lpath_.insert(lpath_.end(), solver_links_.begin() + fl.sp_begin, solver_links_.begin() + fl.sp_begin + fl.sp_len);
-    lrate_[i] = fl.rate;
+    lrate_[i] = fl.group == kNone ? 0.0 : groups_[fl.group].rate;
   }
   lbegin_[ns] = static_cast<std::uint32_t>(lpath_.size());
   for (std::uint32_t i = 0; i < ns; ++i) {
@@ -314,11 +316,56 @@ void FlowNetwork::solve(const std::vector<FlowIdx>& set, bool full) {
     saturated_[l] = used_[l] >= links_[l].capacity * (1 - kSatTol) ? 1 : 0;
   }
   const std::int64_t now = sim_.now().ps();
+  // Rate groups. A link that froze flows keeps its group when every member of that group was in
+  // this solve (then the group's flows that froze there again need no per-flow work, only the
+  // group's rate changes); otherwise it gets a new group and the old one keeps its other members.
+  touched_groups_.clear();
+  for (std::uint32_t i = 0; i < ns; ++i) {
+    const std::uint32_t g = flows_[set[i]].group;
+    if (g != kNone && groups_[g].resolved++ == 0) touched_groups_.push_back(g);
+  }
+  const std::uint32_t counted = static_cast<std::uint32_t>(touched_groups_.size());
+  for (std::uint32_t i : freeze_order_) {
+    const LinkId l = lbneck_[i];
+    if (link_stamp_[l] == st + 1) continue;  // this link's group is already decided
+    link_stamp_[l] = st + 1;
+    std::uint32_t g = link_group_[l];
+    if (g == kNone || groups_[g].resolved != groups_[g].size) g = new_group(l);
+    Group& G = groups_[g];
+    if (G.den != new_den_[i] || G.num != new_num_[i]) {
+      G.served = served_at(G, now);
+      G.anchor_ps = now;
+      G.num = new_num_[i];
+      G.den = new_den_[i];
+      G.rate = G.num / G.den;
+      touched_groups_.push_back(g);
+    }
+  }
+  ++stamp_;  // st + 1 was used above
   for (std::uint32_t i = 0; i < ns; ++i) {
     const FlowIdx f = set[i];
-    set_bneck(flows_[f], lbneck_[i]);
-    apply_rate(f, new_num_[i], new_den_[i], now);
+    Flow& fl = flows_[f];
+    set_bneck(fl, lbneck_[i]);
+    const std::uint32_t g = link_group_[lbneck_[i]];
+    if (fl.group == g) continue;
+    double rem = fl.key;
+    if (fl.group != kNone) {
+      rem -= served_at(groups_[fl.group], now);
+      touched_groups_.push_back(fl.group);
+      leave_group(fl);
+    }
+    Group& G = groups_[g];
+    fl.group = g;
+    fl.key = served_at(G, now) + std::max(rem, 0.0);
+    G.heap.push_back(Member{fl.key, f, fl.member_ver});
+    std::push_heap(G.heap.begin(), G.heap.end(), std::greater<>());
+    ++G.size;
+    touched_groups_.push_back(g);
   }
+  for (std::uint32_t k = 0; k < counted; ++k) groups_[touched_groups_[k]].resolved = 0;
+  std::sort(touched_groups_.begin(), touched_groups_.end());
+  touched_groups_.erase(std::unique(touched_groups_.begin(), touched_groups_.end()), touched_groups_.end());
+  for (std::uint32_t g : touched_groups_) refresh_group_drain(g);
   // Append the new suffix in freeze order (a flow's rate is now num / den, bit for bit);
   // drop dead entries when they dominate.
   double key = order_key_.empty() ? 0.0 : order_key_.back();
@@ -388,30 +435,74 @@ void FlowNetwork::prune_paths() {
   solver_links_.swap(sp);
 }
 
-void FlowNetwork::apply_rate(FlowIdx f, double num, std::uint32_t den, std::int64_t now_ps) {
-  Flow& fl = flows_[f];
-  if (fl.rate_den == den && fl.rate_num == num) return;
-  if (fl.rate_den != 0 && now_ps > fl.anchor_ps) {
-    fl.anchor_bytes -= fl.rate * (static_cast<double>(now_ps - fl.anchor_ps) * 1e-12);
-    if (fl.anchor_bytes < 0) fl.anchor_bytes = 0;
+std::uint32_t FlowNetwork::new_group(LinkId l) {
+  std::uint32_t g = 0;
+  if (free_groups_.empty()) {
+    g = static_cast<std::uint32_t>(groups_.size());
+    groups_.emplace_back();
+  } else {
+    g = free_groups_.back();
+    free_groups_.pop_back();
   }
-  fl.anchor_ps = now_ps;
-  fl.rate_num = num;
-  fl.rate_den = den;
-  fl.rate = num / den;
-  fl.drain_ps = now_ps + sim::duration_for(fl.anchor_bytes * den, num).ps();
-  ++fl.version;
-  push_drain(Pending{fl.drain_ps, f, fl.version});
+  Group& G = groups_[g];
+  G.link = l;
+  G.size = 0;
+  G.den = 0;
+  G.resolved = 0;
+  G.num = G.rate = G.served = 0;
+  G.anchor_ps = 0;
+  G.drain_ps = std::numeric_limits<std::int64_t>::max();
+  ++G.version;
+  G.heap.clear();
+  link_group_[l] = g;
+  return g;
+}
+
+void FlowNetwork::release_group(std::uint32_t g) {
+  Group& G = groups_[g];
+  if (link_group_[G.link] == g) link_group_[G.link] = kNone;
+  G.heap.clear();
+  G.den = 0;
+  G.drain_ps = std::numeric_limits<std::int64_t>::max();
+  ++G.version;  // its drain-heap entries are stale from now on
+  free_groups_.push_back(g);
+}
+
+void FlowNetwork::leave_group(Flow& fl) {
+  --groups_[fl.group].size;
+  ++fl.member_ver;  // its entry in the group's heap is stale from now on
+  fl.group = kNone;
+}
+
+void FlowNetwork::refresh_group_drain(std::uint32_t g) {
+  Group& G = groups_[g];
+  if (G.size == 0) {
+    if (G.den != 0 || !G.heap.empty()) release_group(g);
+    return;
+  }
+  const auto cmp = std::greater<>();
+  if (G.heap.size() > 2 * G.size + 64) {  // drop stale members in one pass
+    std::size_t w = 0;
+    for (const Member& m : G.heap)
+      if (member_live(g, m)) G.heap[w++] = m;
+    G.heap.resize(w);
+    std::make_heap(G.heap.begin(), G.heap.end(), cmp);
+  }
+  while (!member_live(g, G.heap.front())) {
+    std::pop_heap(G.heap.begin(), G.heap.end(), cmp);
+    G.heap.pop_back();
+  }
+  const double left = std::max(G.heap.front().key - G.served, 0.0);
+  const std::int64_t ps = G.anchor_ps + sim::duration_for(left * G.den, G.num).ps();
+  if (ps == G.drain_ps) return;
+  G.drain_ps = ps;
+  ++G.version;
+  push_drain(Pending{ps, g, G.version});
 }
 
 void FlowNetwork::arm_wakeup() {
-  if (drains_.size() > 4 * active_.size() + 1024) compact_drains();
-  while (!drains_.empty()) {
-    const Pending& p = drains_.front();
-    const Flow& fl = flows_[p.flow];
-    if (fl.active_pos != kNone && fl.version == p.version) break;
-    pop_drain();
-  }
+  if (drains_.size() > 4 * groups_.size() + 1024) compact_drains();
+  while (!drains_.empty() && groups_[drains_.front().group].version != drains_.front().version) pop_drain();
   const std::int64_t t = drains_.empty() ? std::numeric_limits<std::int64_t>::max() : drains_.front().ps;
   if (t == wakeup_ps_) return;
   if (wakeup_id_.valid()) sim_.cancel(wakeup_id_);
@@ -423,13 +514,11 @@ void FlowNetwork::arm_wakeup() {
 }
 
 void FlowNetwork::compact_drains() {
-  // Live entries are unique per flow (one per version), and the heap order is a strict total
-  // order on (ps, flow), so rebuilding gives the same pop sequence as lazy deletion.
+  // Live entries are unique per group (one per version), and the heap order is a strict total
+  // order on (ps, group), so rebuilding gives the same pop sequence as lazy deletion.
   std::size_t w = 0;
-  for (const Pending& p : drains_) {
-    const Flow& fl = flows_[p.flow];
-    if (fl.active_pos != kNone && fl.version == p.version) drains_[w++] = p;
-  }
+  for (const Pending& p : drains_)
+    if (groups_[p.group].version == p.version) drains_[w++] = p;
   drains_.resize(w);
   std::make_heap(drains_.begin(), drains_.end(), std::greater<>());
 }
@@ -439,12 +528,25 @@ void FlowNetwork::drain_event() {
   wakeup_ps_ = std::numeric_limits<std::int64_t>::max();
   const std::int64_t now = sim_.now().ps();
   ++stats_.drain_events;
+  const auto cmp = std::greater<>();
   while (!drains_.empty() && drains_.front().ps <= now) {
     const Pending p = drains_.front();
     pop_drain();
-    const Flow& fl = flows_[p.flow];
-    if (fl.active_pos == kNone || fl.version != p.version) continue;
-    finish_flow(p.flow, now);
+    if (groups_[p.group].version != p.version) continue;
+    // Every member whose own drain time (same formula as the group's) has come finishes now.
+    Group& G = groups_[p.group];
+    G.drain_ps = std::numeric_limits<std::int64_t>::max();
+    while (!G.heap.empty()) {
+      const Member m = G.heap.front();
+      if (member_live(p.group, m)) {
+        const double left = std::max(m.key - G.served, 0.0);
+        if (G.anchor_ps + sim::duration_for(left * G.den, G.num).ps() > now) break;
+      }
+      std::pop_heap(G.heap.begin(), G.heap.end(), cmp);
+      G.heap.pop_back();
+      if (member_live(p.group, m)) finish_flow(m.flow, now);
+    }
+    refresh_group_drain(p.group);
   }
   if (!departed_.empty()) request_solve();
   arm_wakeup();
@@ -453,6 +555,8 @@ void FlowNetwork::drain_event() {
 void FlowNetwork::finish_flow(FlowIdx f, std::int64_t now_ps) {
   Flow& fl = flows_[f];
   set_bneck(fl, kNone);
+  const double rate = groups_[fl.group].rate;
+  leave_group(fl);
   const FlowIdx moved = active_.back();
   active_[fl.active_pos] = moved;
   flows_[moved].active_pos = fl.active_pos;
@@ -466,7 +570,7 @@ void FlowNetwork::finish_flow(FlowIdx f, std::int64_t now_ps) {
   for (std::uint32_t k = 0; k < fl.path_len; ++k) {
     const LinkId l = path_links_[fl.path_begin + k];
     lat += links_[l].latency.ps();
-    used_[l] -= fl.rate;
+    used_[l] -= rate;
     auto& lf = link_flows_[l];
     if (2 * ++link_dead_[l] > lf.size() + 64) {
       std::size_t w = 0;
@@ -493,6 +597,9 @@ void FlowNetwork::maybe_reset() {
   for (auto& lf : link_flows_) lf.clear();
   std::fill(link_dead_.begin(), link_dead_.end(), 0U);
   drains_.clear();
+  groups_.clear();
+  free_groups_.clear();
+  std::fill(link_group_.begin(), link_group_.end(), kNone);
   std::fill(used_.begin(), used_.end(), 0.0);
   std::fill(saturated_.begin(), saturated_.end(), 0);
   std::fill(max_rate_.begin(), max_rate_.end(), 0.0);

@@ -147,14 +147,34 @@ class FlowNetwork {
     BatchId batch = 0;
     std::uint32_t index = 0;  ///< index inside its batch
     std::uint32_t active_pos = kNone;
-    std::uint32_t version = 0;   ///< bumps when the drain time changes
-    std::uint32_t rate_den = 0;  ///< 0 = no rate yet
-    LinkId bneck = kNone;        ///< a link where this flow is bottlenecked (saturated, max rate)
-    double rate_num = 0;
-    double rate = 0;          ///< rate_num / rate_den
-    double anchor_bytes = 0;  ///< bytes left at anchor_ps
+    LinkId bneck = kNone;          ///< a link where this flow is bottlenecked (saturated, max rate)
+    std::uint32_t group = kNone;   ///< rate group (kNone until the first solve)
+    std::uint32_t member_ver = 0;  ///< bumps when the flow leaves a group (stale group-heap entries)
+    double key = 0;                ///< group service level at which the flow has sent all its bytes
+  };
+  /// Flows frozen by the same link in the same solve share one rate (num / den: the link's
+  /// residual and unfrozen count when it froze). A group keeps a service counter (bytes sent per
+  /// member since the group was formed), so a rate change costs one update per group, not one
+  /// per flow: a member finishes when the counter reaches its key, and members are kept in a
+  /// min-heap by key (lazy deletion), so the group's next finish is its heap top.
+  struct Member {
+    double key;
+    FlowIdx flow;
+    std::uint32_t ver;
+    bool operator>(const Member& o) const { return key != o.key ? key > o.key : flow > o.flow; }
+  };
+  struct Group {
+    LinkId link = kNone;
+    std::uint32_t size = 0;      ///< live members
+    std::uint32_t den = 0;       ///< 0 = no rate yet
+    std::uint32_t version = 0;   ///< bumps when the group's drain time changes
+    std::uint32_t resolved = 0;  ///< solver scratch: members in the set being solved
+    double num = 0;
+    double rate = 0;
+    double served = 0;  ///< service counter at anchor_ps
     std::int64_t anchor_ps = 0;
     std::int64_t drain_ps = 0;
+    std::vector<Member> heap;
   };
   struct Batch {
     std::uint32_t running = 0;
@@ -162,11 +182,11 @@ class FlowNetwork {
     std::vector<sim::SimTime> done;
     sim::Callback on_done;
   };
-  struct Pending {  // min-heap entry of drain times
+  struct Pending {  // min-heap entry of group drain times
     std::int64_t ps;
-    FlowIdx flow;
+    std::uint32_t group;
     std::uint32_t version;
-    bool operator>(const Pending& o) const { return ps != o.ps ? ps > o.ps : flow > o.flow; }
+    bool operator>(const Pending& o) const { return ps != o.ps ? ps > o.ps : group > o.group; }
   };
 
   void request_solve();
@@ -174,7 +194,18 @@ class FlowNetwork {
   void solve(const std::vector<FlowIdx>& set, bool full);
   void drain_event();
   void finish_flow(FlowIdx f, std::int64_t now_ps);
-  void apply_rate(FlowIdx f, double num, std::uint32_t den, std::int64_t now_ps);
+  std::uint32_t new_group(LinkId l);
+  void release_group(std::uint32_t g);
+  double served_at(const Group& g, std::int64_t now_ps) const {
+    return g.den != 0 && now_ps > g.anchor_ps ? g.served + g.rate * (static_cast<double>(now_ps - g.anchor_ps) * 1e-12)
+                                              : g.served;
+  }
+  void leave_group(Flow& fl);
+  void refresh_group_drain(std::uint32_t g);
+  bool member_live(std::uint32_t g, const Member& m) const {
+    const Flow& fl = flows_[m.flow];
+    return fl.group == g && fl.member_ver == m.ver;
+  }
   void arm_wakeup();
   void prune_paths();
   void maybe_reset();
@@ -195,6 +226,10 @@ class FlowNetwork {
   std::vector<std::uint32_t> bneck_count_;  ///< flows whose `bneck` is this link
 
   std::vector<Flow> flows_;
+  std::vector<Group> groups_;
+  std::vector<std::uint32_t> free_groups_;
+  std::vector<std::uint32_t> link_group_;  ///< per link: the group its last freeze formed (or kNone)
+  std::vector<std::uint32_t> touched_groups_;
   std::vector<LinkId> path_links_;
   std::vector<LinkId> solver_links_;     ///< solver paths (sp_begin/sp_len), rebuilt by prune_paths
   std::vector<std::uint8_t> dominated_;  ///< per link: left out of solver paths
