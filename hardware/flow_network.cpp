@@ -54,6 +54,7 @@ LinkId FlowNetwork::add_link(double bytes_per_s, sim::SimTime latency) {
   csr_fill_.push_back(0);
   link_res_.push_back(0);
   link_group_.push_back(kNone);
+  link_ngroups_.push_back(0);
   return id;
 }
 
@@ -197,22 +198,175 @@ void FlowNetwork::solve_event() {
     if (rho == std::numeric_limits<double>::infinity()) {
       ++stats_.skipped_solves;
     } else {
-      const double cut = rho * (1 - kSatTol);
-      const auto p =
-          static_cast<std::size_t>(std::lower_bound(order_key_.begin(), order_key_.end(), cut) - order_key_.begin());
-      set_scratch_.clear();
-      for (std::size_t k = p; k < order_.size(); ++k)
-        if (alive_[order_[k]]) set_scratch_.push_back(order_[k]);
-      order_.resize(p);
-      order_key_.resize(p);
-      solve(set_scratch_, false);
-      ++stats_.partial_solves;
+      if (fast_resolve()) {
+        ++stats_.fast_solves;
+      } else {
+        // Every flow at or above rho: the members of the groups whose rate is >= rho (a group's
+        // members share one rate). Progressive filling levels only grow, so this set is closed
+        // upwards: it holds every flow that the filling freezes after the first changed step.
+        const double cut = rho * (1 - kSatTol);
+        set_scratch_.clear();
+        for (std::uint32_t g = 0; g < groups_.size(); ++g) {
+          const Group& G = groups_[g];
+          if (G.size == 0 || !(G.rate >= cut)) continue;
+          for (const Member& m : G.heap)
+            if (member_live(g, m)) set_scratch_.push_back(m.flow);
+        }
+        solve(set_scratch_, false);
+        ++stats_.partial_solves;
+      }
     }
   }
   arrived_.clear();
   departed_.clear();
+  departed_group_.clear();
   arm_wakeup();
   maybe_reset();
+}
+
+bool FlowNetwork::fast_resolve() {
+  // Departures only, and each group keeps its members: the old groups' order (by rate, then link
+  // id, as the filling froze them) is a valid order for recomputing their rates, because a
+  // group's rate depends only on the rates of groups that froze before it (the other flows on
+  // its link). Recompute the groups the departures touch, in that order, propagating each rate
+  // change to the links its members cross; then check that the filling would form the same groups
+  // with the new rates (every member's other links freeze later, every other flow on a group's
+  // link froze earlier, links without a group stay below capacity). Near-ties (kSatTol) count as
+  // failures. On failure everything is rolled back and the caller re-solves from rho.
+  const std::int64_t now = sim_.now().ps();
+  const std::uint32_t st = ++stamp_;
+  if (fp_mark_.size() < groups_.size()) {
+    fp_mark_.resize(groups_.size(), 0);
+    fp_done_.resize(groups_.size(), 0);
+  }
+  heap_.clear();
+  used_log_.clear();
+  group_log_.clear();
+  fp_slack_.clear();
+  const auto cmp = std::greater<>();
+  auto push = [&](std::uint32_t g) {
+    if (fp_mark_[g] == st) return;
+    fp_mark_[g] = st;
+    heap_.push_back(heap_key(groups_[g].rate, groups_[g].link));
+    std::push_heap(heap_.begin(), heap_.end(), cmp);
+  };
+  auto live_group = [&](LinkId m) {
+    const std::uint32_t g = link_group_[m];
+    return g != kNone && groups_[g].size > 0 ? g : kNone;
+  };
+  for (std::size_t k = 0; k < departed_.size(); ++k) {
+    const std::uint32_t g = departed_group_[k];
+    if (g == kNone || link_group_[groups_[g].link] != g) return false;
+    const Flow& fl = flows_[departed_[k]];
+    for (std::uint32_t j = 0; j < fl.sp_len; ++j) {
+      const LinkId m = solver_links_[fl.sp_begin + j];
+      const std::uint32_t gm = live_group(m);
+      if (gm != kNone)
+        push(gm);
+      else
+        fp_slack_.push_back(m);
+    }
+  }
+  bool ok = true;
+  while (ok && !heap_.empty()) {
+    std::pop_heap(heap_.begin(), heap_.end(), cmp);
+    const auto l = static_cast<LinkId>(heap_.back());
+    heap_.pop_back();
+    const std::uint32_t g = link_group_[l];
+    fp_done_[g] = st;
+    Group& G = groups_[g];
+    if (link_ngroups_[l] != 1 || bneck_count_[l] != G.size || G.away != 0) {
+      ok = false;
+      break;
+    }
+    const double res = links_[l].capacity - used_[l] + G.size * G.rate;
+    if (!(res > 0)) {
+      ok = false;
+      break;
+    }
+    if (res == G.num && G.size == G.den) continue;
+    group_log_.push_back(GroupLog{g, G.den, G.num, G.rate, G.served, G.anchor_ps});
+    const double rate = res / G.size, delta = rate - G.rate;
+    G.served = served_at(G, now);
+    G.anchor_ps = now;
+    G.num = res;
+    G.den = G.size;
+    G.rate = rate;
+    if (delta == 0) continue;
+    const LinkId* ml = G.mem_links.data();
+    for (std::size_t e = 0, ne = G.mem_links.size(); e < ne; ++e) {
+      const LinkId m = ml[e];
+      if (m == l || m == kNone) continue;
+      used_log_.push_back(UsedLog{m, used_[m]});
+      used_[m] += delta;
+      const std::uint32_t gm = live_group(m);
+      if (gm == kNone) {
+        fp_slack_.push_back(m);
+      } else if (fp_done_[gm] == st) {
+        ok = false;  // would have to freeze before this group: the order changed
+        break;
+      } else {
+        push(gm);
+      }
+    }
+    used_log_.push_back(UsedLog{l, used_[l]});
+    used_[l] += G.size * delta;
+  }
+  // The groups' new rates must give the same groups: check every relation that involves a
+  // changed group (relations between unchanged groups still hold).
+  for (std::size_t k = 0; ok && k < group_log_.size(); ++k) {
+    const std::uint32_t g = group_log_[k].group;
+    const Group& G = groups_[g];
+    const LinkId l = G.link;
+    const double r = G.rate;
+    const LinkId* ml = G.mem_links.data();
+    for (std::size_t e = 0, ne = G.mem_links.size(); ok && e < ne; ++e) {
+      const LinkId m = ml[e];
+      if (m == l || m == kNone) continue;
+      const std::uint32_t gm = live_group(m);
+      if (gm == kNone)
+        fp_slack_.push_back(m);
+      else if (!(groups_[gm].rate > r * (1 + kSatTol)))
+        ok = false;
+    }
+    if (ok && r < group_log_[k].rate) {  // the other flows on l must still be slower
+      for (FlowIdx h : link_flows_[l]) {
+        const Flow& hl = flows_[h];
+        if (hl.active_pos == kNone || hl.group == g) continue;
+        if (!(groups_[hl.group].rate < r * (1 - kSatTol))) {
+          ok = false;
+          break;
+        }
+      }
+    }
+  }
+  for (std::size_t k = 0; ok && k < fp_slack_.size(); ++k) {
+    const LinkId m = fp_slack_[k];
+    if (live_group(m) == kNone && used_[m] > links_[m].capacity * (1 - kSatTol)) ok = false;
+  }
+  if (!ok) {
+    for (std::size_t k = used_log_.size(); k-- > 0;) used_[used_log_[k].link] = used_log_[k].used;
+    for (std::size_t k = group_log_.size(); k-- > 0;) {
+      const GroupLog& o = group_log_[k];
+      Group& G = groups_[o.group];
+      G.den = o.den;
+      G.num = o.num;
+      G.rate = o.rate;
+      G.served = o.served;
+      G.anchor_ps = o.anchor_ps;
+    }
+    return false;
+  }
+  for (LinkId m : fp_slack_)
+    if (live_group(m) == kNone) saturated_[m] = 0;
+  for (const GroupLog& o : group_log_) {
+    const Group& G = groups_[o.group];
+    saturated_[G.link] = 1;
+    max_rate_[G.link] = G.rate;
+    stats_.flows_resolved += G.size;
+    refresh_group_drain(o.group);
+  }
+  return true;
 }
 
 void FlowNetwork::solve(const std::vector<FlowIdx>& set, bool full) {
@@ -269,10 +423,6 @@ void FlowNetwork::solve(const std::vector<FlowIdx>& set, bool full) {
   new_num_.resize(ns);
   new_den_.resize(ns);
   lbneck_.resize(ns);
-  if (full) {
-    order_.clear();
-    order_key_.clear();
-  }
   heap_.clear();
   for (LinkId l : touched_) heap_.push_back(heap_key(link_res_[l] / link_cnt_[l], l));
   const auto cmp = std::greater<>();
@@ -354,36 +504,14 @@ void FlowNetwork::solve(const std::vector<FlowIdx>& set, bool full) {
       touched_groups_.push_back(fl.group);
       leave_group(fl);
     }
-    Group& G = groups_[g];
-    fl.group = g;
-    fl.key = served_at(G, now) + std::max(rem, 0.0);
-    G.heap.push_back(Member{fl.key, f, fl.member_ver});
-    std::push_heap(G.heap.begin(), G.heap.end(), std::greater<>());
-    ++G.size;
+    fl.key = served_at(groups_[g], now) + std::max(rem, 0.0);
+    join_group(f, g);
     touched_groups_.push_back(g);
   }
   for (std::uint32_t k = 0; k < counted; ++k) groups_[touched_groups_[k]].resolved = 0;
   std::sort(touched_groups_.begin(), touched_groups_.end());
   touched_groups_.erase(std::unique(touched_groups_.begin(), touched_groups_.end()), touched_groups_.end());
   for (std::uint32_t g : touched_groups_) refresh_group_drain(g);
-  // Append the new suffix in freeze order (a flow's rate is now num / den, bit for bit);
-  // drop dead entries when they dominate.
-  double key = order_key_.empty() ? 0.0 : order_key_.back();
-  for (std::uint32_t i : freeze_order_) {
-    key = std::max(key, new_num_[i] / new_den_[i]);
-    order_.push_back(set[i]);
-    order_key_.push_back(key);
-  }
-  if (order_.size() > 2 * active_.size() + 4096) {
-    std::size_t w = 0;
-    for (std::size_t k = 0; k < order_.size(); ++k)
-      if (alive_[order_[k]]) {
-        order_[w] = order_[k];
-        order_key_[w++] = order_key_[k];
-      }
-    order_.resize(w);
-    order_key_.resize(w);
-  }
 }
 
 void FlowNetwork::prune_paths() {
@@ -454,22 +582,67 @@ std::uint32_t FlowNetwork::new_group(LinkId l) {
   G.drain_ps = std::numeric_limits<std::int64_t>::max();
   ++G.version;
   G.heap.clear();
+  G.mem.clear();
+  G.mem_links.clear();
+  G.stride = 0;
+  G.away = 0;
   link_group_[l] = g;
+  ++link_ngroups_[l];
   return g;
 }
 
 void FlowNetwork::release_group(std::uint32_t g) {
   Group& G = groups_[g];
+  --link_ngroups_[G.link];
   if (link_group_[G.link] == g) link_group_[G.link] = kNone;
   G.heap.clear();
+  G.mem.clear();
+  G.mem_links.clear();
+  G.stride = 0;
+  G.away = 0;
   G.den = 0;
   G.drain_ps = std::numeric_limits<std::int64_t>::max();
   ++G.version;  // its drain-heap entries are stale from now on
   free_groups_.push_back(g);
 }
 
+void FlowNetwork::join_group(FlowIdx f, std::uint32_t g) {
+  Flow& fl = flows_[f];
+  Group& G = groups_[g];
+  fl.group = g;
+  G.heap.push_back(Member{fl.key, f, fl.member_ver});
+  std::push_heap(G.heap.begin(), G.heap.end(), std::greater<>());
+  ++G.size;
+  if (fl.bneck != G.link) ++G.away;
+  if (fl.sp_len > G.stride) {  // re-stride the inline paths
+    const std::uint32_t old = G.stride, n = static_cast<std::uint32_t>(G.mem.size());
+    G.mem_links.resize(static_cast<std::size_t>(n) * fl.sp_len, kNone);
+    for (std::uint32_t i = n; i-- > 0;)
+      for (std::uint32_t j = fl.sp_len; j-- > 0;)
+        G.mem_links[static_cast<std::size_t>(i) * fl.sp_len + j] =
+            j < old ? G.mem_links[static_cast<std::size_t>(i) * old + j] : kNone;
+    G.stride = fl.sp_len;
+  }
+  fl.mpos = static_cast<std::uint32_t>(G.mem.size());
+  G.mem.push_back(f);
+  for (std::uint32_t j = 0; j < G.stride; ++j)
+    G.mem_links.push_back(j < fl.sp_len ? solver_links_[fl.sp_begin + j] : kNone);
+}
+
 void FlowNetwork::leave_group(Flow& fl) {
-  --groups_[fl.group].size;
+  Group& G = groups_[fl.group];
+  if (fl.bneck != G.link) --G.away;
+  const std::uint32_t last = static_cast<std::uint32_t>(G.mem.size()) - 1;
+  if (fl.mpos != last) {
+    const FlowIdx moved = G.mem[last];
+    G.mem[fl.mpos] = moved;
+    std::copy_n(G.mem_links.begin() + static_cast<std::ptrdiff_t>(last) * G.stride, G.stride,
+                G.mem_links.begin() + static_cast<std::ptrdiff_t>(fl.mpos) * G.stride);
+    flows_[moved].mpos = fl.mpos;
+  }
+  G.mem.pop_back();
+  G.mem_links.resize(G.mem_links.size() - G.stride);
+  --G.size;
   ++fl.member_ver;  // its entry in the group's heap is stale from now on
   fl.group = kNone;
 }
@@ -556,6 +729,7 @@ void FlowNetwork::finish_flow(FlowIdx f, std::int64_t now_ps) {
   Flow& fl = flows_[f];
   set_bneck(fl, kNone);
   const double rate = groups_[fl.group].rate;
+  departed_group_.push_back(fl.group);
   leave_group(fl);
   const FlowIdx moved = active_.back();
   active_[fl.active_pos] = moved;
@@ -600,12 +774,11 @@ void FlowNetwork::maybe_reset() {
   groups_.clear();
   free_groups_.clear();
   std::fill(link_group_.begin(), link_group_.end(), kNone);
+  std::fill(link_ngroups_.begin(), link_ngroups_.end(), 0U);
   std::fill(used_.begin(), used_.end(), 0.0);
   std::fill(saturated_.begin(), saturated_.end(), 0);
   std::fill(max_rate_.begin(), max_rate_.end(), 0.0);
   std::fill(bneck_count_.begin(), bneck_count_.end(), 0U);
-  order_.clear();
-  order_key_.clear();
 }
 
 }  // namespace moesim::hw

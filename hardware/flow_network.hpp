@@ -88,6 +88,7 @@ struct FlowNetworkStats {
   std::uint64_t flows_started = 0;
   std::uint64_t full_solves = 0;     ///< progressive filling over every active flow
   std::uint64_t partial_solves = 0;  ///< over the flows at or above the threshold rho
+  std::uint64_t fast_solves = 0;     ///< departures solved by re-levelling the changed groups
   std::uint64_t skipped_solves = 0;  ///< departures that provably changed no rate
   std::uint64_t flows_resolved = 0;  ///< sum of flow counts over all solves
   std::uint64_t drain_events = 0;    ///< distinct drain instants
@@ -150,6 +151,7 @@ class FlowNetwork {
     LinkId bneck = kNone;          ///< a link where this flow is bottlenecked (saturated, max rate)
     std::uint32_t group = kNone;   ///< rate group (kNone until the first solve)
     std::uint32_t member_ver = 0;  ///< bumps when the flow leaves a group (stale group-heap entries)
+    std::uint32_t mpos = 0;        ///< position in its group's dense member list
     double key = 0;                ///< group service level at which the flow has sent all its bytes
   };
   /// Flows frozen by the same link in the same solve share one rate (num / den: the link's
@@ -169,12 +171,18 @@ class FlowNetwork {
     std::uint32_t den = 0;       ///< 0 = no rate yet
     std::uint32_t version = 0;   ///< bumps when the group's drain time changes
     std::uint32_t resolved = 0;  ///< solver scratch: members in the set being solved
+    std::uint32_t away = 0;      ///< members whose remembered bottleneck is another link
+    std::uint32_t stride = 0;    ///< mem_links entries per member (longest member solver path)
     double num = 0;
     double rate = 0;
     double served = 0;  ///< service counter at anchor_ps
     std::int64_t anchor_ps = 0;
     std::int64_t drain_ps = 0;
     std::vector<Member> heap;
+    /// Dense member list (swap-remove) with each member's solver path copied inline (padded
+    /// with kNone to `stride`), so re-levelling a group reads one contiguous array.
+    std::vector<FlowIdx> mem;
+    std::vector<LinkId> mem_links;
   };
   struct Batch {
     std::uint32_t running = 0;
@@ -196,11 +204,13 @@ class FlowNetwork {
   void finish_flow(FlowIdx f, std::int64_t now_ps);
   std::uint32_t new_group(LinkId l);
   void release_group(std::uint32_t g);
+  bool fast_resolve();
   double served_at(const Group& g, std::int64_t now_ps) const {
     return g.den != 0 && now_ps > g.anchor_ps ? g.served + g.rate * (static_cast<double>(now_ps - g.anchor_ps) * 1e-12)
                                               : g.served;
   }
   void leave_group(Flow& fl);
+  void join_group(FlowIdx f, std::uint32_t g);
   void refresh_group_drain(std::uint32_t g);
   bool member_live(std::uint32_t g, const Member& m) const {
     const Flow& fl = flows_[m.flow];
@@ -210,6 +220,11 @@ class FlowNetwork {
   void prune_paths();
   void maybe_reset();
   void set_bneck(Flow& fl, LinkId l) {
+    if (fl.group != kNone) {
+      Group& G = groups_[fl.group];
+      if (fl.bneck == G.link && l != G.link) ++G.away;
+      if (fl.bneck != G.link && l == G.link) --G.away;
+    }
     if (fl.bneck != kNone) --bneck_count_[fl.bneck];
     fl.bneck = l;
     if (l != kNone) ++bneck_count_[l];
@@ -230,6 +245,21 @@ class FlowNetwork {
   std::vector<std::uint32_t> free_groups_;
   std::vector<std::uint32_t> link_group_;  ///< per link: the group its last freeze formed (or kNone)
   std::vector<std::uint32_t> touched_groups_;
+  std::vector<std::uint32_t> link_ngroups_;  ///< per link: live groups formed there (normally 0 or 1)
+  // fast_resolve scratch and undo logs
+  struct UsedLog {
+    LinkId link;
+    double used;
+  };
+  struct GroupLog {
+    std::uint32_t group, den;
+    double num, rate, served;
+    std::int64_t anchor_ps;
+  };
+  std::vector<UsedLog> used_log_;
+  std::vector<GroupLog> group_log_;
+  std::vector<LinkId> fp_slack_;
+  std::vector<std::uint32_t> fp_mark_, fp_done_;
   std::vector<LinkId> path_links_;
   std::vector<LinkId> solver_links_;     ///< solver paths (sp_begin/sp_len), rebuilt by prune_paths
   std::vector<std::uint8_t> dominated_;  ///< per link: left out of solver paths
@@ -238,6 +268,7 @@ class FlowNetwork {
 
   std::vector<FlowIdx> arrived_;   ///< since the last solve
   std::vector<FlowIdx> departed_;  ///< since the last solve
+  std::vector<std::uint32_t> departed_group_;  ///< their groups (parallel to departed_)
   bool solve_pending_ = false;
   /// Min-heap (std::push_heap with std::greater) of drain times. A rate change pushes a new
   /// entry and leaves the old one stale (version mismatch); compact_drains() drops the stale
@@ -271,11 +302,6 @@ class FlowNetwork {
   std::vector<std::uint32_t> new_den_;
   std::vector<HeapKey> heap_;
   std::vector<FlowIdx> set_scratch_;
-  /// Flows in the order the last solves froze them, i.e. by nondecreasing rate (key = rate,
-  /// made monotone), so the flows at or above a threshold are a suffix. Finished flows stay as
-  /// dead entries until compaction.
-  std::vector<FlowIdx> order_;
-  std::vector<double> order_key_;
   std::vector<FlowIdx> freeze_order_;
   std::uint32_t stamp_ = 0;
 
