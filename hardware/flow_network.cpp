@@ -176,6 +176,28 @@ void FlowNetwork::solve_event() {
     double rho = std::numeric_limits<double>::infinity();
     for (LinkId l : freed_) {
       if (bneck_count_[l] == 0) continue;
+      const std::uint32_t lg = link_group_[l];
+      if (lg != kNone && groups_[lg].size == bneck_count_[l] && groups_[lg].away == 0) {
+        // The flows remembering l are exactly its group's members: read their paths from the
+        // group's contiguous copy instead of the flow records.
+        const Group& G = groups_[lg];
+        for (std::uint32_t e = 0; e < G.mem.size(); ++e) {
+          const LinkId* row = G.mem_links.data() + static_cast<std::size_t>(e) * G.stride;
+          LinkId alt = kNone;
+          for (std::uint32_t j = 0; j < G.stride && row[j] != kNone; ++j) {
+            const LinkId m = row[j];
+            if (link_stamp_[m] != u && saturated_[m] && G.rate >= max_rate_[m] * (1 - kSatTol)) {
+              alt = m;
+              break;
+            }
+          }
+          if (alt != kNone)
+            set_bneck(flows_[G.mem[e]], alt);
+          else
+            rho = std::min(rho, G.rate);
+        }
+        continue;
+      }
       for (FlowIdx g : link_flows_[l]) {
         Flow& gl = flows_[g];
         if (gl.bneck != l) continue;  // also skips finished flows (bneck cleared)
@@ -204,15 +226,25 @@ void FlowNetwork::solve_event() {
         // Every flow at or above rho: the members of the groups whose rate is >= rho (a group's
         // members share one rate). Progressive filling levels only grow, so this set is closed
         // upwards: it holds every flow that the filling freezes after the first changed step.
+        // Their paths and rates are gathered from the groups' contiguous member lists.
         const double cut = rho * (1 - kSatTol);
         set_scratch_.clear();
+        lpath_.clear();
+        lrate_.clear();
+        lbegin_.clear();
         for (std::uint32_t g = 0; g < groups_.size(); ++g) {
           const Group& G = groups_[g];
           if (G.size == 0 || !(G.rate >= cut)) continue;
-          for (const Member& m : G.heap)
-            if (member_live(g, m)) set_scratch_.push_back(m.flow);
+          for (std::uint32_t e = 0; e < G.mem.size(); ++e) {
+            set_scratch_.push_back(G.mem[e]);
+            lbegin_.push_back(static_cast<std::uint32_t>(lpath_.size()));
+            lrate_.push_back(G.rate);
+            const LinkId* row = G.mem_links.data() + static_cast<std::size_t>(e) * G.stride;
+            for (std::uint32_t j = 0; j < G.stride && row[j] != kNone; ++j) lpath_.push_back(row[j]);
+          }
         }
-        solve(set_scratch_, false);
+        lbegin_.push_back(static_cast<std::uint32_t>(lpath_.size()));
+        solve(set_scratch_, false, true);
         ++stats_.partial_solves;
       }
     }
@@ -369,7 +401,7 @@ bool FlowNetwork::fast_resolve() {
   return true;
 }
 
-void FlowNetwork::solve(const std::vector<FlowIdx>& set, bool full) {
+void FlowNetwork::solve(const std::vector<FlowIdx>& set, bool full, bool gathered) {
   const std::uint32_t st = ++stamp_;
   const auto ns = static_cast<std::uint32_t>(set.size());
   stats_.flows_resolved += ns;
@@ -381,16 +413,19 @@ void FlowNetwork::solve(const std::vector<FlowIdx>& set, bool full) {
   }
   // Gather the paths and rates of the set into contiguous local arrays (local index i = position
   // in `set`), so that the passes below do not chase flow records scattered over memory.
-  lbegin_.resize(ns + 1);
-  lpath_.clear();
-  lrate_.resize(ns);
-  for (std::uint32_t i = 0; i < ns; ++i) {
-    const Flow& fl = flows_[set[i]];
-    lbegin_[i] = static_cast<std::uint32_t>(lpath_.size());
-    lpath_.insert(lpath_.end(), solver_links_.begin() + fl.sp_begin, solver_links_.begin() + fl.sp_begin + fl.sp_len);
-    lrate_[i] = fl.group == kNone ? 0.0 : groups_[fl.group].rate;
+  // (A caller may have gathered them already, from the groups' member lists.)
+  if (!gathered) {
+    lbegin_.resize(ns + 1);
+    lpath_.clear();
+    lrate_.resize(ns);
+    for (std::uint32_t i = 0; i < ns; ++i) {
+      const Flow& fl = flows_[set[i]];
+      lbegin_[i] = static_cast<std::uint32_t>(lpath_.size());
+      for (std::uint32_t k = 0; k < fl.sp_len; ++k) lpath_.push_back(solver_links_[fl.sp_begin + k]);
+      lrate_[i] = fl.group == kNone ? 0.0 : groups_[fl.group].rate;
+    }
+    lbegin_[ns] = static_cast<std::uint32_t>(lpath_.size());
   }
-  lbegin_[ns] = static_cast<std::uint32_t>(lpath_.size());
   for (std::uint32_t i = 0; i < ns; ++i) {
     for (std::uint32_t k = lbegin_[i]; k < lbegin_[i + 1]; ++k) {
       const LinkId l = lpath_[k];
@@ -636,8 +671,9 @@ void FlowNetwork::leave_group(Flow& fl) {
   if (fl.mpos != last) {
     const FlowIdx moved = G.mem[last];
     G.mem[fl.mpos] = moved;
-    std::copy_n(G.mem_links.begin() + static_cast<std::ptrdiff_t>(last) * G.stride, G.stride,
-                G.mem_links.begin() + static_cast<std::ptrdiff_t>(fl.mpos) * G.stride);
+    for (std::uint32_t j = 0; j < G.stride; ++j)
+      G.mem_links[static_cast<std::size_t>(fl.mpos) * G.stride + j] =
+          G.mem_links[static_cast<std::size_t>(last) * G.stride + j];
     flows_[moved].mpos = fl.mpos;
   }
   G.mem.pop_back();

@@ -199,7 +199,7 @@ class FlowNetwork {
 
   void request_solve();
   void solve_event();
-  void solve(const std::vector<FlowIdx>& set, bool full);
+  void solve(const std::vector<FlowIdx>& set, bool full, bool gathered = false);
   void drain_event();
   void finish_flow(FlowIdx f, std::int64_t now_ps);
   std::uint32_t new_group(LinkId l);
@@ -266,8 +266,8 @@ class FlowNetwork {
   std::vector<FlowIdx> active_;
   std::vector<Batch> batches_;
 
-  std::vector<FlowIdx> arrived_;   ///< since the last solve
-  std::vector<FlowIdx> departed_;  ///< since the last solve
+  std::vector<FlowIdx> arrived_;               ///< since the last solve
+  std::vector<FlowIdx> departed_;              ///< since the last solve
   std::vector<std::uint32_t> departed_group_;  ///< their groups (parallel to departed_)
   bool solve_pending_ = false;
   /// Min-heap (std::push_heap with std::greater) of drain times. A rate change pushes a new

@@ -56,8 +56,7 @@ void run_case(const char* name, const Topology& topo, const ByteMatrix& m) {
       name, flows, t1 - t0, t2 - t1, t2 - t0, r.time.to_us(), r.busbw / 1e9,
       static_cast<unsigned long long>(st.drain_events), static_cast<unsigned long long>(st.full_solves),
       static_cast<unsigned long long>(st.partial_solves), static_cast<unsigned long long>(st.fast_solves),
-      static_cast<unsigned long long>(st.skipped_solves),
-      static_cast<unsigned long long>(st.flows_resolved));
+      static_cast<unsigned long long>(st.skipped_solves), static_cast<unsigned long long>(st.flows_resolved));
   std::fflush(stdout);
 }
 
