@@ -113,7 +113,7 @@ struct FlowNetworkStats {
   std::uint64_t partial_solves = 0;  ///< over the flows at or above the threshold rho
   std::uint64_t fast_solves = 0;     ///< departures solved by re-levelling the changed groups
   std::uint64_t skipped_solves = 0;  ///< departures that provably changed no rate
-  std::uint64_t flows_resolved = 0;  ///< sum of flow counts over all solves
+  std::uint64_t flows_resolved = 0;  ///< sum of flow counts over all solves (+ re-levelled groups' members)
   std::uint64_t drain_events = 0;    ///< distinct drain instants
 };
 
