@@ -35,16 +35,39 @@
 ///    rho, so every flow whose rate is below rho keeps it, and only the flows at or above rho are re-solved, on the
 ///    capacity the others leave. Results equal a full re-solve (up to floating-point rounding of the rates;
 ///    `set_incremental(false)` forces full solves, and the tests compare the two).
-///  - Flows whose (residual, count) rate is unchanged by a solve keep their drain event.
-///  - One simulation event at a time stands for the earliest drain; same-picosecond drains are
-///    processed together. The drain heap uses lazy deletion (a rate change pushes a new entry),
-///    and is compacted in one pass whenever stale entries outnumber live ones three to one: without that, a
-///    skewed all-to-all (10^8 rate changes) grows it to gigabytes and pays a cache miss per level.
+///  - Rate groups: the flows one link freezes in one solve share one rate, so rates, service and
+///    drain times are kept per group. A group has a service counter (bytes sent per member since
+///    it formed); a member finishes when the counter reaches its key (counter at joining + its
+///    bytes left), and members sit in a per-group min-heap by key. A rate change re-anchors the
+///    counter (one update per group, however many members), and the simulation's drain heap
+///    holds one entry per group. A solve keeps a link's group when all of that group's members
+///    were in the solve; only flows that change group pay a per-flow update (about 1% of the
+///    re-solved flows in the skewed benchmark).
+///  - Re-levelling on departures (fast_resolve): a group's rate is (capacity - rate of the other
+///    flows on its link) / members, and depends only on groups that froze before it. After
+///    departures, the touched groups are recomputed in their old freezing order (a valid order
+///    for that dependency), each change propagated to the links its members cross. The result is
+///    accepted only if progressive filling would form the same groups with the new rates: every
+///    member's other links that have a group are strictly faster, the other flows on a group's
+///    link are strictly slower (checked when its rate fell), links without a group stay below
+///    capacity, and no flow remembers a bottleneck other than its group's link. Near-ties
+///    (kSatTol) count as failures. On failure every change is undone and the flows at or above
+///    rho are re-solved as above. Accepted results equal a full re-solve up to floating-point
+///    rounding (used bandwidth is updated by differences); the tests compare with full re-solves
+///    and check that both paths run.
+///  - Dominated links are left out of the solver's paths (prune_paths, at each arrival): a link
+///    whose flows all cross one link of strictly smaller capacity never freezes a flow, so this
+///    changes no rate, not even in the last bit. Example: a GPU's PCIe link to its NIC.
+///  - One simulation event at a time stands for the earliest group drain; same-picosecond drains
+///    are processed together. Heaps use lazy deletion and are compacted in one pass when stale
+///    entries dominate.
 ///  - Finished flows leave the per-link flow lists lazily (a list is compacted when half of it
 ///    is finished flows), so a finish costs O(path length), not a scan of other flows' paths;
 ///    the bottleneck check examines each freed link once per event.
-///  - A solve first gathers its flows' paths and rates into contiguous arrays; progressive
-///    filling then runs on those, with (share, link id) packed into one integer heap key.
+///  - A solve first gathers its flows' paths and rates into contiguous arrays (a group keeps a
+///    copy of its members' paths, so the departure check, re-levelling and the rho re-solve read
+///    contiguous memory); progressive filling then runs on those, with (share, link id) packed
+///    into one integer heap key.
 ///  Measured effect and what still limits the skewed case: hardware/README.md, "Performance".
 
 #include <algorithm>
@@ -88,8 +111,9 @@ struct FlowNetworkStats {
   std::uint64_t flows_started = 0;
   std::uint64_t full_solves = 0;     ///< progressive filling over every active flow
   std::uint64_t partial_solves = 0;  ///< over the flows at or above the threshold rho
+  std::uint64_t fast_solves = 0;     ///< departures solved by re-levelling the changed groups
   std::uint64_t skipped_solves = 0;  ///< departures that provably changed no rate
-  std::uint64_t flows_resolved = 0;  ///< sum of flow counts over all solves
+  std::uint64_t flows_resolved = 0;  ///< sum of flow counts over all solves (+ re-levelled groups' members)
   std::uint64_t drain_events = 0;    ///< distinct drain instants
 };
 
@@ -142,17 +166,46 @@ class FlowNetwork {
   struct Flow {
     std::uint32_t path_begin = 0;
     std::uint32_t path_len = 0;
+    std::uint32_t sp_begin = 0;  ///< solver path: the path without dominated links (prune_paths)
+    std::uint32_t sp_len = 0;
     BatchId batch = 0;
     std::uint32_t index = 0;  ///< index inside its batch
     std::uint32_t active_pos = kNone;
-    std::uint32_t version = 0;   ///< bumps when the drain time changes
-    std::uint32_t rate_den = 0;  ///< 0 = no rate yet
-    LinkId bneck = kNone;        ///< a link where this flow is bottlenecked (saturated, max rate)
-    double rate_num = 0;
-    double rate = 0;          ///< rate_num / rate_den
-    double anchor_bytes = 0;  ///< bytes left at anchor_ps
+    LinkId bneck = kNone;          ///< a link where this flow is bottlenecked (saturated, max rate)
+    std::uint32_t group = kNone;   ///< rate group (kNone until the first solve)
+    std::uint32_t member_ver = 0;  ///< bumps when the flow leaves a group (stale group-heap entries)
+    std::uint32_t mpos = 0;        ///< position in its group's dense member list
+    double key = 0;                ///< group service level at which the flow has sent all its bytes
+  };
+  /// Flows frozen by the same link in the same solve share one rate (num / den: the link's
+  /// residual and unfrozen count when it froze). A group keeps a service counter (bytes sent per
+  /// member since the group was formed), so a rate change costs one update per group, not one
+  /// per flow: a member finishes when the counter reaches its key, and members are kept in a
+  /// min-heap by key (lazy deletion), so the group's next finish is its heap top.
+  struct Member {
+    double key;
+    FlowIdx flow;
+    std::uint32_t ver;
+    bool operator>(const Member& o) const { return key != o.key ? key > o.key : flow > o.flow; }
+  };
+  struct Group {
+    LinkId link = kNone;
+    std::uint32_t size = 0;      ///< live members
+    std::uint32_t den = 0;       ///< 0 = no rate yet
+    std::uint32_t version = 0;   ///< bumps when the group's drain time changes
+    std::uint32_t resolved = 0;  ///< solver scratch: members in the set being solved
+    std::uint32_t away = 0;      ///< members whose remembered bottleneck is another link
+    std::uint32_t stride = 0;    ///< mem_links entries per member (longest member solver path)
+    double num = 0;
+    double rate = 0;
+    double served = 0;  ///< service counter at anchor_ps
     std::int64_t anchor_ps = 0;
     std::int64_t drain_ps = 0;
+    std::vector<Member> heap;
+    /// Dense member list (swap-remove) with each member's solver path copied inline (padded
+    /// with kNone to `stride`), so re-levelling a group reads one contiguous array.
+    std::vector<FlowIdx> mem;
+    std::vector<LinkId> mem_links;
   };
   struct Batch {
     std::uint32_t running = 0;
@@ -160,22 +213,41 @@ class FlowNetwork {
     std::vector<sim::SimTime> done;
     sim::Callback on_done;
   };
-  struct Pending {  // min-heap entry of drain times
+  struct Pending {  // min-heap entry of group drain times
     std::int64_t ps;
-    FlowIdx flow;
+    std::uint32_t group;
     std::uint32_t version;
-    bool operator>(const Pending& o) const { return ps != o.ps ? ps > o.ps : flow > o.flow; }
+    bool operator>(const Pending& o) const { return ps != o.ps ? ps > o.ps : group > o.group; }
   };
 
   void request_solve();
   void solve_event();
-  void solve(const std::vector<FlowIdx>& set, bool full);
+  void solve(const std::vector<FlowIdx>& set, bool full, bool gathered = false);
   void drain_event();
   void finish_flow(FlowIdx f, std::int64_t now_ps);
-  void apply_rate(FlowIdx f, double num, std::uint32_t den, std::int64_t now_ps);
+  std::uint32_t new_group(LinkId l);
+  void release_group(std::uint32_t g);
+  bool fast_resolve();
+  double served_at(const Group& g, std::int64_t now_ps) const {
+    return g.den != 0 && now_ps > g.anchor_ps ? g.served + g.rate * (static_cast<double>(now_ps - g.anchor_ps) * 1e-12)
+                                              : g.served;
+  }
+  void leave_group(Flow& fl);
+  void join_group(FlowIdx f, std::uint32_t g);
+  void refresh_group_drain(std::uint32_t g);
+  bool member_live(std::uint32_t g, const Member& m) const {
+    const Flow& fl = flows_[m.flow];
+    return fl.group == g && fl.member_ver == m.ver;
+  }
   void arm_wakeup();
+  void prune_paths();
   void maybe_reset();
   void set_bneck(Flow& fl, LinkId l) {
+    if (fl.group != kNone) {
+      Group& G = groups_[fl.group];
+      if (fl.bneck == G.link && l != G.link) ++G.away;
+      if (fl.bneck != G.link && l == G.link) --G.away;
+    }
     if (fl.bneck != kNone) --bneck_count_[fl.bneck];
     fl.bneck = l;
     if (l != kNone) ++bneck_count_[l];
@@ -192,12 +264,34 @@ class FlowNetwork {
   std::vector<std::uint32_t> bneck_count_;  ///< flows whose `bneck` is this link
 
   std::vector<Flow> flows_;
+  std::vector<Group> groups_;
+  std::vector<std::uint32_t> free_groups_;
+  std::vector<std::uint32_t> link_group_;  ///< per link: the group its last freeze formed (or kNone)
+  std::vector<std::uint32_t> touched_groups_;
+  std::vector<std::uint32_t> link_ngroups_;  ///< per link: live groups formed there (normally 0 or 1)
+  // fast_resolve scratch and undo logs
+  struct UsedLog {
+    LinkId link;
+    double used;
+  };
+  struct GroupLog {
+    std::uint32_t group, den;
+    double num, rate, served;
+    std::int64_t anchor_ps;
+  };
+  std::vector<UsedLog> used_log_;
+  std::vector<GroupLog> group_log_;
+  std::vector<LinkId> fp_slack_;
+  std::vector<std::uint32_t> fp_mark_, fp_done_;
   std::vector<LinkId> path_links_;
+  std::vector<LinkId> solver_links_;     ///< solver paths (sp_begin/sp_len), rebuilt by prune_paths
+  std::vector<std::uint8_t> dominated_;  ///< per link: left out of solver paths
   std::vector<FlowIdx> active_;
   std::vector<Batch> batches_;
 
-  std::vector<FlowIdx> arrived_;   ///< since the last solve
-  std::vector<FlowIdx> departed_;  ///< since the last solve
+  std::vector<FlowIdx> arrived_;               ///< since the last solve
+  std::vector<FlowIdx> departed_;              ///< since the last solve
+  std::vector<std::uint32_t> departed_group_;  ///< their groups (parallel to departed_)
   bool solve_pending_ = false;
   /// Min-heap (std::push_heap with std::greater) of drain times. A rate change pushes a new
   /// entry and leaves the old one stale (version mismatch); compact_drains() drops the stale
@@ -231,11 +325,6 @@ class FlowNetwork {
   std::vector<std::uint32_t> new_den_;
   std::vector<HeapKey> heap_;
   std::vector<FlowIdx> set_scratch_;
-  /// Flows in the order the last solves froze them, i.e. by nondecreasing rate (key = rate,
-  /// made monotone), so the flows at or above a threshold are a suffix. Finished flows stay as
-  /// dead entries until compaction.
-  std::vector<FlowIdx> order_;
-  std::vector<double> order_key_;
   std::vector<FlowIdx> freeze_order_;
   std::uint32_t stamp_ = 0;
 

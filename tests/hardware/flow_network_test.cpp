@@ -131,7 +131,7 @@ TEST_CASE("crossing traffic in a two-level fat tree") {
 namespace {
 /// Runs one skewed all-to-allv among 4 nodes x 8 GPUs (NVSwitch + rail fat tree with two
 /// 2-node leaves per rail, so spine ECMP collisions happen) and returns every flow's completion.
-std::vector<SimTime> skewed_completions(bool incremental, std::uint64_t seed) {
+std::vector<SimTime> skewed_completions(bool incremental, std::uint64_t seed, hw::FlowNetworkStats* stats = nullptr) {
   hw::ClusterSpec c;
   c.gpu.pcie_bandwidth = 64e9;
   c.nodes = 4;
@@ -180,6 +180,7 @@ std::vector<SimTime> skewed_completions(bool incremental, std::uint64_t seed) {
   s.schedule_at(SimTime::from_ps(20'000'000), [&] { id2 = net.start(std::move(b2), [] {}); });
   s.run();
   s.check_drained();
+  if (stats != nullptr) *stats = net.stats();
   std::vector<SimTime> out;
   for (std::size_t i = 0; i < flows; ++i) out.push_back(net.flow_done_time(id, i));
   for (std::size_t i = 0; i < flows2; ++i) out.push_back(net.flow_done_time(id2, i));
@@ -189,14 +190,21 @@ std::vector<SimTime> skewed_completions(bool incremental, std::uint64_t seed) {
 
 TEST_CASE("incremental re-solves match a full re-solve at every event on a skewed workload") {
   // The reference re-runs progressive filling over every active flow at every start and
-  // finish. Incremental re-solves start from the residual capacities the unchanged flows leave
-  // (capacity - used + own rates), so a rate may differ from the reference in its last bits;
-  // a completion can then round to the neighbouring picosecond, and the next event happens
-  // 1 ps earlier or later. Bit-identity would need order-independent (e.g. fixed-point) residual
-  // arithmetic; the observed drift is at most 1 ps on these seeds, and the test is deterministic. Anything
-  // wrong in the choice of flows to re-solve shows up as microseconds.
+  // finish. Incremental updates (re-levelling the changed rate groups, or a re-solve from the
+  // threshold rho) start from residual capacities that the unchanged flows leave
+  // (capacity - used + own rates, with used updated by differences), so a rate may differ from
+  // the reference in its last bits; a completion can then round to the neighbouring picosecond,
+  // and the next event happens 1 ps earlier or later. Bit-identity would need order-independent
+  // (e.g. fixed-point) residual arithmetic; the observed drift is at most 1 ps on these seeds,
+  // and the test is deterministic. Anything wrong in the choice of flows to re-solve, or a
+  // re-levelling accepted although the groups changed, shows up as microseconds.
+  // Both incremental paths must have been taken, or the comparison would test less than it says.
+  std::uint64_t fast = 0, partial = 0;
   for (std::uint64_t seed : {1ULL, 2ULL, 3ULL}) {
-    const auto inc = skewed_completions(true, seed);
+    hw::FlowNetworkStats st;
+    const auto inc = skewed_completions(true, seed, &st);
+    fast += st.fast_solves;
+    partial += st.partial_solves;
     const auto ref = skewed_completions(false, seed);
     REQUIRE(inc.size() == ref.size());
     std::int64_t worst = 0;
@@ -209,6 +217,9 @@ TEST_CASE("incremental re-solves match a full re-solve at every event on a skewe
     INFO("seed " << seed << ": " << exact << " of " << inc.size() << " identical, worst " << worst << " ps");
     CHECK(worst <= 1);
   }
+  INFO("fast " << fast << ", partial " << partial);
+  CHECK(fast > 0);
+  CHECK(partial > 0);
 }
 
 TEST_CASE("processor sharing on one link: many staggered finishes (heap and link-list compaction)") {
