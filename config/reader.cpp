@@ -646,7 +646,7 @@ void Document::set(std::string_view path, std::string_view yaml_value) {
                                     "malformed key path (expected names separated by '.', e.g. routing.alpha)"}});
     throw ConfigError({Diagnostic{where, std::string(path), "the value is not valid YAML: " + e.msg}});
   }
-  set_node(path, value, OverrideOrigin{assignment, nullptr}, where);
+  set_node(path, value, OverrideOrigin{assignment, nullptr, std::nullopt}, where);
 }
 
 void Document::set(std::string_view path, const Node& value, std::optional<Location> path_at) {
