@@ -139,14 +139,16 @@ int run_plot(const PlotArgs& a) {
     script = (std::filesystem::path(env) / "tools" / "plot_sweep.py").string();
   else
     script = MOESIM_PLOT_SCRIPT;
-  std::vector<std::string> argv_s{"python3", script};
+  const char* py_env = std::getenv("MOESIM_PYTHON");
+  const std::string python = py_env != nullptr && *py_env != '\0' ? py_env : "python3";
+  std::vector<std::string> argv_s{python, script};
   for (const auto& s : a.command->remaining()) argv_s.push_back(s);
   std::vector<char*> argv;
   for (auto& s : argv_s) argv.push_back(s.data());
   argv.push_back(nullptr);
   std::fflush(stdout);
-  execvp("python3", argv.data());
-  fmt::print(stderr, "moesim plot: cannot run python3 {}: {}\n", script, std::strerror(errno));
+  execvp(python.c_str(), argv.data());
+  fmt::print(stderr, "moesim plot: cannot run {} {}: {}\n", python, script, std::strerror(errno));
   return kExitRuntime;
 }
 
