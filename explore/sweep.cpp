@@ -166,7 +166,7 @@ Parsed read_sweep_file(const config::Document& doc, Sweep& sw) {
         const std::vector<Node> items = node.items();
         if (items.empty()) node.error("no values: the product would be empty");
         axis.paths.push_back(key);
-        for (const auto& it : items) axis.labels.push_back({it.text()});
+        for (const auto& it : items) axis.labels.push_back({one_line(it.text())});
         column_nodes.push_back(node);
         ps.sources.push_back({key, false});
       } else if (node.is_map()) {
@@ -192,7 +192,7 @@ Parsed read_sweep_file(const config::Document& doc, Sweep& sw) {
             continue;
           }
           axis.paths.push_back(path);
-          for (std::size_t i = 0; i < items.size(); ++i) axis.labels[i].push_back(items[i].text());
+          for (std::size_t i = 0; i < items.size(); ++i) axis.labels[i].push_back(one_line(items[i].text()));
           column_nodes.push_back(list);
         }
         ps.sources.push_back({key, true});
@@ -262,7 +262,7 @@ Parsed read_sweep_file(const config::Document& doc, Sweep& sw) {
         for (const Node& w : wanted) {
           bool found = false;
           for (std::size_t i = 0; i < sw.axes[a].size(); ++i)
-            if (same_value(sw.axes[a].labels[i][k], w.text())) {
+            if (same_value(sw.axes[a].labels[i][k], one_line(w.text()))) {
               indices.insert(i);
               found = true;
             }
