@@ -1,4 +1,4 @@
-/// The `moesim` command line: run, validate, plan, describe, --version.
+/// The `moesim` command line: run, validate, sweep, plot, plan, describe, calibrate, --version.
 ///
 /// Exit codes (CONVENTIONS.md): 0 ok; 1 simulation/runtime failure; 2 usage or configuration
 /// error; 3 sweep finished with some failed runs. Results go to stdout or files; diagnostics
@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "cli/plan_cmd.hpp"
+#include "cli/sweep_cmd.hpp"
 #include "config/reader.hpp"
 #include "engine/gpu_params.hpp"
 #include "engine/run.hpp"
@@ -93,6 +94,12 @@ int main(int argc, char** argv) {
   validate_model->add_option("measurements", vm_dir, "measurement run directory")->required();
   validate_model->add_option("--gpu", vm_gpu, "catalog GPU (default h100-sxm)");
 
+  // sweep, plot (cli/sweep_cmd.cpp)
+  moesim::cli::SweepArgs sweep_args;
+  moesim::cli::add_sweep_command(app, sweep_args);
+  moesim::cli::PlotArgs plot_args;
+  moesim::cli::add_plot_command(app, plot_args);
+
   // describe
   auto* describe = app.add_subcommand("describe", "print the catalogs and registries");
   std::vector<std::string> describe_what;
@@ -116,6 +123,9 @@ int main(int argc, char** argv) {
     fmt::print("moesim {}\n", moesim::engine::version());
     return kExitOk;
   }
+
+  if (*sweep_args.command) return moesim::cli::run_sweep(sweep_args);
+  if (*plot_args.command) return moesim::cli::run_plot(plot_args);
 
   try {
     if (*run) {

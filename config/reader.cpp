@@ -13,6 +13,14 @@
 
 namespace moesim::config {
 
+/// Where an overridden subtree came from: `--set` text (no line numbers), or a node of another
+/// YAML file (a sweep axis value), whose own marks then locate everything under it.
+struct OverrideOrigin {
+  std::string assignment;                   ///< "path=value" for --set
+  std::shared_ptr<const std::string> file;  ///< set: the value is a node of this file
+  std::optional<Location> path_at;          ///< where the path itself is written, if known
+};
+
 // ---------------------------------------------------------------------------------------------
 // Diagnostics
 // ---------------------------------------------------------------------------------------------
@@ -108,7 +116,7 @@ struct Node::Impl {
   bool present = false;
   std::shared_ptr<std::set<std::string>> known;  // keys queried on this map
   std::shared_ptr<const std::string> file;
-  std::shared_ptr<std::map<std::string, std::string>> overrides;
+  std::shared_ptr<std::map<std::string, OverrideOrigin>> overrides;
   Location parent_loc;  // where to point when this node is missing
 };
 
@@ -139,14 +147,27 @@ bool path_under(const std::string& path, const std::string& prefix) {
 }
 }  // namespace
 
+namespace {
+// The most specific override covering `path` (a later `--set a.b` inside an earlier `--set a`).
+const OverrideOrigin* override_for(const std::map<std::string, OverrideOrigin>* overrides, const std::string& path) {
+  if (overrides == nullptr) return nullptr;
+  const OverrideOrigin* best = nullptr;
+  std::size_t best_len = 0;
+  for (const auto& [p, origin] : *overrides)
+    if (path_under(path, p) && (best == nullptr || p.size() > best_len)) {
+      best = &origin;
+      best_len = p.size();
+    }
+  return best;
+}
+}  // namespace
+
 Location Node::location() const {
-  if (impl_->overrides) {
-    for (const auto& [p, text] : *impl_->overrides)
-      if (path_under(path_, p)) return Location{fmt::format("--set {}", text), 0, 0};
-  }
+  const OverrideOrigin* o = override_for(impl_->overrides.get(), path_);
+  if (o != nullptr && !o->file) return Location{fmt::format("--set {}", o->assignment), 0, 0};
   if (!impl_->present) return impl_->parent_loc;
   const YAML::Mark m = impl_->node.Mark();
-  const std::string file = impl_->file ? *impl_->file : std::string("<config>");
+  const std::string file = o != nullptr ? *o->file : impl_->file ? *impl_->file : std::string("<config>");
   if (m.line < 0) return Location{file, 0, 0};
   return Location{file, m.line + 1, m.column + 1};
 }
@@ -240,8 +261,12 @@ void Node::finish(const std::vector<std::string>& also_known) const {
     if (auto s = did_you_mean(key, known)) msg += fmt::format(" (did you mean '{}'?)", *s);
     // Point at the key itself rather than its value.
     Location loc = c.location();
+    // (Keys created by an override have no mark of their own; keep the value's location.)
     const YAML::Mark km = kv.first.Mark();
-    if (loc.line > 0 && km.line >= 0) loc = Location{loc.file, km.line + 1, km.column + 1};
+    const OverrideOrigin* own = override_for(impl_->overrides.get(), c.path());
+    const bool created = own != nullptr && own != override_for(impl_->overrides.get(), path_);
+    if (loc.line > 0 && km.line >= 0 && !created) loc = Location{loc.file, km.line + 1, km.column + 1};
+    if (created && own->path_at) loc = *own->path_at;
     diags_->error(loc, c.path(), std::move(msg));
   }
 }
@@ -289,6 +314,15 @@ bool parse_double_strict(const std::string& s, double& out) {
   return std::isfinite(out) && !(errno == ERANGE && std::fabs(out) > 1.0);
 }
 }  // namespace
+
+std::string Node::text() const {
+  if (!impl_->present) return {};
+  if (impl_->node.IsScalar()) return impl_->node.Scalar();
+  if (impl_->node.IsNull()) return "null";
+  YAML::Emitter out;
+  out << YAML::Flow << impl_->node;
+  return out.c_str();
+}
 
 std::string Node::as_string() const {
   if (!impl_->present) return {};
@@ -487,7 +521,7 @@ std::string Node::opt_choice(std::string_view key, const std::vector<std::string
 // ---------------------------------------------------------------------------------------------
 
 Document::Document()
-    : root_(std::make_unique<YAML::Node>()), overrides_(std::make_shared<std::map<std::string, std::string>>()) {}
+    : root_(std::make_unique<YAML::Node>()), overrides_(std::make_shared<std::map<std::string, OverrideOrigin>>()) {}
 Document::Document(Document&&) noexcept = default;
 Document& Document::operator=(Document&&) noexcept = default;
 Document::~Document() = default;
@@ -601,17 +635,32 @@ bool split_path(std::string_view path, std::vector<Segment>& out) {
 
 void Document::set(std::string_view path, std::string_view yaml_value) {
   const std::string assignment = fmt::format("{}={}", path, yaml_value);
-  const auto bad = [&](std::string msg) {
-    return ConfigError({Diagnostic{Location{"--set " + assignment, 0, 0}, std::string(path), std::move(msg)}});
-  };
-  std::vector<Segment> segs;
-  if (!split_path(path, segs)) throw bad("malformed key path (expected names separated by '.', e.g. routing.alpha)");
+  const Location where{"--set " + assignment, 0, 0};
   YAML::Node value;
   try {
     value = YAML::Load(std::string(yaml_value));
   } catch (const YAML::Exception& e) {
-    throw bad("the value is not valid YAML: " + e.msg);
+    std::vector<Segment> segs;
+    if (!split_path(path, segs))
+      throw ConfigError({Diagnostic{where, std::string(path),
+                                    "malformed key path (expected names separated by '.', e.g. routing.alpha)"}});
+    throw ConfigError({Diagnostic{where, std::string(path), "the value is not valid YAML: " + e.msg}});
   }
+  set_node(path, value, OverrideOrigin{assignment, nullptr, std::nullopt}, where);
+}
+
+void Document::set(std::string_view path, const Node& value, std::optional<Location> path_at) {
+  if (!value.defined()) throw std::logic_error("Document::set: undefined value node for " + std::string(path));
+  const std::string file = value.location().file;
+  set_node(path, value.impl_->node,
+           OverrideOrigin{fmt::format("{}=<{}>", path, file), std::make_shared<const std::string>(file), path_at},
+           value.location());
+}
+
+void Document::set_node(std::string_view path, const YAML::Node& value, OverrideOrigin origin, const Location& where) {
+  const auto bad = [&](std::string msg) { return ConfigError({Diagnostic{where, std::string(path), std::move(msg)}}); };
+  std::vector<Segment> segs;
+  if (!split_path(path, segs)) throw bad("malformed key path (expected names separated by '.', e.g. routing.alpha)");
   if (!root_->IsDefined() || root_->IsNull()) *root_ = YAML::Node(YAML::NodeType::Map);
 
   YAML::Node cur = *root_;
@@ -647,7 +696,7 @@ void Document::set(std::string_view path, std::string_view yaml_value) {
   // Later overrides of the same path replace earlier ones; descendants are replaced too.
   for (auto it = overrides_->begin(); it != overrides_->end();)
     it = path_under(it->first, canon) ? overrides_->erase(it) : std::next(it);
-  (*overrides_)[canon] = assignment;
+  (*overrides_)[canon] = std::move(origin);
 }
 
 void Document::apply_override(std::string_view assignment) {

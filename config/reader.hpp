@@ -96,6 +96,7 @@ struct Range {
 };
 
 class Document;
+struct OverrideOrigin;  // where an overridden value came from (reader.cpp)
 
 /// A located view of one YAML value. Cheap to copy; copies share the "keys read" record.
 class Node {
@@ -122,6 +123,10 @@ class Node {
   std::vector<Node> items() const;
   /// Map entries in document order (for maps keyed by user-chosen names); marks all as read.
   std::vector<std::pair<std::string, Node>> entries() const;
+
+  /// The value as YAML text without reporting anything: a scalar as written, a list or map in
+  /// flow style ("[1, 2]", "{a: 1}"), "" when undefined. Labels sweep columns.
+  std::string text() const;
 
   // --- typed reads of this node's own scalar (report into Diagnostics; return a fallback) ---
   std::string as_string() const;
@@ -190,6 +195,14 @@ class Document {
   void apply_override(std::string_view assignment);
   /// Set a value from a YAML text at a dotted path (the same mechanism sweeps use).
   void set(std::string_view path, std::string_view yaml_value);
+  /// Set a dotted path to a node of another document (a sweep axis value). The node is shared,
+  /// not copied, so its file:line:col marks survive: problems found under `path` later are
+  /// reported at the value's own location in its file. Use a freshly loaded source document
+  /// per target (a later set() below `path` writes into the shared node). Errors in the path
+  /// are reported at the value's location.
+  /// `path_at`, when given, is where the path itself is written (e.g. the axis in a sweep file):
+  /// a key the path creates that the reader does not know is reported there.
+  void set(std::string_view path, const Node& value, std::optional<Location> path_at = std::nullopt);
 
   /// Root node reading into `diags`.
   Node root(Diagnostics& diags) const;
@@ -203,7 +216,8 @@ class Document {
   Document();
   std::string file_;
   std::unique_ptr<YAML::Node> root_;
-  std::shared_ptr<std::map<std::string, std::string>> overrides_;  // path -> assignment text
+  void set_node(std::string_view path, const YAML::Node& value, OverrideOrigin origin, const Location& where);
+  std::shared_ptr<std::map<std::string, OverrideOrigin>> overrides_;  // path -> where its value came from
 };
 
 /// Closest candidate by edit distance, if close enough to be a plausible typo.

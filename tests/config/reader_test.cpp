@@ -171,3 +171,46 @@ TEST_CASE("did_you_mean only suggests plausible typos", "[config]") {
   REQUIRE(did_you_mean("nodez", {"nodes", "gpu"}) == std::optional<std::string>("nodes"));
   REQUIRE_FALSE(did_you_mean("xyz", {"nodes", "gpu"}).has_value());
 }
+
+TEST_CASE("set from another document's node keeps that file's locations", "[config][set]") {
+  auto doc = Document::load_string(kDoc, "demo.yaml");
+  const auto sweep = Document::load_string("axes:\n  a: [{ nodes: -3, gpu: x }]\n  b: [1.5]\n", "sweep.yaml");
+  Diagnostics sd;
+  const Node axes = sweep.root(sd).child("axes");
+  doc.set("cluster", axes.child("a").items()[0]);
+  doc.set("routing.capacity_factor", axes.child("b").items()[0]);
+  doc.set("routing.capacity_factr", axes.child("b").items()[0], Location{"sweep.yaml", 3, 6});
+  doc.apply_override("cluster.gpu=h200");  // a later --set inside the node: the most specific wins
+  Diagnostics d;
+  const Node root = doc.root(d);
+  const Node cluster = root.child("cluster");
+  cluster.req_int("nodes", Range::positive());
+  REQUIRE(cluster.child("gpu").location().str() == "--set cluster.gpu=h200");
+  const Node routing = root.child("routing");
+  REQUIRE(routing.child("capacity_factor").location().str() == "sweep.yaml:3:7");
+  REQUIRE(routing.child("experts").location().str() == "demo.yaml:8:12");  // untouched
+  routing.finish();
+  REQUIRE(d.size() == 2);
+  REQUIRE(d.all()[0].str() == "sweep.yaml:2:16: cluster.nodes: must be > 0 (got -3)");
+  REQUIRE(d.all()[1].str() ==
+          "sweep.yaml:3:6: routing.capacity_factr: unknown key 'capacity_factr' (did you mean "
+          "'capacity_factor'?)");
+  // Path errors are located at the value too.
+  try {
+    doc.set("name.sub", axes.child("b").items()[0]);
+    FAIL("expected a ConfigError");
+  } catch (const ConfigError& e) {
+    REQUIRE(std::string(e.what()) == "sweep.yaml:3:7: name.sub: 'name' is not a mapping, so it has no key 'sub'");
+  }
+}
+
+TEST_CASE("text() gives a value as YAML text without reporting", "[config]") {
+  const auto doc = Document::load_string("a: 1.50\nb: [1, 2]\nc: { x: 1 }\n", "t.yaml");
+  Diagnostics d;
+  const Node root = doc.root(d);
+  REQUIRE(root.child("a").text() == "1.50");
+  REQUIRE(root.child("b").text() == "[1, 2]");
+  REQUIRE(root.child("c").text() == "{x: 1}");
+  REQUIRE(root.child("missing").text().empty());
+  REQUIRE(d.empty());
+}

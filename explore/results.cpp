@@ -1,0 +1,289 @@
+#include "explore/results.hpp"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <system_error>
+
+#include "config/reader.hpp"
+#include "engine/run.hpp"
+#include "explore/csv.hpp"
+
+namespace moesim::explore {
+
+namespace {
+
+namespace fs = std::filesystem;
+using config::ConfigError;
+using config::Diagnostic;
+using config::Location;
+
+[[noreturn]] void fail(const std::string& file, int line, std::string key, std::string message) {
+  throw ConfigError({Diagnostic{Location{file, line, line > 0 ? 1 : 0}, std::move(key), std::move(message)}});
+}
+
+bool read_text(const std::string& path, std::string& out) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return false;
+  std::ostringstream os;
+  os << f.rdbuf();
+  out = os.str();
+  return true;
+}
+
+/// Checks a complete row's first fields against the sweep; "" when it belongs, else why not.
+std::string row_mismatch(const std::vector<std::string>& f, const Sweep& sw, std::size_t expect_index,
+                         std::size_t columns) {
+  if (f.size() != columns) return fmt::format("has {} fields, the header has {}", f.size(), columns);
+  if (f[0] != std::to_string(expect_index)) return fmt::format("run_index is '{}', expected {}", f[0], expect_index);
+  if (expect_index >= sw.runs.size())
+    return fmt::format("run {} does not exist (the sweep has {} runs)", f[0], sw.runs.size());
+  if (f[1] != std::to_string(sw.runs[expect_index].seed))
+    return fmt::format("seed is '{}', this sweep's run {} has seed {}", f[1], expect_index, sw.runs[expect_index].seed);
+  if (f[2] != "ok" && f[2] != "error") return fmt::format("status is '{}', expected ok or error", f[2]);
+  return {};
+}
+
+std::string host_name() {
+  char buf[256] = {};
+  if (gethostname(buf, sizeof buf - 1) != 0) return "unknown";
+  return buf;
+}
+
+}  // namespace
+
+bool row_failed(const std::string& row) {
+  const std::size_t a = row.find(',');
+  const std::size_t b = a == std::string::npos ? a : row.find(',', a + 1);
+  return b != std::string::npos && row.compare(b + 1, 6, "error,") == 0;
+}
+
+ExistingRows scan_results(const std::string& text, const Sweep& sw, const std::string& file) {
+  ExistingRows out;
+  const std::string header = sw.header();
+  const std::size_t nl = text.find('\n');
+  if (nl == std::string::npos) return out;  // not even a complete header: start over
+  if (text.compare(0, nl, header) != 0)
+    fail(file, 1, "", "the header differs from this sweep's columns (written by a different sweep or version)");
+  const std::size_t columns = csv_split(header).size();
+  std::size_t pos = nl + 1;
+  out.keep_bytes = pos;
+  int line = 2;
+  while (pos < text.size()) {
+    const std::size_t end = text.find('\n', pos);
+    if (end == std::string::npos) break;  // torn final line from a kill: redo that run
+    const std::string row = text.substr(pos, end - pos);
+    const std::string why = row_mismatch(csv_split(row), sw, out.rows, columns);
+    if (!why.empty()) fail(file, line, "run_index", "row does not belong to this sweep: " + why);
+    if (row_failed(row)) ++out.failed;
+    ++out.rows;
+    pos = end + 1;
+    out.keep_bytes = pos;
+    ++line;
+  }
+  return out;
+}
+
+std::map<std::size_t, std::string> scan_journal(const std::string& text, const Sweep& sw) {
+  std::map<std::size_t, std::string> out;
+  const std::size_t columns = csv_split(sw.header()).size();
+  std::size_t pos = 0;
+  while (pos < text.size()) {
+    const std::size_t end = text.find('\n', pos);
+    if (end == std::string::npos) break;
+    std::string row = text.substr(pos, end - pos);
+    pos = end + 1;
+    const std::vector<std::string> f = csv_split(row);
+    std::size_t index = 0;
+    try {
+      index = std::stoul(f[0]);
+    } catch (const std::exception&) {
+      continue;
+    }
+    if (row_mismatch(f, sw, index, columns).empty()) out[index] = std::move(row);
+  }
+  return out;
+}
+
+std::string utc_now() {
+  const std::time_t t = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+nlohmann::ordered_json manifest_json(const Sweep& sw, const ExecutionInfo& info) {
+  using Json = nlohmann::ordered_json;
+  Json axes = Json::array();
+  for (const auto& a : sw.axes) axes.push_back({{"name", a.name}, {"paths", a.paths}, {"values", a.labels}});
+  Json j;
+  j["moesim_version"] = engine::version();
+  j["sweep"] = {{"name", sw.name},           {"file", sw.file},
+                {"hash", sw.hash_hex()},     {"base_scenario", sw.base},
+                {"overrides", sw.overrides}, {"axes", std::move(axes)},
+                {"repeats", sw.repeats},     {"seeds", sw.seed_mode == SeedMode::kPerRun ? "per_run" : "per_repeat"},
+                {"base_seed", sw.base_seed}, {"points", sw.points.size()},
+                {"runs", sw.runs.size()},    {"columns", csv_split(sw.header())}};
+  j["execution"] = {{"host", host_name()},
+                    {"threads", info.threads},
+                    {"ranks", info.ranks},
+                    {"started_at", info.started_at},
+                    {"finished_at", info.finished_at},
+                    {"wall_s", info.wall_s},
+                    {"resumed_rows", info.resumed_rows}};
+  j["results"] = {{"file", "results.csv"}, {"ok", info.ok}, {"failed", info.failed}, {"complete", info.complete}};
+  return j;
+}
+
+ResultsWriter::ResultsWriter(const Sweep& sweep, const Options& opts) : sweep_(sweep), dir_(opts.dir) {
+  std::error_code ec;
+  const std::string csv = results_path();
+  const std::string journal = (fs::path(dir_) / "journal.csv").string();
+  const std::string manifest = manifest_path();
+  const bool have_csv = fs::exists(csv, ec);
+  const bool have_manifest = fs::exists(manifest, ec);
+  bool fresh = true;
+  std::string csv_text;
+  std::map<std::size_t, std::string> journaled;
+  ExistingRows existing;
+
+  if (opts.resume && !opts.force && (have_csv || have_manifest)) {
+    if (!have_manifest)
+      fail(manifest, 0, "", "missing: " + dir_ + " has a results.csv but no manifest.json, so it cannot be resumed");
+    std::string mtext;
+    if (!read_text(manifest, mtext)) fail(manifest, 0, "", "cannot read the file");
+    nlohmann::json m;
+    try {
+      m = nlohmann::json::parse(mtext);
+    } catch (const nlohmann::json::exception& e) {
+      fail(manifest, 0, "", std::string("not valid JSON: ") + e.what());
+    }
+    const auto* h =
+        m.contains("sweep") && m["sweep"].is_object() && m["sweep"].contains("hash") ? &m["sweep"]["hash"] : nullptr;
+    if (h == nullptr || !h->is_string()) fail(manifest, 0, "sweep.hash", "missing: not a moesim sweep manifest");
+    if (h->get<std::string>() != sweep.hash_hex()) {
+      const std::string other_name = m["sweep"].value("name", std::string("?"));
+      const std::string other_file = m["sweep"].value("file", std::string("?"));
+      fail(manifest, 0, "sweep.hash",
+           fmt::format("{} holds results of a different sweep ('{}' from {}, hash {}); this sweep ('{}' from {}) has "
+                       "hash {}. Use another -o DIR, or --force to start over",
+                       dir_, other_name, other_file, h->get<std::string>(), sweep.name, sweep.file, sweep.hash_hex()));
+    }
+    if (have_csv) {
+      if (!read_text(csv, csv_text)) fail(csv, 0, "", "cannot read the file");
+      existing = scan_results(csv_text, sweep, csv);
+      fresh = existing.keep_bytes == 0;
+    }
+    std::string jtext;
+    if (read_text(journal, jtext)) journaled = scan_journal(jtext, sweep);
+  } else if (!opts.resume && !opts.force && have_csv) {
+    fail(csv, 0, "", "already exists; use --resume to continue this sweep, --force to start over, or another -o DIR");
+  }
+
+  fs::create_directories(dir_, ec);
+  if (ec) throw std::runtime_error(fmt::format("cannot create {}: {}", dir_, ec.message()));
+  if (fresh) {
+    csv_ = std::fopen(csv.c_str(), "wb");
+    if (csv_ == nullptr) throw std::runtime_error("cannot write " + csv);
+    const std::string header = sweep.header() + "\n";
+    std::fwrite(header.data(), 1, header.size(), csv_);
+  } else {
+    fs::resize_file(csv, existing.keep_bytes, ec);  // cut a torn final line
+    if (ec) throw std::runtime_error(fmt::format("cannot truncate {}: {}", csv, ec.message()));
+    csv_ = std::fopen(csv.c_str(), "ab");
+    if (csv_ == nullptr) throw std::runtime_error("cannot write " + csv);
+  }
+  std::fflush(csv_);
+  next_ = existing.rows;
+  failed_ = existing.failed;
+  received_ = existing.rows;
+  resumed_ = existing.rows;
+
+  // The journal is rewritten with the finished rows it still needs (a torn line is dropped).
+  journal_ = std::fopen(journal.c_str(), "wb");
+  if (journal_ == nullptr) throw std::runtime_error("cannot write " + journal);
+  for (auto& [i, row] : journaled) {
+    if (i < next_) continue;
+    const std::string line = row + "\n";
+    std::fwrite(line.data(), 1, line.size(), journal_);
+    if (row_failed(row)) ++failed_;
+    ++received_;
+    ++resumed_;
+    pending_.emplace(i, std::move(row));
+  }
+  std::fflush(journal_);
+  for (std::size_t i = next_; i < sweep.runs.size(); ++i)
+    if (pending_.count(i) == 0) todo_.push_back(i);
+  flush_ready();
+}
+
+ResultsWriter::~ResultsWriter() {
+  if (csv_ != nullptr) std::fclose(csv_);
+  if (journal_ != nullptr) std::fclose(journal_);
+}
+
+std::string ResultsWriter::results_path() const { return (fs::path(dir_) / "results.csv").string(); }
+std::string ResultsWriter::manifest_path() const { return (fs::path(dir_) / "manifest.json").string(); }
+
+void ResultsWriter::journal(std::size_t run_index, const std::string& row) {
+  (void)run_index;
+  const std::string line = row + "\n";
+  std::lock_guard<std::mutex> lock(journal_mu_);
+  std::fwrite(line.data(), 1, line.size(), journal_);
+  std::fflush(journal_);
+}
+
+void ResultsWriter::put(std::size_t run_index, std::string row) {
+  if (run_index < next_ || pending_.count(run_index) != 0) return;  // already known (journal)
+  if (row_failed(row)) ++failed_;
+  ++received_;
+  pending_.emplace(run_index, std::move(row));
+  flush_ready();
+}
+
+void ResultsWriter::flush_ready() {
+  bool wrote = false;
+  for (auto it = pending_.find(next_); it != pending_.end(); it = pending_.find(next_)) {
+    const std::string line = it->second + "\n";
+    if (std::fwrite(line.data(), 1, line.size(), csv_) != line.size())
+      throw std::runtime_error("cannot write " + results_path());
+    pending_.erase(it);
+    ++next_;
+    wrote = true;
+  }
+  if (wrote && std::fflush(csv_) != 0) throw std::runtime_error("cannot write " + results_path());
+}
+
+void ResultsWriter::write_manifest(const ExecutionInfo& info) const {
+  const std::string path = manifest_path();
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::binary);
+    f << manifest_json(sweep_, info).dump(2) << "\n";
+    if (!f) throw std::runtime_error("cannot write " + tmp);
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) throw std::runtime_error(fmt::format("cannot write {}: {}", path, ec.message()));
+}
+
+void ResultsWriter::finish() {
+  if (next_ != sweep_.runs.size())
+    throw std::logic_error(fmt::format("sweep finished with {} of {} rows written", next_, sweep_.runs.size()));
+  std::fclose(journal_);
+  journal_ = nullptr;
+  std::error_code ec;
+  fs::remove(fs::path(dir_) / "journal.csv", ec);
+  std::fclose(csv_);
+  csv_ = nullptr;
+}
+
+}  // namespace moesim::explore
