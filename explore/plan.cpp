@@ -13,6 +13,7 @@
 
 #include "engine/memory_model.hpp"
 #include "engine/run.hpp"
+#include "explore/csv.hpp"
 #include "explore/pool.hpp"
 #include "hardware/gpu_catalog.hpp"
 
@@ -337,17 +338,8 @@ void set_metrics(const PlanSpec& p, Candidate& c) {
   c.cost_per_mtok = c.tokens_per_s > 0 ? price * c.gpus / (c.tokens_per_s * 3600.0) * 1e6 : 0;
 }
 
-std::string csv_quote(const std::string& s) {
-  if (s.find_first_of(",\"\n") == std::string::npos) return s;
-  std::string o = "\"";
-  for (char ch : s) {
-    if (ch == '"') o += '"';
-    o += ch;
-  }
-  return o + "\"";
-}
-
-std::string num(double v) { return fmt::format("{}", v); }
+/// CSV cells: the same quoting and shortest round-trip numbers as a sweep's results.csv.
+std::string num(double v) { return format_number(v); }
 
 }  // namespace
 
@@ -670,7 +662,7 @@ void write_rows(const PlanSpec& p, const PlanResult& r, const std::vector<std::s
     else
       line += ",,,,,,,";
     line +=
-        fmt::format("{},{},{}\n", c.rank > 0 ? fmt::format("{}", c.rank) : "", c.pareto ? 1 : 0, csv_quote(c.reason));
+        fmt::format("{},{},{}\n", c.rank > 0 ? fmt::format("{}", c.rank) : "", c.pareto ? 1 : 0, csv_field(c.reason));
     os << line;
   }
 }
