@@ -123,6 +123,7 @@ class Builder {
     slices_.resize(static_cast<std::size_t>(m_.num_layers()));
     moe_index_.assign(static_cast<std::size_t>(m_.num_layers()), -1);
     models::RoutingSpec spec = s_.routing;
+    models::InclusionShareCache share_cache;  // counts mode: one shape pilot for all layers
     for (int l : m_.moe_layer_indices()) {
       models::RouteRequest req;
       req.tokens_per_group = moe_tokens_;
@@ -131,6 +132,7 @@ class Builder {
       req.seed = s_.seed;
       req.ep_ranks = ep;
       req.keep_assignments = false;
+      req.share_cache = &share_cache;
       models::LayerRouting lr = models::route_layer(spec, l, req);
       MoeLayerReport rep;
       rep.layer = l;

@@ -86,20 +86,30 @@ std::vector<double> permuted(const std::vector<double>& shape, sim::Rng rng) {
   return p;
 }
 
-}  // namespace
-
-std::vector<double> expert_popularity(const RoutingSpec& s, int layer, int step, std::uint64_t seed) {
-  const int E = s.experts;
-  Distribution shape_kind = s.distribution;
+/// The popularity shape by rank (before the per-layer permutation) and its kind.
+std::vector<double> popularity_shape(const RoutingSpec& s, Distribution& shape_kind) {
+  shape_kind = s.distribution;
   double alpha = s.alpha;
   if (s.distribution == Distribution::kDirichlet) {
     shape_kind = s.dirichlet_base_alpha ? Distribution::kPowerLaw : Distribution::kUniform;
     alpha = s.dirichlet_base_alpha.value_or(0.0);
   }
-  const auto shape = shape_by_rank(shape_kind, E, alpha, s.hot_count, s.hot_share);
+  return shape_by_rank(shape_kind, s.experts, alpha, s.hot_count, s.hot_share);
+}
+
+sim::Rng layer_permutation_rng(std::uint64_t seed, int layer) {
+  return sim::Rng(seed, fmt::format("routing/popularity/layer/{}", layer));
+}
+
+}  // namespace
+
+std::vector<double> expert_popularity(const RoutingSpec& s, int layer, int step, std::uint64_t seed) {
+  const int E = s.experts;
+  Distribution shape_kind;
+  const auto shape = popularity_shape(s, shape_kind);
   std::vector<double> p = shape;
   if (shape_kind == Distribution::kPowerLaw || shape_kind == Distribution::kHotExperts) {
-    p = permuted(shape, sim::Rng(seed, fmt::format("routing/popularity/layer/{}", layer)));
+    p = permuted(shape, layer_permutation_rng(seed, layer));
     if (s.layer_correlation > 0) {
       const auto shared = permuted(shape, sim::Rng(seed, "routing/popularity/shared"));
       for (std::size_t e = 0; e < p.size(); ++e)
@@ -910,19 +920,18 @@ std::int64_t binomial(sim::Rng& rng, std::int64_t n, double p) {
   return static_cast<std::int64_t>(std::clamp(x, 0.0, static_cast<double>(n)));
 }
 
-std::vector<double> inclusion_shares(const RoutingSpec& spec, const std::vector<double>& p, int layer, int step,
-                                     std::uint64_t seed) {
-  if (spec.distribution == Distribution::kUniform || spec.distribution == Distribution::kBalanced)
-    return std::vector<double>(p.size(), 1.0 / static_cast<double>(p.size()));
-  // Pilot: route 16384 tokens exactly and use the per-expert assignment shares.
+/// Route `tokens` tokens of popularity `p` exactly on stream `stream` (gshard_random_second off)
+/// and return each expert's share of the assignments.
+std::vector<double> pilot_shares(const RoutingSpec& spec, const std::vector<double>& p, const std::string& stream,
+                                 std::uint64_t seed, std::int64_t tokens) {
   GroupRouting pilot;
-  pilot.tokens = 16384;
+  pilot.tokens = tokens;
   pilot.top_k = spec.top_k;
   pilot.expert.assign(static_cast<std::size_t>(pilot.tokens * spec.top_k), -1);
   pilot.weight.assign(pilot.expert.size(), 0.0f);
   pilot.prob_sum.assign(p.size(), 0.0);
-  sim::Rng rng(seed, fmt::format("routing/step/{}/layer/{}/pilot", step, layer));
-  sim::Rng aux(seed, fmt::format("routing/step/{}/layer/{}/pilot/gshard", step, layer));
+  sim::Rng rng(seed, stream);
+  sim::Rng aux(seed, stream + "/gshard");
   RoutingSpec s2 = spec;
   s2.gshard_random_second = false;
   route_group_token_choice(s2, make_token_choice_plan(s2, p), rng, aux, pilot, false);
@@ -933,7 +942,66 @@ std::vector<double> inclusion_shares(const RoutingSpec& spec, const std::vector<
   return share;
 }
 
+/// Tokens of the once-per-step shape pilot (8x the per-layer pilot's 16,384).
+constexpr std::int64_t kShapePilotTokens = 131072;
+
 }  // namespace
+
+std::vector<double> pilot_inclusion_shares(const RoutingSpec& spec, const std::vector<double>& p, int layer, int step,
+                                           std::uint64_t seed, std::int64_t tokens) {
+  return pilot_shares(spec, p, fmt::format("routing/step/{}/layer/{}/pilot", step, layer), seed, tokens);
+}
+
+std::vector<double> counts_inclusion_shares(const RoutingSpec& spec, int layer, int step, std::uint64_t seed,
+                                            InclusionShareCache* cache) {
+  const std::size_t Eu = static_cast<std::size_t>(spec.experts);
+  if (spec.distribution == Distribution::kUniform || spec.distribution == Distribution::kBalanced)
+    return std::vector<double>(Eu, 1.0 / static_cast<double>(Eu));
+  const bool grouped = spec.n_groups > 1;
+  if (!grouped && spec.top_k == spec.experts) return std::vector<double>(Eu, 1.0 / static_cast<double>(Eu));
+  const bool biased = spec.gate == GateFunction::kSigmoid &&
+                      std::any_of(spec.gate_bias.begin(), spec.gate_bias.end(), [](double b) { return b != 0.0; });
+  const bool equal_bias =
+      std::all_of(spec.gate_bias.begin(), spec.gate_bias.end(), [&](double b) { return b == spec.gate_bias.front(); });
+  // Gumbel-top-k (see router.hpp): the selection is Plackett-Luce sampling from p.
+  if (!grouped && !biased && (spec.top_k == 1 || spec.top_k == 2)) {
+    const auto p = expert_popularity(spec, layer, step, seed);
+    if (spec.top_k == 1) return p;
+    double odds = 0;  // sum_j p_j / (1 - p_j)
+    for (double x : p) odds += x < 1.0 ? x / (1.0 - x) : 0.0;
+    std::vector<double> share(Eu);
+    for (std::size_t e = 0; e < Eu; ++e)
+      share[e] = 0.5 * p[e] * (1.0 + odds - (p[e] < 1.0 ? p[e] / (1.0 - p[e]) : 0.0));
+    return share;
+  }
+  Distribution shape_kind;
+  const auto shape = popularity_shape(spec, shape_kind);
+  const bool permuted_shape = spec.distribution != Distribution::kDirichlet && spec.layer_correlation <= 0 &&
+                              (shape_kind == Distribution::kPowerLaw || shape_kind == Distribution::kHotExperts);
+  if (grouped || !equal_bias || !permuted_shape)
+    return pilot_inclusion_shares(spec, expert_popularity(spec, layer, step, seed), layer, step, seed);
+  // Permutation-equivariant gate: the shares of a permuted shape are the permuted shares of the
+  // shape, so one (larger) pilot per step serves every layer.
+  const std::vector<double>* by_rank = nullptr;
+  std::vector<double> local;
+  if (cache != nullptr)
+    for (const auto& en : cache->entries)
+      if (en.step == step && en.seed == seed && en.shape == shape) by_rank = &en.shares;
+  if (by_rank == nullptr) {
+    local = pilot_shares(spec, shape, fmt::format("routing/step/{}/pilot/shape", step), seed, kShapePilotTokens);
+    if (cache != nullptr) {
+      cache->entries.push_back({step, seed, shape, std::move(local)});
+      by_rank = &cache->entries.back().shares;
+    } else {
+      by_rank = &local;
+    }
+  }
+  sim::Rng rng = layer_permutation_rng(seed, layer);
+  const auto perm = permutation(spec.experts, rng);
+  std::vector<double> share(Eu);
+  for (std::size_t r = 0; r < Eu; ++r) share[static_cast<std::size_t>(perm[r])] = (*by_rank)[r];
+  return share;
+}
 
 LayerRouting route_layer(const RoutingSpec& spec, int layer, const RouteRequest& req, const RoutingTrace* trace) {
   if (spec.experts <= 0 || spec.top_k <= 0 || spec.top_k > spec.experts)
@@ -948,7 +1016,8 @@ LayerRouting route_layer(const RoutingSpec& spec, int layer, const RouteRequest&
   const std::int64_t T = req.tokens_per_group;
   const auto p = expert_popularity(spec, layer, req.step, req.seed);
   std::vector<double> shares;
-  if (spec.sampling == SamplingMode::kCounts) shares = inclusion_shares(spec, p, layer, req.step, req.seed);
+  if (spec.sampling == SamplingMode::kCounts)
+    shares = counts_inclusion_shares(spec, layer, req.step, req.seed, req.share_cache);
   int trace_slot = -1;
   if (trace != nullptr && spec.distribution == Distribution::kTrace) {
     for (std::size_t i = 0; i < trace->layers.size(); ++i)
@@ -1059,8 +1128,11 @@ StepRouting route_step(const ModelSpec& model, const RoutingSpec& spec, const Ro
   s.mode = spec.sampling;
   s.tokens_per_group = req.tokens_per_group;
   s.groups = req.groups;
+  InclusionShareCache cache;
+  RouteRequest r = req;
+  if (r.share_cache == nullptr) r.share_cache = &cache;
   for (int l : model.moe_layer_indices()) {
-    s.layers.push_back(route_layer(spec, l, req, trace));
+    s.layers.push_back(route_layer(spec, l, r, trace));
     const auto& st = s.layers.back().stats;
     s.routed += st.routed;
     s.dropped += st.dropped;

@@ -112,6 +112,20 @@ struct StepRouting {
 
 /// What to route: `groups` routing groups of `tokens_per_group` tokens, for training/inference
 /// step `step`. `ep_ranks` is only used by the balanced generator (it spreads over ranks first).
+/// Counts mode: inclusion shares of the sorted popularity shape, computed once and reused by
+/// every layer of one routing call (see counts_inclusion_shares). Owned by the caller for the
+/// duration of one step and one RoutingSpec; not shared between threads; holds no result that a
+/// cache-less call would not compute identically.
+struct InclusionShareCache {
+  struct Entry {
+    int step = 0;
+    std::uint64_t seed = 0;
+    std::vector<double> shape;   ///< sorted popularity shape the pilot was run on
+    std::vector<double> shares;  ///< inclusion shares by rank
+  };
+  std::vector<Entry> entries;
+};
+
 struct RouteRequest {
   std::int64_t tokens_per_group = 0;
   int groups = 1;
@@ -119,10 +133,31 @@ struct RouteRequest {
   std::uint64_t seed = 0;
   int ep_ranks = 1;
   bool keep_assignments = true;  ///< false: drop per-token arrays after stats (saves memory)
+  /// Counts mode: optional per-step cache of the shape pilot (nullptr: computed per call, same
+  /// bits). route_step supplies its own.
+  InclusionShareCache* share_cache = nullptr;
 };
 
 /// Popularity vector p[E] (sums to 1) of layer `layer` at step `step`.
 std::vector<double> expert_popularity(const RoutingSpec& spec, int layer, int step, std::uint64_t seed);
+
+/// Counts mode: each expert's share of a layer's routed assignments (sums to 1), in order:
+///  * uniform / balanced popularity: 1/E;
+///  * k == E with no group-limited routing: 1/E (every token takes every expert);
+///  * a Plackett-Luce gate (softmax, or sigmoid without a non-zero gate_bias; n_groups <= 1) and
+///    k == 1 or 2: the exact inclusion probability of the Gumbel-top-k selection, divided by k
+///    (k = 1: p_e; k = 2: p_e (1 + sum_{j != e} p_j / (1 - p_j)) / 2);
+///  * a permutation-equivariant gate (that gate, or equal gate_bias everywhere) and a popularity
+///    that is a per-layer permutation of one shape (power_law / hot_experts, layer_correlation 0,
+///    no Dirichlet): a 131,072-token pilot on the sorted shape, once per (step, seed) (cached in
+///    `cache` if given), permuted to the layer's experts;
+///  * otherwise (e.g. group-limited routing, per-expert bias): a 16,384-token pilot of the layer.
+std::vector<double> counts_inclusion_shares(const RoutingSpec& spec, int layer, int step, std::uint64_t seed,
+                                            InclusionShareCache* cache = nullptr);
+/// The per-layer pilot estimate of the shares of popularity `p`: route `tokens` tokens of
+/// stream "routing/step/<step>/layer/<layer>/pilot" exactly and count assignments.
+std::vector<double> pilot_inclusion_shares(const RoutingSpec& spec, const std::vector<double>& p, int layer, int step,
+                                           std::uint64_t seed, std::int64_t tokens = 16384);
 
 /// Capacity enforcement and per-expert accounting for a decision already made: fills capacity,
 /// keep, routed/kept/dropped/padded and fully_dropped_tokens of `g` from g.expert / g.weight.

@@ -667,3 +667,95 @@ TEST_CASE("capacity applied while routing equals capacity applied afterwards", "
     }
   }
 }
+
+namespace {
+
+RoutingSpec counts_spec(int E, int k, GateFunction gate) {
+  RoutingSpec s;
+  s.experts = E;
+  s.top_k = k;
+  s.gate = gate;
+  s.distribution = Distribution::kPowerLaw;
+  s.alpha = 1.2;
+  s.sampling = SamplingMode::kCounts;
+  return s;
+}
+
+/// Largest |a_e - b_e| in units of the standard error of two independent pilots of ta and tb
+/// tokens (an expert's inclusion is Bernoulli(k * share) per token).
+double max_z(const std::vector<double>& a, const std::vector<double>& b, int k, double ta, double tb) {
+  double z = 0;
+  for (std::size_t e = 0; e < a.size(); ++e) {
+    const double pi = std::clamp(k * 0.5 * (a[e] + b[e]), 1e-6, 1 - 1e-6);
+    const double var = pi * (1 - pi) / (k * k) * (1 / ta + (tb > 0 ? 1 / tb : 0.0));
+    z = std::max(z, std::fabs(a[e] - b[e]) / std::sqrt(var));
+  }
+  return z;
+}
+
+}  // namespace
+
+TEST_CASE("counts shares: the shape pilot, permuted, matches a per-layer pilot", "[models][router]") {
+  const RoutingSpec s = counts_spec(64, 6, GateFunction::kSoftmax);
+  InclusionShareCache cache;
+  for (int layer : {0, 5}) {
+    const auto p = expert_popularity(s, layer, 3, 11);
+    const auto shares = counts_inclusion_shares(s, layer, 3, 11, &cache);
+    REQUIRE(shares == counts_inclusion_shares(s, layer, 3, 11));  // cache changes no bit
+    REQUIRE(std::accumulate(shares.begin(), shares.end(), 0.0) == Approx(1.0).epsilon(1e-12));
+    const auto direct = pilot_inclusion_shares(s, p, layer, 3, 11, 65536);
+    CHECK(max_z(shares, direct, 6, 131072, 65536) < 5.0);
+    // The permutation follows the layer: the most popular expert has the largest share.
+    const auto top = std::max_element(p.begin(), p.end()) - p.begin();
+    CHECK(std::max_element(shares.begin(), shares.end()) - shares.begin() == top);
+  }
+  REQUIRE(cache.entries.size() == 1);  // one pilot served both layers
+  // Layers differ (different permutations), steps use their own pilot.
+  REQUIRE(counts_inclusion_shares(s, 0, 3, 11) != counts_inclusion_shares(s, 5, 3, 11));
+  counts_inclusion_shares(s, 0, 4, 11, &cache);
+  REQUIRE(cache.entries.size() == 2);
+}
+
+TEST_CASE("counts shares: exact Plackett-Luce forms for top-1 and top-2", "[models][router]") {
+  for (GateFunction gate : {GateFunction::kSoftmax, GateFunction::kSigmoid}) {
+    RoutingSpec s1 = counts_spec(8, 1, gate);
+    REQUIRE(counts_inclusion_shares(s1, 2, 0, 5) == expert_popularity(s1, 2, 0, 5));
+    RoutingSpec s2 = counts_spec(8, 2, gate);
+    s2.alpha = 2.0;
+    const auto p = expert_popularity(s2, 2, 0, 5);
+    const auto exact = counts_inclusion_shares(s2, 2, 0, 5);
+    REQUIRE(std::accumulate(exact.begin(), exact.end(), 0.0) == Approx(1.0).epsilon(1e-12));
+    CHECK(max_z(exact, pilot_inclusion_shares(s2, p, 2, 0, 5, 262144), 2, 262144, 0) < 5.0);
+    // Not simply p: the top expert's share is capped by one slot per token (< 1/k = 0.5 of shares).
+    const auto top = std::max_element(p.begin(), p.end()) - p.begin();
+    CHECK(exact[static_cast<std::size_t>(top)] < p[static_cast<std::size_t>(top)]);
+  }
+  RoutingSpec all = counts_spec(8, 8, GateFunction::kSoftmax);
+  REQUIRE(counts_inclusion_shares(all, 0, 0, 5) == std::vector<double>(8, 0.125));
+}
+
+TEST_CASE("counts shares: group-limited or biased gates keep the per-layer pilot", "[models][router]") {
+  RoutingSpec g = counts_spec(64, 6, GateFunction::kSigmoid);
+  g.n_groups = 8;
+  g.topk_group = 3;
+  RoutingSpec b = counts_spec(64, 6, GateFunction::kSigmoid);
+  b.gate_bias.assign(64, 0.0);
+  b.gate_bias[7] = 0.3;
+  RoutingSpec eq = counts_spec(64, 6, GateFunction::kSigmoid);
+  eq.gate_bias.assign(64, 0.25);  // equal biases: still symmetric
+  for (const RoutingSpec& s : {g, b}) {
+    InclusionShareCache cache;
+    for (int layer : {1, 2}) {
+      const auto p = expert_popularity(s, layer, 0, 9);
+      REQUIRE(counts_inclusion_shares(s, layer, 0, 9, &cache) == pilot_inclusion_shares(s, p, layer, 0, 9));
+    }
+    REQUIRE(cache.entries.empty());
+  }
+  InclusionShareCache cache;
+  counts_inclusion_shares(eq, 1, 0, 9, &cache);
+  counts_inclusion_shares(eq, 2, 0, 9, &cache);
+  REQUIRE(cache.entries.size() == 1);
+  const auto p = expert_popularity(eq, 1, 0, 9);
+  CHECK(max_z(counts_inclusion_shares(eq, 1, 0, 9, &cache), pilot_inclusion_shares(eq, p, 1, 0, 9, 65536), 6, 131072,
+              65536) < 5.0);
+}
