@@ -57,6 +57,13 @@ void Diagnostics::throw_if_any() const {
   if (!diags_.empty()) throw ConfigError(diags_);
 }
 
+double Range::fallback() const {
+  if (contains(0)) return 0;
+  if (contains(1)) return 1;
+  if (lo_open) return contains(lo + 1) ? lo + 1 : (lo + hi) / 2;
+  return lo;
+}
+
 std::string Range::describe() const {
   const auto num = [](double v) { return fmt::format("{}", v); };
   if (lo_open && lo == 0 && hi >= 1e308) return "must be > 0";
@@ -337,14 +344,17 @@ std::int64_t Node::as_int(Range r) const {
   if (!impl_->present) return 0;
   if (!impl_->node.IsScalar()) {
     error(fmt::format("expected an integer, found {}", kind_of(impl_->node)));
-    return 0;
+    return static_cast<std::int64_t>(std::ceil(r.fallback()));
   }
   std::int64_t v = 0;
   if (!parse_int_strict(impl_->node.Scalar(), v)) {
     error(fmt::format("expected an integer, got '{}'", impl_->node.Scalar()));
-    return 0;
+    return static_cast<std::int64_t>(std::ceil(r.fallback()));
   }
-  if (!r.contains(static_cast<double>(v))) error(fmt::format("{} (got {})", r.describe(), v));
+  if (!r.contains(static_cast<double>(v))) {
+    error(fmt::format("{} (got {})", r.describe(), v));
+    return static_cast<std::int64_t>(std::ceil(r.fallback()));
+  }
   return v;
 }
 
@@ -352,14 +362,17 @@ double Node::as_double(Range r) const {
   if (!impl_->present) return 0;
   if (!impl_->node.IsScalar()) {
     error(fmt::format("expected a number, found {}", kind_of(impl_->node)));
-    return 0;
+    return r.fallback();
   }
   double v = 0;
   if (!parse_double_strict(impl_->node.Scalar(), v)) {
     error(fmt::format("expected a number, got '{}'", impl_->node.Scalar()));
-    return 0;
+    return r.fallback();
   }
-  if (!r.contains(v)) error(fmt::format("{} (got {})", r.describe(), v));
+  if (!r.contains(v)) {
+    error(fmt::format("{} (got {})", r.describe(), v));
+    return r.fallback();
+  }
   return v;
 }
 

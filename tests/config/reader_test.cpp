@@ -214,3 +214,16 @@ TEST_CASE("text() gives a value as YAML text without reporting", "[config]") {
   REQUIRE(root.child("missing").text().empty());
   REQUIRE(d.empty());
 }
+
+TEST_CASE("a read that fails returns an in-range value, so later checks cannot divide by zero", "[config]") {
+  auto doc = Document::load_string("a: direct\nb: 0\nc: [1]\nd: -3\ne: x\n", "f.yaml");
+  Diagnostics d;
+  Node root = doc.root(d);
+  CHECK(root.req_int("a", Range::between(1, 8)) == 1);   // not an integer
+  CHECK(root.req_int("b", Range::at_least(1)) == 1);     // out of range
+  CHECK(root.req_int("c", Range::at_least(2)) == 2);     // not a scalar
+  CHECK(root.req_double("d", Range::positive()) > 0);    // out of an open range
+  CHECK(root.req_double("e", Range::any()) == 0);        // not a number, 0 allowed
+  CHECK(root.req_int("b", Range::non_negative()) == 0);  // in range: the value itself
+  REQUIRE(d.size() == 5);
+}
