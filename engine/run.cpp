@@ -130,12 +130,8 @@ void run_collective(const Scenario& s, const hw::Topology& topo, nlohmann::order
 
 /// Full step (train / prefill / decode): executor on the cluster with cost models.
 void run_step(const Scenario& s, const std::string& trace, nlohmann::ordered_json& j, std::string& out) {
-  SimulateOptions o;
+  SimulateOptions o = simulate_options(s);
   o.trace_file = trace;
-  o.profile_file = s.execution.profile;
-  o.build.overlap_chunks = s.execution.overlap_chunks;
-  o.build.a2a_sm_count = s.execution.comm_sms;
-  if (s.execution.dispatch_dtype == "fp8") o.build.dispatch_format = models::WireFormat::kFp8;
   const StepReport r = simulate_step(s, o);
   const auto& b = r.built;
   const auto& crit = r.exec.per_gpu[static_cast<std::size_t>(r.exec.critical_gpu)];

@@ -281,6 +281,16 @@ void check_conservation(const BuiltStep& b, const std::vector<double>& bytes_sen
   throw sim::SimulationError(msg);
 }
 
+SimulateOptions simulate_options(const Scenario& s) {
+  SimulateOptions o;
+  o.profile_file = s.execution.profile;
+  o.build.overlap_chunks = s.execution.overlap_chunks;
+  o.build.a2a_sm_count = s.execution.comm_sms;
+  if (s.execution.dispatch_dtype == "fp8") o.build.dispatch_format = models::WireFormat::kFp8;
+  if (s.has_cluster) o.build.memory_capacity_bytes = s.cluster.gpu.hbm_bytes;
+  return o;
+}
+
 StepReport simulate_step(const Scenario& s, const SimulateOptions& opts) {
   if (!s.has_cluster) throw std::invalid_argument("simulate_step: the scenario has no cluster");
   if (!s.has_model) throw std::invalid_argument("simulate_step: the scenario has no model");

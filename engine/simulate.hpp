@@ -111,6 +111,11 @@ class NetworkCommBackend : public CommBackend {
 void check_conservation(const BuiltStep& b, const std::vector<double>& bytes_sent,
                         const std::vector<double>& bytes_received);
 
+/// The options a scenario's own sections ask for (execution: profile, overlap chunks, SMs per
+/// all-to-all, dispatch dtype; cluster: HBM capacity). `moesim run`, the planner and the benches
+/// all start from this, so they simulate and estimate memory the same way.
+SimulateOptions simulate_options(const Scenario& s);
+
 /// Simulates one step of a train/prefill/decode scenario. Throws sim::SimulationError when an
 /// end-of-run conservation check fails (ops not run, events left, tokens or bytes not conserved).
 StepReport simulate_step(const Scenario& s, const SimulateOptions& opts);

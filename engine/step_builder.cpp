@@ -845,15 +845,19 @@ BuiltStep build_step(const Scenario& s, const ComputeCosts& costs, const StepBui
   Builder b(s, costs, opt, out);
   b.build();
   b.finish_kernels();
+  const double t0 = thread_cpu_seconds();
+  out.memory = estimate_memory(s, memory_options(opt));
+  out.host_memory_s = thread_cpu_seconds() - t0;
+  return out;
+}
+
+MemoryOptions memory_options(const StepBuildOptions& opt) {
   MemoryOptions mo;
   mo.capacity_bytes = opt.memory_capacity_bytes;
   mo.grad_bytes = opt.grad_bytes;
   mo.distributed_optimizer = opt.distributed_optimizer;
   mo.dispatch_format = opt.dispatch_format;
-  const double t0 = thread_cpu_seconds();
-  out.memory = estimate_memory(s, mo);
-  out.host_memory_s = thread_cpu_seconds() - t0;
-  return out;
+  return mo;
 }
 
 SimpleCommBackend::SimpleCommBackend(sim::Simulation& s, const std::vector<CollectiveRequest>& reqs, double bytes_per_s,

@@ -153,6 +153,10 @@ double thread_cpu_seconds();
 /// experts, tokens not splitting over tp, fewer layers than stages, redundant experts).
 BuiltStep build_step(const Scenario& s, const ComputeCosts& costs, const StepBuildOptions& opt = {});
 
+/// The memory-model options a step built with `opt` is checked against (build_step's estimate);
+/// callers that only estimate memory (the planner) use it to get the same verdict.
+MemoryOptions memory_options(const StepBuildOptions& opt);
+
 /// A contention-free backend for tests and quick estimates: every collective takes
 /// latency + bytes / bandwidth with the busiest rank's bytes (all-to-allv: max over ranks of bytes
 /// sent or received, the diagonal excluded; ring all-reduce 2(G-1)/G * size; reduce-scatter and

@@ -13,6 +13,8 @@
 
 #include "engine/memory_model.hpp"
 #include "engine/run.hpp"
+#include "engine/simulate.hpp"
+#include "engine/step_builder.hpp"
 #include "explore/csv.hpp"
 #include "explore/pool.hpp"
 #include "hardware/gpu_catalog.hpp"
@@ -313,10 +315,8 @@ config::Document candidate_doc(const PlanSpec& p, const config::Document& base, 
 }
 
 engine::MemoryEstimate estimate(const engine::Scenario& s) {
-  engine::MemoryOptions mo;  // the defaults simulate_step uses (fp32 grads, ZeRO-1)
-  mo.capacity_bytes = s.cluster.gpu.hbm_bytes;
-  if (s.execution.dispatch_dtype == "fp8") mo.dispatch_format = models::WireFormat::kFp8;
-  return engine::estimate_memory(s, mo);
+  // The estimate simulate_step makes for this scenario, without building the step.
+  return engine::estimate_memory(s, engine::memory_options(engine::simulate_options(s).build));
 }
 
 /// Parses one document; on failure marks the candidate invalid and returns nullopt.

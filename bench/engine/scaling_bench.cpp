@@ -72,22 +72,13 @@ seed: 5
                      fmt::arg("rc", recompute ? "true" : "false"), fmt::arg("net", network));
 }
 
-engine::SimulateOptions options_of(const engine::Scenario& s) {
-  engine::SimulateOptions o;
-  o.profile_file = s.execution.profile;
-  o.build.overlap_chunks = s.execution.overlap_chunks;
-  o.build.a2a_sm_count = s.execution.comm_sms;
-  if (s.execution.dispatch_dtype == "fp8") o.build.dispatch_format = models::WireFormat::kFp8;
-  return o;
-}
-
 /// One point in this process: prints one result line (without the RSS/CPU columns) to `out`.
 void run_point(int gpus, const std::string& network, int micro_batches, bool recompute, std::FILE* out) {
   const auto t0 = Clock::now();
   const engine::Scenario s = engine::parse_scenario(
       config::Document::load_string(scenario_yaml(gpus, network, micro_batches, recompute), "scaling.yaml"));
   const double load_s = since(t0);
-  const engine::StepReport r = engine::simulate_step(s, options_of(s));
+  const engine::StepReport r = engine::simulate_step(s, engine::simulate_options(s));
   const auto& b = r.built;
   std::fprintf(out, "%5d %-10s pp16 dp%-4d ep%-3d %8.2f %7.2f %7.2f %7.2f %7.2f %9llu %7llu %10llu %9llu %10.1f\n",
                gpus, network.c_str(), s.parallel.dp, s.parallel.ep, since(t0), load_s + b.host_route_s,
@@ -166,7 +157,7 @@ int phase_split(const std::string& file, const std::vector<std::string>& sets, i
     const engine::Scenario s = engine::load_scenario(file, lo);
     const double load_s = cpu() - t0;
     const double t1 = cpu();
-    const engine::StepReport r = engine::simulate_step(s, options_of(s));
+    const engine::StepReport r = engine::simulate_step(s, engine::simulate_options(s));
     const double sim_s = cpu() - t1;
     const double t2 = cpu();
     const engine::RunResult rr = engine::run_scenario(s);  // simulate again + JSON report and summary
