@@ -455,7 +455,7 @@ std::string Node::opt_string(std::string_view key, std::string dflt) const {
 }
 std::int64_t Node::req_int(std::string_view key, Range r) const {
   Node c = child(key);
-  if (!c.defined()) return missing(*this, key), 0;
+  if (!c.defined()) return missing(*this, key), static_cast<std::int64_t>(std::ceil(r.fallback()));
   return c.as_int(r);
 }
 std::int64_t Node::opt_int(std::string_view key, std::int64_t dflt, Range r) const {
@@ -464,7 +464,7 @@ std::int64_t Node::opt_int(std::string_view key, std::int64_t dflt, Range r) con
 }
 double Node::req_double(std::string_view key, Range r) const {
   Node c = child(key);
-  if (!c.defined()) return missing(*this, key), 0.0;
+  if (!c.defined()) return missing(*this, key), r.fallback();
   return c.as_double(r);
 }
 double Node::opt_double(std::string_view key, double dflt, Range r) const {

@@ -92,7 +92,8 @@ struct Range {
   static Range at_least(double v) { return {v, 1e308, false}; }
   static Range between(double a, double b) { return {a, b, false}; }
   bool contains(double v) const { return (lo_open ? v > lo : v >= lo) && v <= hi; }
-  /// What a typed read returns after recording an error: a value inside the range (0 or 1 when
+  /// What a typed read returns after recording an error (missing required key, wrong type, out
+  /// of range): a value inside the range (0 or 1 when
   /// allowed, else the nearest bound), so that checks run after the read never divide by zero
   /// or index out of range before the collected errors are thrown.
   double fallback() const;

@@ -227,3 +227,12 @@ TEST_CASE("a read that fails returns an in-range value, so later checks cannot d
   CHECK(root.req_int("b", Range::non_negative()) == 0);  // in range: the value itself
   REQUIRE(d.size() == 5);
 }
+
+TEST_CASE("a missing required number also reads as an in-range value", "[config]") {
+  auto doc = Document::load_string("x: 1\n", "f.yaml");
+  Diagnostics d;
+  Node root = doc.root(d);
+  CHECK(root.req_int("gpus_per_node", Range::positive()) == 1);
+  CHECK(root.req_double("bandwidth", Range::positive()) > 0);
+  REQUIRE(d.size() == 2);
+}
