@@ -610,6 +610,14 @@ bool all_digits(std::string_view s) {
   return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
+// All-digit index that fits a size_t; an index too large for any list is a malformed path, not
+// an exception (libFuzzer: "a.77777777777777777777=1" reached std::stoul's out_of_range).
+bool parse_index(std::string_view s, std::size_t& out) {
+  if (!all_digits(s)) return false;
+  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
+  return ec == std::errc() && end == s.data() + s.size();
+}
+
 // "a.b[0].c" or "a.b.0.c" -> segments; returns false on malformed paths.
 bool split_path(std::string_view path, std::vector<Segment>& out) {
   std::size_t i = 0;
@@ -622,10 +630,13 @@ bool split_path(std::string_view path, std::vector<Segment>& out) {
     const std::size_t br = part.find('[');
     std::string_view head = br == std::string_view::npos ? part : part.substr(0, br);
     if (!head.empty()) {
-      if (all_digits(head))
-        out.push_back(Segment{std::string(head), true, std::stoul(std::string(head))});
-      else
+      std::size_t index = 0;
+      if (all_digits(head)) {
+        if (!parse_index(head, index)) return false;
+        out.push_back(Segment{std::string(head), true, index});
+      } else {
         out.push_back(Segment{std::string(head), false, 0});
+      }
     } else if (br != 0) {
       return false;
     }
@@ -635,8 +646,9 @@ bool split_path(std::string_view path, std::vector<Segment>& out) {
       const std::size_t close = part.find(']', k);
       if (close == std::string_view::npos) return false;
       std::string_view num = part.substr(k + 1, close - k - 1);
-      if (!all_digits(num)) return false;
-      out.push_back(Segment{std::string(num), true, std::stoul(std::string(num))});
+      std::size_t index = 0;
+      if (!parse_index(num, index)) return false;
+      out.push_back(Segment{std::string(num), true, index});
       k = close + 1;
     }
     i = j + 1;

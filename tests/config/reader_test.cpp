@@ -156,6 +156,9 @@ TEST_CASE("malformed overrides are rejected", "[config][set]") {
   REQUIRE_THROWS_AS(doc.apply_override("routing.experts[9]=1"), ConfigError);
   REQUIRE_THROWS_AS(doc.apply_override("name.sub=1"), ConfigError);  // name is a scalar
   REQUIRE_THROWS_AS(doc.apply_override("x=[1, 2"), ConfigError);
+  // Indices too large for size_t are malformed paths, not std::out_of_range (libFuzzer find).
+  REQUIRE_THROWS_AS(doc.apply_override("routing.77777777777777777777777=1"), ConfigError);
+  REQUIRE_THROWS_AS(doc.apply_override("routing.experts[99999999999999999999999]=1"), ConfigError);
 }
 
 TEST_CASE("clone is deep: overrides on a copy leave the base alone", "[config][set]") {
