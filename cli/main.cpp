@@ -9,6 +9,7 @@
 
 #include <cstdio>
 #include <exception>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -41,6 +42,62 @@ constexpr int kExitConfig = 2;
 
 using moesim::engine::Scenario;
 
+/// `moesim describe [KIND [NAME]]`. An unknown kind or name is a usage error (exit 2) that lists
+/// what exists.
+int describe_command(const std::vector<std::string>& what) {
+  std::ostringstream os;
+  const std::string kind = what.empty() ? "units" : what[0];
+  const std::string kinds = "units, gpus, models, fabrics, routing (gpu NAME, model NAME for one entry)";
+  if (what.size() > 2 || (what.size() == 2 && kind != "gpu" && kind != "gpus" && kind != "model" && kind != "models")) {
+    fmt::print(stderr, "moesim describe: '{}' takes no name (known: {})\n", kind, kinds);
+    return kExitConfig;
+  }
+  const auto unknown = [&](const std::string& name, const std::vector<std::string>& known) {
+    const auto guess = moesim::config::did_you_mean(name, known);
+    std::string list;
+    for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
+    fmt::print(stderr, "moesim describe: unknown {} '{}'{} (known: {})\n", kind, name,
+               guess ? fmt::format(" (did you mean '{}'?)", *guess) : std::string(), list);
+    return kExitConfig;
+  };
+  if (kind == "units") {
+    for (auto f : {moesim::sim::UnitFamily::kBytes, moesim::sim::UnitFamily::kBandwidth, moesim::sim::UnitFamily::kTime,
+                   moesim::sim::UnitFamily::kFlopRate})
+      os << fmt::format("{:<12} {}\n", moesim::sim::family_name(f), moesim::sim::accepted_units(f));
+  } else if (kind == "gpus" || kind == "gpu") {
+    const auto catalog = moesim::hw::load_default_gpu_catalog();
+    if (what.size() == 2) {
+      const auto* g = catalog.find(what[1]);
+      if (g == nullptr) return unknown(what[1], catalog.names());
+      moesim::hw::describe_gpu(os, *g);
+    } else {
+      moesim::hw::describe_gpus(os, catalog);
+    }
+  } else if (kind == "models" || kind == "model") {
+    const auto catalog = moesim::models::load_default_model_catalog();
+    if (what.size() == 2) {
+      const auto* m = moesim::models::find_model(catalog, what[1]);
+      if (m == nullptr) {
+        std::vector<std::string> names;
+        for (const auto& c : catalog) names.push_back(c.name);
+        return unknown(what[1], names);
+      }
+      moesim::models::describe_model(os, *m);
+    } else {
+      moesim::models::describe_models(os, catalog);
+    }
+  } else if (kind == "fabrics") {
+    moesim::hw::describe_fabrics(os);
+  } else if (kind == "routing") {
+    moesim::models::describe_routing(os);
+  } else {
+    fmt::print(stderr, "moesim describe: unknown kind '{}' (known: {})\n", kind, kinds);
+    return kExitConfig;
+  }
+  std::fputs(os.str().c_str(), stdout);
+  return kExitOk;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -58,7 +115,10 @@ int main(int argc, char** argv) {
   run->add_option("scenario", run_file, "scenario YAML")->required();
   run->add_option("--set", run_sets, "override a value: key.path=value (repeatable)");
   run->add_option("--seed", run_seed, "replace the scenario's seed");
-  run->add_option("--json", run_json, "write the JSON report to this file ('-' for stdout)");
+  run->add_option("--json", run_json,
+                  "write the JSON report to this file ('-': to stdout, the summary then goes to stderr)");
+  std::string run_dir;
+  run->add_option("-o,--output", run_dir, "write report.json and summary.txt into this directory (created)");
   std::string run_dot;
   std::string run_trace;
   run->add_option("--trace", run_trace, "write a Chrome/Perfetto trace of the step to this file");
@@ -103,7 +163,8 @@ int main(int argc, char** argv) {
   // describe
   auto* describe = app.add_subcommand("describe", "print the catalogs and registries");
   std::vector<std::string> describe_what;
-  describe->add_option("what", describe_what, "gpus | models | units | KIND NAME");
+  describe->add_option("what", describe_what,
+                       "units | gpus | models | fabrics | routing, or gpu NAME / model NAME for one entry");
 
   // plan (cli/plan_cmd.cpp)
   const moesim::cli::PlanCommand plan(app);
@@ -130,30 +191,38 @@ int main(int argc, char** argv) {
   try {
     if (*run) {
       const Scenario s = moesim::engine::load_scenario(run_file, {run_sets, run_seed});
-      std::fputs(moesim::engine::format_header(s).c_str(), stdout);
-      std::fflush(stdout);
+      // With the JSON report on stdout, the human summary goes to stderr so stdout stays JSON.
+      std::FILE* summary = run_json == "-" ? stderr : stdout;
+      const std::string header = moesim::engine::format_header(s);
+      std::fputs(header.c_str(), summary);
+      std::fflush(summary);
       if (!run_dot.empty()) {
         if (!s.has_cluster) throw std::runtime_error("--dump-topology needs a cluster section");
         std::ofstream f(run_dot);
         moesim::hw::build_topology(s.cluster).write_dot(f);
         if (!f) throw std::runtime_error("cannot write " + run_dot);
       }
+      if (!run_dir.empty()) {  // fail before simulating, not after
+        std::error_code ec;
+        std::filesystem::create_directories(run_dir, ec);
+        if (ec) throw std::runtime_error(fmt::format("cannot create directory {}: {}", run_dir, ec.message()));
+      }
       moesim::engine::RunOptions ro;
       ro.trace_file = run_trace;
       const moesim::engine::RunResult rr = moesim::engine::run_scenario(s, ro);
-      std::fputs(rr.text.c_str(), stdout);
-      const nlohmann::ordered_json& report = rr.report;
-      if (!run_json.empty()) {
-        const std::string text = report.dump(2) + "\n";
-        if (run_json == "-") {
-          std::fputs(text.c_str(), stdout);
-        } else {
-          std::ofstream f(run_json);
-          if (!f || !(f << text)) {
-            fmt::print(stderr, "moesim: cannot write {}\n", run_json);
-            return kExitRuntime;
-          }
-        }
+      std::fputs(rr.text.c_str(), summary);
+      const std::string text = rr.report.dump(2) + "\n";
+      const auto write_file = [](const std::string& path, const std::string& content) {
+        std::ofstream f(path);
+        if (!f || !(f << content)) throw std::runtime_error("cannot write " + path);
+      };
+      if (run_json == "-")
+        std::fputs(text.c_str(), stdout);
+      else if (!run_json.empty())
+        write_file(run_json, text);
+      if (!run_dir.empty()) {
+        write_file(run_dir + "/report.json", text);
+        write_file(run_dir + "/summary.txt", header + rr.text);
       }
       return kExitOk;
     }
@@ -194,28 +263,7 @@ int main(int argc, char** argv) {
       return kExitOk;
     }
     if (plan.selected()) return plan.run();
-    if (*describe) {
-      if (describe_what.empty() || describe_what[0] == "units") {
-        for (auto f : {moesim::sim::UnitFamily::kBytes, moesim::sim::UnitFamily::kBandwidth,
-                       moesim::sim::UnitFamily::kTime, moesim::sim::UnitFamily::kFlopRate})
-          fmt::print("{:<12} {}\n", moesim::sim::family_name(f), moesim::sim::accepted_units(f));
-        return kExitOk;
-      }
-      if (describe_what[0] == "gpus") {
-        std::ostringstream os;
-        moesim::hw::describe_gpus(os, moesim::hw::load_default_gpu_catalog());
-        std::fputs(os.str().c_str(), stdout);
-        return kExitOk;
-      }
-      if (describe_what[0] == "models") {
-        std::ostringstream os;
-        moesim::models::describe_models(os);
-        std::fputs(os.str().c_str(), stdout);
-        return kExitOk;
-      }
-      fmt::print(stderr, "moesim describe: unknown kind '{}' (known: units, gpus, models)\n", describe_what[0]);
-      return kExitConfig;
-    }
+    if (*describe) return describe_command(describe_what);
     std::fputs(app.help().c_str(), stdout);
     return kExitOk;
   } catch (const moesim::config::ConfigError& e) {

@@ -114,4 +114,23 @@ void describe_gpus(std::ostream& os, const GpuCatalog& catalog) {
   for (const auto& g : catalog.gpus) os << fmt::format("  {}: {} -- {}\n", g.name, g.description, g.source);
 }
 
+void describe_gpu(std::ostream& os, const GpuSpec& g) {
+  auto tf = [](double f) { return f > 0 ? fmt::format("{:.1f} TFLOPS", f / 1e12) : std::string("- (not supported)"); };
+  auto row = [&os](const char* key, const std::string& v) { os << fmt::format("  {:<24} {}\n", key, v); };
+  os << fmt::format("{} ({})\n", g.name, g.description);
+  row("fp8 dense", tf(g.fp8_flops));
+  row("bf16 dense", tf(g.bf16_flops));
+  row("tf32 dense", tf(g.tf32_flops));
+  row("fp32", tf(g.fp32_flops));
+  row("HBM capacity", sim::format_bytes(g.hbm_bytes));
+  row("HBM bandwidth", sim::format_bandwidth(g.hbm_bandwidth));
+  row("SMs", fmt::format("{}", g.sm_count));
+  row("L2", sim::format_bytes(g.l2_bytes));
+  row("NVLink per direction", g.nvlink_bandwidth > 0 ? sim::format_bandwidth(g.nvlink_bandwidth) : "- (none)");
+  row("PCIe", fmt::format("Gen{} x16, {} per direction", g.pcie_generation, sim::format_bandwidth(g.pcie_bandwidth)));
+  row("kernel launch overhead", sim::to_string(g.kernel_launch_overhead));
+  if (g.tensor_clock_hz > 0) row("tensor clock", fmt::format("{:.0f} MHz", g.tensor_clock_hz / 1e6));
+  os << fmt::format("  source: {}\n", g.source);
+}
+
 }  // namespace moesim::hw

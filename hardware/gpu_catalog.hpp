@@ -61,5 +61,7 @@ GpuCatalog load_default_gpu_catalog();
 
 /// The `moesim describe gpus` table.
 void describe_gpus(std::ostream& os, const GpuCatalog& catalog);
+/// Every field of one GPU (`moesim describe gpu NAME`), with its source.
+void describe_gpu(std::ostream& os, const GpuSpec& gpu);
 
 }  // namespace moesim::hw

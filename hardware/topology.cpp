@@ -276,4 +276,31 @@ Topology build_topology(const ClusterSpec& s) {
   return t;
 }
 
+void describe_fabrics(std::ostream& os) {
+  os << R"(Intra-node fabrics (cluster.intra_node.fabric; keys: bandwidth per GPU per direction [the GPU's
+NVLink figure, PCIe for pcie], latency [1us], efficiency [1.0]):
+  nvswitch      every GPU has one duplex link to a node switch at `bandwidth` (H100/H200/B200 HGX)
+  nvlink-mesh   a direct duplex link between every GPU pair, `bandwidth` split over the gpus_per_node-1
+                peers (e.g. 4-GPU NVLink boards)
+  pcie          like nvswitch, through a PCIe switch at the GPU's PCIe rate
+  none          no intra-node links: GPUs of one node talk through their NICs
+
+Inter-node fabrics (cluster.inter_node.fabric; required for nodes > 1):
+  rail-fat-tree  rail-optimised two-level fat tree: NIC k of every node sits on the rail-k leaves
+                 (leaf_down_ports NICs per leaf); leaves connect to every spine
+  fat-tree       the same two-level tree with nodes' NICs packed onto leaves in order
+  single-switch  every NIC on one non-blocking switch
+  explicit       the graph in cluster.topology: {switches: [names], links: [{from, to, bandwidth,
+                 latency, duplex}]}; vertices are gpu0..gpuN-1 and the declared switches
+Keys (all but explicit): nic_bandwidth (required, e.g. 400Gb/s), nics_per_node [gpus_per_node; must
+divide it; GPU i uses NIC i*nics/gpus_per_node], oversubscription [1: leaf down:up capacity],
+leaf_down_ports [32], spines [0: ceil(leaf_down_ports / oversubscription)], pcie_bandwidth [the GPU's
+PCIe rate, GPU<->NIC], latency [2us, NIC to NIC], efficiency [0.97 of nic_bandwidth: ~48.5 GB/s of
+RDMA payload per 400 Gb/s port, see hardware/README.md].
+
+Every link is directional with bandwidth x efficiency and a latency; routes are shortest paths with
+deterministic ECMP (hash of the flow). `moesim run SCENARIO --dump-topology FILE.dot` draws the graph.
+)";
+}
+
 }  // namespace moesim::hw

@@ -154,4 +154,8 @@ Topology build_topology(const ClusterSpec& spec);
 
 inline void write_dot(std::ostream& os, const Topology& t) { t.write_dot(os); }
 
+/// `moesim describe fabrics`: the intra- and inter-node fabrics a `cluster:` block can name, the
+/// keys each reads, and the defaults.
+void describe_fabrics(std::ostream& os);
+
 }  // namespace moesim::hw

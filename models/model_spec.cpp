@@ -326,4 +326,67 @@ void describe_models(std::ostream& os, const std::vector<ModelSpec>& catalog) {
 
 void describe_models(std::ostream& os) { describe_models(os, load_default_model_catalog()); }
 
+void describe_model(std::ostream& os, const ModelSpec& m) {
+  auto row = [&os](const char* key, const std::string& v) { os << fmt::format("  {:<22} {}\n", key, v); };
+  const char* act = m.activation == Activation::kSwiGLU  ? "swiglu"
+                    : m.activation == Activation::kGeGLU ? "geglu"
+                    : m.activation == Activation::kGelu  ? "gelu"
+                                                         : "relu";
+  os << fmt::format("{}\n", m.name);
+  if (m.architecture == Architecture::kEncoderDecoder)
+    row("layers", fmt::format("{} encoder + {} decoder", m.encoder_layers, m.decoder_layers));
+  else
+    row("layers", fmt::format("{}", m.decoder_layers));
+  std::vector<int> moe = m.moe_layer_indices();
+  std::string which;
+  if (moe.empty())
+    which = "none";
+  else if (moe.back() - moe.front() + 1 == static_cast<int>(moe.size()))
+    which = fmt::format("layers {}..{}", moe.front(), moe.back());
+  else
+    for (int l : moe) which += fmt::format("{}{}", which.empty() ? "layers " : ",", l);
+  row("MoE layers", fmt::format("{} ({}; layer indices from 0)", moe.size(), which));
+  row("hidden", fmt::format("{}", m.hidden));
+  if (m.attention == AttentionKind::kMla)
+    row("attention", fmt::format("MLA, {} heads, q_lora_rank {}, kv_lora_rank {}, qk_nope/rope {}/{}, v {}", m.heads,
+                                 m.mla.q_lora_rank, m.mla.kv_lora_rank, m.mla.qk_nope_head_dim, m.mla.qk_rope_head_dim,
+                                 m.mla.v_head_dim));
+  else
+    row("attention", fmt::format("{} heads, {} kv heads, head dim {}{}", m.heads, m.kv_heads, m.head_dim,
+                                 m.qk_norm ? ", qk-norm" : ""));
+  row("vocab", fmt::format("{}{}", m.vocab, m.tied_embeddings ? " (tied embeddings)" : ""));
+  row("dense FFN", m.dense_ffn > 0 ? fmt::format("{}", m.dense_ffn) : "-");
+  row("experts", fmt::format("{} routed x FFN {}, top-{}", m.experts, m.expert_ffn, m.top_k));
+  row("shared experts",
+      m.shared_experts > 0 ? fmt::format("{} x FFN {}", m.shared_experts, m.shared_expert_ffn) : std::string("-"));
+  row("activation", act);
+  row("router",
+      fmt::format("{}{}{}{}, scaling {}", m.gate == GateFunction::kSigmoid ? "sigmoid" : "softmax",
+                  m.router_bias ? " + bias" : "", m.renormalize ? ", renormalised" : "",
+                  m.n_groups > 1 ? fmt::format(", {} groups, top-{} groups", m.n_groups, m.topk_group) : std::string(),
+                  m.routed_scaling_factor));
+  row("dtype", fmt::format("{} ({} bytes/param)", m.dtype, m.bytes_per_param));
+  const ParamCount c = count_params(m);
+  os << fmt::format("  {:<22} {:>12} {:>12}\n", "parameters", "total", "active");
+  const auto line = [&](const char* what, std::int64_t t, std::int64_t a) {
+    os << fmt::format("    {:<20} {:>12} {:>12}\n", what, format_params(static_cast<double>(t)),
+                      format_params(static_cast<double>(a)));
+  };
+  line("embeddings", c.total.embeddings, c.active.embeddings);
+  line("lm head", c.total.lm_head, c.active.lm_head);
+  line("attention", c.total.attention, c.active.attention);
+  line("dense FFN", c.total.dense_ffn, c.active.dense_ffn);
+  line("router", c.total.router, c.active.router);
+  line("routed experts", c.total.experts, c.active.experts);
+  line("shared experts", c.total.shared_experts, c.active.shared_experts);
+  line("norms", c.total.norms, c.active.norms);
+  line("sum", c.params_total(), c.params_active());
+  os << fmt::format("    {:<20} {:>12} {:>12}\n", "published",
+                    m.published_total ? format_params(*m.published_total) : "-",
+                    m.published_active ? format_params(*m.published_active) : "-");
+  os << fmt::format("  exact: total {} / active {} / active without the input embedding {}\n", c.params_total(),
+                    c.params_active(), c.params_active_no_input_embedding());
+  os << fmt::format("  source: {}\n", m.source);
+}
+
 }  // namespace moesim::models

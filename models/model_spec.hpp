@@ -152,6 +152,9 @@ const ModelSpec* find_model(const std::vector<ModelSpec>& catalog, const std::st
 /// active parameters with the published figures beside them.
 void describe_models(std::ostream& os, const std::vector<ModelSpec>& catalog);
 void describe_models(std::ostream& os);
+/// `moesim describe model NAME`: every field of one model and its parameter breakdown (total
+/// and active per token), with the published figures and the source.
+void describe_model(std::ostream& os, const ModelSpec& m);
 
 /// "46.70B", "1.571T", "12.88M".
 std::string format_params(double n);

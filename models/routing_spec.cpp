@@ -1,6 +1,7 @@
 #include "models/routing_spec.hpp"
 
 #include <fmt/format.h>
+#include <ostream>
 
 #include "config/reader.hpp"
 
@@ -141,5 +142,38 @@ std::string to_string(Distribution d) {
 }
 
 std::string to_string(SamplingMode m) { return m == SamplingMode::kToken ? "token" : "counts"; }
+
+void describe_routing(std::ostream& os) {
+  os << R"(routing: block of a scenario [defaults in brackets; gate defaults come from the model's config]
+
+Where choices come from (distribution) [uniform]:
+  uniform       every expert equally likely; an expert's load over T tokens is Binomial(T, k/E)
+  balanced      deterministic round robin over EP ranks first, then experts: perfectly even
+  power_law     popularity of rank r proportional to (r+1)^-alpha over a random expert permutation
+                per layer; alpha [1.0] (0 = balanced in expectation)
+  hot_experts   hot_count [1] experts share hot_share [0.5] of the mass
+  dirichlet     per step, p ~ Dirichlet(concentration [1] x E x base); base = power_law(alpha) when
+                alpha is set, else uniform (temporal variation)
+  trace         replay a CSV of recorded expert ids: trace: FILE (layer,token,expert_0..expert_{k-1})
+  layer_correlation [0]: 0 = each layer draws its own permutation, 1 = every layer the same
+
+Gate: logit = ln p_e + Gumbel noise per token, so softmax top-k is Plackett-Luce sampling from p:
+  gate [softmax | sigmoid], gate_bias (E numbers, sigmoid selection bias), renormalize,
+  n_groups / topk_group (group-limited top-k, DeepSeek), scaling_factor, top_k [model],
+  gshard_random_second (top-2: keep expert 2 with probability min(1, 2 g2)),
+  expert_choice (each expert takes its top-C tokens)
+
+Capacity per routing group (one rank's micro-batch): C = max(min_capacity, ceil(cf x T x k / E))
+  capacity_factor [none = dropless] (> 0), min_capacity [0],
+  drop_policy [position: earlier tokens keep their slot | probs: highest weights keep theirs],
+  pad_to_capacity [false: every expert buffer exactly C rows],
+  block_size [128: dropless rows per expert rounded up to it, padding counted as wasted compute]
+
+sampling [token]: token = every token drawn and gated (exact for the logit model);
+  counts = per-expert counts from a multinomial with exact or piloted shares (fast, approximate:
+  per-expert variance of T x k independent draws; fully dropped tokens unknown)
+redundant_experts [0]: EPLB-style replica slots for hot experts (lets E not divide EP)
+)";
+}
 
 }  // namespace moesim::models

@@ -7,6 +7,7 @@
 /// changes.
 
 #include <cstdint>
+#include <iosfwd>
 #include <optional>
 #include <string>
 #include <vector>
@@ -86,6 +87,9 @@ RoutingSpec parse_routing(const config::Node& node, const ModelSpec& model);
 /// Why `experts` cannot be spread over `ep` ranks (nullopt if it can): E % ep != 0 without
 /// redundant experts, or (E + redundant) % ep != 0 with them.
 std::optional<std::string> placement_problem(int experts, int ep, int redundant_experts);
+
+/// `moesim describe routing`: the routing: keys, their choices and defaults.
+void describe_routing(std::ostream& os);
 
 std::string to_string(Distribution d);
 std::string to_string(SamplingMode m);

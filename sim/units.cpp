@@ -192,22 +192,29 @@ SimTime parse_time(std::string_view t) {
 
 namespace {
 std::string format_with(double v, const UnitDef* units, std::size_t count) {
-  // Pick the largest unit (among the first `count`, ordered small to large) that keeps the
-  // mantissa >= 1, and print the shortest round-trip representation of the mantissa.
-  const UnitDef* best = &units[0];
-  for (std::size_t k = 0; k < count; ++k)
-    if (v >= units[k].scale) best = &units[k];
-  const double m = v / best->scale;
-  if (m * best->scale == v) return fmt::format("{}{}", m, best->name);
-  return fmt::format("{}{}", v, units[0].name);
+  // The largest unit (among the first `count`, ordered small to large) that keeps the mantissa
+  // >= 1 and reproduces v exactly when the text is read back (mantissa * scale == v); if its
+  // mantissa is not exact, the next smaller unit is tried (2039GB/s rather than 2.039TB/s, whose
+  // product is off in the last bit), down to the base unit. Shortest round-trip mantissa.
+  std::size_t k = 0;
+  for (std::size_t i = 0; i < count; ++i)
+    if (v >= units[i].scale) k = i;
+  for (;; --k) {
+    const double m = v / units[k].scale;
+    if (m * units[k].scale == v || k == 0) return fmt::format("{}{}", k == 0 ? v : m, units[k].name);
+  }
 }
 }  // namespace
 
 std::string format_bytes(double bytes) {
-  // Prefer binary units when the value is an exact power-of-two multiple (80GiB), else SI.
+  // A binary unit when the value is a whole number of the largest binary unit not above it
+  // (80GiB, 512MiB), else SI (141GB, 180GB rather than 175781250KiB).
   for (int k = 10; k >= 6; --k) {
     const UnitDef& u = kByteUnits[static_cast<std::size_t>(k)];
-    if (bytes >= u.scale && std::fmod(bytes, u.scale) == 0) return fmt::format("{}{}", bytes / u.scale, u.name);
+    if (bytes >= u.scale) {
+      if (std::fmod(bytes, u.scale) == 0) return fmt::format("{}{}", bytes / u.scale, u.name);
+      break;
+    }
   }
   return format_with(bytes, kByteUnits.data(), 6);
 }

@@ -25,5 +25,32 @@ n=$((n + 3))
 "$bin" nosuchcommand >/dev/null 2>&1; [[ $? -eq 2 ]] || { echo "FAIL unknown subcommand should exit 2" >&2; fail=$((fail + 1)); }
 "$bin" run >/dev/null 2>&1; [[ $? -eq 2 ]] || { echo "FAIL missing argument should exit 2" >&2; fail=$((fail + 1)); }
 "$bin" --version | grep -q '^moesim ' || { echo "FAIL --version" >&2; fail=$((fail + 1)); }
+# describe: every kind prints something; one entry by name; unknown kinds/names exit 2 with a hint.
+for k in units gpus models fabrics routing "gpu h100-sxm" "model mixtral-8x7b"; do
+  n=$((n + 1))
+  # shellcheck disable=SC2086
+  out=$("$bin" describe $k 2>&1); rc=$?
+  [[ $rc -eq 0 && $(printf '%s\n' "$out" | wc -l) -ge 4 ]] || { echo "FAIL describe $k: exit $rc" >&2; fail=$((fail + 1)); }
+done
+n=$((n + 3))
+out=$("$bin" describe model mixtrl-8x7b 2>&1 >/dev/null); rc=$?
+[[ $rc -eq 2 && "$out" == *"did you mean 'mixtral-8x7b'"* ]] || { echo "FAIL describe unknown model: $rc $out" >&2; fail=$((fail + 1)); }
+"$bin" describe nosuchkind >/dev/null 2>&1; [[ $? -eq 2 ]] || { echo "FAIL describe unknown kind should exit 2" >&2; fail=$((fail + 1)); }
+"$bin" describe fabrics extra >/dev/null 2>&1; [[ $? -eq 2 ]] || { echo "FAIL describe with a stray name should exit 2" >&2; fail=$((fail + 1)); }
+# run --json - keeps stdout pure JSON (summary on stderr); -o DIR writes report.json + summary.txt
+# with the same report.
+n=$((n + 2))
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+"$bin" run scenarios/all-to-all-2x8-h100.yaml --json - 2>"$tmp/err" >"$tmp/stdout.json" &&
+  "$bin" run scenarios/all-to-all-2x8-h100.yaml -o "$tmp/out" >/dev/null
+rc=$?
+if [[ $rc -ne 0 ]]; then echo "FAIL run --json - / -o: exit $rc" >&2; fail=$((fail + 1)); n=$((n - 1))
+else
+  py=python3; command -v "$py" >/dev/null || py=/usr/bin/python3
+  "$py" -c 'import json,sys; json.load(open(sys.argv[1]))' "$tmp/stdout.json" && grep -q '^collective' "$tmp/err" ||
+    { echo "FAIL run --json -: stdout is not pure JSON or the summary is missing on stderr" >&2; fail=$((fail + 1)); }
+  cmp -s "$tmp/stdout.json" "$tmp/out/report.json" && grep -q '^collective' "$tmp/out/summary.txt" ||
+    { echo "FAIL run -o: report.json differs from --json - or summary.txt lacks the summary" >&2; fail=$((fail + 1)); }
+fi
 echo "$((n - fail)) passed, $fail failed"
 [[ $fail -eq 0 ]]
