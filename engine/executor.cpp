@@ -227,6 +227,16 @@ ExecutionResult Executor::run() {
     // idle = step - |compute U comm| = step - (compute_union + exposed_comm); compute ops on one
     // stream never overlap, so the compute union is the compute sum.
     b.idle = r.step_time - b.compute - b.exposed_comm;
+    // The idle spans were attributed online as they ended; what remains is the tail after the
+    // GPU's last op. Both ways of counting idle time must agree to the picosecond.
+    b.idle_tail = r.step_time - b.busy_end;
+    const SimTime split = b.wait_ep + b.wait_dp + b.wait_pp + b.wait_other + b.idle_tail;
+    if (split != b.idle || gpu_[gi].idle_pending_ps != 0)
+      throw sim::SimulationError(fmt::format(
+          "GPU {}: idle time {} ps does not equal its attribution {} ps (EP wait {}, DP wait {}, PP wait {}, "
+          "other {}, tail {}; {} ps unattributed)",
+          gi, b.idle.ps(), split.ps(), b.wait_ep.ps(), b.wait_dp.ps(), b.wait_pp.ps(), b.wait_other.ps(),
+          b.idle_tail.ps(), gpu_[gi].idle_pending_ps));
   }
   for (int gi = g_.num_gpus_ - 1; gi >= 0; --gi)
     if (r.per_gpu[static_cast<std::size_t>(gi)].busy_end == r.step_time) r.critical_gpu = gi;
@@ -241,7 +251,30 @@ void Executor::advance(int gpu) {
     st.comm_union_ps += dt;
     if (st.running != kNoOp) st.comm_overlap_ps += dt;
   }
+  if (dt > 0 && st.comm_active == 0 && st.running == kNoOp) st.idle_pending_ps += dt;
   st.last_change_ps = now;
+}
+
+void Executor::end_idle(int gpu, Stream starting) {
+  GpuState& st = gpu_[static_cast<std::size_t>(gpu)];
+  if (st.idle_pending_ps == 0) return;
+  GpuBreakdown& b = acc_[static_cast<std::size_t>(gpu)];
+  const SimTime t = SimTime::from_ps(st.idle_pending_ps);
+  switch (starting) {
+    case Stream::kEpComm:
+      b.wait_ep += t;
+      break;
+    case Stream::kDpComm:
+      b.wait_dp += t;
+      break;
+    case Stream::kPpComm:
+      b.wait_pp += t;
+      break;
+    case Stream::kCompute:
+      b.wait_other += t;
+      break;
+  }
+  st.idle_pending_ps = 0;
 }
 
 void Executor::start(OpId id) {
@@ -253,6 +286,7 @@ void Executor::start(OpId id) {
   }
   for (int gi : g_.gpus(op)) {
     advance(gi);
+    end_idle(gi, op.stream);
     ++gpu_[static_cast<std::size_t>(gi)].comm_active;
     if (op.sm_count > 0) set_comm_sms(gi, op.sm_count);
   }
@@ -267,6 +301,7 @@ void Executor::start_compute(OpId id) {
     throw sim::SimulationError(
         fmt::format("GPU {}: compute op '{}' started while '{}' runs", gpu, g_.name(id), g_.name(st.running)));
   advance(gpu);
+  end_idle(gpu, Stream::kCompute);
   st.running = id;
   st.remaining_full_ps = op.duration.ps();
   st.segment_start = sim_.now();

@@ -156,7 +156,13 @@ struct GpuBreakdown {
   sim::SimTime pipeline{};       ///< pipeline send/recv
   sim::SimTime exposed_comm{};   ///< communication active while the compute stream is idle
   sim::SimTime idle{};           ///< neither compute nor communication active
-  sim::SimTime busy_end{};       ///< when this GPU's last op finished
+  /// `idle`, split by what ended each idle span (they sum to `idle` exactly; checked):
+  sim::SimTime wait_ep{};     ///< an EP/TP collective started: this GPU waited for its slowest peer
+  sim::SimTime wait_dp{};     ///< a DP collective started
+  sim::SimTime wait_pp{};     ///< a pipeline send/recv started (pipeline bubbles)
+  sim::SimTime wait_other{};  ///< a compute op started (a dependency on another GPU's op)
+  sim::SimTime idle_tail{};   ///< after this GPU's last op, until the step ended on the slowest GPU
+  sim::SimTime busy_end{};    ///< when this GPU's last op finished
 };
 
 struct ExecutionResult {
@@ -210,7 +216,10 @@ class Executor {
     std::int64_t last_change_ps = 0;
     std::int64_t comm_union_ps = 0;
     std::int64_t comm_overlap_ps = 0;
+    std::int64_t idle_pending_ps = 0;  // idle since the last op start, not yet attributed
   };
+  /// Attributes `gpu`'s pending idle time to what starts now on it (first start wins).
+  void end_idle(int gpu, Stream starting);
   std::vector<GpuState> gpu_;
   std::vector<GpuBreakdown> acc_;
   std::uint64_t completed_ = 0;

@@ -144,6 +144,10 @@ void run_step(const Scenario& s, const std::string& trace, nlohmann::ordered_jso
       "DP comm {:.1f} | PP comm {:.1f} | exposed comm {:.1f} | idle {:.1f}\n",
       r.compute_us, r.dispatch_us, r.combine_us, r.other_comm_us, r.data_parallel_us, r.pipeline_us, r.exposed_comm_us,
       r.idle_us);
+  fmt::format_to(std::back_inserter(out),
+                 "idle       (mean per GPU, us) waiting for EP/TP peers {:.1f} | for DP peers {:.1f} | pipeline "
+                 "{:.1f} | other {:.1f} | after own last op {:.1f}\n",
+                 r.wait_ep_us, r.wait_dp_us, r.wait_pp_us, r.wait_other_us, r.idle_tail_us);
   fmt::format_to(std::back_inserter(out), "critical   compute {:.1f} | exposed comm {:.1f} | idle {:.1f} us\n",
                  crit.compute.to_us(), crit.exposed_comm.to_us(), crit.idle.to_us());
   fmt::format_to(std::back_inserter(out),
@@ -168,6 +172,14 @@ void run_step(const Scenario& s, const std::string& trace, nlohmann::ordered_jso
                        {"pipeline", r.pipeline_us},
                        {"exposed_communication", r.exposed_comm_us},
                        {"idle", r.idle_us}};
+  // Idle time by what ended each idle span: a collective that could only start once the slowest
+  // participant arrived (EP/TP: load imbalance and stragglers; PP: pipeline bubbles), a compute
+  // op, or nothing (the GPU finished before the slowest one). Sums to breakdown_us.idle.
+  j["idle_us"] = {{"waiting_for_ep_tp_peers", r.wait_ep_us},
+                  {"waiting_for_dp_peers", r.wait_dp_us},
+                  {"pipeline", r.wait_pp_us},
+                  {"other", r.wait_other_us},
+                  {"after_last_op", r.idle_tail_us}};
   j["critical_gpu"] = {{"index", r.exec.critical_gpu},
                        {"compute_us", crit.compute.to_us()},
                        {"exposed_communication_us", crit.exposed_comm.to_us()},

@@ -353,6 +353,11 @@ StepReport simulate_step(const Scenario& s, const SimulateOptions& opts) {
     rep.pipeline_us += b.pipeline.to_us() / gpus;
     rep.exposed_comm_us += b.exposed_comm.to_us() / gpus;
     rep.idle_us += b.idle.to_us() / gpus;
+    rep.wait_ep_us += b.wait_ep.to_us() / gpus;
+    rep.wait_dp_us += b.wait_dp.to_us() / gpus;
+    rep.wait_pp_us += b.wait_pp.to_us() / gpus;
+    rep.wait_other_us += b.wait_other.to_us() / gpus;
+    rep.idle_tail_us += b.idle_tail.to_us() / gpus;
   }
   return rep;
 }

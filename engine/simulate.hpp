@@ -52,6 +52,8 @@ struct StepReport {
   /// Breakdown averaged over GPUs (microseconds).
   double compute_us = 0, dispatch_us = 0, combine_us = 0, other_comm_us = 0, data_parallel_us = 0, pipeline_us = 0,
          exposed_comm_us = 0, idle_us = 0;
+  /// idle_us split by what ended the idle spans (see GpuBreakdown), averaged over GPUs.
+  double wait_ep_us = 0, wait_dp_us = 0, wait_pp_us = 0, wait_other_us = 0, idle_tail_us = 0;
   std::uint64_t flows = 0;  ///< network flows simulated
   double payload_bytes =
       0;  ///< sum of the collectives' payloads (all-to-allv matrices with the local diagonal; buffer sizes)

@@ -71,6 +71,40 @@ TEST_CASE("a collective waits for every participant and is timed by the backend"
   REQUIRE(r.per_gpu[0].exposed_comm == 6_us);
   REQUIRE(r.per_gpu[0].idle == 5_us);  // waited 9-4 for GPU 1
   REQUIRE(r.per_gpu[0].compute + r.per_gpu[0].exposed_comm + r.per_gpu[0].idle == r.step_time);
+  // The idle time is attributed to what ended it: the EP collective waiting for GPU 1.
+  REQUIRE(r.per_gpu[0].wait_ep == 5_us);
+  REQUIRE(r.per_gpu[1].wait_ep == SimTime::zero());
+  REQUIRE(r.per_gpu[0].idle_tail == SimTime::zero());
+}
+
+TEST_CASE("idle time is split by what ended it, and the parts sum to it", "[executor][idle]") {
+  sim::Simulation s;
+  StepGraph g(3);
+  // GPU 0 computes 10 us; GPU 1 computes 2 us, then a PP send/recv with GPU 0 (waits 8 us);
+  // GPU 2 computes 1 us and waits for GPU 0's first op through a plain dependency (9 us, "other"),
+  // then a DP collective with GPU 1 that waits for GPU 1's pipeline transfer; GPU 2 then ends early.
+  const OpId a = g.compute(0, info("a"), 10_us);
+  const OpId b = g.compute(1, info("b"), 2_us);
+  const OpId pp = g.collective({0, 1}, info("send", Category::kPipeline), 0, Stream::kPpComm, {a, b});
+  g.compute(2, info("c"), 1_us);
+  const OpId d = g.compute(2, info("d"), 1_us, {a});
+  const OpId dp = g.collective({1, 2}, info("rs", Category::kDataParallel), 1, Stream::kDpComm, {pp, d});
+  g.compute(0, info("tail0"), 20_us, {pp});
+  g.compute(1, info("tail1"), 3_us, {dp});
+  FixedBackend be(s, {4_us, 2_us});
+  Executor ex(s, g, be, {});
+  const auto r = ex.run();
+  REQUIRE(r.step_time == 34_us);  // 10 + 4 + 20 on GPU 0
+  const auto& g1 = r.per_gpu[1];
+  REQUIRE(g1.wait_pp == 8_us);
+  REQUIRE(g1.wait_dp == SimTime::zero());  // the DP collective starts as the PP transfer ends
+  REQUIRE(g1.idle_tail == 34_us - 19_us);  // 10 + 4 + 2 + 3
+  const auto& g2 = r.per_gpu[2];
+  REQUIRE(g2.wait_other == 9_us);  // 1 .. 10: d waits for GPU 0's a
+  REQUIRE(g2.wait_dp == 3_us);     // 11 .. 14: the DP collective waits for the PP transfer
+  REQUIRE(g2.idle_tail == 34_us - 16_us);
+  for (const auto& bd : r.per_gpu)
+    REQUIRE(bd.wait_ep + bd.wait_dp + bd.wait_pp + bd.wait_other + bd.idle_tail == bd.idle);
 }
 
 TEST_CASE("overlapped communication is not exposed, and overlap never slows the step", "[executor]") {
