@@ -128,7 +128,7 @@ struct MetricDef {
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
 // The fixed column order. Keep names in units-in-the-name form (CONVENTIONS.md).
-const std::array<MetricDef, 22> kMetrics{{
+const std::array<MetricDef, 26> kMetrics{{
     {"step_time_us", kStep | kCollective, [](const Json& r) { return cell(find(r, {"step_time_us"})); }},
     {"tokens_per_s", kStep, [](const Json& r) { return cell(find(r, {"tokens_per_s"})); }},
     {"mfu", kStep, [](const Json& r) { return cell(find(r, {"mfu"})); }},
@@ -179,9 +179,25 @@ const std::array<MetricDef, 22> kMetrics{{
      [](const Json& r) {
        return cell(find(r, {"breakdown_us", "exposed_communication"}));
      }},
+    {"dp_comm_us", kStep,
+     [](const Json& r) {
+       return cell(find(r, {"breakdown_us", "data_parallel"}));
+     }},
+    {"pp_comm_us", kStep,
+     [](const Json& r) {
+       return cell(find(r, {"breakdown_us", "pipeline"}));
+     }},
     {"idle_us", kStep,
      [](const Json& r) {
        return cell(find(r, {"breakdown_us", "idle"}));
+     }},
+    {"ep_wait_us", kStep,
+     [](const Json& r) {
+       return cell(find(r, {"idle_us", "waiting_for_ep_tp_peers"}));
+     }},
+    {"pp_bubble_us", kStep,
+     [](const Json& r) {
+       return cell(find(r, {"idle_us", "pipeline"}));
      }},
     {"algbw_GBps", kCollective,
      [](const Json& r) {

@@ -29,8 +29,12 @@ import sys
 
 MAIN_METRICS = ["step_time_us", "tokens_per_s", "mfu", "drop_fraction", "padded_fraction", "max_over_mean_load",
                 "peak_mem_GiB", "busbw_GBps"]
-BREAKDOWN = [("compute_us", "compute"), ("dispatch_us", "dispatch"), ("combine_us", "combine"),
-             ("other_comm_us", "other comm"), ("idle_us", "idle")]
+# Stacked breakdown: a partition of the mean per-GPU step time (compute + exposed communication +
+# idle = step time; idle split into waiting for EP/TP peers, pipeline bubbles and the rest), so the
+# bar height is the step time. Communication that overlaps compute is not stacked (it is not time
+# added to the step); dispatch_us/combine_us are plotted with `line` if wanted.
+BREAKDOWN = [("compute_us", "compute"), ("exposed_comm_us", "exposed comm"),
+             ("ep_wait_us", "waiting for EP peers"), ("pp_bubble_us", "pipeline bubbles"), ("idle_us", "other idle")]
 FIXED = {"run_index", "seed", "status", "repeat", "error"}
 
 
@@ -164,8 +168,14 @@ def plot_breakdown(plt, res, out_dir, x):
     vals = res.values(x)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     bottom = [0.0] * len(vals)
+    split = [c for c in ("ep_wait_us", "pp_bubble_us") if c in res.columns]
     for c, label in parts:
         ys = [res.mean(c, **{x: v}) or 0.0 for v in vals]
+        if c == "idle_us":  # what the split columns do not already show
+            for sc in split:
+                ys = [max(0.0, y - (res.mean(sc, **{x: v}) or 0.0)) for y, v in zip(ys, vals)]
+            if not split:
+                label = "idle"
         ax.bar(range(len(vals)), [y / 1000 for y in ys], bottom=[b / 1000 for b in bottom], label=label)
         bottom = [b + y for b, y in zip(bottom, ys)]
     ax.set_xticks(range(len(vals)), vals)
