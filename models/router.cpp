@@ -517,6 +517,14 @@ class LaneRng {
     std::memcpy(s3_, &s3, sizeof s3);
   }
 
+  /// The four state words of every lane, for a caller that runs the same update in registers.
+  void get_state(std::uint32_t (&s)[4][kLanes]) const {
+    std::memcpy(s[0], s0_, sizeof s0_);
+    std::memcpy(s[1], s1_, sizeof s1_);
+    std::memcpy(s[2], s2_, sizeof s2_);
+    std::memcpy(s[3], s3_, sizeof s3_);
+  }
+
  private:
   std::uint32_t s0_[kLanes], s1_[kLanes], s2_[kLanes], s3_[kLanes];
 };
@@ -676,6 +684,307 @@ TokenChoicePlan make_token_choice_plan(const RoutingSpec& spec, const std::vecto
 #define MOESIM_ROUTER_CLONES
 #endif
 
+// ---- Small-E fast path ------------------------------------------------------------------------
+// E = 8 or 16 experts, softmax or unbiased sigmoid gate, no group-limited routing: the case of
+// Mixtral-shaped models, where the generic per-token loop above spends most of its time in
+// per-token horizontal work (sum, rank_select, scalar bookkeeping). Here 8 tokens are handled at
+// once in structure-of-arrays form (one SIMD lane per token), so the softmax denominator and the
+// top-k are vertical operations. Every float is produced by the same IEEE operations, on the same
+// operands, in the same order as in the generic loop, and the same random bits are consumed, so
+// the results are bit-identical (tests/golden and the router tests check it):
+//  * scores: exp1_from_bits_v below is exp1_from_bits lane-wise; pf / (-y) is computed as
+//    (-pf) / y, which IEEE division rounds to the same value (round-to-nearest is symmetric);
+//  * denominator: sum_f's 8 partial sums and its fixed combination tree, per lane;
+//  * top-k: insertion of experts 0, 1, ..., E-1 into a sorted list, a new key going behind every
+//    key >= it, which is descending order with ties to the lower index (as rank_select);
+//  * router-probability sums: per block, prob_acc[e] += s[e] * inv in token order (one vector of
+//    experts per token), then added to the double sums as before;
+//  * capacity, GShard second expert and per-slot outputs: a scalar pass in token order.
+
+using V8f = float __attribute__((vector_size(32)));
+using V8i = std::int32_t __attribute__((vector_size(32)));
+using V8u = std::uint32_t __attribute__((vector_size(32)));
+
+/// y = ln u for the u of exp1_from_bits (that function returns -y), lane-wise, same operations.
+/// u's bit pattern is formed as that of float(m) with the exponent lowered by 24 (exact: float(m)
+/// >= 1, so u = float(m) * 2^-24 is a normal number), folded into the offset subtracted next.
+[[gnu::always_inline]] inline void ln_u_from_bits_v(const V8u& r, V8f& y) {
+  const V8u m = (r >> 8) | 1U;
+  const V8f mf = __builtin_convertvector(__builtin_bit_cast(V8i, m), V8f);
+  const V8u bits = __builtin_bit_cast(V8u, mf) - (0x3F3504F3U + (24U << 23));
+  const V8f e = __builtin_convertvector(__builtin_bit_cast(V8i, bits) >> 23, V8f);
+  const V8f f = __builtin_bit_cast(V8f, (bits & 0x007FFFFFU) + 0x3F3504F3U) - 1.0f;
+  V8f q = f * 8.506953716e-02f - 1.419747174e-01f;
+  q = q * f + 1.495097876e-01f;
+  q = q * f - 1.658794880e-01f;
+  q = q * f + 1.996059716e-01f;
+  q = q * f - 2.500096858e-01f;
+  q = q * f + 3.333397210e-01f;
+  const V8f f2 = f * f;
+  const V8f log1pf = (f - 0.5f * f2) + (f2 * f) * q;
+  y = (e * 0.693145752f + log1pf) + e * 1.42860677e-06f;
+}
+
+/// 8x8 transpose: out[e] lane i = in[i] lane e.
+[[gnu::always_inline]] inline void transpose8(const V8f* in, V8f* out) {
+  const V8i lo = {0, 8, 1, 9, 4, 12, 5, 13}, hi = {2, 10, 3, 11, 6, 14, 7, 15};
+  const V8i s44 = {0, 1, 8, 9, 4, 5, 12, 13}, sEE = {2, 3, 10, 11, 6, 7, 14, 15};
+  const V8i p20 = {0, 1, 2, 3, 8, 9, 10, 11}, p31 = {4, 5, 6, 7, 12, 13, 14, 15};
+  V8f t[8], u[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = __builtin_shuffle(in[2 * i], in[2 * i + 1], lo);
+    t[2 * i + 1] = __builtin_shuffle(in[2 * i], in[2 * i + 1], hi);
+  }
+  for (int i = 0; i < 2; ++i) {
+    u[4 * i] = __builtin_shuffle(t[4 * i], t[4 * i + 2], s44);
+    u[4 * i + 1] = __builtin_shuffle(t[4 * i], t[4 * i + 2], sEE);
+    u[4 * i + 2] = __builtin_shuffle(t[4 * i + 1], t[4 * i + 3], s44);
+    u[4 * i + 3] = __builtin_shuffle(t[4 * i + 1], t[4 * i + 3], sEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    out[i] = __builtin_shuffle(u[i], u[i + 4], p20);
+    out[i + 4] = __builtin_shuffle(u[i], u[i + 4], p31);
+  }
+}
+
+/// The small-E path of route_group_token_choice for E experts (8 or 16) and top-K (K = 0: the
+/// spec's k, any value up to E). Per chunk of 8 tokens: E * 8 / 8 generator steps, scores, a
+/// transpose to one vector per expert, the softmax denominator and the top-k per lane, the
+/// router-probability sums in token order, then the per-token bookkeeping.
+template <int E, int K>
+[[gnu::always_inline]] inline void route_small_e(const RoutingSpec& spec, const TokenChoicePlan& plan, sim::Rng& rng,
+                                                 sim::Rng& aux_rng, GroupRouting& g, bool fused_position) {
+  static_assert(E % 8 == 0 && E <= 16);
+  constexpr int H = E / 8;  // vectors per token
+  constexpr int KM = K > 0 ? K : E;
+  const int k = K > 0 ? K : spec.top_k;
+  const std::size_t ku = static_cast<std::size_t>(k);
+  const bool sigmoid = spec.gate == GateFunction::kSigmoid;
+  const bool gshard = spec.gshard_random_second;
+  // Capacity while routing without GShard skips: counted in windows (below).
+  const bool windows = fused_position && !gshard;
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  constexpr std::int64_t block = 2048 / E;  // prob_acc is flushed per block, as in the generic loop
+  const std::int64_t T = g.tokens;
+  const std::int64_t C = g.capacity;
+  V8f pf[H], neg_pf[H];
+  for (int h = 0; h < H; ++h)
+    for (int l = 0; l < 8; ++l) {
+      pf[h][l] = plan.pf[static_cast<std::size_t>(8 * h + l)];
+      neg_pf[h][l] = -pf[h][l];
+    }
+  // The LaneRng update (LaneRng::fill), run in registers: token t takes steps t * H .. t * H + H - 1,
+  // as it takes values t * E .. t * E + E - 1 of the generic loop's fill.
+  V8u x0, x1, x2, x3;
+  {
+    const LaneRng lanes(rng);
+    std::uint32_t st[4][LaneRng::kLanes];
+    lanes.get_state(st);
+    std::memcpy(&x0, st[0], sizeof x0);
+    std::memcpy(&x1, st[1], sizeof x1);
+    std::memcpy(&x2, st[2], sizeof x2);
+    std::memcpy(&x3, st[3], sizeof x3);
+  }
+  std::int64_t routed_cnt[E] = {}, kept_cnt[E] = {};
+  std::int64_t fully_dropped = 0, unrouted = 0;
+  // Windows: while no expert that still has room can fill up, an assignment is dropped exactly
+  // when its expert was full at the start of the window (`full` bit set), so a token is fully
+  // dropped when all its experts are full. Routed counts are summed per window in 8-bit fields
+  // (at most 8 per field and chunk, windows of at most 31 chunks) and added at the window end.
+  // A chunk in which some expert may fill up is counted exactly, token by token.
+  std::uint64_t field_lo[16], field_hi[16];
+  for (int e = 0; e < 16; ++e) {
+    field_lo[e] = e < 8 ? std::uint64_t{1} << (8 * e) : 0;
+    field_hi[e] = e >= 8 ? std::uint64_t{1} << (8 * (e - 8)) : 0;
+  }
+  std::uint64_t acc_lo = 0, acc_hi = 0;
+  std::uint32_t full = 0;
+  std::int64_t window_left = 0;  // chunks left in the current window
+  const auto flush_window = [&] {
+    for (int e = 0; e < 8; ++e) routed_cnt[e] += static_cast<std::int64_t>((acc_lo >> (8 * e)) & 0xFF);
+    for (int e = 8; e < E; ++e) routed_cnt[e] += static_cast<std::int64_t>((acc_hi >> (8 * (e - 8))) & 0xFF);
+    acc_lo = acc_hi = 0;
+    std::int64_t chunks = 31;
+    full = 0;
+    for (int e = 0; e < E; ++e) {
+      if (C == kDropless) continue;
+      if (routed_cnt[e] >= C)
+        full |= 1U << e;
+      else
+        chunks = std::min(chunks, (C - routed_cnt[e]) / 8);
+    }
+    window_left = chunks;
+  };
+
+  alignas(32) std::int32_t sel_idx[KM][8];
+  alignas(32) float sel_w[KM][8];
+  alignas(32) std::uint32_t sel_bits[8];
+  alignas(32) float inv_l[8];
+  for (std::int64_t t0 = 0; t0 < T; t0 += block) {
+    const int nb = static_cast<int>(std::min(block, T - t0));
+    V8f prob_acc[H];
+    for (int h = 0; h < H; ++h) prob_acc[h] = V8f{};
+    for (int c = 0; c < nb; c += 8) {
+      V8f rows[H][8];  // rows[h][i]: scores of experts 8h..8h+7 for token c + i
+#pragma GCC unroll 16
+      for (int i = 0; i < 8 * H; ++i) {
+        V8u r = x0 + x3;
+        const V8u t = x1 << 9;
+        x2 ^= x0;
+        x3 ^= x1;
+        x1 ^= x2;
+        x0 ^= x3;
+        x2 ^= t;
+        x3 = (x3 << 11) | (x3 >> 21);
+        V8f y;  // y = -X
+        ln_u_from_bits_v(r, y);
+        const int h = i % H;
+        rows[h][i / H] = sigmoid ? pf[h] / (pf[h] - y) : neg_pf[h] / y;
+      }
+      V8f S[E];
+      for (int h = 0; h < H; ++h) transpose8(rows[h], S + 8 * h);
+      // sum_f per lane: partial sums acc[j] over e = j, j + 8, then the fixed tree.
+      V8f acc[8];
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j) acc[j] = V8f{} + S[j];
+      if constexpr (H > 1) {
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; ++j) acc[j] += S[8 + j];
+      }
+      const V8f inv = 1.0f / (((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])));
+      // Top-k: expert e goes behind every held key >= its own.
+      V8f key[KM];
+      V8i idx[KM];
+      for (int j = 0; j < KM; ++j) {
+        key[j] = V8f{} + kNegInf;
+        idx[j] = V8i{};
+      }
+#pragma GCC unroll 16
+      for (int e = 0; e < E; ++e) {
+        const V8f v = S[e];
+        const V8i ev = V8i{} + e;
+        V8i above = v > key[k - 1];
+        for (int j = k - 1; j > 0; --j) {
+          const V8i above_prev = v > key[j - 1];
+          key[j] = above ? (above_prev ? key[j - 1] : v) : key[j];
+          idx[j] = above ? (above_prev ? idx[j - 1] : ev) : idx[j];
+          above = above_prev;
+        }
+        key[0] = above ? v : key[0];
+        idx[0] = above ? ev : idx[0];
+      }
+      V8u bitset = V8u{};
+      for (int j = 0; j < k; ++j) {
+        const V8f w = sigmoid ? key[j] : key[j] * inv;
+        std::memcpy(sel_idx[j], &idx[j], sizeof idx[j]);
+        std::memcpy(sel_w[j], &w, sizeof w);
+        bitset |= (V8u{} + 1U) << __builtin_bit_cast(V8u, idx[j]);
+      }
+      std::memcpy(sel_bits, &bitset, sizeof bitset);
+      std::memcpy(inv_l, &inv, sizeof inv);
+      const int nc = std::min(8, nb - c);
+      for (int i = 0; i < nc; ++i)
+        for (int h = 0; h < H; ++h) prob_acc[h] += rows[h][i] * inv_l[i];
+      if (windows) {
+        if (window_left == 0) flush_window();
+        if (window_left > 0) {
+          --window_left;
+          for (int i = 0; i < nc; ++i) {
+            for (int j = 0; j < k; ++j) {
+              acc_lo += field_lo[sel_idx[j][i]];
+              if constexpr (E > 8) acc_hi += field_hi[sel_idx[j][i]];
+            }
+            fully_dropped += (sel_bits[i] & ~full) == 0;
+          }
+        } else {
+          for (int i = 0; i < nc; ++i) {
+            bool any = false;
+            for (int j = 0; j < k; ++j) {
+              const int e = sel_idx[j][i];
+              any |= C == kDropless || routed_cnt[e] < C;  // position policy: earlier tokens first
+              ++routed_cnt[e];
+            }
+            fully_dropped += !any;
+          }
+        }
+        continue;
+      }
+      for (int i = 0; i < nc; ++i) {
+        const std::int64_t t = t0 + c + i;
+        double wsum = 0;
+        if (gshard || !fused_position)
+          for (std::size_t j = 0; j < ku; ++j) wsum += static_cast<double>(sel_w[j][i]);
+        int second = k > 1 ? sel_idx[1][i] : -1;
+        if (gshard) {
+          const double g2 = static_cast<double>(sel_w[1][i]) / wsum;
+          if (!(2.0 * g2 > aux_rng.uniform01())) second = -1;
+        }
+        if (fused_position) {
+          bool any = false;
+          for (std::size_t j = 0; j < ku; ++j) {
+            const int e = j == 1 ? second : sel_idx[j][i];
+            if (e < 0) {
+              ++unrouted;
+              continue;
+            }
+            const bool keep = C == kDropless || routed_cnt[e] < C;  // position policy: earlier tokens first
+            kept_cnt[e] += keep;
+            any |= keep;
+            ++routed_cnt[e];
+          }
+          fully_dropped += !any;
+        } else {
+          const std::size_t base = static_cast<std::size_t>(t) * ku;
+          for (std::size_t j = 0; j < ku; ++j) {
+            double wj = static_cast<double>(sel_w[j][i]);
+            if (spec.renormalize) wj /= wsum;
+            g.expert[base + j] = j == 1 ? second : sel_idx[j][i];
+            g.weight[base + j] = static_cast<float>(wj * spec.scaling_factor);
+          }
+        }
+      }
+    }
+    for (int h = 0; h < H; ++h)
+      for (int l = 0; l < 8; ++l)
+        g.prob_sum[static_cast<std::size_t>(8 * h + l)] += static_cast<double>(prob_acc[h][l]);
+  }
+  if (fused_position) {
+    if (windows) {
+      flush_window();
+      for (int e = 0; e < E; ++e) kept_cnt[e] = C == kDropless ? routed_cnt[e] : std::min(routed_cnt[e], C);
+    }
+    g.routed.assign(routed_cnt, routed_cnt + E);
+    g.kept.assign(kept_cnt, kept_cnt + E);
+    g.fully_dropped_tokens = fully_dropped;
+    g.unrouted_slots = unrouted;
+    finish_capacity_counts(g, spec);
+  }
+}
+
+MOESIM_ROUTER_CLONES
+void route_e8(const RoutingSpec& spec, const TokenChoicePlan& plan, sim::Rng& rng, sim::Rng& aux_rng, GroupRouting& g,
+              bool fused_position) {
+  if (spec.top_k == 2)
+    route_small_e<8, 2>(spec, plan, rng, aux_rng, g, fused_position);
+  else if (spec.top_k == 1)
+    route_small_e<8, 1>(spec, plan, rng, aux_rng, g, fused_position);
+  else
+    route_small_e<8, 0>(spec, plan, rng, aux_rng, g, fused_position);
+}
+
+MOESIM_ROUTER_CLONES
+void route_e16(const RoutingSpec& spec, const TokenChoicePlan& plan, sim::Rng& rng, sim::Rng& aux_rng, GroupRouting& g,
+               bool fused_position) {
+  if (spec.top_k == 2)
+    route_small_e<16, 2>(spec, plan, rng, aux_rng, g, fused_position);
+  else if (spec.top_k == 4)
+    route_small_e<16, 4>(spec, plan, rng, aux_rng, g, fused_position);
+  else if (spec.top_k == 1)
+    route_small_e<16, 1>(spec, plan, rng, aux_rng, g, fused_position);
+  else
+    route_small_e<16, 0>(spec, plan, rng, aux_rng, g, fused_position);
+}
+
 MOESIM_ROUTER_CLONES
 void route_group_token_choice(const RoutingSpec& spec, const TokenChoicePlan& plan, sim::Rng& rng, sim::Rng& aux_rng,
                               GroupRouting& g, bool fused_position) {
@@ -692,6 +1001,10 @@ void route_group_token_choice(const RoutingSpec& spec, const TokenChoicePlan& pl
   const bool use_threshold = plan.use_threshold;
   const int cand_cap = plan.cand_cap;
   const float tau = plan.tau, tau2 = plan.tau2;
+  if (!grouped && !biased && (E == 8 || E == 16)) {
+    (E == 8 ? route_e8 : route_e16)(spec, plan, rng, aux_rng, g, fused_position);
+    return;
+  }
 
   const std::size_t block = std::max<std::size_t>(1, 2048 / Eu);
   const std::size_t block_vals = (block * Eu + LaneRng::kLanes - 1) / LaneRng::kLanes * LaneRng::kLanes;
