@@ -826,22 +826,28 @@ template <int W, int E, int K>
   std::int64_t fully_dropped = 0, unrouted = 0;
   // Windows: while no expert that still has room can fill up, an assignment is dropped exactly
   // when its expert was full at the start of the window (`full` bit set), so a token is fully
-  // dropped when all its experts are full. Routed counts are summed per window in 8-bit fields
-  // (at most W per field and chunk, windows of at most 255 / W chunks) and added at the window
-  // end. A chunk in which some expert may fill up is counted exactly, token by token.
-  std::uint64_t field_lo[16], field_hi[16];
-  for (int e = 0; e < 16; ++e) {
-    field_lo[e] = e < 8 ? std::uint64_t{1} << (8 * e) : 0;
-    field_hi[e] = e >= 8 ? std::uint64_t{1} << (8 * (e - 8)) : 0;
-  }
-  std::uint64_t acc_lo = 0, acc_hi = 0;
+  // dropped when all its experts are full, and the order of the tokens inside the window does not
+  // matter. Routed counts and fully dropped tokens are then summed per lane in vectors and added
+  // up at the window end. A chunk in which some expert may fill up, or a partial chunk, is counted
+  // exactly, token by token.
+  I lane_routed[E];  // per expert: assignments of the current window, per lane
+  for (int e = 0; e < E; ++e) lane_routed[e] = I{};
+  I lane_fully_dropped = I{};  // minus the fully dropped tokens counted in windows, per lane
   std::uint32_t full = 0;
   std::int64_t window_left = 0;  // chunks left in the current window
+  const auto lane_sum = [](const I& v) {
+    alignas(64) std::int32_t x[W];
+    std::memcpy(x, &v, sizeof v);
+    std::int64_t s = 0;
+    for (int l = 0; l < W; ++l) s += x[l];
+    return s;
+  };
   const auto flush_window = [&] {
-    for (int e = 0; e < 8; ++e) routed_cnt[e] += static_cast<std::int64_t>((acc_lo >> (8 * e)) & 0xFF);
-    for (int e = 8; e < E; ++e) routed_cnt[e] += static_cast<std::int64_t>((acc_hi >> (8 * (e - 8))) & 0xFF);
-    acc_lo = acc_hi = 0;
-    std::int64_t chunks = 255 / W;
+    for (int e = 0; e < E; ++e) {
+      routed_cnt[e] += lane_sum(lane_routed[e]);
+      lane_routed[e] = I{};
+    }
+    std::int64_t chunks = std::numeric_limits<std::int32_t>::max() / W;
     full = 0;
     for (int e = 0; e < E; ++e) {
       if (C == kDropless) continue;
@@ -855,7 +861,6 @@ template <int W, int E, int K>
 
   alignas(64) std::int32_t sel_idx[KM][W];
   alignas(64) float sel_w[KM][W];
-  alignas(64) std::uint32_t sel_bits[W];
   alignas(64) float inv_l[W];
   for (std::int64_t t0 = 0; t0 < T; t0 += block) {
     const int nb = static_cast<int>(std::min(block, T - t0));
@@ -948,7 +953,6 @@ template <int W, int E, int K>
         std::memcpy(sel_w[j], &w, sizeof w);
         bitset |= (U{} + 1U) << __builtin_bit_cast(U, idx[j]);
       }
-      std::memcpy(sel_bits, &bitset, sizeof bitset);
       std::memcpy(inv_l, &inv, sizeof inv);
       const int nc = std::min(W, nb - c);
       for (int i = 0; i < nc; ++i)
@@ -964,17 +968,14 @@ template <int W, int E, int K>
         }
       if (windows) {
         if (window_left == 0) flush_window();
-        if (window_left > 0) {
+        if (window_left > 0 && nc == W) {
           --window_left;
-          for (int i = 0; i < nc; ++i) {
-            const int l = lane_of(i);
-            for (int j = 0; j < k; ++j) {
-              acc_lo += field_lo[sel_idx[j][l]];
-              if constexpr (E > 8) acc_hi += field_hi[sel_idx[j][l]];
-            }
-            fully_dropped += (sel_bits[l] & ~full) == 0;
-          }
+          const I left = __builtin_bit_cast(I, bitset & ~full);  // experts with room, per lane
+          lane_fully_dropped += (left - 1) >> 31;                // -1 where none
+          for (int e = 0; e < E; ++e) lane_routed[e] += __builtin_bit_cast(I, (bitset >> e) & 1U);
         } else {
+          flush_window();
+          window_left = 0;
           for (int i = 0; i < nc; ++i) {
             const int l = lane_of(i);
             bool any = false;
@@ -1031,6 +1032,7 @@ template <int W, int E, int K>
   if (fused_position) {
     if (windows) {
       flush_window();
+      fully_dropped -= lane_sum(lane_fully_dropped);
       for (int e = 0; e < E; ++e) kept_cnt[e] = C == kDropless ? routed_cnt[e] : std::min(routed_cnt[e], C);
     }
     g.routed.assign(routed_cnt, routed_cnt + E);
