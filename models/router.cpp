@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -517,6 +518,14 @@ class LaneRng {
     std::memcpy(s3_, &s3, sizeof s3);
   }
 
+  /// The four state words of every lane, for a caller that runs the same update in registers.
+  void get_state(std::uint32_t (&s)[4][kLanes]) const {
+    std::memcpy(s[0], s0_, sizeof s0_);
+    std::memcpy(s[1], s1_, sizeof s1_);
+    std::memcpy(s[2], s2_, sizeof s2_);
+    std::memcpy(s[3], s3_, sizeof s3_);
+  }
+
  private:
   std::uint32_t s0_[kLanes], s1_[kLanes], s2_[kLanes], s3_[kLanes];
 };
@@ -676,6 +685,420 @@ TokenChoicePlan make_token_choice_plan(const RoutingSpec& spec, const std::vecto
 #define MOESIM_ROUTER_CLONES
 #endif
 
+// ---- Small-E fast path ------------------------------------------------------------------------
+// E = 8 or 16 experts, softmax or unbiased sigmoid gate, no group-limited routing: the case of
+// Mixtral-shaped models, where the generic per-token loop above spends most of its time in
+// per-token horizontal work (sum, rank_select, scalar bookkeeping). Here W = 8 or 16 tokens are
+// handled at once in structure-of-arrays form (one SIMD lane per token), so the softmax
+// denominator and the top-k are vertical operations. Every float is produced by the same IEEE
+// operations, on the same operands, in the same order as in the generic loop, and the same random
+// bits are consumed, so the results are bit-identical (tests/golden and the router tests check it):
+//  * scores: ln_u_from_bits_v is exp1_from_bits lane-wise; pf / (-y) is computed as (-pf) / y,
+//    which IEEE division rounds to the same value (round-to-nearest is symmetric), and
+//    pf + (-y) as pf - y;
+//  * denominator: sum_f's 8 partial sums and its fixed combination tree, per lane;
+//  * top-k: insertion of experts 0, 1, ..., E-1 into a sorted list, a new key going behind every
+//    key >= it, which is descending order with ties to the lower index (as rank_select);
+//  * router-probability sums: per block of 2048 / E tokens, prob_acc[e] += s[e] * inv in token
+//    order (one vector of 8 experts per token), then added to the double sums as before;
+//  * capacity, GShard second expert and per-slot outputs: a scalar pass in token order.
+// Floating-point contraction (FMA) must stay off for this file (models/CMakeLists.txt), or the
+// AVX-512 path would round differently.
+
+template <int W>
+struct SimdTypes;
+template <>
+struct SimdTypes<8> {
+  using F = float __attribute__((vector_size(32)));
+  using I = std::int32_t __attribute__((vector_size(32)));
+  using U = std::uint32_t __attribute__((vector_size(32)));
+};
+template <>
+struct SimdTypes<16> {
+  using F = float __attribute__((vector_size(64)));
+  using I = std::int32_t __attribute__((vector_size(64)));
+  using U = std::uint32_t __attribute__((vector_size(64)));
+};
+using V8u = SimdTypes<8>::U;
+using V8f = SimdTypes<8>::F;
+
+/// y = ln u for the u of exp1_from_bits (that function returns -y), lane-wise, same operations.
+/// u's bit pattern is formed as that of float(m) with the exponent lowered by 24 (exact: float(m)
+/// >= 1, so u = float(m) * 2^-24 is a normal number), folded into the offset subtracted next.
+template <class F, class I, class U>
+[[gnu::always_inline]] inline void ln_u_from_bits_v(const U& r, F& y) {
+  const U m = (r >> 8) | 1U;
+  const F mf = __builtin_convertvector(__builtin_bit_cast(I, m), F);
+  const U bits = __builtin_bit_cast(U, mf) - (0x3F3504F3U + (24U << 23));
+  const F e = __builtin_convertvector(__builtin_bit_cast(I, bits) >> 23, F);
+  const F f = __builtin_bit_cast(F, (bits & 0x007FFFFFU) + 0x3F3504F3U) - 1.0f;
+  F q = f * 8.506953716e-02f - 1.419747174e-01f;
+  q = q * f + 1.495097876e-01f;
+  q = q * f - 1.658794880e-01f;
+  q = q * f + 1.996059716e-01f;
+  q = q * f - 2.500096858e-01f;
+  q = q * f + 3.333397210e-01f;
+  const F f2 = f * f;
+  const F log1pf = (f - 0.5f * f2) + (f2 * f) * q;
+  y = (e * 0.693145752f + log1pf) + e * 1.42860677e-06f;
+}
+
+/// 8x8 transpose within each group of 8 lanes: out[e] lane 8p + i = in[i] lane 8p + e.
+template <class F, class I>
+[[gnu::always_inline]] inline void transpose8(const F* in, F* out) {
+  constexpr int W = sizeof(F) / sizeof(float);
+  // Lane masks of unpacklo/unpackhi, shufps 0x44/0xEE (within 128-bit lanes) and of the 128-bit
+  // halves exchange within each group of 8 lanes; W is the offset of the second operand.
+  I lo, hi, s44, sEE, p20, p31;
+  for (int l = 0; l < W; ++l) {
+    const int b = l & ~3, j = l & 3;
+    lo[l] = b + (j >> 1) + (j & 1 ? W : 0);
+    hi[l] = b + 2 + (j >> 1) + (j & 1 ? W : 0);
+    s44[l] = b + (j & 1) + (j & 2 ? W : 0);
+    sEE[l] = b + 2 + (j & 1) + (j & 2 ? W : 0);
+    const int g = l & ~7, m = l & 7;
+    p20[l] = g + (m & 3) + (m & 4 ? W : 0);
+    p31[l] = g + 4 + (m & 3) + (m & 4 ? W : 0);
+  }
+  F t[8], u[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = __builtin_shuffle(in[2 * i], in[2 * i + 1], lo);
+    t[2 * i + 1] = __builtin_shuffle(in[2 * i], in[2 * i + 1], hi);
+  }
+  for (int i = 0; i < 2; ++i) {
+    u[4 * i] = __builtin_shuffle(t[4 * i], t[4 * i + 2], s44);
+    u[4 * i + 1] = __builtin_shuffle(t[4 * i], t[4 * i + 2], sEE);
+    u[4 * i + 2] = __builtin_shuffle(t[4 * i + 1], t[4 * i + 3], s44);
+    u[4 * i + 3] = __builtin_shuffle(t[4 * i + 1], t[4 * i + 3], sEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    out[i] = __builtin_shuffle(u[i], u[i + 4], p20);
+    out[i + 4] = __builtin_shuffle(u[i], u[i + 4], p31);
+  }
+}
+
+/// The small-E path of route_group_token_choice: E experts (8 or 16), top-K (K = 0: the spec's
+/// k, any value up to E), W tokens per vector (8, or 16 where AVX-512 is available). Per chunk of
+/// W tokens: the generator steps, scores, a transpose to one vector per expert, the softmax
+/// denominator and the top-k per lane, the router-probability sums in token order, then the
+/// per-token bookkeeping. With W = 16 a vector holds two tokens' rows of 8 experts (tokens 2q and
+/// 2q + 1), so after the transpose lane l < 8 is token 2l and lane 8 + l token 2l + 1.
+template <int W, int E, int K>
+[[gnu::always_inline]] inline void route_small_e(const RoutingSpec& spec, const TokenChoicePlan& plan, sim::Rng& rng,
+                                                 sim::Rng& aux_rng, GroupRouting& g, bool fused_position) {
+  static_assert(E % 8 == 0 && E <= 16 && (W == 8 || W == 16));
+  using F = typename SimdTypes<W>::F;
+  using I = typename SimdTypes<W>::I;
+  using U = typename SimdTypes<W>::U;
+  constexpr int H = E / 8;  // generator steps (vectors of 8 experts) per token
+  constexpr int P = W / 8;  // tokens per score vector before the transpose
+  constexpr int KM = K > 0 ? K : E;
+  const int k = K > 0 ? K : spec.top_k;
+  const std::size_t ku = static_cast<std::size_t>(k);
+  const bool sigmoid = spec.gate == GateFunction::kSigmoid;
+  const bool gshard = spec.gshard_random_second;
+  // Capacity while routing without GShard skips: counted in windows (below).
+  const bool windows = fused_position && !gshard;
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  constexpr std::int64_t block = 2048 / E;  // prob_acc is flushed per block, as in the generic loop
+  const std::int64_t T = g.tokens;
+  const std::int64_t C = g.capacity;
+  const auto lane_of = [](int i) { return P == 1 ? i : (i >> 1) + 8 * (i & 1); };
+  F pf[H], neg_pf[H];
+  for (int h = 0; h < H; ++h)
+    for (int l = 0; l < W; ++l) {
+      pf[h][l] = plan.pf[static_cast<std::size_t>(8 * h + (l & 7))];
+      neg_pf[h][l] = -pf[h][l];
+    }
+  // The LaneRng update (LaneRng::fill), run in registers: token t takes steps t * H .. t * H + H - 1,
+  // as it takes values t * E .. t * E + E - 1 of the generic loop's fill.
+  V8u x0, x1, x2, x3;
+  {
+    const LaneRng lanes(rng);
+    std::uint32_t st[4][LaneRng::kLanes];
+    lanes.get_state(st);
+    std::memcpy(&x0, st[0], sizeof x0);
+    std::memcpy(&x1, st[1], sizeof x1);
+    std::memcpy(&x2, st[2], sizeof x2);
+    std::memcpy(&x3, st[3], sizeof x3);
+  }
+  std::int64_t routed_cnt[E] = {}, kept_cnt[E] = {};
+  std::int64_t fully_dropped = 0, unrouted = 0;
+  // Windows: while no expert that still has room can fill up, an assignment is dropped exactly
+  // when its expert was full at the start of the window (`full` bit set), so a token is fully
+  // dropped when all its experts are full, and the order of the tokens inside the window does not
+  // matter. Routed counts and fully dropped tokens are then summed per lane in vectors and added
+  // up at the window end. A chunk in which some expert may fill up, or a partial chunk, is counted
+  // exactly, token by token.
+  I lane_routed[E];  // per expert: assignments of the current window, per lane
+  for (int e = 0; e < E; ++e) lane_routed[e] = I{};
+  I lane_fully_dropped = I{};  // minus the fully dropped tokens counted in windows, per lane
+  std::uint32_t full = 0;
+  std::int64_t window_left = 0;  // chunks left in the current window
+  const auto lane_sum = [](const I& v) {
+    alignas(64) std::int32_t x[W];
+    std::memcpy(x, &v, sizeof v);
+    std::int64_t s = 0;
+    for (int l = 0; l < W; ++l) s += x[l];
+    return s;
+  };
+  const auto flush_window = [&] {
+    for (int e = 0; e < E; ++e) {
+      routed_cnt[e] += lane_sum(lane_routed[e]);
+      lane_routed[e] = I{};
+    }
+    std::int64_t chunks = std::numeric_limits<std::int32_t>::max() / W;
+    full = 0;
+    for (int e = 0; e < E; ++e) {
+      if (C == kDropless) continue;
+      if (routed_cnt[e] >= C)
+        full |= 1U << e;
+      else
+        chunks = std::min(chunks, (C - routed_cnt[e]) / W);
+    }
+    window_left = chunks;
+  };
+
+  alignas(64) std::int32_t sel_idx[KM][W];
+  alignas(64) float sel_w[KM][W];
+  alignas(64) float inv_l[W];
+  for (std::int64_t t0 = 0; t0 < T; t0 += block) {
+    const int nb = static_cast<int>(std::min(block, T - t0));
+    V8f prob_acc[H];
+    for (int h = 0; h < H; ++h) prob_acc[h] = V8f{};
+    for (int c = 0; c < nb; c += W) {
+      F Z[H][8];  // Z[h][q]: scores of experts 8h..8h+7 for tokens c + qP .. c + qP + P - 1
+#pragma GCC unroll 8
+      for (int q = 0; q < 8; ++q) {
+        V8u r[P][H];
+        for (int p = 0; p < P; ++p)
+          for (int h = 0; h < H; ++h) {
+            r[p][h] = x0 + x3;
+            const V8u t = x1 << 9;
+            x2 ^= x0;
+            x3 ^= x1;
+            x1 ^= x2;
+            x0 ^= x3;
+            x2 ^= t;
+            x3 = (x3 << 11) | (x3 >> 21);
+          }
+        for (int h = 0; h < H; ++h) {
+          U rr;
+          if constexpr (P == 1)
+            rr = r[0][h];
+          else
+            rr = __builtin_shufflevector(r[0][h], r[1][h], 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+          F y;  // y = -X
+          ln_u_from_bits_v<F, I, U>(rr, y);
+          Z[h][q] = sigmoid ? pf[h] / (pf[h] - y) : neg_pf[h] / y;
+        }
+      }
+      F S[E];
+      for (int h = 0; h < H; ++h) transpose8<F, I>(Z[h], S + 8 * h);
+      // sum_f per lane: partial sums acc[j] over e = j, j + 8, then the fixed tree.
+      F acc[8];
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j) acc[j] = F{} + S[j];
+      if constexpr (H > 1) {
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; ++j) acc[j] += S[8 + j];
+      }
+      const F inv = 1.0f / (((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])));
+      // Top-k: expert e goes behind every held key >= its own.
+      F key[KM];
+      I idx[KM];
+      for (int j = 0; j < KM; ++j) {
+        key[j] = F{} + kNegInf;
+        idx[j] = I{};
+      }
+#pragma GCC unroll 16
+      for (int e = 0; e < E; ++e) {
+        const F v = S[e];
+        const I ev = I{} + e;
+        I above;
+        if constexpr (W == 8) {
+          above = v > key[k - 1];
+          for (int j = k - 1; j > 0; --j) {
+            const I above_prev = v > key[j - 1];
+            key[j] = above ? (above_prev ? key[j - 1] : v) : key[j];
+            idx[j] = above ? (above_prev ? idx[j - 1] : ev) : idx[j];
+            above = above_prev;
+          }
+          key[0] = above ? v : key[0];
+          idx[0] = above ? ev : idx[0];
+        } else {
+          // The same selects, written with integer arithmetic only (GCC 12 turns AVX-512 vector
+          // comparisons used as masks into per-lane scalar code). Keys are +0, positive finite or
+          // (initially) -inf, never -0 or NaN, so v > key exactly when bits(key) - bits(v) < 0 as
+          // int32 (no overflow: bits(v) <= 0x7F7FFFFF, bits(-inf) = -2^23).
+          const I vb = __builtin_bit_cast(I, v);
+          I kb[KM] = {};
+          for (int j = 0; j < k; ++j) kb[j] = __builtin_bit_cast(I, key[j]);
+          above = (kb[k - 1] - vb) >> 31;
+          for (int j = k - 1; j > 0; --j) {
+            const I above_prev = (kb[j - 1] - vb) >> 31;
+            kb[j] = (above & ((above_prev & kb[j - 1]) | (~above_prev & vb))) | (~above & kb[j]);
+            idx[j] = (above & ((above_prev & idx[j - 1]) | (~above_prev & ev))) | (~above & idx[j]);
+            above = above_prev;
+          }
+          kb[0] = (above & vb) | (~above & kb[0]);
+          idx[0] = (above & ev) | (~above & idx[0]);
+          for (int j = 0; j < k; ++j) key[j] = __builtin_bit_cast(F, kb[j]);
+        }
+      }
+      U bitset = U{};
+      for (int j = 0; j < k; ++j) {
+        const F w = sigmoid ? key[j] : key[j] * inv;
+        std::memcpy(sel_idx[j], &idx[j], sizeof idx[j]);
+        std::memcpy(sel_w[j], &w, sizeof w);
+        bitset |= (U{} + 1U) << __builtin_bit_cast(U, idx[j]);
+      }
+      std::memcpy(inv_l, &inv, sizeof inv);
+      const int nc = std::min(W, nb - c);
+      for (int i = 0; i < nc; ++i)
+        for (int h = 0; h < H; ++h) {
+          V8f row;
+          if constexpr (P == 1)
+            row = Z[h][i];
+          else if (i & 1)
+            row = __builtin_shufflevector(Z[h][i >> 1], Z[h][i >> 1], 8, 9, 10, 11, 12, 13, 14, 15);
+          else
+            row = __builtin_shufflevector(Z[h][i >> 1], Z[h][i >> 1], 0, 1, 2, 3, 4, 5, 6, 7);
+          prob_acc[h] += row * inv_l[lane_of(i)];
+        }
+      if (windows) {
+        if (window_left == 0) flush_window();
+        if (window_left > 0 && nc == W) {
+          --window_left;
+          const I left = __builtin_bit_cast(I, bitset & ~full);  // experts with room, per lane
+          lane_fully_dropped += (left - 1) >> 31;                // -1 where none
+          for (int e = 0; e < E; ++e) lane_routed[e] += __builtin_bit_cast(I, (bitset >> e) & 1U);
+        } else {
+          flush_window();
+          window_left = 0;
+          for (int i = 0; i < nc; ++i) {
+            const int l = lane_of(i);
+            bool any = false;
+            for (int j = 0; j < k; ++j) {
+              const int e = sel_idx[j][l];
+              any |= C == kDropless || routed_cnt[e] < C;  // position policy: earlier tokens first
+              ++routed_cnt[e];
+            }
+            fully_dropped += !any;
+          }
+        }
+        continue;
+      }
+      for (int i = 0; i < nc; ++i) {
+        const int l = lane_of(i);
+        const std::int64_t t = t0 + c + i;
+        double wsum = 0;
+        if (gshard || !fused_position)
+          for (std::size_t j = 0; j < ku; ++j) wsum += static_cast<double>(sel_w[j][l]);
+        int second = k > 1 ? sel_idx[1][l] : -1;
+        if (gshard) {
+          const double g2 = static_cast<double>(sel_w[1][l]) / wsum;
+          if (!(2.0 * g2 > aux_rng.uniform01())) second = -1;
+        }
+        if (fused_position) {
+          bool any = false;
+          for (std::size_t j = 0; j < ku; ++j) {
+            const int e = j == 1 ? second : sel_idx[j][l];
+            if (e < 0) {
+              ++unrouted;
+              continue;
+            }
+            const bool keep = C == kDropless || routed_cnt[e] < C;  // position policy: earlier tokens first
+            kept_cnt[e] += keep;
+            any |= keep;
+            ++routed_cnt[e];
+          }
+          fully_dropped += !any;
+        } else {
+          const std::size_t base = static_cast<std::size_t>(t) * ku;
+          for (std::size_t j = 0; j < ku; ++j) {
+            double wj = static_cast<double>(sel_w[j][l]);
+            if (spec.renormalize) wj /= wsum;
+            g.expert[base + j] = j == 1 ? second : sel_idx[j][l];
+            g.weight[base + j] = static_cast<float>(wj * spec.scaling_factor);
+          }
+        }
+      }
+    }
+    for (int h = 0; h < H; ++h)
+      for (int l = 0; l < 8; ++l)
+        g.prob_sum[static_cast<std::size_t>(8 * h + l)] += static_cast<double>(prob_acc[h][l]);
+  }
+  if (fused_position) {
+    if (windows) {
+      flush_window();
+      fully_dropped -= lane_sum(lane_fully_dropped);
+      for (int e = 0; e < E; ++e) kept_cnt[e] = C == kDropless ? routed_cnt[e] : std::min(routed_cnt[e], C);
+    }
+    g.routed.assign(routed_cnt, routed_cnt + E);
+    g.kept.assign(kept_cnt, kept_cnt + E);
+    g.fully_dropped_tokens = fully_dropped;
+    g.unrouted_slots = unrouted;
+    finish_capacity_counts(g, spec);
+  }
+}
+
+template <int W>
+[[gnu::always_inline]] inline void route_small_e_dispatch(const RoutingSpec& spec, const TokenChoicePlan& plan,
+                                                          sim::Rng& rng, sim::Rng& aux_rng, GroupRouting& g,
+                                                          bool fused_position) {
+  if (spec.experts == 8) {
+    if (spec.top_k == 2)
+      route_small_e<W, 8, 2>(spec, plan, rng, aux_rng, g, fused_position);
+    else if (spec.top_k == 1)
+      route_small_e<W, 8, 1>(spec, plan, rng, aux_rng, g, fused_position);
+    else
+      route_small_e<W, 8, 0>(spec, plan, rng, aux_rng, g, fused_position);
+  } else {
+    if (spec.top_k == 2)
+      route_small_e<W, 16, 2>(spec, plan, rng, aux_rng, g, fused_position);
+    else if (spec.top_k == 4)
+      route_small_e<W, 16, 4>(spec, plan, rng, aux_rng, g, fused_position);
+    else if (spec.top_k == 1)
+      route_small_e<W, 16, 1>(spec, plan, rng, aux_rng, g, fused_position);
+    else
+      route_small_e<W, 16, 0>(spec, plan, rng, aux_rng, g, fused_position);
+  }
+}
+
+MOESIM_ROUTER_CLONES
+void route_small_e8w(const RoutingSpec& spec, const TokenChoicePlan& plan, sim::Rng& rng, sim::Rng& aux_rng,
+                     GroupRouting& g, bool fused_position) {
+  route_small_e_dispatch<8>(spec, plan, rng, aux_rng, g, fused_position);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(MOESIM_NO_ROUTER_CLONES)
+#define MOESIM_ROUTER_AVX512 1
+// 16 tokens per vector on CPUs with AVX-512 (F, VL, DQ, BW: x86-64-v4). Same operations, so the
+// same bits as the 8-wide path.
+__attribute__((target("arch=x86-64-v4"))) void route_small_e16w(const RoutingSpec& spec, const TokenChoicePlan& plan,
+                                                                sim::Rng& rng, sim::Rng& aux_rng, GroupRouting& g,
+                                                                bool fused_position) {
+  route_small_e_dispatch<16>(spec, plan, rng, aux_rng, g, fused_position);
+}
+#endif
+
+/// Routes the group on the small-E path (the caller checked small_e_path).
+void route_small_e_group(const RoutingSpec& spec, const TokenChoicePlan& plan, sim::Rng& rng, sim::Rng& aux_rng,
+                         GroupRouting& g, bool fused_position) {
+#ifdef MOESIM_ROUTER_AVX512
+  // MOESIM_ROUTER_NO_AVX512 (any value) forces the 8-wide path, so that tests can compare both.
+  static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                             __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") &&
+                             std::getenv("MOESIM_ROUTER_NO_AVX512") == nullptr;
+  if (avx512) {
+    route_small_e16w(spec, plan, rng, aux_rng, g, fused_position);
+    return;
+  }
+#endif
+  route_small_e8w(spec, plan, rng, aux_rng, g, fused_position);
+}
+
 MOESIM_ROUTER_CLONES
 void route_group_token_choice(const RoutingSpec& spec, const TokenChoicePlan& plan, sim::Rng& rng, sim::Rng& aux_rng,
                               GroupRouting& g, bool fused_position) {
@@ -692,6 +1115,10 @@ void route_group_token_choice(const RoutingSpec& spec, const TokenChoicePlan& pl
   const bool use_threshold = plan.use_threshold;
   const int cand_cap = plan.cand_cap;
   const float tau = plan.tau, tau2 = plan.tau2;
+  if (!grouped && !biased && (E == 8 || E == 16)) {
+    route_small_e_group(spec, plan, rng, aux_rng, g, fused_position);
+    return;
+  }
 
   const std::size_t block = std::max<std::size_t>(1, 2048 / Eu);
   const std::size_t block_vals = (block * Eu + LaneRng::kLanes - 1) / LaneRng::kLanes * LaneRng::kLanes;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -666,6 +667,119 @@ TEST_CASE("capacity applied while routing equals capacity applied afterwards", "
       }
     }
   }
+}
+
+namespace {
+
+/// FNV-1a over every output of token-choice routing for small-E configurations (E = 8 and 16, the
+/// SIMD path of router.cpp), both gates, k = 1..4, with and without per-slot arrays, GShard,
+/// renormalisation, dropless and padded capacity, group sizes that are not a multiple of 16.
+std::uint64_t small_e_fingerprint() {
+  std::uint64_t h = 1469598103934665603ULL;
+  const auto mix = [&](const void* p, std::size_t n) {
+    const auto* c = static_cast<const unsigned char*>(p);
+    for (std::size_t i = 0; i < n; ++i) h = (h ^ c[i]) * 1099511628211ULL;
+  };
+  const auto mixv = [&](const auto& v) {
+    if (!v.empty()) mix(v.data(), v.size() * sizeof(v[0]));
+  };
+  for (int E : {8, 16})
+    for (int k : {1, 2, 3, 4})
+      for (int gate = 0; gate < 2; ++gate)
+        for (int variant = 0; variant < 4; ++variant)
+          for (bool keep : {true, false}) {
+            RoutingSpec s;
+            s.experts = E;
+            s.top_k = k;
+            s.distribution = variant == 3 ? Distribution::kUniform : Distribution::kPowerLaw;
+            s.alpha = 1.0;
+            s.gate = gate == 1 ? GateFunction::kSigmoid : GateFunction::kSoftmax;
+            s.capacity_factor = variant == 1 ? std::nullopt : std::optional<double>(1.0);
+            if (variant == 2) {
+              s.renormalize = true;
+              s.scaling_factor = 2.5;
+              s.gshard_random_second = k == 2;
+            }
+            if (variant == 3) s.pad_to_capacity = true;
+            RouteRequest req;
+            req.tokens_per_group = 1003 + 64 * variant;
+            req.groups = 2;
+            req.seed = 5;
+            req.step = variant;
+            req.keep_assignments = keep;
+            const LayerRouting l = route_layer(s, 3, req);
+            for (const auto& g : l.groups) {
+              mixv(g.expert);
+              mixv(g.weight);
+              mixv(g.keep);
+              mixv(g.routed);
+              mixv(g.kept);
+              mixv(g.dropped);
+              mixv(g.padded);
+              mixv(g.prob_sum);
+              mix(&g.fully_dropped_tokens, sizeof g.fully_dropped_tokens);
+              mix(&g.unrouted_slots, sizeof g.unrouted_slots);
+            }
+          }
+  return h;
+}
+
+void require_same_groups(const LayerRouting& a, const LayerRouting& b) {
+  REQUIRE(a.groups.size() == b.groups.size());
+  for (std::size_t g = 0; g < a.groups.size(); ++g) {
+    const auto& x = a.groups[g];
+    const auto& y = b.groups[g];
+    REQUIRE(x.expert == y.expert);
+    REQUIRE(x.weight == y.weight);
+    REQUIRE(x.keep == y.keep);
+    REQUIRE(x.routed == y.routed);
+    REQUIRE(x.kept == y.kept);
+    REQUIRE(x.dropped == y.dropped);
+    REQUIRE(x.padded == y.padded);
+    REQUIRE(x.prob_sum == y.prob_sum);
+    REQUIRE(x.fully_dropped_tokens == y.fully_dropped_tokens);
+    REQUIRE(x.unrouted_slots == y.unrouted_slots);
+  }
+}
+
+}  // namespace
+
+// E = 8 and 16 take a SIMD path (router.cpp, "Small-E fast path") that must reproduce the
+// generic per-token loop bit for bit. The fingerprint below was computed with the generic loop
+// alone (commit ae703e6, before the SIMD path existed); ctest also runs these tests with
+// MOESIM_ROUTER_NO_AVX512=1, so on AVX-512 machines both vector widths are checked.
+TEST_CASE("small-E SIMD routing path: the bits of the generic loop", "[models][router]") {
+  REQUIRE(small_e_fingerprint() == 0x8ae69e842a7d227dULL);
+}
+
+TEST_CASE("small-E SIMD routing path equals the generic loop on the same run", "[models][router]") {
+  // A sigmoid gate with an all-zero gate_bias takes the generic loop (biased keys s + 0, which
+  // are the scores themselves); without gate_bias it takes the SIMD path.
+  for (int E : {8, 16})
+    for (int k : {1, 2, 4})
+      for (bool keep : {true, false})
+        for (int cf = 0; cf < 2; ++cf) {
+          RoutingSpec fast;
+          fast.experts = E;
+          fast.top_k = k;
+          fast.gate = GateFunction::kSigmoid;
+          fast.distribution = Distribution::kPowerLaw;
+          fast.alpha = 1.3;
+          fast.capacity_factor = cf == 0 ? std::optional<double>(1.0) : std::nullopt;
+          fast.renormalize = k > 1;
+          fast.gshard_random_second = k == 2 && !keep;
+          RoutingSpec generic = fast;
+          generic.gate_bias.assign(static_cast<std::size_t>(E), 0.0);
+          RouteRequest req;
+          req.tokens_per_group = 2051;  // not a multiple of the 8- or 16-token chunks
+          req.groups = 3;
+          req.seed = 21;
+          req.keep_assignments = keep;
+          const LayerRouting a = route_layer(fast, 2, req);
+          const LayerRouting b = route_layer(generic, 2, req);
+          if (cf == 0) REQUIRE(a.stats.dropped > 0);
+          require_same_groups(a, b);
+        }
 }
 
 namespace {
