@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <exception>
 #include <filesystem>
@@ -16,6 +17,7 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cli/plan_cmd.hpp"
@@ -117,6 +119,10 @@ int main(int argc, char** argv) {
   run->add_option("--seed", run_seed, "replace the scenario's seed");
   run->add_option("--json", run_json,
                   "write the JSON report to this file ('-': to stdout, the summary then goes to stderr)");
+  unsigned run_threads = std::max(1U, std::min(8U, std::thread::hardware_concurrency()));
+  run->add_option("--threads", run_threads,
+                  "threads for routing MoE layers (results are identical for any count; default: cores, at most 8)")
+      ->check(CLI::Range(1U, 256U));
   std::string run_dir;
   run->add_option("-o,--output", run_dir, "write report.json and summary.txt into this directory (created)");
   std::string run_dot;
@@ -209,6 +215,7 @@ int main(int argc, char** argv) {
       }
       moesim::engine::RunOptions ro;
       ro.trace_file = run_trace;
+      ro.threads = static_cast<int>(run_threads);
       const moesim::engine::RunResult rr = moesim::engine::run_scenario(s, ro);
       std::fputs(rr.text.c_str(), summary);
       const std::string text = rr.report.dump(2) + "\n";

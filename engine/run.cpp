@@ -128,10 +128,16 @@ void run_collective(const Scenario& s, const hw::Topology& topo, nlohmann::order
                      {"busbw_GBps", r.busbw / 1e9}, {"phases", r.phases}};
 }
 
+/// "token", "counts", or "trace" for a replayed routing trace (token by token, no sampling).
+std::string routing_mode(const models::RoutingSpec& r) {
+  return r.distribution == models::Distribution::kTrace ? "trace" : models::to_string(r.sampling);
+}
+
 /// Full step (train / prefill / decode): executor on the cluster with cost models.
-void run_step(const Scenario& s, const std::string& trace, nlohmann::ordered_json& j, std::string& out) {
+void run_step(const Scenario& s, const RunOptions& ro, nlohmann::ordered_json& j, std::string& out) {
   SimulateOptions o = simulate_options(s);
-  o.trace_file = trace;
+  o.trace_file = ro.trace_file;
+  o.build.routing_threads = ro.threads;
   const StepReport r = simulate_step(s, o);
   const auto& b = r.built;
   const auto& crit = r.exec.per_gpu[static_cast<std::size_t>(r.exec.critical_gpu)];
@@ -152,8 +158,7 @@ void run_step(const Scenario& s, const std::string& trace, nlohmann::ordered_jso
                  crit.compute.to_us(), crit.exposed_comm.to_us(), crit.idle.to_us());
   fmt::format_to(std::back_inserter(out),
                  "routing    {} sampling, drop {:.4f}% of assignments, padded {:.4f}% of expert rows, {} MoE layers\n",
-                 models::to_string(s.routing.sampling), 100 * b.drop_fraction(), 100 * b.padded_fraction(),
-                 b.moe_layers.size());
+                 routing_mode(s.routing), 100 * b.drop_fraction(), 100 * b.padded_fraction(), b.moe_layers.size());
   fmt::format_to(std::back_inserter(out), "memory     peak {:.2f} GiB of {:.2f} GiB per GPU: {}\n",
                  b.memory.peak_bytes / 1073741824.0, b.memory.capacity_bytes / 1073741824.0,
                  b.memory.fits ? "fits" : "DOES NOT FIT");
@@ -186,7 +191,7 @@ void run_step(const Scenario& s, const std::string& trace, nlohmann::ordered_jso
                        {"idle_us", crit.idle.to_us()}};
   double max_over_mean = 0;
   for (const auto& l : b.moe_layers) max_over_mean = std::max(max_over_mean, l.stats.max_over_mean);
-  j["routing"] = {{"sampling_mode", models::to_string(s.routing.sampling)},
+  j["routing"] = {{"sampling_mode", routing_mode(s.routing)},
                   {"drop_fraction", b.drop_fraction()},
                   {"padded_fraction", b.padded_fraction()},
                   {"max_over_mean_load", max_over_mean},
@@ -273,7 +278,7 @@ RunResult run_scenario(const Scenario& s, const RunOptions& o) {
     case WorkloadMode::kTrain:
     case WorkloadMode::kPrefill:
     case WorkloadMode::kDecode:
-      run_step(s, o.trace_file, r.report, r.text);
+      run_step(s, o, r.report, r.text);
       break;
   }
   return r;

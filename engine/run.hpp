@@ -13,6 +13,8 @@ namespace moesim::engine {
 
 struct RunOptions {
   std::string trace_file;  ///< Chrome trace output ("" = none); train/prefill/decode only
+  /// Threads for work whose result does not depend on the thread count (routing MoE layers).
+  int threads = 1;
 };
 
 struct RunResult {

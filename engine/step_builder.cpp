@@ -2,8 +2,12 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <ctime>
+#include <exception>
+#include <optional>
 #include <stdexcept>
+#include <thread>
 
 #include <fmt/format.h>
 
@@ -123,17 +127,14 @@ class Builder {
     slices_.resize(static_cast<std::size_t>(m_.num_layers()));
     moe_index_.assign(static_cast<std::size_t>(m_.num_layers()), -1);
     models::RoutingSpec spec = s_.routing;
-    models::InclusionShareCache share_cache;  // counts mode: one shape pilot for all layers
-    for (int l : m_.moe_layer_indices()) {
-      models::RouteRequest req;
-      req.tokens_per_group = moe_tokens_;
-      req.groups = M * S;
-      req.step = o_.step;
-      req.seed = s_.seed;
-      req.ep_ranks = ep;
-      req.keep_assignments = false;
-      req.share_cache = &share_cache;
-      models::LayerRouting lr = models::route_layer(spec, l, req);
+    std::optional<models::RoutingTrace> trace;
+    if (spec.distribution == models::Distribution::kTrace)
+      trace = models::load_routing_trace(spec.trace_file, m_, spec.top_k);
+    const std::vector<int> moe_layers = m_.moe_layer_indices();
+    std::vector<models::LayerRouting> routed = route_layers(spec, moe_layers, M * S, ep, trace ? &*trace : nullptr);
+    for (std::size_t li = 0; li < moe_layers.size(); ++li) {
+      const int l = moe_layers[li];
+      models::LayerRouting lr = std::move(routed[li]);
       MoeLayerReport rep;
       rep.layer = l;
       rep.stage = stage_of(l);
@@ -190,6 +191,48 @@ class Builder {
       moe_index_[static_cast<std::size_t>(l)] = static_cast<int>(out_.moe_layers.size());
       out_.moe_layers.push_back(std::move(rep));
     }
+  }
+
+  /// Routes `layers` (in order) on up to o_.routing_threads threads. Each layer's groups draw
+  /// from their own named streams, and a share cache only avoids recomputing a pilot, so the
+  /// results do not depend on the thread count or on which thread routed which layer. The first
+  /// exception (in layer order) is rethrown.
+  std::vector<models::LayerRouting> route_layers(const models::RoutingSpec& spec, const std::vector<int>& layers,
+                                                 int groups, int ep, const models::RoutingTrace* trace) const {
+    std::vector<models::LayerRouting> out(layers.size());
+    std::vector<std::exception_ptr> errors(layers.size());
+    std::atomic<std::size_t> next{0};
+    const auto worker = [&] {
+      models::InclusionShareCache share_cache;  // counts mode: one shape pilot per thread
+      for (std::size_t i = next++; i < layers.size(); i = next++) {
+        try {
+          models::RouteRequest req;
+          req.tokens_per_group = moe_tokens_;
+          req.groups = groups;
+          req.step = o_.step;
+          req.seed = s_.seed;
+          req.ep_ranks = ep;
+          req.keep_assignments = false;
+          req.share_cache = &share_cache;
+          out[i] = models::route_layer(spec, layers[i], req, trace);
+        } catch (...) {
+          errors[i] = std::current_exception();
+        }
+      }
+    };
+    const std::size_t threads =
+        std::min<std::size_t>(static_cast<std::size_t>(std::max(1, o_.routing_threads)), layers.size());
+    if (threads <= 1) {
+      worker();
+    } else {
+      std::vector<std::thread> pool;
+      for (std::size_t t = 1; t < threads; ++t) pool.emplace_back(worker);
+      worker();
+      for (auto& th : pool) th.join();
+    }
+    for (const auto& e : errors)
+      if (e) std::rethrow_exception(e);
+    return out;
   }
 
   int stage_of(int l) const {

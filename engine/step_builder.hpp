@@ -89,6 +89,10 @@ struct StepBuildOptions {
   bool distributed_optimizer = true;      ///< ZeRO-1: reduce-scatter + sharded Adam + all-gather
   double optimizer_bytes_per_param = 16;  ///< Adam step HBM traffic per param
   double memory_capacity_bytes = 80.0 * 1024 * 1024 * 1024;
+  /// Threads that route MoE layers in parallel (each layer draws from its own RNG streams, so the
+  /// result is bit-identical for any count). `moesim run` uses the machine's cores; sweeps and the
+  /// planner keep 1 because their runs already run in parallel.
+  int routing_threads = 1;
 };
 
 struct FlopTotals {
