@@ -303,6 +303,11 @@ bool FlowNetwork::fast_resolve() {
     fp_lmark_[m] = st;
     fp_slack_.push_back(m);
   };
+  // A link without a group whose used bandwidth changed: only one that is (or was) near its
+  // capacity needs the final check; the others stay unsaturated.
+  auto slack_if = [&](LinkId m) {
+    if (saturated_[m] || used_[m] > links_[m].capacity * (1 - kSatTol)) slack(m);
+  };
   auto raise_nm = [&](LinkId m, double r) {
     if (r > nm_max_[m]) {
       nm_log_.push_back(UsedLog{m, nm_max_[m]});
@@ -322,10 +327,9 @@ bool FlowNetwork::fast_resolve() {
     heap_.push_back(heap_key(groups_[g].rate, groups_[g].link));
     std::push_heap(heap_.begin(), heap_.end(), cmp);
   };
-  auto live_group = [&](LinkId m) {
-    const std::uint32_t g = link_group_[m];
-    return g != kNone && groups_[g].size > 0 ? g : kNone;
-  };
+  // Outside fast_resolve a link's group always has members (empty groups are released at once);
+  // a group that a move empties is unlinked from its link (logged), so this needs no size check.
+  auto live_group = [&](LinkId m) { return link_group_[m]; };
   auto add_used = [&](LinkId m, double d) {  // the undo log keeps each link's value before the event
     if (fp_ulog_[m] != st) {
       fp_ulog_[m] = st;
@@ -359,6 +363,12 @@ bool FlowNetwork::fast_resolve() {
     const double dr = groups_[to].rate - groups_[from].rate;
     leave_group(fl);
     set_bneck(fl, kNone);
+    if (groups_[from].size == 0) {  // its link no longer freezes anything
+      const LinkId lf = groups_[from].link;
+      new_log_.push_back(NewLog{kNone, lf, link_group_[lf]});
+      link_group_[lf] = kNone;
+      slack(lf);
+    }
     fl.key = served_at(groups_[to], now) + std::max(rem, 0.0);
     join_group(f, to);
     set_bneck(fl, groups_[to].link);
@@ -370,7 +380,7 @@ bool FlowNetwork::fast_resolve() {
       if (gm != kNone)
         push(gm);
       else
-        slack(m);
+        slack_if(m);
     }
     push(from);
     push(to);
@@ -405,16 +415,13 @@ bool FlowNetwork::fast_resolve() {
       const auto l = static_cast<LinkId>(heap_.back());
       heap_.pop_back();
       const std::uint32_t g = link_group_[l];
+      if (g == kNone) continue;  // emptied by moves (its link is in fp_slack_)
       fp_mark_[g] = 0;
       if (++budget > 4 * fp_touched_.size() + 64) {
         ok = false;
         break;
       }
       Group& G = groups_[g];
-      if (G.size == 0) {  // every member moved away: the link no longer freezes anything
-        slack(l);
-        continue;
-      }
       if (link_ngroups_[l] != 1 || bneck_count_[l] != G.size || G.away != 0) {
         ok = false;
         break;
@@ -444,10 +451,10 @@ bool FlowNetwork::fast_resolve() {
         const LinkId m = ml[e];
         if (m == l || m == kNone) continue;
         add_used(m, delta);
-        raise_nm(m, rate);
+        if (delta > 0) raise_nm(m, rate);  // a falling rate leaves the bound valid
         const std::uint32_t gm = live_group(m);
         if (gm == kNone) {
-          slack(m);
+          slack_if(m);
         } else {
           push(gm);
           if (delta > 0 && !(groups_[gm].rate > hi)) fp_early_.push_back(G.mem[e / G.stride]);
@@ -495,6 +502,11 @@ bool FlowNetwork::fast_resolve() {
       if (G.size == 0) continue;
       const LinkId l = G.link;
       const double r = G.rate;
+      // Its rate must be its link's fair share for its current members (saturated link).
+      if (G.den != G.size || !(used_[l] >= links_[l].capacity * (1 - kSatTol))) {
+        ok = false;
+        break;
+      }
       const LinkId* ml = G.mem_links.data();
       const bool rose = r > fp_orig_[g] || fp_gain_[g] == st;
       for (std::uint32_t e = 0; rose && e < G.mem.size(); ++e) {
@@ -502,11 +514,8 @@ bool FlowNetwork::fast_resolve() {
           const LinkId m = ml[static_cast<std::size_t>(e) * G.stride + j];
           if (m == kNone) break;
           if (m == l) continue;
-          const std::uint32_t gm = live_group(m);
-          if (gm == kNone)
-            slack(m);
-          else if (!(groups_[gm].rate > r * (1 + kSatTol)))
-            flag(G.mem[e]);
+          const std::uint32_t gm = live_group(m);  // (links without a group: in fp_slack_ if they matter)
+          if (gm != kNone && !(groups_[gm].rate > r * (1 + kSatTol))) flag(G.mem[e]);
         }
       }
       // The other flows on l must still be slower. nm_max_[l] bounds their rates from above;
@@ -524,6 +533,7 @@ bool FlowNetwork::fast_resolve() {
         nm_max_[l] = mx;
       }
     }
+    if (!ok) break;
     for (std::size_t k = 0; k < fp_slack_.size(); ++k) {
       const LinkId m = fp_slack_[k];
       if (live_group(m) == kNone && used_[m] > links_[m].capacity * (1 - kSatTol) && link_stamp_[m] != cs) {
@@ -562,7 +572,7 @@ bool FlowNetwork::fast_resolve() {
       std::size_t i = 0;
       const std::size_t n = fp_water_.size();
       while (i < n && fp_water_[i].rate * static_cast<double>(n - i) < res) res -= fp_water_[i++].rate;
-      if (i == n || fp_moved_[fp_water_[i].flow] == ms) {
+      if (i == n) {  // not over its water level after all: a near-tie
         ok = false;
         break;
       }
@@ -571,15 +581,7 @@ bool FlowNetwork::fast_resolve() {
       grow();
       new_log_.push_back(NewLog{g, m, old});
       touch(g, std::numeric_limits<double>::infinity());
-      for (; i < n; ++i) {
-        const FlowIdx h = fp_water_[i].flow;
-        if (fp_moved_[h] == ms) {
-          ok = false;
-          break;
-        }
-        fp_moved_[h] = ms;
-        move(h, g);
-      }
+      for (; i < n; ++i) move(fp_water_[i].flow, g);
     }
   }
   if (!ok) {
@@ -603,15 +605,16 @@ bool FlowNetwork::fast_resolve() {
       G.served = o.served;
       G.anchor_ps = o.anchor_ps;
     }
-    for (std::size_t k = new_log_.size(); k-- > 0;) {
-      release_group(new_log_[k].group);
+    for (std::size_t k = new_log_.size(); k-- > 0;) {  // new groups (now empty again) and unlinked ones
+      if (new_log_[k].group != kNone) release_group(new_log_[k].group);
       link_group_[new_log_[k].link] = new_log_[k].old;
     }
     return false;
   }
   for (LinkId m : fp_slack_)
     if (live_group(m) == kNone) saturated_[m] = 0;
-  stats_.repairs += move_log_.size() + new_log_.size();
+  stats_.repairs += move_log_.size();
+  for (const NewLog& o : new_log_) stats_.repairs += o.group != kNone ? 1 : 0;
   // Refresh the groups whose rate or membership changed (each once).
   const std::uint32_t rs = ++stamp_;
   auto refresh = [&](std::uint32_t g) {

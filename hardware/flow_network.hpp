@@ -290,7 +290,8 @@ class FlowNetwork {
     LinkId bneck;
     double key;
   };
-  struct NewLog {  // a group created by a repair at a link that went over capacity
+  struct NewLog {  // a group created by a repair at a link that went over capacity, or (group
+                   // kNone) a link whose group a repair emptied and unlinked
     std::uint32_t group;
     LinkId link;
     std::uint32_t old;  ///< link_group_ before
