@@ -304,9 +304,9 @@ bool FlowNetwork::fast_resolve() {
     fp_slack_.push_back(m);
   };
   // A link without a group whose used bandwidth changed: only one that is (or was) near its
-  // capacity needs the final check; the others stay unsaturated.
+  // capacity, or that some flow remembers as its bottleneck, needs the final check.
   auto slack_if = [&](LinkId m) {
-    if (saturated_[m] || used_[m] > links_[m].capacity * (1 - kSatTol)) slack(m);
+    if (saturated_[m] || bneck_count_[m] != 0 || used_[m] > links_[m].capacity * (1 - kSatTol)) slack(m);
   };
   auto raise_nm = [&](LinkId m, double r) {
     if (r > nm_max_[m]) {
@@ -534,13 +534,17 @@ bool FlowNetwork::fast_resolve() {
       }
     }
     if (!ok) break;
-    for (std::size_t k = 0; k < fp_slack_.size(); ++k) {
+    for (std::size_t k = 0; ok && k < fp_slack_.size(); ++k) {
       const LinkId m = fp_slack_[k];
+      // A flow that remembers a link without a group as its bottleneck (a flow of another link's
+      // group that found this one saturated, at its rate) may have lost it when its use changed.
+      if (live_group(m) == kNone && bneck_count_[m] != 0) ok = false;
       if (live_group(m) == kNone && used_[m] > links_[m].capacity * (1 - kSatTol) && link_stamp_[m] != cs) {
         link_stamp_[m] = cs;
         fp_over_.push_back(m);
       }
     }
+    if (!ok) break;
     if (fp_fix_.empty() && fp_over_.empty()) break;
     if (round == kMaxRounds) {
       ok = false;

@@ -201,7 +201,10 @@ TEST_CASE("incremental re-solves match a full re-solve at every event on a skewe
   // Both incremental paths (and the in-place regrouping of the re-levelling path) must have been
   // taken, or the comparison would test less than it says.
   std::uint64_t fast = 0, partial = 0, repairs = 0;
-  for (std::uint64_t seed : {1ULL, 2ULL, 3ULL}) {
+  // Seeds 42, 92, 149, 223 and 248 (from a sweep of 4..299) once failed by 2.7 ns to 1.7 us:
+  // a flow that remembered a link without a group as its bottleneck kept its rate after that
+  // link's use changed.
+  for (std::uint64_t seed : {1ULL, 2ULL, 3ULL, 42ULL, 92ULL, 149ULL, 223ULL, 248ULL}) {
     hw::FlowNetworkStats st;
     const auto inc = skewed_completions(true, seed, &st);
     fast += st.fast_solves;
