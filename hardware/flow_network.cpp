@@ -262,10 +262,12 @@ bool FlowNetwork::fast_resolve() {
   // of the other flows on its link) / members, so recompute it, push the change to the links its
   // members cross, and re-level the groups there, until nothing changes (a group whose inputs
   // change after it was re-levelled is re-levelled again). Then check that the result is what
-  // progressive filling would form: every member's other links that have a group are strictly
-  // faster, the other flows on a group's link are strictly slower, links without a group stay
-  // below capacity. These are Bertsekas & Gallager's bottleneck conditions, so a state that passes
-  // them is the max-min allocation, however it was reached. A violation is repaired in place, like
+  // progressive filling would form: every touched group's link is saturated at the share of its
+  // current members, every member's other links that have a group are strictly faster, the other
+  // flows on a group's link are strictly slower, links without a group stay below capacity and are
+  // nobody's remembered bottleneck. These are Bertsekas & Gallager's bottleneck conditions, so a
+  // state that passes them is the max-min allocation, however it was reached. A violation is
+  // repaired in place, like
   // a pivot: a flow that is not the fastest on its group's link (or is as fast as another link's
   // group) moves to the group of the slowest link on its path, a link without a group that went
   // over capacity gets a new group (the flows above its water level), and re-levelling continues.

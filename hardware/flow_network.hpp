@@ -45,16 +45,22 @@
 ///    re-solved flows in the skewed benchmark).
 ///  - Re-levelling on departures (fast_resolve): a group's rate is (capacity - rate of the other
 ///    flows on its link) / members, and depends only on groups that froze before it. After
-///    departures, the touched groups are recomputed in their old freezing order (a valid order
-///    for that dependency), each change propagated to the links its members cross. The result is
-///    accepted only if progressive filling would form the same groups with the new rates: every
-///    member's other links that have a group are strictly faster, the other flows on a group's
-///    link are strictly slower (checked when its rate fell), links without a group stay below
-///    capacity, and no flow remembers a bottleneck other than its group's link. Near-ties
-///    (kSatTol) count as failures. On failure every change is undone and the flows at or above
-///    rho are re-solved as above. Accepted results equal a full re-solve up to floating-point
-///    rounding (used bandwidth is updated by differences); the tests compare with full re-solves
-///    and check that both paths run.
+///    departures, the touched groups are recomputed (in rate order; a group whose inputs change
+///    again is recomputed again), each change propagated to the links its members cross. The
+///    result is accepted only if progressive filling would form the same groups with the new
+///    rates (Bertsekas & Gallager's bottleneck conditions): every touched group's link is
+///    saturated at the share of its current members, every member's other links that have a
+///    group are strictly faster, the other flows on a group's link are strictly slower (checked
+///    when its rate fell; a per-link upper bound on non-member rates, nm_max_, usually settles it
+///    without a scan), links without a group stay below capacity and no flow remembers one of them
+///    as its bottleneck, and no flow remembers a bottleneck other than its group's link.
+///    Violations are repaired in place, like a pivot: a flow moves to the slowest group on its
+///    path, an over-full link without a group gets a new group (the flows above its water level),
+///    and re-levelling continues (moves are tried eagerly while re-levelling, then in up to 6
+///    rounds). Near-ties (kSatTol) count as failures. On failure every change (rates, used,
+///    moves, new groups, bounds) is undone and the flows at or above rho are re-solved as above.
+///    Accepted results equal a full re-solve up to floating-point rounding (used bandwidth is
+///    updated by differences); the tests compare with full re-solves and check that every path runs.
 ///  - Dominated links are left out of the solver's paths (prune_paths, at each arrival): a link
 ///    whose flows all cross one link of strictly smaller capacity never freezes a flow, so this
 ///    changes no rate, not even in the last bit. Example: a GPU's PCIe link to its NIC.
