@@ -45,6 +45,7 @@ LinkId FlowNetwork::add_link(double bytes_per_s, sim::SimTime latency) {
   link_flows_.emplace_back();
   used_.push_back(0);
   max_rate_.push_back(0);
+  sat_level_.push_back(bytes_per_s * (1 - kSatTol));
   nm_max_.push_back(0);
   saturated_.push_back(0);
   bneck_count_.push_back(0);
@@ -308,7 +309,7 @@ bool FlowNetwork::fast_resolve() {
   // A link without a group whose used bandwidth changed: only one that is (or was) near its
   // capacity, or that some flow remembers as its bottleneck, needs the final check.
   auto slack_if = [&](LinkId m) {
-    if (saturated_[m] || bneck_count_[m] != 0 || used_[m] > links_[m].capacity * (1 - kSatTol)) slack(m);
+    if (used_[m] > sat_level_[m] || saturated_[m] || bneck_count_[m] != 0) slack(m);
   };
   auto raise_nm = [&](LinkId m, double r) {
     if (r > nm_max_[m]) {

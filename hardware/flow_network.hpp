@@ -267,6 +267,7 @@ class FlowNetwork {
   std::vector<std::uint32_t> link_dead_;          ///< finished flows still in link_flows_[l]
   std::vector<double> used_;                      ///< sum of active rates per link
   std::vector<double> max_rate_;                  ///< largest rate on a saturated link
+  std::vector<double> sat_level_;                 ///< capacity * (1 - kSatTol): "near capacity" above it
   /// Upper bound on the rates of the flows on a link that are not members of its group: infinite
   /// (unknown) after a solve touches the link, exact after fast_resolve scans the link's flows,
   /// raised whenever such a flow's rate grows (re-levelling, moves).
