@@ -45,6 +45,8 @@ LinkId FlowNetwork::add_link(double bytes_per_s, sim::SimTime latency) {
   link_flows_.emplace_back();
   used_.push_back(0);
   max_rate_.push_back(0);
+  sat_level_.push_back(bytes_per_s * (1 - kSatTol));
+  nm_max_.push_back(0);
   saturated_.push_back(0);
   bneck_count_.push_back(0);
   link_dead_.push_back(0);
@@ -257,34 +259,86 @@ void FlowNetwork::solve_event() {
 }
 
 bool FlowNetwork::fast_resolve() {
-  // Departures only, and each group keeps its members: the old groups' order (by rate, then link
-  // id, as the filling froze them) is a valid order for recomputing their rates, because a
-  // group's rate depends only on the rates of groups that froze before it (the other flows on
-  // its link). Recompute the groups the departures touch, in that order, propagating each rate
-  // change to the links its members cross; then check that the filling would form the same groups
-  // with the new rates (every member's other links freeze later, every other flow on a group's
-  // link froze earlier, links without a group stay below capacity). Near-ties (kSatTol) count as
-  // failures. On failure everything is rolled back and the caller re-solves from rho.
+  // Departures only. Re-level the groups the departures touch: a group's rate is (capacity - rate
+  // of the other flows on its link) / members, so recompute it, push the change to the links its
+  // members cross, and re-level the groups there, until nothing changes (a group whose inputs
+  // change after it was re-levelled is re-levelled again). Then check that the result is what
+  // progressive filling would form: every touched group's link is saturated at the share of its
+  // current members, every member's other links that have a group are strictly faster, the other
+  // flows on a group's link are strictly slower, links without a group stay below capacity and are
+  // nobody's remembered bottleneck. These are Bertsekas & Gallager's bottleneck conditions, so a
+  // state that passes them is the max-min allocation, however it was reached. A violation is
+  // repaired in place, like
+  // a pivot: a flow that is not the fastest on its group's link (or is as fast as another link's
+  // group) moves to the group of the slowest link on its path, a link without a group that went
+  // over capacity gets a new group (the flows above its water level), and re-levelling continues.
+  // Near-ties (kSatTol) count as failures. After kMaxRounds repair rounds, or on anything the
+  // repair does not handle, every change is undone and the caller re-solves from rho.
+  constexpr int kMaxRounds = 6;
   const std::int64_t now = sim_.now().ps();
   const std::uint32_t st = ++stamp_;
-  if (fp_mark_.size() < groups_.size()) {
-    fp_mark_.resize(groups_.size(), 0);
-    fp_done_.resize(groups_.size(), 0);
-  }
+  auto grow = [&] {
+    if (fp_mark_.size() < groups_.size()) {
+      fp_mark_.resize(groups_.size(), 0);
+      fp_done_.resize(groups_.size(), 0);
+      fp_chk_.resize(groups_.size(), 0);
+      fp_orig_.resize(groups_.size(), 0);
+      fp_gain_.resize(groups_.size(), 0);
+    }
+  };
+  grow();
+  if (fp_moved_.size() < flows_.size()) fp_moved_.resize(flows_.size(), 0);
   heap_.clear();
   used_log_.clear();
   group_log_.clear();
   fp_slack_.clear();
+  move_log_.clear();
+  new_log_.clear();
+  fp_touched_.clear();
+  nm_log_.clear();
+  if (fp_lmark_.size() < links_.size()) {
+    fp_lmark_.resize(links_.size(), 0);
+    fp_ulog_.resize(links_.size(), 0);
+  }
   const auto cmp = std::greater<>();
+  auto slack = [&](LinkId m) {
+    if (fp_lmark_[m] == st) return;
+    fp_lmark_[m] = st;
+    fp_slack_.push_back(m);
+  };
+  // A link without a group whose used bandwidth changed: only one that is (or was) near its
+  // capacity, or that some flow remembers as its bottleneck, needs the final check.
+  auto slack_if = [&](LinkId m) {
+    if (used_[m] > sat_level_[m] || saturated_[m] || bneck_count_[m] != 0) slack(m);
+  };
+  auto raise_nm = [&](LinkId m, double r) {
+    if (r > nm_max_[m]) {
+      nm_log_.push_back(UsedLog{m, nm_max_[m]});
+      nm_max_[m] = r;
+    }
+  };
+  auto touch = [&](std::uint32_t g, double orig) {
+    if (fp_done_[g] == st) return;
+    fp_done_[g] = st;
+    fp_orig_[g] = orig;
+    fp_touched_.push_back(g);
+  };
   auto push = [&](std::uint32_t g) {
-    if (fp_mark_[g] == st) return;
+    if (fp_mark_[g] == st) return;  // already queued
     fp_mark_[g] = st;
+    touch(g, groups_[g].rate);
     heap_.push_back(heap_key(groups_[g].rate, groups_[g].link));
     std::push_heap(heap_.begin(), heap_.end(), cmp);
   };
-  auto live_group = [&](LinkId m) {
-    const std::uint32_t g = link_group_[m];
-    return g != kNone && groups_[g].size > 0 ? g : kNone;
+  // Outside fast_resolve a link's group always has members (empty groups are released at once);
+  // a group that a move empties is unlinked from its link (logged), so this needs no size check.
+  auto live_group = [&](LinkId m) { return link_group_[m]; };
+  auto add_used = [&](LinkId m, double d) {  // the undo log keeps each link's value before the event
+    if (fp_ulog_[m] != st) {
+      fp_ulog_[m] = st;
+      used_log_.push_back(UsedLog{m, used_[m]});
+    }
+    used_[m] += d;
   };
   for (std::size_t k = 0; k < departed_.size(); ++k) {
     const std::uint32_t g = departed_group_[k];
@@ -296,88 +350,259 @@ bool FlowNetwork::fast_resolve() {
       if (gm != kNone)
         push(gm);
       else
-        fp_slack_.push_back(m);
+        slack(m);
     }
   }
-  bool ok = true;
-  while (ok && !heap_.empty()) {
-    std::pop_heap(heap_.begin(), heap_.end(), cmp);
-    const auto l = static_cast<LinkId>(heap_.back());
-    heap_.pop_back();
-    const std::uint32_t g = link_group_[l];
-    fp_done_[g] = st;
-    Group& G = groups_[g];
-    if (link_ngroups_[l] != 1 || bneck_count_[l] != G.size || G.away != 0) {
-      ok = false;
-      break;
+  // Moves a flow to group `to` (logged for the undo): the flow's rate becomes the group's, so
+  // the links it crosses see the difference, and their groups are re-levelled.
+  auto move = [&](FlowIdx f, std::uint32_t to) {
+    Flow& fl = flows_[f];
+    const std::uint32_t from = fl.group;
+    touch(from, groups_[from].rate);
+    touch(to, groups_[to].rate);
+    fp_gain_[to] = st;
+    move_log_.push_back(MoveLog{f, from, fl.bneck, fl.key});
+    const double rem = fl.key - served_at(groups_[from], now);
+    const double dr = groups_[to].rate - groups_[from].rate;
+    leave_group(fl);
+    set_bneck(fl, kNone);
+    if (groups_[from].size == 0) {  // its link no longer freezes anything
+      const LinkId lf = groups_[from].link;
+      new_log_.push_back(NewLog{kNone, lf, link_group_[lf]});
+      link_group_[lf] = kNone;
+      slack(lf);
     }
-    const double res = links_[l].capacity - used_[l] + G.size * G.rate;
-    if (!(res > 0)) {
-      ok = false;
-      break;
-    }
-    if (res == G.num && G.size == G.den) continue;
-    group_log_.push_back(GroupLog{g, G.den, G.num, G.rate, G.served, G.anchor_ps});
-    const double rate = res / G.size, delta = rate - G.rate;
-    G.served = served_at(G, now);
-    G.anchor_ps = now;
-    G.num = res;
-    G.den = G.size;
-    G.rate = rate;
-    if (delta == 0) continue;
-    const LinkId* ml = G.mem_links.data();
-    for (std::size_t e = 0, ne = G.mem_links.size(); e < ne; ++e) {
-      const LinkId m = ml[e];
-      if (m == l || m == kNone) continue;
-      used_log_.push_back(UsedLog{m, used_[m]});
-      used_[m] += delta;
+    fl.key = served_at(groups_[to], now) + std::max(rem, 0.0);
+    join_group(f, to);
+    set_bneck(fl, groups_[to].link);
+    for (std::uint32_t j = 0; j < fl.sp_len; ++j) {
+      const LinkId m = solver_links_[fl.sp_begin + j];
+      if (dr != 0) add_used(m, dr);
+      if (m != groups_[to].link) raise_nm(m, groups_[to].rate);
       const std::uint32_t gm = live_group(m);
-      if (gm == kNone) {
-        fp_slack_.push_back(m);
-      } else if (fp_done_[gm] == st) {
-        ok = false;  // would have to freeze before this group: the order changed
-        break;
-      } else {
+      if (gm != kNone)
         push(gm);
+      else
+        slack_if(m);
+    }
+    push(from);
+    push(to);
+  };
+  // The group of the slowest link on f's path, if it is slower than every other one by more than
+  // the tolerance (kNone on a near-tie: the filling's choice is then not certain).
+  auto slowest_group = [&](FlowIdx f) {
+    const Flow& fl = flows_[f];
+    std::uint32_t best = kNone;
+    double r1 = std::numeric_limits<double>::infinity(), r2 = r1;
+    for (std::uint32_t j = 0; j < fl.sp_len; ++j) {
+      const std::uint32_t gm = live_group(solver_links_[fl.sp_begin + j]);
+      if (gm == kNone) continue;
+      const double r = groups_[gm].rate;
+      if (r < r1) {
+        r2 = r1;
+        r1 = r;
+        best = gm;
+      } else if (r < r2) {
+        r2 = r;
       }
     }
-    used_log_.push_back(UsedLog{l, used_[l]});
-    used_[l] += G.size * delta;
-  }
-  // The groups' new rates must give the same groups: check every relation that involves a
-  // changed group (relations between unchanged groups still hold).
-  for (std::size_t k = 0; ok && k < group_log_.size(); ++k) {
-    const std::uint32_t g = group_log_[k].group;
-    const Group& G = groups_[g];
-    const LinkId l = G.link;
-    const double r = G.rate;
-    const LinkId* ml = G.mem_links.data();
-    for (std::size_t e = 0, ne = G.mem_links.size(); ok && e < ne; ++e) {
-      const LinkId m = ml[e];
-      if (m == l || m == kNone) continue;
-      const std::uint32_t gm = live_group(m);
-      if (gm == kNone)
-        fp_slack_.push_back(m);
-      else if (!(groups_[gm].rate > r * (1 + kSatTol)))
+    return best != kNone && r1 < r2 * (1 - kSatTol) ? best : kNone;
+  };
+  std::size_t budget = 0;
+  bool ok = true;
+  for (int round = 0; ok; ++round) {
+    // Re-level until no group's inputs change. A group re-levelled again and again means the
+    // order is far from settled: give up (bounded work).
+    while (ok && !heap_.empty()) {
+      std::pop_heap(heap_.begin(), heap_.end(), cmp);
+      const auto l = static_cast<LinkId>(heap_.back());
+      heap_.pop_back();
+      const std::uint32_t g = link_group_[l];
+      if (g == kNone) continue;  // emptied by moves (its link is in fp_slack_)
+      fp_mark_[g] = 0;
+      if (++budget > 4 * fp_touched_.size() + 64) {
         ok = false;
-    }
-    if (ok && r < group_log_[k].rate) {  // the other flows on l must still be slower
-      for (FlowIdx h : link_flows_[l]) {
-        const Flow& hl = flows_[h];
-        if (hl.active_pos == kNone || hl.group == g) continue;
-        if (!(groups_[hl.group].rate < r * (1 - kSatTol))) {
-          ok = false;
-          break;
+        break;
+      }
+      Group& G = groups_[g];
+      if (link_ngroups_[l] != 1 || bneck_count_[l] != G.size || G.away != 0) {
+        ok = false;
+        break;
+      }
+      const double res = links_[l].capacity - used_[l] + G.size * G.rate;
+      if (!(res > 0)) {
+        ok = false;
+        break;
+      }
+      if (res == G.num && G.size == G.den) continue;
+      group_log_.push_back(GroupLog{g, G.den, G.num, G.rate, G.served, G.anchor_ps});
+      const double rate = res / G.size, delta = rate - G.rate;
+      G.served = served_at(G, now);
+      G.anchor_ps = now;
+      G.num = res;
+      G.den = G.size;
+      G.rate = rate;
+      if (delta == 0) continue;
+      // Members that are now at least as fast as another link's group on their path, or (rate
+      // fell) other flows on l that are now at least as fast as this group, are moved right away
+      // (to the slowest group on their path), so that the rest of the re-levelling sees the new
+      // grouping. This is only a guess that saves a later round: the checks below decide.
+      fp_early_.clear();
+      const LinkId* ml = G.mem_links.data();
+      const double hi = rate * (1 + kSatTol);
+      for (std::size_t e = 0, ne = G.mem_links.size(); e < ne; ++e) {
+        const LinkId m = ml[e];
+        if (m == l || m == kNone) continue;
+        add_used(m, delta);
+        if (delta > 0) raise_nm(m, rate);  // a falling rate leaves the bound valid
+        const std::uint32_t gm = live_group(m);
+        if (gm == kNone) {
+          slack_if(m);
+        } else {
+          push(gm);
+          if (delta > 0 && !(groups_[gm].rate > hi)) fp_early_.push_back(G.mem[e / G.stride]);
+        }
+      }
+      add_used(l, G.size * delta);
+      if (delta < 0 && !(nm_max_[l] < rate * (1 - kSatTol))) {
+        double mx = 0;
+        for (FlowIdx h : link_flows_[l]) {
+          const Flow& hl = flows_[h];
+          if (hl.active_pos == kNone || hl.group == g) continue;
+          const double hr = groups_[hl.group].rate;
+          mx = std::max(mx, hr);
+          if (!(hr < rate * (1 - kSatTol))) fp_early_.push_back(h);
+        }
+        nm_log_.push_back(UsedLog{l, nm_max_[l]});
+        nm_max_[l] = mx;
+      }
+      if (!fp_early_.empty()) {
+        std::sort(fp_early_.begin(), fp_early_.end());
+        fp_early_.erase(std::unique(fp_early_.begin(), fp_early_.end()), fp_early_.end());
+        for (FlowIdx f : fp_early_) {
+          const std::uint32_t to = slowest_group(f);
+          if (to != kNone && to != flows_[f].group) move(f, to);
         }
       }
     }
-  }
-  for (std::size_t k = 0; ok && k < fp_slack_.size(); ++k) {
-    const LinkId m = fp_slack_[k];
-    if (live_group(m) == kNone && used_[m] > links_[m].capacity * (1 - kSatTol)) ok = false;
+    if (!ok) break;
+    // Check every relation that involves a touched group or link (relations between untouched
+    // groups still hold), collecting the flows to move and the links that need a group.
+    const std::uint32_t cs = ++stamp_;
+    const std::uint32_t ms = ++stamp_;
+    fp_fix_.clear();
+    fp_over_.clear();
+    auto flag = [&](FlowIdx f) {
+      if (fp_moved_[f] == ms) return;
+      fp_moved_[f] = ms;
+      fp_fix_.push_back(f);
+    };
+    for (std::size_t k = 0; k < fp_touched_.size(); ++k) {
+      const std::uint32_t g = fp_touched_[k];
+      if (fp_chk_[g] == cs) continue;
+      fp_chk_[g] = cs;
+      const Group& G = groups_[g];
+      if (G.size == 0) continue;
+      const LinkId l = G.link;
+      const double r = G.rate;
+      // Its rate must be its link's fair share for its current members (saturated link).
+      if (G.den != G.size || !(used_[l] >= links_[l].capacity * (1 - kSatTol))) {
+        ok = false;
+        break;
+      }
+      const LinkId* ml = G.mem_links.data();
+      const bool rose = r > fp_orig_[g] || fp_gain_[g] == st;
+      for (std::uint32_t e = 0; rose && e < G.mem.size(); ++e) {
+        for (std::uint32_t j = 0; j < G.stride; ++j) {
+          const LinkId m = ml[static_cast<std::size_t>(e) * G.stride + j];
+          if (m == kNone) break;
+          if (m == l) continue;
+          const std::uint32_t gm = live_group(m);  // (links without a group: in fp_slack_ if they matter)
+          if (gm != kNone && !(groups_[gm].rate > r * (1 + kSatTol))) flag(G.mem[e]);
+        }
+      }
+      // The other flows on l must still be slower. nm_max_[l] bounds their rates from above;
+      // only when the bound does not settle it are they scanned (and the bound made exact).
+      if (r < fp_orig_[g] && !(nm_max_[l] < r * (1 - kSatTol))) {
+        double mx = 0;
+        for (FlowIdx h : link_flows_[l]) {
+          const Flow& hl = flows_[h];
+          if (hl.active_pos == kNone || hl.group == g) continue;
+          const double hr = groups_[hl.group].rate;
+          mx = std::max(mx, hr);
+          if (!(hr < r * (1 - kSatTol))) flag(h);
+        }
+        nm_log_.push_back(UsedLog{l, nm_max_[l]});
+        nm_max_[l] = mx;
+      }
+    }
+    if (!ok) break;
+    for (std::size_t k = 0; ok && k < fp_slack_.size(); ++k) {
+      const LinkId m = fp_slack_[k];
+      // A flow that remembers a link without a group as its bottleneck (a flow of another link's
+      // group that found this one saturated, at its rate) may have lost it when its use changed.
+      if (live_group(m) == kNone && bneck_count_[m] != 0) ok = false;
+      if (live_group(m) == kNone && used_[m] > links_[m].capacity * (1 - kSatTol) && link_stamp_[m] != cs) {
+        link_stamp_[m] = cs;
+        fp_over_.push_back(m);
+      }
+    }
+    if (!ok) break;
+    if (fp_fix_.empty() && fp_over_.empty()) break;
+    if (round == kMaxRounds) {
+      ok = false;
+      break;
+    }
+    for (FlowIdx f : fp_fix_) {
+      const std::uint32_t to = slowest_group(f);
+      if (to == kNone || to == flows_[f].group) {
+        ok = false;
+        break;
+      }
+      move(f, to);
+    }
+    for (std::size_t k = 0; ok && k < fp_over_.size(); ++k) {
+      // Water level of an over-full link: the flows slower than it keep their rates, the others
+      // (in rate order) would be frozen here.
+      const LinkId m = fp_over_[k];
+      if (link_ngroups_[m] != 0 || live_group(m) != kNone) {
+        ok = false;
+        break;
+      }
+      fp_water_.clear();
+      for (FlowIdx h : link_flows_[m])
+        if (flows_[h].active_pos != kNone) fp_water_.push_back(WaterEntry{groups_[flows_[h].group].rate, h});
+      std::sort(fp_water_.begin(), fp_water_.end(), [](const WaterEntry& a, const WaterEntry& b) {
+        return a.rate != b.rate ? a.rate < b.rate : a.flow < b.flow;
+      });
+      double res = links_[m].capacity;
+      std::size_t i = 0;
+      const std::size_t n = fp_water_.size();
+      while (i < n && fp_water_[i].rate * static_cast<double>(n - i) < res) res -= fp_water_[i++].rate;
+      if (i == n) {  // not over its water level after all: a near-tie
+        ok = false;
+        break;
+      }
+      const std::uint32_t old = link_group_[m];
+      const std::uint32_t g = new_group(m);
+      grow();
+      new_log_.push_back(NewLog{g, m, old});
+      touch(g, std::numeric_limits<double>::infinity());
+      for (; i < n; ++i) move(fp_water_[i].flow, g);
+    }
   }
   if (!ok) {
+    for (std::size_t k = move_log_.size(); k-- > 0;) {
+      const MoveLog& o = move_log_[k];
+      Flow& fl = flows_[o.flow];
+      leave_group(fl);
+      set_bneck(fl, kNone);
+      fl.key = o.key;
+      join_group(o.flow, o.from);
+      set_bneck(fl, o.bneck);
+    }
     for (std::size_t k = used_log_.size(); k-- > 0;) used_[used_log_[k].link] = used_log_[k].used;
+    for (std::size_t k = nm_log_.size(); k-- > 0;) nm_max_[nm_log_[k].link] = nm_log_[k].used;
     for (std::size_t k = group_log_.size(); k-- > 0;) {
       const GroupLog& o = group_log_[k];
       Group& G = groups_[o.group];
@@ -387,16 +612,33 @@ bool FlowNetwork::fast_resolve() {
       G.served = o.served;
       G.anchor_ps = o.anchor_ps;
     }
+    for (std::size_t k = new_log_.size(); k-- > 0;) {  // new groups (now empty again) and unlinked ones
+      if (new_log_[k].group != kNone) release_group(new_log_[k].group);
+      link_group_[new_log_[k].link] = new_log_[k].old;
+    }
     return false;
   }
   for (LinkId m : fp_slack_)
     if (live_group(m) == kNone) saturated_[m] = 0;
-  for (const GroupLog& o : group_log_) {
-    const Group& G = groups_[o.group];
-    saturated_[G.link] = 1;
-    max_rate_[G.link] = G.rate;
-    stats_.flows_resolved += G.size;
-    refresh_group_drain(o.group);
+  stats_.repairs += move_log_.size();
+  for (const NewLog& o : new_log_) stats_.repairs += o.group != kNone ? 1 : 0;
+  // Refresh the groups whose rate or membership changed (each once).
+  const std::uint32_t rs = ++stamp_;
+  auto refresh = [&](std::uint32_t g) {
+    if (fp_chk_[g] == rs) return;
+    fp_chk_[g] = rs;
+    const Group& G = groups_[g];
+    if (G.size > 0) {
+      saturated_[G.link] = 1;
+      max_rate_[G.link] = G.rate;
+      stats_.flows_resolved += G.size;
+    }
+    refresh_group_drain(g);
+  };
+  for (const GroupLog& o : group_log_) refresh(o.group);
+  for (const MoveLog& o : move_log_) {
+    refresh(o.from);
+    refresh(flows_[o.flow].group);
   }
   return true;
 }
@@ -407,6 +649,7 @@ void FlowNetwork::solve(const std::vector<FlowIdx>& set, bool full, bool gathere
   stats_.flows_resolved += ns;
   touched_.clear();
   if (full) {
+    std::fill(nm_max_.begin(), nm_max_.end(), std::numeric_limits<double>::infinity());  // unknown until scanned
     std::fill(used_.begin(), used_.end(), 0.0);
     std::fill(saturated_.begin(), saturated_.end(), 0);
     std::fill(max_rate_.begin(), max_rate_.end(), 0.0);
@@ -435,6 +678,7 @@ void FlowNetwork::solve(const std::vector<FlowIdx>& set, bool full, bool gathere
         link_cnt_[l] = 0;
         link_res_[l] = full ? links_[l].capacity : links_[l].capacity - used_[l];
         max_rate_[l] = 0;
+        if (!full) nm_max_[l] = std::numeric_limits<double>::infinity();  // unknown: scan when needed
       }
       ++link_cnt_[l];
       if (!full) link_res_[l] += lrate_[i];
@@ -814,6 +1058,7 @@ void FlowNetwork::maybe_reset() {
   std::fill(used_.begin(), used_.end(), 0.0);
   std::fill(saturated_.begin(), saturated_.end(), 0);
   std::fill(max_rate_.begin(), max_rate_.end(), 0.0);
+  std::fill(nm_max_.begin(), nm_max_.end(), 0.0);
   std::fill(bneck_count_.begin(), bneck_count_.end(), 0U);
 }
 

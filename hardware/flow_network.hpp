@@ -45,16 +45,22 @@
 ///    re-solved flows in the skewed benchmark).
 ///  - Re-levelling on departures (fast_resolve): a group's rate is (capacity - rate of the other
 ///    flows on its link) / members, and depends only on groups that froze before it. After
-///    departures, the touched groups are recomputed in their old freezing order (a valid order
-///    for that dependency), each change propagated to the links its members cross. The result is
-///    accepted only if progressive filling would form the same groups with the new rates: every
-///    member's other links that have a group are strictly faster, the other flows on a group's
-///    link are strictly slower (checked when its rate fell), links without a group stay below
-///    capacity, and no flow remembers a bottleneck other than its group's link. Near-ties
-///    (kSatTol) count as failures. On failure every change is undone and the flows at or above
-///    rho are re-solved as above. Accepted results equal a full re-solve up to floating-point
-///    rounding (used bandwidth is updated by differences); the tests compare with full re-solves
-///    and check that both paths run.
+///    departures, the touched groups are recomputed (in rate order; a group whose inputs change
+///    again is recomputed again), each change propagated to the links its members cross. The
+///    result is accepted only if progressive filling would form the same groups with the new
+///    rates (Bertsekas & Gallager's bottleneck conditions): every touched group's link is
+///    saturated at the share of its current members, every member's other links that have a
+///    group are strictly faster, the other flows on a group's link are strictly slower (checked
+///    when its rate fell; a per-link upper bound on non-member rates, nm_max_, usually settles it
+///    without a scan), links without a group stay below capacity and no flow remembers one of them
+///    as its bottleneck, and no flow remembers a bottleneck other than its group's link.
+///    Violations are repaired in place, like a pivot: a flow moves to the slowest group on its
+///    path, an over-full link without a group gets a new group (the flows above its water level),
+///    and re-levelling continues (moves are tried eagerly while re-levelling, then in up to 6
+///    rounds). Near-ties (kSatTol) count as failures. On failure every change (rates, used,
+///    moves, new groups, bounds) is undone and the flows at or above rho are re-solved as above.
+///    Accepted results equal a full re-solve up to floating-point rounding (used bandwidth is
+///    updated by differences); the tests compare with full re-solves and check that every path runs.
 ///  - Dominated links are left out of the solver's paths (prune_paths, at each arrival): a link
 ///    whose flows all cross one link of strictly smaller capacity never freezes a flow, so this
 ///    changes no rate, not even in the last bit. Example: a GPU's PCIe link to its NIC.
@@ -112,6 +118,7 @@ struct FlowNetworkStats {
   std::uint64_t full_solves = 0;     ///< progressive filling over every active flow
   std::uint64_t partial_solves = 0;  ///< over the flows at or above the threshold rho
   std::uint64_t fast_solves = 0;     ///< departures solved by re-levelling the changed groups
+  std::uint64_t repairs = 0;         ///< in-place regroupings in fast solves (flows moved, groups created)
   std::uint64_t skipped_solves = 0;  ///< departures that provably changed no rate
   std::uint64_t flows_resolved = 0;  ///< sum of flow counts over all solves (+ re-levelled groups' members)
   std::uint64_t drain_events = 0;    ///< distinct drain instants
@@ -260,6 +267,11 @@ class FlowNetwork {
   std::vector<std::uint32_t> link_dead_;          ///< finished flows still in link_flows_[l]
   std::vector<double> used_;                      ///< sum of active rates per link
   std::vector<double> max_rate_;                  ///< largest rate on a saturated link
+  std::vector<double> sat_level_;                 ///< capacity * (1 - kSatTol): "near capacity" above it
+  /// Upper bound on the rates of the flows on a link that are not members of its group: infinite
+  /// (unknown) after a solve touches the link, exact after fast_resolve scans the link's flows,
+  /// raised whenever such a flow's rate grows (re-levelling, moves).
+  std::vector<double> nm_max_;
   std::vector<std::uint8_t> saturated_;
   std::vector<std::uint32_t> bneck_count_;  ///< flows whose `bneck` is this link
 
@@ -279,10 +291,36 @@ class FlowNetwork {
     double num, rate, served;
     std::int64_t anchor_ps;
   };
+  struct MoveLog {  // a flow moved to another group by a repair
+    FlowIdx flow;
+    std::uint32_t from;
+    LinkId bneck;
+    double key;
+  };
+  struct NewLog {  // a group created by a repair at a link that went over capacity, or (group
+                   // kNone) a link whose group a repair emptied and unlinked
+    std::uint32_t group;
+    LinkId link;
+    std::uint32_t old;  ///< link_group_ before
+  };
+  struct WaterEntry {
+    double rate;
+    FlowIdx flow;
+  };
   std::vector<UsedLog> used_log_;
   std::vector<GroupLog> group_log_;
-  std::vector<LinkId> fp_slack_;
-  std::vector<std::uint32_t> fp_mark_, fp_done_;
+  std::vector<MoveLog> move_log_;
+  std::vector<NewLog> new_log_;
+  std::vector<LinkId> fp_slack_, fp_over_;
+  std::vector<std::uint32_t> fp_mark_, fp_done_, fp_chk_;  ///< per group: queued / touched / checked stamps
+  std::vector<double> fp_orig_;                            ///< per group: rate before this event
+  std::vector<std::uint32_t> fp_gain_;                     ///< per group: gained a member in this event
+  std::vector<std::uint32_t> fp_lmark_, fp_ulog_;          ///< per link: in fp_slack_ / in used_log_
+  std::vector<UsedLog> nm_log_;                            ///< undo log of nm_max_
+  std::vector<std::uint32_t> fp_touched_;
+  std::vector<std::uint32_t> fp_moved_;  ///< per flow: flagged or moved in this repair round
+  std::vector<FlowIdx> fp_fix_, fp_early_;
+  std::vector<WaterEntry> fp_water_;
   std::vector<LinkId> path_links_;
   std::vector<LinkId> solver_links_;     ///< solver paths (sp_begin/sp_len), rebuilt by prune_paths
   std::vector<std::uint8_t> dominated_;  ///< per link: left out of solver paths

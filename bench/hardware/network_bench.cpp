@@ -52,11 +52,12 @@ void run_case(const char* name, const Topology& topo, const ByteMatrix& m) {
   const auto& st = net.stats();
   std::printf(
       "%-28s flows=%-8zu route_s=%.3f simulate_s=%.3f total_s=%.3f | sim_time=%.3f us busbw=%.2f GB/s | "
-      "drains=%llu full=%llu partial=%llu fast=%llu skipped=%llu flows_resolved=%llu\n",
+      "drains=%llu full=%llu partial=%llu fast=%llu repairs=%llu skipped=%llu flows_resolved=%llu\n",
       name, flows, t1 - t0, t2 - t1, t2 - t0, r.time.to_us(), r.busbw / 1e9,
       static_cast<unsigned long long>(st.drain_events), static_cast<unsigned long long>(st.full_solves),
       static_cast<unsigned long long>(st.partial_solves), static_cast<unsigned long long>(st.fast_solves),
-      static_cast<unsigned long long>(st.skipped_solves), static_cast<unsigned long long>(st.flows_resolved));
+      static_cast<unsigned long long>(st.repairs), static_cast<unsigned long long>(st.skipped_solves),
+      static_cast<unsigned long long>(st.flows_resolved));
   std::fflush(stdout);
 }
 
