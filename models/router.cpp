@@ -743,6 +743,21 @@ template <class F, class I, class U>
   y = (e * 0.693145752f + log1pf) + e * 1.42860677e-06f;
 }
 
+/// Two-input lane permutation: lane l of the result is lane m[l] of (a, b) (indices >= W pick
+/// from b). GCC's __builtin_shuffle takes the mask as a value (folded to one instruction when it
+/// is a constant); clang has no such builtin (its __builtin_shufflevector needs literal indices),
+/// so clang builds (the fuzzer, static analysis) move lanes one by one: the same values, slower.
+/// (References, not values: passing wide vectors by value is an ABI question GCC warns about.)
+template <class F, class I>
+[[gnu::always_inline]] inline void shuffle2(const F& a, const F& b, const I& m, F& out) {
+#if defined(__clang__)
+  constexpr int W = sizeof(F) / sizeof(float);
+  for (int l = 0; l < W; ++l) out[l] = m[l] < W ? a[m[l]] : b[m[l] - W];
+#else
+  out = __builtin_shuffle(a, b, m);
+#endif
+}
+
 /// 8x8 transpose within each group of 8 lanes: out[e] lane 8p + i = in[i] lane 8p + e.
 template <class F, class I>
 [[gnu::always_inline]] inline void transpose8(const F* in, F* out) {
@@ -762,18 +777,18 @@ template <class F, class I>
   }
   F t[8], u[8];
   for (int i = 0; i < 4; ++i) {
-    t[2 * i] = __builtin_shuffle(in[2 * i], in[2 * i + 1], lo);
-    t[2 * i + 1] = __builtin_shuffle(in[2 * i], in[2 * i + 1], hi);
+    shuffle2<F, I>(in[2 * i], in[2 * i + 1], lo, t[2 * i]);
+    shuffle2<F, I>(in[2 * i], in[2 * i + 1], hi, t[2 * i + 1]);
   }
   for (int i = 0; i < 2; ++i) {
-    u[4 * i] = __builtin_shuffle(t[4 * i], t[4 * i + 2], s44);
-    u[4 * i + 1] = __builtin_shuffle(t[4 * i], t[4 * i + 2], sEE);
-    u[4 * i + 2] = __builtin_shuffle(t[4 * i + 1], t[4 * i + 3], s44);
-    u[4 * i + 3] = __builtin_shuffle(t[4 * i + 1], t[4 * i + 3], sEE);
+    shuffle2<F, I>(t[4 * i], t[4 * i + 2], s44, u[4 * i]);
+    shuffle2<F, I>(t[4 * i], t[4 * i + 2], sEE, u[4 * i + 1]);
+    shuffle2<F, I>(t[4 * i + 1], t[4 * i + 3], s44, u[4 * i + 2]);
+    shuffle2<F, I>(t[4 * i + 1], t[4 * i + 3], sEE, u[4 * i + 3]);
   }
   for (int i = 0; i < 4; ++i) {
-    out[i] = __builtin_shuffle(u[i], u[i + 4], p20);
-    out[i + 4] = __builtin_shuffle(u[i], u[i + 4], p31);
+    shuffle2<F, I>(u[i], u[i + 4], p20, out[i]);
+    shuffle2<F, I>(u[i], u[i + 4], p31, out[i + 4]);
   }
 }
 
