@@ -408,6 +408,22 @@ bool FlowNetwork::fast_resolve() {
     }
     return best != kNone && r1 < r2 * (1 - kSatTol) ? best : kNone;
   };
+  // The flows on link l outside group g must be slower than `rate`. nm_max_[l] bounds their
+  // rates from above; only when it does not settle that are they scanned: each one not slower
+  // goes to `not_slower`, and the bound becomes exact (logged for undo).
+  const auto scan_others = [&](LinkId l, std::uint32_t g, double rate, auto&& not_slower) {
+    if (nm_max_[l] < rate * (1 - kSatTol)) return;
+    double mx = 0;
+    for (FlowIdx h : link_flows_[l]) {
+      const Flow& hl = flows_[h];
+      if (hl.active_pos == kNone || hl.group == g) continue;
+      const double hr = groups_[hl.group].rate;
+      mx = std::max(mx, hr);
+      if (!(hr < rate * (1 - kSatTol))) not_slower(h);
+    }
+    nm_log_.push_back(UsedLog{l, nm_max_[l]});
+    nm_max_[l] = mx;
+  };
   std::size_t budget = 0;
   bool ok = true;
   for (int round = 0; ok; ++round) {
@@ -464,18 +480,7 @@ bool FlowNetwork::fast_resolve() {
         }
       }
       add_used(l, G.size * delta);
-      if (delta < 0 && !(nm_max_[l] < rate * (1 - kSatTol))) {
-        double mx = 0;
-        for (FlowIdx h : link_flows_[l]) {
-          const Flow& hl = flows_[h];
-          if (hl.active_pos == kNone || hl.group == g) continue;
-          const double hr = groups_[hl.group].rate;
-          mx = std::max(mx, hr);
-          if (!(hr < rate * (1 - kSatTol))) fp_early_.push_back(h);
-        }
-        nm_log_.push_back(UsedLog{l, nm_max_[l]});
-        nm_max_[l] = mx;
-      }
+      if (delta < 0) scan_others(l, g, rate, [&](FlowIdx h) { fp_early_.push_back(h); });
       if (!fp_early_.empty()) {
         std::sort(fp_early_.begin(), fp_early_.end());
         fp_early_.erase(std::unique(fp_early_.begin(), fp_early_.end()), fp_early_.end());
@@ -521,20 +526,8 @@ bool FlowNetwork::fast_resolve() {
           if (gm != kNone && !(groups_[gm].rate > r * (1 + kSatTol))) flag(G.mem[e]);
         }
       }
-      // The other flows on l must still be slower. nm_max_[l] bounds their rates from above;
-      // only when the bound does not settle it are they scanned (and the bound made exact).
-      if (r < fp_orig_[g] && !(nm_max_[l] < r * (1 - kSatTol))) {
-        double mx = 0;
-        for (FlowIdx h : link_flows_[l]) {
-          const Flow& hl = flows_[h];
-          if (hl.active_pos == kNone || hl.group == g) continue;
-          const double hr = groups_[hl.group].rate;
-          mx = std::max(mx, hr);
-          if (!(hr < r * (1 - kSatTol))) flag(h);
-        }
-        nm_log_.push_back(UsedLog{l, nm_max_[l]});
-        nm_max_[l] = mx;
-      }
+      // The other flows on l must still be slower (checked when its rate fell).
+      if (r < fp_orig_[g]) scan_others(l, g, r, flag);
     }
     if (!ok) break;
     for (std::size_t k = 0; ok && k < fp_slack_.size(); ++k) {
