@@ -530,6 +530,23 @@ class LaneRng {
   std::uint32_t s0_[kLanes], s1_[kLanes], s2_[kLanes], s3_[kLanes];
 };
 
+/// e ln 2 + ln(1 + f) for float or a float vector (lane-wise), the one polynomial behind
+/// exp1_from_bits and ln_u_from_bits_v, so both round identically: ln(1 + f) = f - f^2/2 +
+/// f^3 P(f), and ln 2 split in a high part exact in float times e (|e| <= 24) and a low correction.
+/// (Result by reference: passing wide vectors by value is an ABI question GCC warns about.)
+template <class F>
+[[gnu::always_inline]] inline void ln_from_parts(const F& e, const F& f, F& y) {
+  F q = f * 8.506953716e-02f - 1.419747174e-01f;
+  q = q * f + 1.495097876e-01f;
+  q = q * f - 1.658794880e-01f;
+  q = q * f + 1.996059716e-01f;
+  q = q * f - 2.500096858e-01f;
+  q = q * f + 3.333397210e-01f;
+  const F f2 = f * f;
+  const F log1pf = (f - 0.5f * f2) + (f2 * f) * q;
+  y = (e * 0.693145752f + log1pf) + e * 1.42860677e-06f;
+}
+
 /// -ln(u) ~ Exp(1) for u = (2m + 1) / 2^24 with m the upper 23 bits of r (u is exact in float and
 /// never 0 or 1). ln u = e ln 2 + ln(1 + f) with u = 2^e (1 + f), 1 + f in [sqrt(1/2), sqrt(2));
 /// ln(1 + f) = f - f^2/2 + f^3 P(f) with P a degree-6 weighted least-squares fit (relative error of
@@ -540,17 +557,9 @@ inline float exp1_from_bits(std::uint32_t r) {
   const std::uint32_t bits = std::bit_cast<std::uint32_t>(u) - 0x3F3504F3U;
   const float e = static_cast<float>(static_cast<std::int32_t>(bits) >> 23);
   const float f = std::bit_cast<float>((bits & 0x007FFFFFU) + 0x3F3504F3U) - 1.0f;
-  float q = 8.506953716e-02f;
-  q = q * f - 1.419747174e-01f;
-  q = q * f + 1.495097876e-01f;
-  q = q * f - 1.658794880e-01f;
-  q = q * f + 1.996059716e-01f;
-  q = q * f - 2.500096858e-01f;
-  q = q * f + 3.333397210e-01f;
-  const float f2 = f * f;
-  const float log1pf = (f - 0.5f * f2) + (f2 * f) * q;
-  // ln 2 split in a high part exact in float times e (|e| <= 24) and a low correction.
-  return -((e * 0.693145752f + log1pf) + e * 1.42860677e-06f);
+  float y;
+  ln_from_parts(e, f, y);
+  return -y;
 }
 
 /// Indices e (ascending) with key[e] > tau, at most cap - 1 of them; returns cap - 1 or more
@@ -732,15 +741,7 @@ template <class F, class I, class U>
   const U bits = __builtin_bit_cast(U, mf) - (0x3F3504F3U + (24U << 23));
   const F e = __builtin_convertvector(__builtin_bit_cast(I, bits) >> 23, F);
   const F f = __builtin_bit_cast(F, (bits & 0x007FFFFFU) + 0x3F3504F3U) - 1.0f;
-  F q = f * 8.506953716e-02f - 1.419747174e-01f;
-  q = q * f + 1.495097876e-01f;
-  q = q * f - 1.658794880e-01f;
-  q = q * f + 1.996059716e-01f;
-  q = q * f - 2.500096858e-01f;
-  q = q * f + 3.333397210e-01f;
-  const F f2 = f * f;
-  const F log1pf = (f - 0.5f * f2) + (f2 * f) * q;
-  y = (e * 0.693145752f + log1pf) + e * 1.42860677e-06f;
+  ln_from_parts(e, f, y);
 }
 
 /// Two-input lane permutation: lane l of the result is lane m[l] of (a, b) (indices >= W pick
