@@ -46,8 +46,7 @@ tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 rc=$?
 if [[ $rc -ne 0 ]]; then echo "FAIL run --json - / -o: exit $rc" >&2; fail=$((fail + 1)); n=$((n - 1))
 else
-  py=python3; command -v "$py" >/dev/null || py=/usr/bin/python3
-  "$py" -c 'import json,sys; json.load(open(sys.argv[1]))' "$tmp/stdout.json" && grep -q '^collective' "$tmp/err" ||
+  python3 -c 'import json,sys; json.load(open(sys.argv[1]))' "$tmp/stdout.json" && grep -q '^collective' "$tmp/err" ||
     { echo "FAIL run --json -: stdout is not pure JSON or the summary is missing on stderr" >&2; fail=$((fail + 1)); }
   cmp -s "$tmp/stdout.json" "$tmp/out/report.json" && grep -q '^collective' "$tmp/out/summary.txt" ||
     { echo "FAIL run -o: report.json differs from --json - or summary.txt lacks the summary" >&2; fail=$((fail + 1)); }
