@@ -333,6 +333,7 @@ StepReport simulate_step(const Scenario& s, const SimulateOptions& opts) {
   // Conservation: tokens (per layer) and bytes (per collective); ops run and the queue drained
   // were checked by the executor.
   rep.flows = backend.flows();
+  rep.net_stats = net.stats();
   rep.bytes_sent = backend.total_sent();
   rep.bytes_received = backend.total_received();
   for (const auto& c : rep.built.collectives) rep.payload_bytes += c.total_bytes();

@@ -98,8 +98,13 @@ BatchId FlowNetwork::start(FlowBatch batch, sim::Callback on_done) {
   const std::int64_t now = sim_.now().ps();
   bt.max_done_ps = now;
 
-  flows_.reserve(flows_.size() + n);
-  path_links_.reserve(path_links_.size() + batch.links.size());
+  // Grow geometrically: an exact reserve here would copy every flow record at every start.
+  const auto grow = [](auto& v, std::size_t more) {
+    if (v.size() + more > v.capacity()) v.reserve(std::max(v.size() + more, 2 * v.capacity()));
+  };
+  grow(flows_, n);
+  grow(path_links_, batch.links.size());
+  grow(solver_links_, batch.links.size());
   for (std::size_t i = 0; i < n; ++i) {
     const std::uint32_t b0 = batch.offsets[i], b1 = batch.offsets[i + 1];
     const double bytes = batch.bytes[i];
@@ -159,6 +164,7 @@ void FlowNetwork::solve_event() {
     if (!active_.empty()) {
       solve(active_, true);
       ++stats_.full_solves;
+      stats_.flows_full += active_.size();
     }
   } else if (!departed_.empty()) {
     // Which remaining flows lost every bottleneck? Only flows on the freed links can have.
@@ -248,6 +254,7 @@ void FlowNetwork::solve_event() {
         lbegin_.push_back(static_cast<std::uint32_t>(lpath_.size()));
         solve(set_scratch_, false, true);
         ++stats_.partial_solves;
+        stats_.flows_partial += set_scratch_.size();
       }
     }
   }
@@ -393,33 +400,28 @@ bool FlowNetwork::fast_resolve() {
   auto slowest_group = [&](FlowIdx f) {
     const Flow& fl = flows_[f];
     std::uint32_t best = kNone;
-    double r1 = std::numeric_limits<double>::infinity(), r2 = r1;
+    double r1 = std::numeric_limits<double>::infinity();
     for (std::uint32_t j = 0; j < fl.sp_len; ++j) {
       const std::uint32_t gm = live_group(solver_links_[fl.sp_begin + j]);
-      if (gm == kNone) continue;
-      const double r = groups_[gm].rate;
-      if (r < r1) {
-        r2 = r1;
-        r1 = r;
+      if (gm != kNone && groups_[gm].rate < r1) {
+        r1 = groups_[gm].rate;
         best = gm;
-      } else if (r < r2) {
-        r2 = r;
       }
     }
-    return best != kNone && r1 < r2 * (1 - kSatTol) ? best : kNone;
+    return best;
   };
   // The flows on link l outside group g must be slower than `rate`. nm_max_[l] bounds their
   // rates from above; only when it does not settle that are they scanned: each one not slower
   // goes to `not_slower`, and the bound becomes exact (logged for undo).
   const auto scan_others = [&](LinkId l, std::uint32_t g, double rate, auto&& not_slower) {
-    if (nm_max_[l] < rate * (1 - kSatTol)) return;
+    if (nm_max_[l] <= rate * (1 + kSatTol)) return;
     double mx = 0;
     for (FlowIdx h : link_flows_[l]) {
       const Flow& hl = flows_[h];
       if (hl.active_pos == kNone || hl.group == g) continue;
       const double hr = groups_[hl.group].rate;
       mx = std::max(mx, hr);
-      if (!(hr < rate * (1 - kSatTol))) not_slower(h);
+      if (hr > rate * (1 + kSatTol)) not_slower(h);
     }
     nm_log_.push_back(UsedLog{l, nm_max_[l]});
     nm_max_[l] = mx;
@@ -441,6 +443,24 @@ bool FlowNetwork::fast_resolve() {
         break;
       }
       Group& G = groups_[g];
+      if (link_ngroups_[l] == 1 && G.away != 0 && bneck_count_[l] + G.away == G.size) {
+        // Members that found another bottleneck when a departure freed this link (a tie: they
+        // are as fast as the flows frozen there) go to that link's group, and this group is
+        // re-levelled without them when it comes up again (move() queues both).
+        fp_early_.clear();
+        for (FlowIdx f : G.mem)
+          if (flows_[f].bneck != l) fp_early_.push_back(f);
+        for (FlowIdx f : fp_early_) {
+          const LinkId b = flows_[f].bneck;
+          const std::uint32_t to = b == kNone ? kNone : live_group(b);
+          if (to == kNone || to == g) {
+            ok = false;
+            break;
+          }
+          move(f, to);
+        }
+        continue;
+      }
       if (link_ngroups_[l] != 1 || bneck_count_[l] != G.size || G.away != 0) {
         ok = false;
         break;
@@ -465,7 +485,7 @@ bool FlowNetwork::fast_resolve() {
       // grouping. This is only a guess that saves a later round: the checks below decide.
       fp_early_.clear();
       const LinkId* ml = G.mem_links.data();
-      const double hi = rate * (1 + kSatTol);
+      const double lo = rate * (1 - kSatTol);
       for (std::size_t e = 0, ne = G.mem_links.size(); e < ne; ++e) {
         const LinkId m = ml[e];
         if (m == l || m == kNone) continue;
@@ -476,7 +496,7 @@ bool FlowNetwork::fast_resolve() {
           slack_if(m);
         } else {
           push(gm);
-          if (delta > 0 && !(groups_[gm].rate > hi)) fp_early_.push_back(G.mem[e / G.stride]);
+          if (delta > 0 && groups_[gm].rate < lo) fp_early_.push_back(G.mem[e / G.stride]);
         }
       }
       add_used(l, G.size * delta);
@@ -523,7 +543,7 @@ bool FlowNetwork::fast_resolve() {
           if (m == kNone) break;
           if (m == l) continue;
           const std::uint32_t gm = live_group(m);  // (links without a group: in fp_slack_ if they matter)
-          if (gm != kNone && !(groups_[gm].rate > r * (1 + kSatTol))) flag(G.mem[e]);
+          if (gm != kNone && groups_[gm].rate < r * (1 - kSatTol)) flag(G.mem[e]);
         }
       }
       // The other flows on l must still be slower (checked when its rate fell).
@@ -535,7 +555,7 @@ bool FlowNetwork::fast_resolve() {
       // A flow that remembers a link without a group as its bottleneck (a flow of another link's
       // group that found this one saturated, at its rate) may have lost it when its use changed.
       if (live_group(m) == kNone && bneck_count_[m] != 0) ok = false;
-      if (live_group(m) == kNone && used_[m] > links_[m].capacity * (1 - kSatTol) && link_stamp_[m] != cs) {
+      if (live_group(m) == kNone && used_[m] > links_[m].capacity * (1 + kSatTol) && link_stamp_[m] != cs) {
         link_stamp_[m] = cs;
         fp_over_.push_back(m);
       }
@@ -558,6 +578,7 @@ bool FlowNetwork::fast_resolve() {
       // Water level of an over-full link: the flows slower than it keep their rates, the others
       // (in rate order) would be frozen here.
       const LinkId m = fp_over_[k];
+      if (!(used_[m] > links_[m].capacity * (1 + kSatTol))) continue;  // the moves above relieved it
       if (link_ngroups_[m] != 0 || live_group(m) != kNone) {
         ok = false;
         break;
@@ -791,48 +812,108 @@ void FlowNetwork::prune_paths() {
   // flow: its residual stays above m's (it carries a subset of m's frozen flows) and it has at most
   // m's unfrozen count, so its share stays strictly above m's, and when m freezes, l has no
   // unfrozen flow left. Removing such links from the solver's paths therefore changes no rate, not
-  // even in the last bit (l's residual never enters a rate). Departures only shrink flow sets, so
-  // the pruning stays valid until the next arrival. Example: a GPU's PCIe link to its NIC (64 GB/s)
-  // carries exactly the flows of that NIC's 48.5 GB/s port.
-  dominated_.assign(links_.size(), 0);
+  // even in the last bit (l's residual never enters a rate), and any set of links that satisfies
+  // the condition may be left out. Example: a GPU's PCIe link to its NIC (64 GB/s) carries exactly
+  // the flows of that NIC's 48.5 GB/s port.
+  //
+  // Incremental, at each arrival: departures only shrink flow sets, so a link that was dominated
+  // stays dominated until a new flow crosses it. Only the links the arrived flows cross are looked
+  // at: a link whose active flows are all new is decided afresh; a dominated link stays dominated
+  // if every new flow on it crosses its dominator, and otherwise rejoins the solver paths of the
+  // flows already on it (their paths are rebuilt, and their groups' copies with them). Other links
+  // keep their state (a link that became dominated through departures stays in the paths: slower,
+  // same rates).
+  if (arrived_.empty()) return;
+  if (dominated_.size() < links_.size()) {
+    dominated_.resize(links_.size(), 0);
+    dom_by_.resize(links_.size(), kNone);
+  }
+  const FlowIdx first_new = arrived_.front();
   auto crosses = [&](const Flow& g, LinkId m) {
     for (std::uint32_t j = 0; j < g.path_len; ++j)
       if (path_links_[g.path_begin + j] == m) return true;
     return false;
   };
-  for (LinkId l = 0; l < links_.size(); ++l) {
-    const auto& lf = link_flows_[l];
-    const Flow* f0 = nullptr;
-    for (FlowIdx g : lf)
-      if (flows_[g].active_pos != kNone) {
-        f0 = &flows_[g];
-        break;
-      }
-    if (f0 == nullptr) continue;
-    for (std::uint32_t k = 0; k < f0->path_len && !dominated_[l]; ++k) {
-      const LinkId m = path_links_[f0->path_begin + k];
-      if (!(links_[m].capacity < links_[l].capacity)) continue;
-      bool all = true;
-      for (FlowIdx g : lf)
-        if (flows_[g].active_pos != kNone && !crosses(flows_[g], m)) {
-          all = false;
-          break;
-        }
-      if (all) dominated_[l] = 1;
-    }
-  }
-  std::vector<LinkId> sp;
-  sp.reserve(solver_links_.size());
-  for (FlowIdx f : active_) {
-    Flow& fl = flows_[f];
-    fl.sp_begin = static_cast<std::uint32_t>(sp.size());
+  const std::uint32_t st = ++stamp_;
+  prune_links_.clear();
+  for (FlowIdx f : arrived_) {
+    const Flow& fl = flows_[f];
     for (std::uint32_t k = 0; k < fl.path_len; ++k) {
       const LinkId l = path_links_[fl.path_begin + k];
-      if (!dominated_[l]) sp.push_back(l);
+      if (link_stamp_[l] != st) {
+        link_stamp_[l] = st;
+        link_cnt_[l] = 0;
+        prune_links_.push_back(l);
+      }
+      ++link_cnt_[l];
     }
-    fl.sp_len = static_cast<std::uint32_t>(sp.size()) - fl.sp_begin;
   }
-  solver_links_.swap(sp);
+  opened_.clear();
+  for (LinkId l : prune_links_) {
+    const auto& lf = link_flows_[l];
+    if (lf.size() - link_dead_[l] == link_cnt_[l]) {  // only new flows: decide afresh
+      dominated_[l] = 0;
+      dom_by_[l] = kNone;
+      const Flow* f0 = nullptr;
+      for (FlowIdx g : lf)
+        if (flows_[g].active_pos != kNone) {
+          f0 = &flows_[g];
+          break;
+        }
+      for (std::uint32_t k = 0; f0 != nullptr && k < f0->path_len && !dominated_[l]; ++k) {
+        const LinkId m = path_links_[f0->path_begin + k];
+        if (!(links_[m].capacity < links_[l].capacity)) continue;
+        bool all = true;
+        for (FlowIdx g : lf)
+          if (flows_[g].active_pos != kNone && !crosses(flows_[g], m)) {
+            all = false;
+            break;
+          }
+        if (all) {
+          dominated_[l] = 1;
+          dom_by_[l] = m;
+        }
+      }
+    } else if (dominated_[l]) {
+      for (FlowIdx g : lf)
+        if (g >= first_new && !crosses(flows_[g], dom_by_[l])) {
+          dominated_[l] = 0;
+          dom_by_[l] = kNone;
+          opened_.push_back(l);
+          break;
+        }
+    }
+  }
+  // New flows: their solver paths (written over the full paths that start() copied there).
+  for (FlowIdx f : arrived_) {
+    Flow& fl = flows_[f];
+    std::uint32_t w = fl.sp_begin;
+    for (std::uint32_t k = 0; k < fl.path_len; ++k) {
+      const LinkId l = path_links_[fl.path_begin + k];
+      if (!dominated_[l]) solver_links_[w++] = l;
+    }
+    fl.sp_len = w - fl.sp_begin;
+  }
+  // Older flows on a link that rejoined the solver paths.
+  if (opened_.empty()) return;
+  repath_.clear();
+  for (LinkId l : opened_)
+    for (FlowIdx g : link_flows_[l])
+      if (g < first_new && flows_[g].active_pos != kNone) repath_.push_back(g);
+  std::sort(repath_.begin(), repath_.end());
+  repath_.erase(std::unique(repath_.begin(), repath_.end()), repath_.end());
+  for (FlowIdx g : repath_) {
+    Flow& fl = flows_[g];
+    const std::uint32_t grp = fl.group;
+    if (grp != kNone) leave_group(fl);
+    fl.sp_begin = static_cast<std::uint32_t>(solver_links_.size());
+    for (std::uint32_t k = 0; k < fl.path_len; ++k) {
+      const LinkId l = path_links_[fl.path_begin + k];
+      if (!dominated_[l]) solver_links_.push_back(l);
+    }
+    fl.sp_len = static_cast<std::uint32_t>(solver_links_.size()) - fl.sp_begin;
+    if (grp != kNone) join_group(g, grp);  // same key: the group's service counter is unchanged
+  }
 }
 
 std::uint32_t FlowNetwork::new_group(LinkId l) {

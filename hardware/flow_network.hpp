@@ -121,6 +121,8 @@ struct FlowNetworkStats {
   std::uint64_t repairs = 0;         ///< in-place regroupings in fast solves (flows moved, groups created)
   std::uint64_t skipped_solves = 0;  ///< departures that provably changed no rate
   std::uint64_t flows_resolved = 0;  ///< sum of flow counts over all solves (+ re-levelled groups' members)
+  std::uint64_t flows_full = 0;      ///< of which in full solves (arrivals)
+  std::uint64_t flows_partial = 0;   ///< of which in partial solves (at or above rho)
   std::uint64_t drain_events = 0;    ///< distinct drain instants
 };
 
@@ -324,6 +326,9 @@ class FlowNetwork {
   std::vector<LinkId> path_links_;
   std::vector<LinkId> solver_links_;     ///< solver paths (sp_begin/sp_len), rebuilt by prune_paths
   std::vector<std::uint8_t> dominated_;  ///< per link: left out of solver paths
+  std::vector<LinkId> dom_by_;           ///< per dominated link: the smaller link all its flows cross
+  std::vector<LinkId> prune_links_, opened_;
+  std::vector<FlowIdx> repath_;
   std::vector<FlowIdx> active_;
   std::vector<Batch> batches_;
 

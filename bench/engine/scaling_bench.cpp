@@ -86,6 +86,17 @@ void run_point(int gpus, const std::string& network, int micro_batches, bool rec
                static_cast<unsigned long long>(b.graph.size()), static_cast<unsigned long long>(b.collective_ops),
                static_cast<unsigned long long>(r.flows), static_cast<unsigned long long>(r.exec.events),
                r.exec.step_time.to_ms());
+  if (std::getenv("MOESIM_NET_STATS") != nullptr) {
+    const auto& st = r.net_stats;
+    std::fprintf(stderr,
+                 "  flow network: %llu flows, %llu full / %llu partial / %llu fast solves, %llu skipped, %llu repairs, "
+                 "%llu flows re-solved (%llu in full, %llu in partial solves), %llu drain instants\n",
+                 static_cast<unsigned long long>(st.flows_started), static_cast<unsigned long long>(st.full_solves),
+                 static_cast<unsigned long long>(st.partial_solves), static_cast<unsigned long long>(st.fast_solves),
+                 static_cast<unsigned long long>(st.skipped_solves), static_cast<unsigned long long>(st.repairs),
+                 static_cast<unsigned long long>(st.flows_resolved), static_cast<unsigned long long>(st.flows_full),
+                 static_cast<unsigned long long>(st.flows_partial), static_cast<unsigned long long>(st.drain_events));
+  }
   std::fflush(out);
 }
 

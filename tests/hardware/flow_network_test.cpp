@@ -2,6 +2,7 @@
 // comment above it from the max-min definition, not taken from a run.
 #include <catch2/catch.hpp>
 
+#include <cstdlib>
 #include <vector>
 
 #include "hardware/flow_network.hpp"
@@ -204,7 +205,13 @@ TEST_CASE("incremental re-solves match a full re-solve at every event on a skewe
   // Seeds 42, 92, 149, 223 and 248 (from a sweep of 4..299) once failed by 2.7 ns to 1.7 us:
   // a flow that remembered a link without a group as its bottleneck kept its rate after that
   // link's use changed.
-  for (std::uint64_t seed : {1ULL, 2ULL, 3ULL, 42ULL, 92ULL, 149ULL, 223ULL, 248ULL}) {
+  // MOESIM_FLOW_SWEEP=N runs seeds 1..N instead (an exploratory sweep, minutes).
+  std::vector<std::uint64_t> seeds = {1, 2, 3, 42, 92, 149, 223, 248};
+  if (const char* sw = std::getenv("MOESIM_FLOW_SWEEP"); sw != nullptr) {
+    seeds.clear();
+    for (std::uint64_t k = 1; k <= std::strtoull(sw, nullptr, 10); ++k) seeds.push_back(k);
+  }
+  for (std::uint64_t seed : seeds) {
     hw::FlowNetworkStats st;
     const auto inc = skewed_completions(true, seed, &st);
     fast += st.fast_solves;
