@@ -54,7 +54,7 @@ struct StepReport {
          exposed_comm_us = 0, idle_us = 0;
   /// idle_us split by what ended the idle spans (see GpuBreakdown), averaged over GPUs.
   double wait_ep_us = 0, wait_dp_us = 0, wait_pp_us = 0, wait_other_us = 0, idle_tail_us = 0;
-  std::uint64_t flows = 0;  ///< network flows simulated
+  std::uint64_t flows = 0;           ///< network flows simulated
   hw::FlowNetworkStats net_stats{};  ///< solver counters of the flow network (all zero on the analytical model)
   double payload_bytes =
       0;  ///< sum of the collectives' payloads (all-to-allv matrices with the local diagonal; buffer sizes)
