@@ -188,6 +188,8 @@ ExecutionSpec parse_execution(const Node& n, const std::string& scenario_file) {
   e.comm_sms = static_cast<int>(n.opt_int("comm_sms", 0, Range::between(0, 1024)));
   e.dispatch_dtype = n.opt_choice("dispatch_dtype", {"bf16", "fp8"}, "bf16");
   e.profile = n.opt_string("profile", "");
+  e.all_to_all = n.opt_choice("all_to_all", {"direct", "hierarchical"}, "direct");
+  e.all_reduce = n.opt_choice("all_reduce", {"ring", "tree"}, "ring");
   if (!e.profile.empty() && std::filesystem::path(e.profile).is_relative() && !scenario_file.empty()) {
     // Profiles named relative to the repository root are the common case (hardware/profiles/).
     const std::filesystem::path beside = std::filesystem::path(scenario_file).parent_path() / e.profile;
@@ -315,6 +317,17 @@ Scenario parse_scenario(const config::Document& doc, std::optional<std::uint64_t
       root.child("workload")
           .error_at("batch",
                     fmt::format("batch={} sequences do not split evenly over dp={} replicas", s.workload.batch, p.dp));
+    // Hierarchical all-to-all stages traffic on the same-rail GPU of each node, so an EP group
+    // must be whole nodes, or lie inside one node (then it is the direct exchange).
+    const int gpn = s.has_cluster ? s.cluster.gpus_per_node : 0;
+    const int ss = p.dp * p.tp;
+    if (s.execution.all_to_all == "hierarchical" && gpn > 0 && ss % p.ep == 0 &&
+        !((p.ep % gpn == 0 && ss % gpn == 0) || gpn % p.ep == 0))
+      root.child("execution")
+          .error_at("all_to_all",
+                    fmt::format("hierarchical all-to-all needs expert-parallel groups of whole nodes or inside one "
+                                "node: ep={} and dp*tp={} with gpus_per_node={}",
+                                p.ep, ss, gpn));
     if (m.num_moe_layers() > 0 && s.routing.redundant_experts > 0)
       root.child("routing").error_at("redundant_experts",
                                      "redundant (replicated) experts are supported in routing-only runs "

@@ -67,6 +67,12 @@ struct ExecutionSpec {
   int comm_sms = 0;                     ///< SMs an all-to-all kernel takes from compute (DeepEP ~20)
   std::string dispatch_dtype = "bf16";  ///< bf16 | fp8 (DeepEP fp8 dispatch)
   std::string profile;                  ///< fitted kernel cost profile YAML ("" = catalog defaults)
+  /// All-to-allv algorithm of dispatch and combine: direct (every rank pair is one flow) or
+  /// hierarchical (NVLink to the same-rail GPU, then one exchange per rail: DeepEP's internode
+  /// scheme, DeepSeek-V3 report section 3.2.2). Hierarchical needs EP groups of whole nodes (or
+  /// inside one node, where it is the direct exchange).
+  std::string all_to_all = "direct";
+  std::string all_reduce = "ring";  ///< ring | tree (data-parallel gradient all-reduce)
 };
 
 struct Scenario {

@@ -146,12 +146,21 @@ hw::CollectivePlan plan_collective(const hw::Topology& topo, const CollectiveReq
 }
 
 NetworkCommBackend::NetworkCommBackend(sim::Simulation& s, const hw::Topology& topo, hw::FlowNetwork* net,
-                                       const std::vector<CollectiveRequest>& reqs, hw::CollectiveOptions opts)
-    : sim_(s), topo_(topo), net_(net), reqs_(reqs), opts_(opts), sent_(reqs.size(), 0.0), received_(reqs.size(), 0.0) {}
+                                       const std::vector<CollectiveRequest>& reqs, hw::CollectiveOptions opts,
+                                       hw::CollectiveAlgo a2a_algo, hw::CollectiveAlgo all_reduce_algo)
+    : sim_(s),
+      topo_(topo),
+      net_(net),
+      reqs_(reqs),
+      opts_(opts),
+      a2a_algo_(a2a_algo),
+      all_reduce_algo_(all_reduce_algo),
+      sent_(reqs.size(), 0.0),
+      received_(reqs.size(), 0.0) {}
 
 void NetworkCommBackend::start(std::uint32_t idx, sim::Callback done) {
   const CollectiveRequest& r = reqs_.at(idx);
-  hw::CollectivePlan plan = plan_collective(topo_, r);
+  hw::CollectivePlan plan = plan_collective(topo_, r, a2a_algo_, all_reduce_algo_);
   for (const auto& phase : plan.phases) flows_ += phase.bytes.size();
   if (!net_) {
     for (const auto& phase : plan.phases)
@@ -312,8 +321,10 @@ StepReport simulate_step(const Scenario& s, const SimulateOptions& opts) {
   topo.install(net);
   hw::CollectiveOptions copts;
   copts.launch_overhead = s.cluster.gpu.kernel_launch_overhead;
-  NetworkCommBackend backend(simulation, topo, s.network.model == NetworkModel::kAnalytical ? nullptr : &net,
-                             rep.built.collectives, copts);
+  NetworkCommBackend backend(
+      simulation, topo, s.network.model == NetworkModel::kAnalytical ? nullptr : &net, rep.built.collectives, copts,
+      s.execution.all_to_all == "hierarchical" ? hw::CollectiveAlgo::kHierarchical : hw::CollectiveAlgo::kDirect,
+      s.execution.all_reduce == "tree" ? hw::CollectiveAlgo::kTree : hw::CollectiveAlgo::kRing);
 
   std::optional<sim::TraceWriter> trace;
   if (!opts.trace_file.empty()) trace.emplace(opts.trace_file);

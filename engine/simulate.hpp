@@ -78,7 +78,9 @@ hw::CollectivePlan plan_collective(const hw::Topology& topo, const CollectiveReq
 class NetworkCommBackend : public CommBackend {
  public:
   NetworkCommBackend(sim::Simulation& s, const hw::Topology& topo, hw::FlowNetwork* net,
-                     const std::vector<CollectiveRequest>& reqs, hw::CollectiveOptions opts);
+                     const std::vector<CollectiveRequest>& reqs, hw::CollectiveOptions opts,
+                     hw::CollectiveAlgo a2a_algo = hw::CollectiveAlgo::kDirect,
+                     hw::CollectiveAlgo all_reduce_algo = hw::CollectiveAlgo::kRing);
   void start(std::uint32_t collective_index, sim::Callback done) override;
   std::uint64_t flows() const { return flows_; }
   /// Bytes injected / delivered by the network, per collective index.
@@ -100,6 +102,7 @@ class NetworkCommBackend : public CommBackend {
   hw::FlowNetwork* net_;
   const std::vector<CollectiveRequest>& reqs_;
   hw::CollectiveOptions opts_;
+  hw::CollectiveAlgo a2a_algo_, all_reduce_algo_;
   std::vector<Run> runs_;  // collectives in flight (slots reused)
   std::vector<std::uint32_t> free_;
   std::uint64_t flows_ = 0;

@@ -105,8 +105,12 @@ CollectivePlan plan_all_to_allv(const Topology& topo, const std::vector<int>& gr
   }
   if (algo != CollectiveAlgo::kHierarchical)
     throw std::invalid_argument("all_to_allv: algo must be direct or hierarchical");
-  // Hierarchical: the group must be whole nodes; rank -> (node, local index).
+  // Hierarchical: the group must be whole nodes; rank -> (node, local index). A group inside one
+  // node has no inter-node phase: that is the direct exchange.
   const int gpn = topo.gpus_per_node();
+  bool one_node = true;
+  for (int g : group) one_node = one_node && topo.node_of(g) == topo.node_of(group.front());
+  if (one_node) return plan_all_to_allv(topo, group, m, CollectiveAlgo::kDirect);
   std::vector<int> rank_of(static_cast<std::size_t>(topo.gpu_count()), -1);
   for (int r = 0; r < n; ++r) rank_of[static_cast<std::size_t>(group[r])] = r;
   std::vector<int> nodes;

@@ -161,7 +161,9 @@ void FlowNetwork::solve_event() {
   solve_pending_ = false;
   if (!arrived_.empty() || !incremental_) {
     if (!arrived_.empty()) prune_paths();
-    if (!active_.empty()) {
+    if (incremental_ && departed_.empty() && opened_.empty() && arrival_solve()) {
+      ++stats_.arrival_solves;
+    } else if (!active_.empty()) {
       solve(active_, true);
       ++stats_.full_solves;
       stats_.flows_full += active_.size();
@@ -234,21 +236,47 @@ void FlowNetwork::solve_event() {
         // Every flow at or above rho: the members of the groups whose rate is >= rho (a group's
         // members share one rate). Progressive filling levels only grow, so this set is closed
         // upwards: it holds every flow that the filling freezes after the first changed step.
-        // Their paths and rates are gathered from the groups' contiguous member lists.
+        // Of that set, only the part connected to a freed link (through links that its flows
+        // share) can change: any other part of it sees the same residual capacities as before
+        // (the flows below rho keep their rates), so filling it again gives the rates it has.
+        // The connected part is found by a search from the freed links, and its paths and
+        // rates are gathered from the groups' contiguous member lists.
         const double cut = rho * (1 - kSatTol);
         set_scratch_.clear();
         lpath_.clear();
         lrate_.clear();
         lbegin_.clear();
-        for (std::uint32_t g = 0; g < groups_.size(); ++g) {
-          const Group& G = groups_[g];
-          if (G.size == 0 || !(G.rate >= cut)) continue;
-          for (std::uint32_t e = 0; e < G.mem.size(); ++e) {
-            set_scratch_.push_back(G.mem[e]);
-            lbegin_.push_back(static_cast<std::uint32_t>(lpath_.size()));
-            lrate_.push_back(G.rate);
-            const LinkId* row = G.mem_links.data() + static_cast<std::size_t>(e) * G.stride;
-            for (std::uint32_t j = 0; j < G.stride && row[j] != kNone; ++j) lpath_.push_back(row[j]);
+        const std::uint32_t gs = ++stamp_;
+        if (grp_mark_.size() < groups_.size()) grp_mark_.resize(groups_.size(), 0);
+        if (bfs_mark_.size() < links_.size()) bfs_mark_.resize(links_.size(), 0);
+        bfs_queue_.clear();
+        for (LinkId l : freed_) {
+          bfs_mark_[l] = gs;
+          bfs_queue_.push_back(l);
+        }
+        for (std::size_t q = 0; q < bfs_queue_.size(); ++q) {
+          const LinkId l = bfs_queue_[q];
+          for (FlowIdx h : link_flows_[l]) {
+            const Flow& hl = flows_[h];
+            if (hl.active_pos == kNone) continue;
+            const std::uint32_t g = hl.group;
+            if (grp_mark_[g] == gs || !(groups_[g].rate >= cut)) continue;
+            grp_mark_[g] = gs;
+            const Group& G = groups_[g];
+            for (std::uint32_t e = 0; e < G.mem.size(); ++e) {
+              set_scratch_.push_back(G.mem[e]);
+              lbegin_.push_back(static_cast<std::uint32_t>(lpath_.size()));
+              lrate_.push_back(G.rate);
+              const LinkId* row = G.mem_links.data() + static_cast<std::size_t>(e) * G.stride;
+              for (std::uint32_t j = 0; j < G.stride && row[j] != kNone; ++j) {
+                const LinkId m = row[j];
+                lpath_.push_back(m);
+                if (bfs_mark_[m] != gs) {
+                  bfs_mark_[m] = gs;
+                  bfs_queue_.push_back(m);
+                }
+              }
+            }
           }
         }
         lbegin_.push_back(static_cast<std::uint32_t>(lpath_.size()));
@@ -657,17 +685,115 @@ bool FlowNetwork::fast_resolve() {
   return true;
 }
 
+bool FlowNetwork::arrival_solve() {
+  // Arrivals only (no departure at this instant). Re-solve a set S of flows on the capacity the
+  // others leave, the others keeping their rates, and accept the result only if it is the max-min
+  // allocation of all flows (Bertsekas & Gallager's conditions, within kSatTol): every flow of S
+  // froze at a saturated link where it is the fastest (progressive filling guarantees this among
+  // S; the others on that link are checked), and every other flow whose bottleneck link carries
+  // S traffic still has it (the link is still saturated and no flow of S is faster there). The
+  // others' links that S does not cross are unchanged. S starts as the new flows and the groups
+  // frozen at the links they cross; a violated condition adds the groups of the flows involved,
+  // and S is solved again. S is always whole groups, so solve keeps the links' groups. Gives up
+  // (the caller re-solves everything) when S would be over half of the active flows.
+  const std::uint32_t gs = ++stamp_;
+  if (grp_mark_.size() < groups_.size()) grp_mark_.resize(groups_.size(), 0);
+  if (lsmax_.size() < links_.size()) {
+    lsmax_.resize(links_.size(), 0);
+    lfz_.resize(links_.size(), 0);
+    lsb_.resize(links_.size(), 0);
+  }
+  std::vector<FlowIdx>& set = set_scratch_;
+  set.assign(arrived_.begin(), arrived_.end());
+  auto add_group = [&](std::uint32_t g) {
+    if (grp_mark_[g] == gs) return;
+    grp_mark_[g] = gs;
+    set.insert(set.end(), groups_[g].mem.begin(), groups_[g].mem.end());
+  };
+  auto add_link_groups = [&](LinkId l) {
+    if (link_ngroups_[l] == 0) return;
+    if (link_ngroups_[l] == 1 && link_group_[l] != kNone) {
+      add_group(link_group_[l]);
+      return;
+    }
+    for (FlowIdx h : link_flows_[l]) {
+      const Flow& hl = flows_[h];
+      if (hl.active_pos != kNone && hl.group != kNone && groups_[hl.group].link == l) add_group(hl.group);
+    }
+  };
+  auto in_set = [&](const Flow& h) { return h.group == kNone || grp_mark_[h.group] == gs; };
+  for (FlowIdx f : arrived_) {
+    const Flow& fl = flows_[f];
+    for (std::uint32_t k = 0; k < fl.sp_len; ++k) add_link_groups(solver_links_[fl.sp_begin + k]);
+  }
+  for (int round = 0;; ++round) {
+    if (2 * set.size() > active_.size() || round == 8) return false;
+    const std::uint32_t st = fill(set, false, false);
+    const std::size_t ns = set.size();
+    // Per link: the fastest flow of S, the rate S froze at there (-1: none), S flows that
+    // remembered it as their bottleneck.
+    for (LinkId l : touched_) {
+      lsmax_[l] = 0;
+      lfz_[l] = -1;
+      lsb_[l] = 0;
+    }
+    for (std::size_t i = 0; i < ns; ++i) {
+      const double r = new_num_[i] / new_den_[i];
+      for (std::uint32_t k = lbegin_[i]; k < lbegin_[i + 1]; ++k) lsmax_[lpath_[k]] = std::max(lsmax_[lpath_[k]], r);
+      lfz_[lbneck_[i]] = r;
+      const LinkId b = flows_[set[i]].bneck;
+      if (b != kNone && link_stamp_[b] == st) ++lsb_[b];
+    }
+    for (LinkId l : touched_) {
+      const auto& lf = link_flows_[l];
+      const bool others = lf.size() - link_dead_[l] > csr_fill_[l] - csr_begin_[l];
+      if (lfz_[l] >= 0) {
+        add_link_groups(l);  // a link where S froze keeps one group: its old one joins S
+        if (!others) continue;
+        const double hi = lfz_[l] * (1 + kSatTol);
+        for (FlowIdx h : lf) {
+          const Flow& hl = flows_[h];
+          if (hl.active_pos == kNone || in_set(hl)) continue;
+          if (hl.bneck == l || groups_[hl.group].rate > hi) add_group(hl.group);
+        }
+      } else if (bneck_count_[l] > lsb_[l]) {
+        const bool sat = links_[l].capacity - link_res_[l] >= links_[l].capacity * (1 - kSatTol);
+        for (FlowIdx h : lf) {
+          const Flow& hl = flows_[h];
+          if (hl.active_pos == kNone || in_set(hl) || hl.bneck != l) continue;
+          if (!sat || lsmax_[l] > groups_[hl.group].rate * (1 + kSatTol)) add_group(hl.group);
+        }
+      }
+    }
+    if (set.size() != ns) {  // S grew: solve again
+      ++stats_.arrival_regrows;
+      continue;
+    }
+    set.resize(ns);
+    commit(set, false, st);
+    stats_.flows_arrival += ns;
+    // commit() set max_rate_ to the fastest flow of S on each link; a saturated link may carry
+    // faster flows of the others (bottlenecked there, or tied within kSatTol).
+    for (LinkId l : touched_) {
+      if (!saturated_[l]) continue;
+      for (FlowIdx h : link_flows_[l]) {
+        const Flow& hl = flows_[h];
+        if (hl.active_pos == kNone || hl.group == kNone) continue;
+        max_rate_[l] = std::max(max_rate_[l], groups_[hl.group].rate);
+      }
+    }
+    return true;
+  }
+}
+
 void FlowNetwork::solve(const std::vector<FlowIdx>& set, bool full, bool gathered) {
+  commit(set, full, fill(set, full, gathered));
+}
+
+std::uint32_t FlowNetwork::fill(const std::vector<FlowIdx>& set, bool full, bool gathered) {
   const std::uint32_t st = ++stamp_;
   const auto ns = static_cast<std::uint32_t>(set.size());
-  stats_.flows_resolved += ns;
   touched_.clear();
-  if (full) {
-    std::fill(nm_max_.begin(), nm_max_.end(), std::numeric_limits<double>::infinity());  // unknown until scanned
-    std::fill(used_.begin(), used_.end(), 0.0);
-    std::fill(saturated_.begin(), saturated_.end(), 0);
-    std::fill(max_rate_.begin(), max_rate_.end(), 0.0);
-  }
   // Gather the paths and rates of the set into contiguous local arrays (local index i = position
   // in `set`), so that the passes below do not chase flow records scattered over memory.
   // (A caller may have gathered them already, from the groups' member lists.)
@@ -691,8 +817,6 @@ void FlowNetwork::solve(const std::vector<FlowIdx>& set, bool full, bool gathere
         touched_.push_back(l);
         link_cnt_[l] = 0;
         link_res_[l] = full ? links_[l].capacity : links_[l].capacity - used_[l];
-        max_rate_[l] = 0;
-        if (!full) nm_max_[l] = std::numeric_limits<double>::infinity();  // unknown: scan when needed
       }
       ++link_cnt_[l];
       if (!full) link_res_[l] += lrate_[i];
@@ -750,9 +874,29 @@ void FlowNetwork::solve(const std::vector<FlowIdx>& set, bool full, bool gathere
         const LinkId m = lpath_[j];
         link_res_[m] -= rate;
         --link_cnt_[m];
-        if (rate > max_rate_[m]) max_rate_[m] = rate;
       }
     }
+  }
+  return st;
+}
+
+void FlowNetwork::commit(const std::vector<FlowIdx>& set, bool full, std::uint32_t st) {
+  const auto ns = static_cast<std::uint32_t>(set.size());
+  stats_.flows_resolved += ns;
+  if (full) {
+    std::fill(nm_max_.begin(), nm_max_.end(), std::numeric_limits<double>::infinity());  // unknown until scanned
+    std::fill(used_.begin(), used_.end(), 0.0);
+    std::fill(saturated_.begin(), saturated_.end(), 0);
+    std::fill(max_rate_.begin(), max_rate_.end(), 0.0);
+  }
+  for (LinkId l : touched_) {
+    max_rate_[l] = 0;
+    if (!full) nm_max_[l] = std::numeric_limits<double>::infinity();  // unknown: scan when needed
+  }
+  for (std::uint32_t i = 0; i < ns; ++i) {  // largest rate of the set on each link
+    const double rate = new_num_[i] / new_den_[i];
+    for (std::uint32_t j = lbegin_[i]; j < lbegin_[i + 1]; ++j)
+      max_rate_[lpath_[j]] = std::max(max_rate_[lpath_[j]], rate);
   }
   for (LinkId l : touched_) {
     used_[l] = links_[l].capacity - link_res_[l];

@@ -115,15 +115,18 @@ struct FlowBatch {
 /// Counters for benchmarks and tests.
 struct FlowNetworkStats {
   std::uint64_t flows_started = 0;
-  std::uint64_t full_solves = 0;     ///< progressive filling over every active flow
-  std::uint64_t partial_solves = 0;  ///< over the flows at or above the threshold rho
-  std::uint64_t fast_solves = 0;     ///< departures solved by re-levelling the changed groups
-  std::uint64_t repairs = 0;         ///< in-place regroupings in fast solves (flows moved, groups created)
-  std::uint64_t skipped_solves = 0;  ///< departures that provably changed no rate
-  std::uint64_t flows_resolved = 0;  ///< sum of flow counts over all solves (+ re-levelled groups' members)
-  std::uint64_t flows_full = 0;      ///< of which in full solves (arrivals)
-  std::uint64_t flows_partial = 0;   ///< of which in partial solves (at or above rho)
-  std::uint64_t drain_events = 0;    ///< distinct drain instants
+  std::uint64_t full_solves = 0;      ///< progressive filling over every active flow
+  std::uint64_t partial_solves = 0;   ///< over the flows at or above the threshold rho
+  std::uint64_t fast_solves = 0;      ///< departures solved by re-levelling the changed groups
+  std::uint64_t repairs = 0;          ///< in-place regroupings in fast solves (flows moved, groups created)
+  std::uint64_t skipped_solves = 0;   ///< departures that provably changed no rate
+  std::uint64_t flows_resolved = 0;   ///< sum of flow counts over all solves (+ re-levelled groups' members)
+  std::uint64_t flows_full = 0;       ///< of which in full solves (arrivals)
+  std::uint64_t flows_partial = 0;    ///< of which in partial solves (at or above rho)
+  std::uint64_t arrival_solves = 0;   ///< arrivals solved locally (arrival_solve), not by a full solve
+  std::uint64_t flows_arrival = 0;    ///< flows in those local solves
+  std::uint64_t arrival_regrows = 0;  ///< times a local solve's set grew after a violated condition
+  std::uint64_t drain_events = 0;     ///< distinct drain instants
 };
 
 class FlowNetwork {
@@ -232,6 +235,12 @@ class FlowNetwork {
   void request_solve();
   void solve_event();
   void solve(const std::vector<FlowIdx>& set, bool full, bool gathered = false);
+  /// Progressive filling of `set` into solver scratch only (touched_, link_res_, csr_*,
+  /// new_num_/new_den_/lbneck_, freeze_order_); returns its link stamp. commit() then writes the
+  /// rates, groups and per-link state. solve() = commit(fill()).
+  std::uint32_t fill(const std::vector<FlowIdx>& set, bool full, bool gathered);
+  void commit(const std::vector<FlowIdx>& set, bool full, std::uint32_t st);
+  bool arrival_solve();
   void drain_event();
   void finish_flow(FlowIdx f, std::int64_t now_ps);
   std::uint32_t new_group(LinkId l);
@@ -329,6 +338,13 @@ class FlowNetwork {
   std::vector<LinkId> dom_by_;           ///< per dominated link: the smaller link all its flows cross
   std::vector<LinkId> prune_links_, opened_;
   std::vector<FlowIdx> repath_;
+  // arrival_solve scratch: per group, in the set being solved; per link, the fastest flow of the
+  // set, the rate the set froze at there (-1: none), the set's flows that remembered it as bottleneck
+  std::vector<std::uint32_t> grp_mark_;
+  std::vector<double> lsmax_, lfz_;
+  std::vector<std::uint32_t> lsb_;
+  std::vector<std::uint32_t> bfs_mark_;  ///< per link: reached by the partial solve's search
+  std::vector<LinkId> bfs_queue_;
   std::vector<FlowIdx> active_;
   std::vector<Batch> batches_;
 

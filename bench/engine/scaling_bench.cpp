@@ -9,7 +9,7 @@
 //
 // Usage:
 //   scaling_bench [--gpus 64,128,...] [--network analytical,flow] [--limit SECONDS]
-//                 [--micro-batches N] [--recompute]
+//                 [--micro-batches N] [--recompute] [--all-to-all direct|hierarchical]
 //   scaling_bench --scenario FILE [--set key=value ...] [--repeat N]
 //       phase split of one scenario (load, routing, graph, memory, topology, play, checks, report)
 #include <sys/resource.h>
@@ -50,6 +50,8 @@ std::vector<std::string> split(const std::string& s) {
   return out;
 }
 
+std::string g_all_to_all = "direct";  // execution.all_to_all of every point
+
 std::string scenario_yaml(int gpus, const std::string& network, int micro_batches, bool recompute) {
   const int pp = 16, dp = gpus / pp, ep = dp < 64 ? dp : 64;
   return fmt::format(R"(name: deepseek-v3-train-{gpus}
@@ -63,13 +65,14 @@ cluster:
 parallel: {{ dp: {dp}, tp: 1, ep: {ep}, pp: {pp}, micro_batches: {mb} }}
 workload: {{ mode: train, seq_len: 4096, global_batch: {gb}, recompute: {rc} }}
 routing: {{ sampling: counts, capacity_factor: none }}
-execution: {{ comm_sms: 20, dispatch_dtype: fp8 }}
+execution: {{ comm_sms: 20, dispatch_dtype: fp8, all_to_all: {a2a} }}
 network: {{ model: {net} }}
 seed: 5
 )",
                      fmt::arg("gpus", gpus), fmt::arg("nodes", gpus / 8), fmt::arg("dp", dp), fmt::arg("ep", ep),
                      fmt::arg("pp", pp), fmt::arg("mb", micro_batches), fmt::arg("gb", dp * micro_batches),
-                     fmt::arg("rc", recompute ? "true" : "false"), fmt::arg("net", network));
+                     fmt::arg("rc", recompute ? "true" : "false"), fmt::arg("net", network),
+                     fmt::arg("a2a", g_all_to_all));
 }
 
 /// One point in this process: prints one result line (without the RSS/CPU columns) to `out`.
@@ -89,12 +92,14 @@ void run_point(int gpus, const std::string& network, int micro_batches, bool rec
   if (std::getenv("MOESIM_NET_STATS") != nullptr) {
     const auto& st = r.net_stats;
     std::fprintf(stderr,
-                 "  flow network: %llu flows, %llu full / %llu partial / %llu fast solves, %llu skipped, %llu repairs, "
-                 "%llu flows re-solved (%llu in full, %llu in partial solves), %llu drain instants\n",
+                 "  flow network: %llu flows, %llu full / %llu arrival / %llu partial / %llu fast solves, %llu "
+                 "skipped, %llu repairs, "
+                 "%llu flows re-solved (%llu in full, %llu in arrival, %llu in partial solves), %llu drain instants\n",
                  static_cast<unsigned long long>(st.flows_started), static_cast<unsigned long long>(st.full_solves),
-                 static_cast<unsigned long long>(st.partial_solves), static_cast<unsigned long long>(st.fast_solves),
-                 static_cast<unsigned long long>(st.skipped_solves), static_cast<unsigned long long>(st.repairs),
-                 static_cast<unsigned long long>(st.flows_resolved), static_cast<unsigned long long>(st.flows_full),
+                 static_cast<unsigned long long>(st.arrival_solves), static_cast<unsigned long long>(st.partial_solves),
+                 static_cast<unsigned long long>(st.fast_solves), static_cast<unsigned long long>(st.skipped_solves),
+                 static_cast<unsigned long long>(st.repairs), static_cast<unsigned long long>(st.flows_resolved),
+                 static_cast<unsigned long long>(st.flows_full), static_cast<unsigned long long>(st.flows_arrival),
                  static_cast<unsigned long long>(st.flows_partial), static_cast<unsigned long long>(st.drain_events));
   }
   std::fflush(out);
@@ -104,9 +109,9 @@ int scaling(const std::vector<int>& gpus, const std::vector<std::string>& nets, 
             bool recompute) {
   std::printf(
       "DeepSeek-V3 training step, PP16 x DP(gpus/16), EP=min(64,DP), %d micro-batches x 1 seq of 4096 tokens per DP "
-      "rank%s, counts routing, dropless, fp8 dispatch; limit %d s CPU per point; phase columns route/graph/topo/play "
-      "are CPU seconds, wall_s is the whole point\n",
-      micro_batches, recompute ? ", full recompute" : "", limit_s);
+      "rank%s, counts routing, dropless, fp8 dispatch, %s all-to-all; limit %d s CPU per point; phase columns "
+      "route/graph/topo/play are CPU seconds, wall_s is the whole point\n",
+      micro_batches, recompute ? ", full recompute" : "", g_all_to_all.c_str(), limit_s);
   std::printf("%5s %-10s %-16s %8s %7s %7s %7s %7s %9s %7s %10s %9s %10s %8s %9s\n", "gpus", "network", "layout",
               "wall_s", "route", "graph", "topo", "play", "ops", "colls", "flows", "events", "step_ms", "cpu_s",
               "maxrss_MiB");
@@ -215,6 +220,8 @@ int main(int argc, char** argv) {
       mb = std::atoi(next().c_str());
     } else if (a == "--recompute") {
       recompute = true;
+    } else if (a == "--all-to-all") {
+      g_all_to_all = next();
     } else if (a == "--scenario") {
       scenario = next();
     } else if (a == "--set") {
@@ -224,7 +231,7 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: %s [--gpus 64,128,...] [--network analytical,flow] [--limit S] [--micro-batches N] "
-                   "[--recompute] | --scenario FILE [--set k=v ...] [--repeat N]\n",
+                   "[--recompute] [--all-to-all direct|hierarchical] | --scenario FILE [--set k=v ...] [--repeat N]\n",
                    argv[0]);
       return 2;
     }
