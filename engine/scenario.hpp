@@ -72,7 +72,9 @@ struct ExecutionSpec {
   /// scheme, DeepSeek-V3 report section 3.2.2). Hierarchical needs EP groups of whole nodes (or
   /// inside one node, where it is the direct exchange).
   std::string all_to_all = "direct";
-  std::string all_reduce = "ring";  ///< ring | tree (data-parallel gradient all-reduce)
+  /// All-reduce algorithm (tensor-parallel activations; data-parallel gradients when the
+  /// distributed optimizer is off): ring | tree (NCCL's two; see hardware/collectives.hpp).
+  std::string all_reduce = "ring";
 };
 
 struct Scenario {

@@ -256,3 +256,20 @@ TEST_CASE("hierarchical all-to-all: same payload, staged bytes sent twice, conse
     REQUIRE(b.exec.step_time != a.exec.step_time);
   }
 }
+
+TEST_CASE("execution.all_reduce picks the tensor-parallel all-reduce algorithm", "[simulate][all_reduce]") {
+  const std::string layout = "parallel: { dp: 2, tp: 2, ep: 2, pp: 2, micro_batches: 4 }\n";
+  const Scenario ring = small_train("", layout);
+  const Scenario tree = small_train("execution: { all_reduce: tree }\n", layout);
+  REQUIRE(tree.execution.all_reduce == "tree");
+  const StepReport a = simulate_step(ring, {});
+  const StepReport b = simulate_step(tree, {});
+  REQUIRE(a.payload_bytes == b.payload_bytes);
+  // Both move 2(n-1) x size in total (ring: 2(n-1) steps of size/n per rank; tree: size up and
+  // size down on each of its n-1 edges), but the ring takes 2(n-1) phases of n flows and the
+  // pipelined tree one phase of 2(n-1) flows: 4 flows against 2 per all-reduce for n = 2.
+  REQUIRE(b.bytes_sent == a.bytes_sent);
+  REQUIRE(b.flows < a.flows);
+  REQUIRE(b.bytes_sent == b.bytes_received);
+  REQUIRE(b.exec.step_time != a.exec.step_time);
+}
