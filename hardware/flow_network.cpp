@@ -299,16 +299,17 @@ bool FlowNetwork::fast_resolve() {
   // members cross, and re-level the groups there, until nothing changes (a group whose inputs
   // change after it was re-levelled is re-levelled again). Then check that the result is what
   // progressive filling would form: every touched group's link is saturated at the share of its
-  // current members, every member's other links that have a group are strictly faster, the other
-  // flows on a group's link are strictly slower, links without a group stay below capacity and are
-  // nobody's remembered bottleneck. These are Bertsekas & Gallager's bottleneck conditions, so a
-  // state that passes them is the max-min allocation, however it was reached. A violation is
-  // repaired in place, like
-  // a pivot: a flow that is not the fastest on its group's link (or is as fast as another link's
+  // current members, no member's other link that has a group is slower, no other flow on a group's
+  // link is faster, links without a group stay within capacity and are nobody's remembered
+  // bottleneck. These are Bertsekas & Gallager's bottleneck conditions, so a state that passes them
+  // is the max-min allocation, however it was reached. Slower and faster mean by more than kSatTol:
+  // ties are accepted (a tied flow is at its fair share on both links; full solves would break the
+  // tie by link id, for the same rates up to kSatTol). A violation is repaired in place, like a
+  // pivot: a flow that is faster than another flow on its group's link (or than another link's
   // group) moves to the group of the slowest link on its path, a link without a group that went
   // over capacity gets a new group (the flows above its water level), and re-levelling continues.
-  // Near-ties (kSatTol) count as failures. After kMaxRounds repair rounds, or on anything the
-  // repair does not handle, every change is undone and the caller re-solves from rho.
+  // After kMaxRounds repair rounds, or on anything the repair does not handle, every change is
+  // undone and the caller re-solves from rho.
   constexpr int kMaxRounds = 6;
   const std::int64_t now = sim_.now().ps();
   const std::uint32_t st = ++stamp_;
@@ -423,8 +424,8 @@ bool FlowNetwork::fast_resolve() {
     push(from);
     push(to);
   };
-  // The group of the slowest link on f's path, if it is slower than every other one by more than
-  // the tolerance (kNone on a near-tie: the filling's choice is then not certain).
+  // The group of the slowest link on f's path (the first on the path among exact ties; kNone if
+  // no link on its path has a group).
   auto slowest_group = [&](FlowIdx f) {
     const Flow& fl = flows_[f];
     std::uint32_t best = kNone;
@@ -438,9 +439,9 @@ bool FlowNetwork::fast_resolve() {
     }
     return best;
   };
-  // The flows on link l outside group g must be slower than `rate`. nm_max_[l] bounds their
-  // rates from above; only when it does not settle that are they scanned: each one not slower
-  // goes to `not_slower`, and the bound becomes exact (logged for undo).
+  // The flows on link l outside group g must not be faster than `rate` (beyond kSatTol). nm_max_[l]
+  // bounds their rates from above; only when it does not settle that are they scanned: each one
+  // that is faster goes to `not_slower`, and the bound becomes exact (logged for undo).
   const auto scan_others = [&](LinkId l, std::uint32_t g, double rate, auto&& not_slower) {
     if (nm_max_[l] <= rate * (1 + kSatTol)) return;
     double mx = 0;

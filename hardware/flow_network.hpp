@@ -33,8 +33,18 @@
 ///    another one on their path (which they then remember). If some flows lost all their bottlenecks, let rho be the
 ///    smallest of their rates: progressive filling on the new flow set performs the same steps as before below level
 ///    rho, so every flow whose rate is below rho keeps it, and only the flows at or above rho are re-solved, on the
-///    capacity the others leave. Results equal a full re-solve (up to floating-point rounding of the rates;
+///    capacity the others leave; of those, only the part connected to a freed link through links its flows share
+///    (found by a search from the freed links), since any other part sees the same residual capacities as before.
+///    Results equal a full re-solve (up to floating-point rounding of the rates;
 ///    `set_incremental(false)` forces full solves, and the tests compare the two).
+///  - Arrivals (arrival_solve): the new flows and the groups frozen at the links they cross are
+///    re-solved on the capacity the others leave, the others keeping their rates. The result is
+///    accepted if it is the max-min allocation of all flows: on each link where the set froze, no
+///    other flow is faster (within kSatTol) or bottlenecked there; on each other link the set
+///    crosses, the other flows bottlenecked there still are (saturated, none of the set faster).
+///    A violation adds the groups of the flows involved and the set is solved again; past half the
+///    active flows, everything is re-solved. Without this, every collective's start re-solved
+///    every active flow of the cluster (all pipeline stages).
 ///  - Rate groups: the flows one link freezes in one solve share one rate, so rates, service and
 ///    drain times are kept per group. A group has a service counter (bytes sent per member since
 ///    it formed); a member finishes when the counter reaches its key (counter at joining + its
@@ -53,17 +63,21 @@
 ///    group are strictly faster, the other flows on a group's link are strictly slower (checked
 ///    when its rate fell; a per-link upper bound on non-member rates, nm_max_, usually settles it
 ///    without a scan), links without a group stay below capacity and no flow remembers one of them
-///    as its bottleneck, and no flow remembers a bottleneck other than its group's link.
+///    as its bottleneck, and no flow remembers a bottleneck other than its group's link. "Faster"
+///    and "slower" are by more than kSatTol: ties are accepted (symmetric all-to-alls are full of
+///    them), and members that remember another link as their bottleneck (a tie found when a
+///    departure freed their link) move to that link's group first.
 ///    Violations are repaired in place, like a pivot: a flow moves to the slowest group on its
 ///    path, an over-full link without a group gets a new group (the flows above its water level),
 ///    and re-levelling continues (moves are tried eagerly while re-levelling, then in up to 6
-///    rounds). Near-ties (kSatTol) count as failures. On failure every change (rates, used,
+///    rounds). On failure every change (rates, used,
 ///    moves, new groups, bounds) is undone and the flows at or above rho are re-solved as above.
 ///    Accepted results equal a full re-solve up to floating-point rounding (used bandwidth is
 ///    updated by differences); the tests compare with full re-solves and check that every path runs.
-///  - Dominated links are left out of the solver's paths (prune_paths, at each arrival): a link
-///    whose flows all cross one link of strictly smaller capacity never freezes a flow, so this
-///    changes no rate, not even in the last bit. Example: a GPU's PCIe link to its NIC.
+///  - Dominated links are left out of the solver's paths (prune_paths, at each arrival, looking
+///    only at the links the new flows cross): a link whose flows all cross one link of strictly
+///    smaller capacity never freezes a flow, so this changes no rate, not even in the last bit.
+///    Example: a GPU's PCIe link to its NIC.
 ///  - One simulation event at a time stands for the earliest group drain; same-picosecond drains
 ///    are processed together. Heaps use lazy deletion and are compacted in one pass when stale
 ///    entries dominate.
