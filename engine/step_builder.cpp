@@ -122,7 +122,6 @@ class Builder {
   void route_all() {
     const int M = mb_.micro_batches;
     const int S = lay_.stage_size();
-    const int G = lay_.ep_groups_per_stage();
     const int ep = lay_.ep;
     slices_.resize(static_cast<std::size_t>(m_.num_layers()));
     moe_index_.assign(static_cast<std::size_t>(m_.num_layers()), -1);
@@ -131,10 +130,31 @@ class Builder {
     if (spec.distribution == models::Distribution::kTrace)
       trace = models::load_routing_trace(spec.trace_file, m_, spec.top_k);
     const std::vector<int> moe_layers = m_.moe_layer_indices();
-    std::vector<models::LayerRouting> routed = route_layers(spec, moe_layers, M * S, ep, trace ? &*trace : nullptr);
-    for (std::size_t li = 0; li < moe_layers.size(); ++li) {
-      const int l = moe_layers[li];
-      models::LayerRouting lr = std::move(routed[li]);
+    // Layers are routed a few per thread at a time and turned into EP slices at once: a layer's
+    // raw routing (per group, per expert counts) is far larger than its slices, and holding every
+    // layer's at once cost 1 GB at 2,048 GPUs. The share caches live across chunks.
+    const std::size_t threads =
+        std::min<std::size_t>(static_cast<std::size_t>(std::max(1, o_.routing_threads)), moe_layers.size());
+    std::vector<models::InclusionShareCache> caches(std::max<std::size_t>(threads, 1));
+    const std::size_t chunk = 4 * std::max<std::size_t>(threads, 1);
+    for (std::size_t c0 = 0; c0 < moe_layers.size(); c0 += chunk) {
+      const std::vector<int> part(
+          moe_layers.begin() + static_cast<std::ptrdiff_t>(c0),
+          moe_layers.begin() + static_cast<std::ptrdiff_t>(std::min(c0 + chunk, moe_layers.size())));
+      std::vector<models::LayerRouting> routed = route_layers(spec, part, M * S, ep, trace ? &*trace : nullptr, caches);
+      for (std::size_t li = 0; li < part.size(); ++li) add_layer(part[li], std::move(routed[li]));
+    }
+  }
+
+  /// Turns one MoE layer's routing into its report and its EP slices (dispatch/combine byte
+  /// matrices and per-rank expert rows, per micro-batch and EP group).
+  void add_layer(int l, models::LayerRouting lr) {
+    const int M = mb_.micro_batches;
+    const int S = lay_.stage_size();
+    const int G = lay_.ep_groups_per_stage();
+    const int ep = lay_.ep;
+    const models::RoutingSpec& spec = s_.routing;
+    {
       MoeLayerReport rep;
       rep.layer = l;
       rep.stage = stage_of(l);
@@ -198,12 +218,13 @@ class Builder {
   /// results do not depend on the thread count or on which thread routed which layer. The first
   /// exception (in layer order) is rethrown.
   std::vector<models::LayerRouting> route_layers(const models::RoutingSpec& spec, const std::vector<int>& layers,
-                                                 int groups, int ep, const models::RoutingTrace* trace) const {
+                                                 int groups, int ep, const models::RoutingTrace* trace,
+                                                 std::vector<models::InclusionShareCache>& caches) const {
     std::vector<models::LayerRouting> out(layers.size());
     std::vector<std::exception_ptr> errors(layers.size());
     std::atomic<std::size_t> next{0};
-    const auto worker = [&] {
-      models::InclusionShareCache share_cache;  // counts mode: one shape pilot per thread
+    const auto worker = [&](std::size_t t) {
+      models::InclusionShareCache& share_cache = caches[t];  // counts mode: one shape pilot per thread
       for (std::size_t i = next++; i < layers.size(); i = next++) {
         try {
           models::RouteRequest req;
@@ -220,14 +241,13 @@ class Builder {
         }
       }
     };
-    const std::size_t threads =
-        std::min<std::size_t>(static_cast<std::size_t>(std::max(1, o_.routing_threads)), layers.size());
+    const std::size_t threads = std::min<std::size_t>(caches.size(), layers.size());
     if (threads <= 1) {
-      worker();
+      worker(0);
     } else {
       std::vector<std::thread> pool;
-      for (std::size_t t = 1; t < threads; ++t) pool.emplace_back(worker);
-      worker();
+      for (std::size_t t = 1; t < threads; ++t) pool.emplace_back(worker, t);
+      worker(0);
       for (auto& th : pool) th.join();
     }
     for (const auto& e : errors)
