@@ -189,6 +189,12 @@ ExecutionSpec parse_execution(const Node& n, const std::string& scenario_file) {
   e.dispatch_dtype = n.opt_choice("dispatch_dtype", {"bf16", "fp8"}, "bf16");
   e.profile = n.opt_string("profile", "");
   e.all_to_all = n.opt_choice("all_to_all", {"direct", "hierarchical"}, "direct");
+  e.all_to_all_chunks = static_cast<int>(n.opt_int("all_to_all_chunks", 1, Range::between(1, 64)));
+  if (e.all_to_all_chunks > 1 && e.all_to_all != "hierarchical")
+    n.error_at("all_to_all_chunks",
+               fmt::format("all_to_all_chunks={} pipelines the phases of the hierarchical all-to-all; set "
+                           "all_to_all: hierarchical (the direct exchange has one phase)",
+                           e.all_to_all_chunks));
   e.all_reduce = n.opt_choice("all_reduce", {"ring", "tree"}, "ring");
   if (!e.profile.empty() && std::filesystem::path(e.profile).is_relative() && !scenario_file.empty()) {
     // Profiles named relative to the repository root are the common case (hardware/profiles/).

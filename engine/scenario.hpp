@@ -72,6 +72,9 @@ struct ExecutionSpec {
   /// scheme, DeepSeek-V3 report section 3.2.2). Hierarchical needs EP groups of whole nodes (or
   /// inside one node, where it is the direct exchange).
   std::string all_to_all = "direct";
+  /// Hierarchical only: pipelining degree of its NVLink and rail phases (DeepEP overlaps them);
+  /// 1 = the phases back to back. See hw::plan_all_to_allv.
+  int all_to_all_chunks = 1;
   /// All-reduce algorithm (tensor-parallel activations; data-parallel gradients when the
   /// distributed optimizer is off): ring | tree (NCCL's two; see hardware/collectives.hpp).
   std::string all_reduce = "ring";

@@ -124,14 +124,15 @@ SimTime CostModelCosts::elementwise(double bytes) const {
 // ---------------------------------------------------------------------------------------------
 
 hw::CollectivePlan plan_collective(const hw::Topology& topo, const CollectiveRequest& r, hw::CollectiveAlgo a2a_algo,
-                                   hw::CollectiveAlgo all_reduce_algo) {
+                                   hw::CollectiveAlgo all_reduce_algo, int a2a_chunks) {
   switch (r.kind) {
     case CollectiveKind::kAllToAllV: {
       const int g = r.group_size();
       hw::ByteMatrix m(g);
       for (int i = 0; i < g; ++i)
         for (int j = 0; j < g; ++j) m.at(i, j) = i == j ? 0.0 : r.at(i, j);  // the diagonal is a local copy
-      return hw::plan_all_to_allv(topo, r.gpus, m, a2a_algo);
+      return hw::plan_all_to_allv(topo, r.gpus, m, a2a_algo,
+                                  a2a_algo == hw::CollectiveAlgo::kHierarchical ? a2a_chunks : 1);
     }
     case CollectiveKind::kAllReduce:
       return hw::plan_all_reduce(topo, r.gpus, r.bytes, all_reduce_algo);
@@ -147,7 +148,7 @@ hw::CollectivePlan plan_collective(const hw::Topology& topo, const CollectiveReq
 
 NetworkCommBackend::NetworkCommBackend(sim::Simulation& s, const hw::Topology& topo, hw::FlowNetwork* net,
                                        const std::vector<CollectiveRequest>& reqs, hw::CollectiveOptions opts,
-                                       hw::CollectiveAlgo a2a_algo, hw::CollectiveAlgo all_reduce_algo)
+                                       hw::CollectiveAlgo a2a_algo, hw::CollectiveAlgo all_reduce_algo, int a2a_chunks)
     : sim_(s),
       topo_(topo),
       net_(net),
@@ -155,12 +156,13 @@ NetworkCommBackend::NetworkCommBackend(sim::Simulation& s, const hw::Topology& t
       opts_(opts),
       a2a_algo_(a2a_algo),
       all_reduce_algo_(all_reduce_algo),
+      a2a_chunks_(a2a_chunks),
       sent_(reqs.size(), 0.0),
       received_(reqs.size(), 0.0) {}
 
 void NetworkCommBackend::start(std::uint32_t idx, sim::Callback done) {
   const CollectiveRequest& r = reqs_.at(idx);
-  hw::CollectivePlan plan = plan_collective(topo_, r, a2a_algo_, all_reduce_algo_);
+  hw::CollectivePlan plan = plan_collective(topo_, r, a2a_algo_, all_reduce_algo_, a2a_chunks_);
   for (const auto& phase : plan.phases) flows_ += phase.bytes.size();
   if (!net_) {
     for (const auto& phase : plan.phases)
@@ -324,7 +326,8 @@ StepReport simulate_step(const Scenario& s, const SimulateOptions& opts) {
   NetworkCommBackend backend(
       simulation, topo, s.network.model == NetworkModel::kAnalytical ? nullptr : &net, rep.built.collectives, copts,
       s.execution.all_to_all == "hierarchical" ? hw::CollectiveAlgo::kHierarchical : hw::CollectiveAlgo::kDirect,
-      s.execution.all_reduce == "tree" ? hw::CollectiveAlgo::kTree : hw::CollectiveAlgo::kRing);
+      s.execution.all_reduce == "tree" ? hw::CollectiveAlgo::kTree : hw::CollectiveAlgo::kRing,
+      s.execution.all_to_all_chunks);
 
   std::optional<sim::TraceWriter> trace;
   if (!opts.trace_file.empty()) trace.emplace(opts.trace_file);

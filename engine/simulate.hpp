@@ -69,7 +69,7 @@ struct StepReport {
 /// all-to-allv (direct | hierarchical), `all_reduce_algo` to all-reduce (ring | tree).
 hw::CollectivePlan plan_collective(const hw::Topology& topo, const CollectiveRequest& r,
                                    hw::CollectiveAlgo a2a_algo = hw::CollectiveAlgo::kDirect,
-                                   hw::CollectiveAlgo all_reduce_algo = hw::CollectiveAlgo::kRing);
+                                   hw::CollectiveAlgo all_reduce_algo = hw::CollectiveAlgo::kRing, int a2a_chunks = 1);
 
 /// The step's collectives on the cluster network: each request is planned (plan_collective) and
 /// its phases run back to back, on the shared flow network (`net`, where concurrent collectives
@@ -80,7 +80,7 @@ class NetworkCommBackend : public CommBackend {
   NetworkCommBackend(sim::Simulation& s, const hw::Topology& topo, hw::FlowNetwork* net,
                      const std::vector<CollectiveRequest>& reqs, hw::CollectiveOptions opts,
                      hw::CollectiveAlgo a2a_algo = hw::CollectiveAlgo::kDirect,
-                     hw::CollectiveAlgo all_reduce_algo = hw::CollectiveAlgo::kRing);
+                     hw::CollectiveAlgo all_reduce_algo = hw::CollectiveAlgo::kRing, int a2a_chunks = 1);
   void start(std::uint32_t collective_index, sim::Callback done) override;
   std::uint64_t flows() const { return flows_; }
   /// Bytes injected / delivered by the network, per collective index.
@@ -103,6 +103,7 @@ class NetworkCommBackend : public CommBackend {
   const std::vector<CollectiveRequest>& reqs_;
   hw::CollectiveOptions opts_;
   hw::CollectiveAlgo a2a_algo_, all_reduce_algo_;
+  int a2a_chunks_;
   std::vector<Run> runs_;  // collectives in flight (slots reused)
   std::vector<std::uint32_t> free_;
   std::uint64_t flows_ = 0;

@@ -81,7 +81,10 @@ std::vector<int> all_gpus(const Topology& topo) {
 }
 
 CollectivePlan plan_all_to_allv(const Topology& topo, const std::vector<int>& group, const ByteMatrix& m,
-                                CollectiveAlgo algo) {
+                                CollectiveAlgo algo, int chunks) {
+  if (chunks < 1) throw std::invalid_argument("all_to_allv: chunks must be >= 1");
+  if (chunks > 1 && algo != CollectiveAlgo::kHierarchical)
+    throw std::invalid_argument("all_to_allv: chunks > 1 needs the hierarchical algorithm");
   check_group(topo, group);
   const int n = static_cast<int>(group.size());
   if (m.n != n || m.bytes.size() != static_cast<std::size_t>(n) * n)
@@ -143,8 +146,23 @@ CollectivePlan plan_all_to_allv(const Topology& topo, const std::vector<int>& gr
         for (int i = 0; i < gpn; ++i) bytes += m.at(rank(a, i), rank(b, j));
         add_flow(topo, p2, a * gpn + j, b * gpn + j, bytes, scratch);
       }
-  p.phases.push_back(std::move(p1));
-  p.phases.push_back(std::move(p2));
+  if (chunks == 1) {
+    p.phases.push_back(std::move(p1));
+    p.phases.push_back(std::move(p2));
+    return p;
+  }
+  // Pipelined: phase c = NVLink part c + rail part c - 1.
+  const auto append = [&](FlowBatch& dst, const FlowBatch& src) {
+    for (std::size_t f = 0; f < src.size(); ++f)
+      dst.add(std::span<const LinkId>(src.links.data() + src.offsets[f], src.offsets[f + 1] - src.offsets[f]),
+              src.bytes[f] / chunks);
+  };
+  for (int c = 0; c <= chunks; ++c) {
+    FlowBatch b;
+    if (c < chunks) append(b, p1);
+    if (c > 0) append(b, p2);
+    p.phases.push_back(std::move(b));
+  }
   return p;
 }
 

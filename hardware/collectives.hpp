@@ -83,8 +83,12 @@ struct CollectivePlan {
 /// Builds the phases. `group` lists global GPU ids (rank r is group[r]). Throws
 /// std::invalid_argument for inconsistent sizes (matrix not n x n, hierarchical on a group
 /// that is not made of whole nodes with the same GPU count...).
+/// `chunks` > 1 (hierarchical only) pipelines the two phases the way DeepEP overlaps NVLink
+/// forwarding with RDMA: every transfer is cut into `chunks` equal parts, and phase c carries
+/// NVLink part c together with rail part c - 1 (chunks + 1 phases, each waiting for the one
+/// before). chunks = 1 is the unpipelined plan.
 CollectivePlan plan_all_to_allv(const Topology& topo, const std::vector<int>& group, const ByteMatrix& m,
-                                CollectiveAlgo algo);
+                                CollectiveAlgo algo, int chunks = 1);
 CollectivePlan plan_all_reduce(const Topology& topo, const std::vector<int>& group, double bytes, CollectiveAlgo algo);
 CollectivePlan plan_all_gather(const Topology& topo, const std::vector<int>& group, double bytes);
 CollectivePlan plan_reduce_scatter(const Topology& topo, const std::vector<int>& group, double bytes);

@@ -78,6 +78,33 @@ TEST_CASE("hierarchical all-to-all on 2x8: NVLink gather then one exchange per r
   CHECK(r.time == duration_for(14 * kMiB, 450e9) + 1_us + duration_for(8 * kMiB, 50e9) + 2_us);
 }
 
+TEST_CASE("pipelined hierarchical all-to-all on 2x8: NVLink part c overlaps rail part c-1") {
+  const Topology topo = build_topology(cluster(2, InterFabric::kRailFatTree));
+  const ByteMatrix m(16, kMiB);
+  const int K = 4;
+  const auto plan = plan_all_to_allv(topo, all_gpus(topo), m, CollectiveAlgo::kHierarchical, K);
+  REQUIRE(plan.phases.size() == K + 1);
+  // The same bytes as the unpipelined plan, in quarters.
+  const auto whole = plan_all_to_allv(topo, all_gpus(topo), m, CollectiveAlgo::kHierarchical);
+  double a = 0, b = 0;
+  for (const auto& ph : plan.phases)
+    for (double x : ph.bytes) a += x;
+  for (const auto& ph : whole.phases)
+    for (double x : ph.bytes) b += x;
+  CHECK(a == Approx(b).epsilon(1e-12));
+  const auto r = run_collective(topo, plan);
+  // NVLink part: 14/4 MiB per GPU port (t1); rail part: 8/4 MiB per NIC (t2). They use disjoint
+  // links, so a middle phase takes max(t1, t2) = t2: total t1 + (K-1) t2 + t2.
+  const SimTime t1 = duration_for(14 * kMiB / K, 450e9) + 1_us;
+  const SimTime t2 = duration_for(8 * kMiB / K, 50e9) + 2_us;
+  CHECK(r.time == t1 + t2 * K);
+  // Shorter than the phases back to back, although every chunk pays the latencies again.
+  const auto r1 = run_collective(topo, whole);
+  CHECK(r.time < r1.time);
+  // Chunks need the hierarchical algorithm.
+  CHECK_THROWS_AS(plan_all_to_allv(topo, all_gpus(topo), m, CollectiveAlgo::kDirect, 2), std::invalid_argument);
+}
+
 TEST_CASE("ring all-reduce, all-gather and reduce-scatter on one NVSwitch node") {
   const Topology topo = build_topology(cluster(1, InterFabric::kSingleSwitch));
   const double S = 64 * kMiB;
