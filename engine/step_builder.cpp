@@ -130,13 +130,18 @@ class Builder {
     if (spec.distribution == models::Distribution::kTrace)
       trace = models::load_routing_trace(spec.trace_file, m_, spec.top_k);
     const std::vector<int> moe_layers = m_.moe_layer_indices();
-    // Layers are routed a few per thread at a time and turned into EP slices at once: a layer's
-    // raw routing (per group, per expert counts) is far larger than its slices, and holding every
-    // layer's at once cost 1 GB at 2,048 GPUs. The share caches live across chunks.
+    // Layers are routed a chunk at a time and each turned into EP slices at once: a layer's raw
+    // routing (five per-expert counts per routing group) is far larger than its slices, and
+    // holding every layer's at once cost 1 GB at 2,048 GPUs. A chunk holds about 2M group-expert
+    // entries (~80 MB) and at least one layer per thread; small steps route all layers in one go
+    // (each call starts the threads again). The share caches live across chunks.
     const std::size_t threads =
         std::min<std::size_t>(static_cast<std::size_t>(std::max(1, o_.routing_threads)), moe_layers.size());
     std::vector<models::InclusionShareCache> caches(std::max<std::size_t>(threads, 1));
-    const std::size_t chunk = 4 * std::max<std::size_t>(threads, 1);
+    const std::size_t per_layer =
+        static_cast<std::size_t>(M) * static_cast<std::size_t>(S) * static_cast<std::size_t>(std::max(1, m_.experts));
+    const std::size_t chunk =
+        std::max<std::size_t>(std::max<std::size_t>(threads, 1), (std::size_t{1} << 21) / per_layer);
     for (std::size_t c0 = 0; c0 < moe_layers.size(); c0 += chunk) {
       const std::vector<int> part(
           moe_layers.begin() + static_cast<std::ptrdiff_t>(c0),
