@@ -110,9 +110,11 @@ void run_collective(const Scenario& s, const hw::Topology& topo, nlohmann::order
       req.kind = CollectiveKind::kSendRecv;
       break;
   }
+  // One `algorithm` key serves both: all-to-all reads direct | hierarchical, all-reduce ring | tree.
+  const bool a2a = req.kind == CollectiveKind::kAllToAllV;
   const hw::CollectivePlan plan = plan_collective(
-      topo, req, c.algorithm == "hierarchical" ? hw::CollectiveAlgo::kHierarchical : hw::CollectiveAlgo::kDirect,
-      c.algorithm == "tree" ? hw::CollectiveAlgo::kTree : hw::CollectiveAlgo::kRing);
+      topo, req, a2a ? hw::collective_algo(c.algorithm) : hw::CollectiveAlgo::kDirect,
+      req.kind == CollectiveKind::kAllReduce ? hw::collective_algo(c.algorithm) : hw::CollectiveAlgo::kRing);
   hw::CollectiveOptions opts;
   opts.launch_overhead = s.cluster.gpu.kernel_launch_overhead;
   const auto model = s.network.model == NetworkModel::kFlow ? hw::NetworkModel::kFlow : hw::NetworkModel::kAnalytical;

@@ -323,11 +323,9 @@ StepReport simulate_step(const Scenario& s, const SimulateOptions& opts) {
   topo.install(net);
   hw::CollectiveOptions copts;
   copts.launch_overhead = s.cluster.gpu.kernel_launch_overhead;
-  NetworkCommBackend backend(
-      simulation, topo, s.network.model == NetworkModel::kAnalytical ? nullptr : &net, rep.built.collectives, copts,
-      s.execution.all_to_all == "hierarchical" ? hw::CollectiveAlgo::kHierarchical : hw::CollectiveAlgo::kDirect,
-      s.execution.all_reduce == "tree" ? hw::CollectiveAlgo::kTree : hw::CollectiveAlgo::kRing,
-      s.execution.all_to_all_chunks);
+  NetworkCommBackend backend(simulation, topo, s.network.model == NetworkModel::kAnalytical ? nullptr : &net,
+                             rep.built.collectives, copts, hw::collective_algo(s.execution.all_to_all),
+                             hw::collective_algo(s.execution.all_reduce), s.execution.all_to_all_chunks);
 
   std::optional<sim::TraceWriter> trace;
   if (!opts.trace_file.empty()) trace.emplace(opts.trace_file);

@@ -43,6 +43,14 @@ CollectivePlan ring_plan(const Topology& topo, const std::vector<int>& group, Co
 }
 }  // namespace
 
+CollectiveAlgo collective_algo(const std::string& name) {
+  if (name == "direct") return CollectiveAlgo::kDirect;
+  if (name == "hierarchical") return CollectiveAlgo::kHierarchical;
+  if (name == "ring") return CollectiveAlgo::kRing;
+  if (name == "tree") return CollectiveAlgo::kTree;
+  throw std::invalid_argument("unknown collective algorithm '" + name + "'");
+}
+
 std::string to_string(CollectiveKind k) {
   switch (k) {
     case CollectiveKind::kAllToAllv:

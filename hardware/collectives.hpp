@@ -69,6 +69,9 @@ struct CollectiveResult {
 };
 
 std::string to_string(CollectiveKind k);
+/// The algorithm a scenario names: "direct", "hierarchical", "ring" or "tree" (the scenario
+/// reader has checked the name; anything else throws std::invalid_argument).
+CollectiveAlgo collective_algo(const std::string& name);
 /// nccl-tests bus-bandwidth factor for n ranks.
 double busbw_factor(CollectiveKind k, int n);
 
