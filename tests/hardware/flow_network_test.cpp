@@ -130,9 +130,9 @@ TEST_CASE("crossing traffic in a two-level fat tree") {
 #include "sim/rng.hpp"
 
 namespace {
-/// Runs one skewed all-to-allv among 4 nodes x 8 GPUs (NVSwitch + rail fat tree with two
-/// 2-node leaves per rail, so spine ECMP collisions happen) and returns every flow's completion.
-std::vector<SimTime> skewed_completions(bool incremental, std::uint64_t seed, hw::FlowNetworkStats* stats = nullptr) {
+/// 4 nodes x 8 GPUs: NVSwitch + rail fat tree with two 2-node leaves per rail and 2 spines, so
+/// spine ECMP collisions couple the rails.
+hw::ClusterSpec coupled_rails() {
   hw::ClusterSpec c;
   c.gpu.pcie_bandwidth = 64e9;
   c.nodes = 4;
@@ -147,7 +147,13 @@ std::vector<SimTime> skewed_completions(bool incremental, std::uint64_t seed, hw
   c.inter.latency = 2_us;
   c.inter.leaf_down_ports = 2;
   c.inter.spines = 2;
-  const hw::Topology topo = hw::build_topology(c);
+  return c;
+}
+
+/// Runs one skewed all-to-allv among 4 nodes x 8 GPUs (NVSwitch + rail fat tree with two
+/// 2-node leaves per rail, so spine ECMP collisions happen) and returns every flow's completion.
+std::vector<SimTime> skewed_completions(bool incremental, std::uint64_t seed, hw::FlowNetworkStats* stats = nullptr) {
+  const hw::Topology topo = hw::build_topology(coupled_rails());
   sim::Simulation s;
   FlowNetwork net(s);
   topo.install(net);
@@ -236,24 +242,10 @@ TEST_CASE("incremental re-solves match a full re-solve at every event on a skewe
 }
 
 namespace {
-/// Collectives that start one after another into a loaded rail fat tree (2-node leaves, 2 spines,
-/// so ECMP collisions couple the rails): each start is an arrival while other flows run.
+/// Collectives that start one after another into a loaded coupled_rails() cluster: each start
+/// is an arrival while other flows run.
 std::vector<SimTime> staggered_completions(bool incremental, std::uint64_t seed, hw::FlowNetworkStats* stats) {
-  hw::ClusterSpec c;
-  c.gpu.pcie_bandwidth = 64e9;
-  c.nodes = 4;
-  c.gpus_per_node = 8;
-  c.intra.fabric = hw::IntraFabric::kNvswitch;
-  c.intra.bandwidth = 450e9;
-  c.intra.latency = 1_us;
-  c.inter.fabric = hw::InterFabric::kRailFatTree;
-  c.inter.nic_bandwidth = 50e9;
-  c.inter.efficiency = 0.97;
-  c.inter.nics_per_node = 8;
-  c.inter.latency = 2_us;
-  c.inter.leaf_down_ports = 2;
-  c.inter.spines = 2;
-  const hw::Topology topo = hw::build_topology(c);
+  const hw::Topology topo = hw::build_topology(coupled_rails());
   sim::Simulation s;
   FlowNetwork net(s);
   topo.install(net);
