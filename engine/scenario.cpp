@@ -169,6 +169,23 @@ WorkloadSpec parse_workload(const Node& n) {
     return w;
   }
   n.finish();
+  // Token and KV-entry counts per step are products of two counts; keep them (and every byte
+  // count derived from them) far from int64 overflow.
+  auto product_limit = [&](std::int64_t a, std::int64_t b, const char* key_b, const char* what) {
+    if (a > 0 && b > kMaxCount / a) {
+      n.error_at(key_b, fmt::format("{} x {} = {:.3g} {} per step is more than the {} allowed", a, b,
+                                    static_cast<double>(a) * static_cast<double>(b), what, kMaxCount));
+      return true;
+    }
+    return false;
+  };
+  if (w.mode == WorkloadMode::kTrain || w.mode == WorkloadMode::kRouting) {
+    if (product_limit(w.global_batch, w.seq_len, "seq_len", "tokens")) w.seq_len = 1;
+  } else if (w.mode == WorkloadMode::kPrefill) {
+    if (product_limit(w.batch, w.prompt_len, "prompt_len", "tokens")) w.prompt_len = 1;
+  } else if (w.mode == WorkloadMode::kDecode) {
+    if (product_limit(w.batch, w.context_len, "context_len", "KV-cache entries")) w.context_len = 1;
+  }
   return w;
 }
 

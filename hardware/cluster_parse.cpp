@@ -44,13 +44,18 @@ ClusterSpec parse_cluster(const config::Node& c, const GpuCatalog& catalog) {
     s.gpu = parse_gpu_spec(gpu.opt_string("name", "custom"), gpu);
   }
 
-  s.nodes = static_cast<int>(c.req_int("nodes", Range::at_least(1)));
-  s.gpus_per_node = static_cast<int>(c.req_int("gpus_per_node", Range::at_least(1)));
-  if (c.has("gpus")) {
+  s.nodes = static_cast<int>(c.req_int("nodes", Range::between(1, kMaxNodes)));
+  s.gpus_per_node = static_cast<int>(c.req_int("gpus_per_node", Range::between(1, kMaxGpusPerNode)));
+  if (static_cast<std::int64_t>(s.nodes) * s.gpus_per_node > kMaxClusterGpus) {
+    c.error_at("nodes",
+               fmt::format("nodes x gpus_per_node = {} x {} = {} GPUs is more than the {} a cluster may have", s.nodes,
+                           s.gpus_per_node, static_cast<std::int64_t>(s.nodes) * s.gpus_per_node, kMaxClusterGpus));
+    s.nodes = 1;  // later checks see a small cluster; the scenario is rejected anyway
+  } else if (c.has("gpus")) {
     const auto total = c.child("gpus").as_int(Range::at_least(1));
     if (total != static_cast<std::int64_t>(s.nodes) * s.gpus_per_node)
       c.error_at("gpus", fmt::format("{} GPUs does not match nodes x gpus_per_node = {} x {} = {}", total, s.nodes,
-                                     s.gpus_per_node, s.nodes * s.gpus_per_node));
+                                     s.gpus_per_node, s.total_gpus()));
   }
 
   // Intra-node fabric. Defaults: NVSwitch at the GPU's NVLink bandwidth.
@@ -101,8 +106,8 @@ ClusterSpec parse_cluster(const config::Node& c, const GpuCatalog& catalog) {
         inter.error_at("nics_per_node", fmt::format("{} NICs per node do not divide {} GPUs per node evenly",
                                                     s.inter.nics_per_node, s.gpus_per_node));
       s.inter.oversubscription = inter.opt_double("oversubscription", 1.0, Range::at_least(1.0));
-      s.inter.leaf_down_ports = static_cast<int>(inter.opt_int("leaf_down_ports", 32, Range::at_least(1)));
-      s.inter.spines = static_cast<int>(inter.opt_int("spines", 0, Range::at_least(0)));
+      s.inter.leaf_down_ports = static_cast<int>(inter.opt_int("leaf_down_ports", 32, Range::between(1, 65536)));
+      s.inter.spines = static_cast<int>(inter.opt_int("spines", 0, Range::between(0, 65536)));
       if (auto v = inter.opt_bandwidth("pcie_bandwidth")) s.inter.pcie_bandwidth = v->bytes_per_s;
     }
     s.inter.latency = inter.opt_time("latency", s.inter.latency);

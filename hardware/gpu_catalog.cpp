@@ -51,7 +51,7 @@ GpuSpec parse_gpu_spec(const std::string& name, const config::Node& n) {
   }
   g.hbm_bytes = n.req_bytes("hbm_capacity").value;
   g.hbm_bandwidth = n.req_bandwidth("hbm_bandwidth").bytes_per_s;
-  g.sm_count = static_cast<int>(n.req_int("sm_count", Range::at_least(1)));
+  g.sm_count = static_cast<int>(n.req_int("sm_count", Range::between(1, 1 << 20)));
   g.l2_bytes = n.req_bytes("l2_cache").value;
   if (auto v = n.opt_bandwidth("nvlink_bandwidth")) g.nvlink_bandwidth = v->bytes_per_s;
   const config::Node pcie = n.child("pcie");

@@ -40,6 +40,7 @@ LinkId Topology::add_link(int from, int to, double bandwidth, sim::SimTime laten
   link_bw_.push_back(bandwidth);
   link_lat_.push_back(latency);
   dist_cache_.clear();
+  dist_cache_bytes_ = 0;
   out_links_.clear();
   return id;
 }
@@ -64,46 +65,65 @@ void Topology::install(FlowNetwork& net) const {
   for (std::size_t l = 0; l < link_src_.size(); ++l) net.add_link(link_bw_[l], link_lat_[l]);
 }
 
-const std::vector<std::int32_t>& Topology::dist_to(int dst) const {
+void Topology::ensure_csr() const {
   const std::size_t nv = boost::num_vertices(g_);
-  if (out_begin_.size() != nv + 1 || out_links_.size() != link_src_.size()) {  // (re)build the CSR arrays
-    out_begin_.assign(nv + 1, 0);
-    for (int s : link_src_) ++out_begin_[static_cast<std::size_t>(s) + 1];
-    for (std::size_t v = 0; v < nv; ++v) out_begin_[v + 1] += out_begin_[v];
-    out_links_.assign(link_src_.size(), 0);
-    std::vector<std::uint32_t> fill(out_begin_.begin(), out_begin_.end() - 1);
-    for (std::size_t l = 0; l < link_src_.size(); ++l)
-      out_links_[fill[static_cast<std::size_t>(link_src_[l])]++] = static_cast<LinkId>(l);
-    in_begin_.assign(nv + 1, 0);
-    for (int t : link_dst_) ++in_begin_[static_cast<std::size_t>(t) + 1];
-    for (std::size_t v = 0; v < nv; ++v) in_begin_[v + 1] += in_begin_[v];
-    in_links_.assign(link_src_.size(), 0);
-    fill.assign(in_begin_.begin(), in_begin_.end() - 1);
-    for (std::size_t l = 0; l < link_src_.size(); ++l)
-      in_links_[fill[static_cast<std::size_t>(link_dst_[l])]++] = static_cast<LinkId>(l);
-    is_gpu_.assign(nv, 0);
-    for (std::size_t v = 0; v < nv; ++v) is_gpu_[v] = g_[v].kind == VertexKind::kGpu ? 1 : 0;
-    dist_cache_.clear();
-  }
-  if (dist_cache_.empty()) dist_cache_.resize(static_cast<std::size_t>(gpus_));
-  auto& d = dist_cache_[static_cast<std::size_t>(dst)];
-  if (!d.empty()) return d;
+  if (out_begin_.size() == nv + 1 && out_links_.size() == link_src_.size()) return;
+  out_begin_.assign(nv + 1, 0);
+  for (int s : link_src_) ++out_begin_[static_cast<std::size_t>(s) + 1];
+  for (std::size_t v = 0; v < nv; ++v) out_begin_[v + 1] += out_begin_[v];
+  out_links_.assign(link_src_.size(), 0);
+  std::vector<std::uint32_t> fill(out_begin_.begin(), out_begin_.end() - 1);
+  for (std::size_t l = 0; l < link_src_.size(); ++l)
+    out_links_[fill[static_cast<std::size_t>(link_src_[l])]++] = static_cast<LinkId>(l);
+  in_begin_.assign(nv + 1, 0);
+  for (int t : link_dst_) ++in_begin_[static_cast<std::size_t>(t) + 1];
+  for (std::size_t v = 0; v < nv; ++v) in_begin_[v + 1] += in_begin_[v];
+  in_links_.assign(link_src_.size(), 0);
+  fill.assign(in_begin_.begin(), in_begin_.end() - 1);
+  for (std::size_t l = 0; l < link_src_.size(); ++l)
+    in_links_[fill[static_cast<std::size_t>(link_dst_[l])]++] = static_cast<LinkId>(l);
+  is_gpu_.assign(nv, 0);
+  for (std::size_t v = 0; v < nv; ++v) is_gpu_[v] = g_[v].kind == VertexKind::kGpu ? 1 : 0;
+  dist_cache_.clear();
+  dist_cache_bytes_ = 0;
+}
+
+void Topology::bfs_to(int dst, std::vector<std::int16_t>& d) const {
   // Hop distances to `dst` over the reversed graph, never passing through another GPU:
-  // breadth-first search over the in-edge CSR (built with the out-edge one).
-  d.assign(nv, -1);
+  // breadth-first search over the in-edge CSR.
+  d.assign(boost::num_vertices(g_), -1);
   d[static_cast<std::size_t>(dst)] = 0;
   bfs_queue_.clear();
   bfs_queue_.push_back(dst);
   for (std::size_t qi = 0; qi < bfs_queue_.size(); ++qi) {
     const auto v = static_cast<std::size_t>(bfs_queue_[qi]);
     if (is_gpu_[v] && static_cast<int>(v) != dst) continue;
+    if (d[v] == INT16_MAX)
+      throw std::runtime_error(fmt::format("a path to {} is longer than {} hops", g_[dst].name, INT16_MAX));
     for (std::uint32_t k = in_begin_[v]; k < in_begin_[v + 1]; ++k) {
       const auto u = static_cast<std::size_t>(link_src_[in_links_[k]]);
       if (d[u] >= 0 || (is_gpu_[u] && static_cast<int>(u) != dst)) continue;
-      d[u] = d[v] + 1;
+      d[u] = static_cast<std::int16_t>(d[v] + 1);
       bfs_queue_.push_back(static_cast<int>(u));
     }
   }
+}
+
+const std::vector<std::int16_t>& Topology::dist_to(int dst) const {
+  ensure_csr();
+  if (dist_cache_.empty()) dist_cache_.resize(static_cast<std::size_t>(gpus_));
+  auto& d = dist_cache_[static_cast<std::size_t>(dst)];
+  if (!d.empty()) return d;
+  // One vector of V hop counts per destination: at 2,048 GPUs that is ~9 KB each, at 131,072
+  // GPUs ~600 KB, so the cache is bounded and simply emptied when full (the vectors are a pure
+  // function of the graph, so results do not depend on what was evicted).
+  const std::size_t bytes = boost::num_vertices(g_) * sizeof(std::int16_t);
+  if (dist_cache_bytes_ + bytes > kDistCacheBytes) {
+    for (auto& v : dist_cache_) std::vector<std::int16_t>().swap(v);
+    dist_cache_bytes_ = 0;
+  }
+  bfs_to(dst, d);
+  dist_cache_bytes_ += bytes;
   return d;
 }
 
@@ -138,9 +158,11 @@ void Topology::route(int src, int dst, std::uint64_t flow_key, std::vector<LinkI
   }
 }
 
-std::optional<std::string> Topology::connectivity_problem() const {
+std::optional<std::string> Topology::connectivity_problem_exhaustive() const {
+  ensure_csr();
+  std::vector<std::int16_t> d;
   for (int dst = 0; dst < gpus_; ++dst) {
-    const auto& d = dist_to(dst);
+    bfs_to(dst, d);
     for (int src = 0; src < gpus_; ++src) {
       if (src == dst) continue;
       bool ok = false;
@@ -152,6 +174,163 @@ std::optional<std::string> Topology::connectivity_problem() const {
                            g_[static_cast<std::size_t>(src)].name, g_[static_cast<std::size_t>(dst)].name);
     }
   }
+  return std::nullopt;
+}
+
+std::optional<std::string> Topology::connectivity_problem() const {
+  // A GPU reaches another when a path runs from one to the other through switches and NICs only
+  // (routes never pass through a third GPU), or over a direct link. Checking that with one search
+  // per destination costs O(GPUs x vertices) time, and caching those searches O(GPUs x vertices)
+  // memory (150 GB at 2^17 GPUs). Instead: strongly connected components of the non-GPU
+  // subgraph (iterative Tarjan), the set of components each component reaches (bitsets over the
+  // condensation, which Tarjan emits sinks first), then one check per distinct pair of
+  // (components a source reaches, components feeding a destination). Real fabrics have one
+  // component; explicit topologies may have a few.
+  ensure_csr();
+  const std::size_t nv = boost::num_vertices(g_);
+  const auto G = static_cast<std::size_t>(gpus_);
+  if (G < 2) return std::nullopt;
+  auto name = [&](std::size_t v) { return g_[v].name; };
+  auto problem = [&](std::size_t src, std::size_t dst) {
+    return fmt::format("{} cannot reach {}: the topology does not connect every GPU", name(src), name(dst));
+  };
+  auto direct = [&](std::size_t src, std::size_t dst) {
+    for (std::uint32_t k = out_begin_[src]; k < out_begin_[src + 1]; ++k)
+      if (static_cast<std::size_t>(link_dst_[out_links_[k]]) == dst) return true;
+    return false;
+  };
+
+  // Tarjan over vertices that are not GPUs, edges between such vertices only.
+  constexpr std::int32_t kNone = -1;
+  std::vector<std::int32_t> index(nv, kNone), low(nv, 0), comp(nv, kNone);
+  std::vector<std::uint8_t> on_stack(nv, 0);
+  std::vector<std::int32_t> stack;
+  std::vector<std::pair<std::int32_t, std::uint32_t>> call;  // (vertex, next out-edge slot)
+  std::int32_t next_index = 0, ncomp = 0;
+  for (std::size_t root = 0; root < nv; ++root) {
+    if (is_gpu_[root] || index[root] != kNone) continue;
+    call.emplace_back(static_cast<std::int32_t>(root), out_begin_[root]);
+    index[root] = low[root] = next_index++;
+    stack.push_back(static_cast<std::int32_t>(root));
+    on_stack[root] = 1;
+    while (!call.empty()) {
+      auto& [v, k] = call.back();
+      const auto vu = static_cast<std::size_t>(v);
+      if (k < out_begin_[vu + 1]) {
+        const auto w = static_cast<std::size_t>(link_dst_[out_links_[k++]]);
+        if (is_gpu_[w]) continue;
+        if (index[w] == kNone) {
+          index[w] = low[w] = next_index++;
+          stack.push_back(static_cast<std::int32_t>(w));
+          on_stack[w] = 1;
+          call.emplace_back(static_cast<std::int32_t>(w), out_begin_[w]);
+        } else if (on_stack[w]) {
+          low[vu] = std::min(low[vu], index[w]);
+        }
+        continue;
+      }
+      if (low[vu] == index[vu]) {
+        std::int32_t w;
+        do {
+          w = stack.back();
+          stack.pop_back();
+          on_stack[static_cast<std::size_t>(w)] = 0;
+          comp[static_cast<std::size_t>(w)] = ncomp;
+        } while (w != v);
+        ++ncomp;
+      }
+      const std::int32_t done_low = low[vu];
+      call.pop_back();
+      if (!call.empty()) {
+        const auto parent = static_cast<std::size_t>(call.back().first);
+        low[parent] = std::min(low[parent], done_low);
+      }
+    }
+  }
+
+  const auto C = static_cast<std::size_t>(ncomp);
+  const std::size_t words = (C + 63) / 64;
+  if (C > 16384) return connectivity_problem_exhaustive();  // pathological explicit graph
+  // reach[c]: components reachable from component c (itself included). Tarjan numbers a
+  // component after every component it reaches, so ascending order has successors done.
+  std::vector<std::uint64_t> reach(C * words, 0);
+  for (std::size_t v = 0; v < nv; ++v)
+    if (!is_gpu_[v]) {
+      const auto c = static_cast<std::size_t>(comp[v]);
+      reach[c * words + c / 64] |= std::uint64_t{1} << (c % 64);
+    }
+  {
+    std::vector<std::vector<std::size_t>> members(C);
+    for (std::size_t v = 0; v < nv; ++v)
+      if (!is_gpu_[v]) members[static_cast<std::size_t>(comp[v])].push_back(v);
+    for (std::size_t c = 0; c < C; ++c)
+      for (std::size_t v : members[c])
+        for (std::uint32_t k = out_begin_[v]; k < out_begin_[v + 1]; ++k) {
+          const auto w = static_cast<std::size_t>(link_dst_[out_links_[k]]);
+          if (is_gpu_[w]) continue;
+          const auto cw = static_cast<std::size_t>(comp[w]);
+          if (cw == c) continue;
+          for (std::size_t i = 0; i < words; ++i) reach[c * words + i] |= reach[cw * words + i];
+        }
+  }
+  // Per GPU: the components its out-links reach (as a source) and the components with a link
+  // into it (as a destination), both deduplicated into classes.
+  std::map<std::vector<std::uint64_t>, std::size_t> src_ids, dst_ids;
+  std::vector<std::size_t> src_class(G), dst_class(G);
+  std::vector<std::vector<std::uint64_t>> src_sets, dst_sets;
+  std::vector<std::vector<std::size_t>> src_members;
+  std::vector<std::uint64_t> bits(words);
+  for (std::size_t g = 0; g < G; ++g) {
+    std::fill(bits.begin(), bits.end(), 0);
+    for (std::uint32_t k = out_begin_[g]; k < out_begin_[g + 1]; ++k) {
+      const auto w = static_cast<std::size_t>(link_dst_[out_links_[k]]);
+      if (is_gpu_[w]) continue;
+      const auto c = static_cast<std::size_t>(comp[w]);
+      for (std::size_t i = 0; i < words; ++i) bits[i] |= reach[c * words + i];
+    }
+    auto [it, fresh] = src_ids.emplace(bits, src_sets.size());
+    if (fresh) {
+      src_sets.push_back(bits);
+      src_members.emplace_back();
+    }
+    src_class[g] = it->second;
+    src_members[it->second].push_back(g);
+    std::fill(bits.begin(), bits.end(), 0);
+    for (std::uint32_t k = in_begin_[g]; k < in_begin_[g + 1]; ++k) {
+      const auto u = static_cast<std::size_t>(link_src_[in_links_[k]]);
+      if (is_gpu_[u]) continue;
+      const auto c = static_cast<std::size_t>(comp[u]);
+      bits[c / 64] |= std::uint64_t{1} << (c % 64);
+    }
+    auto [jt, dfresh] = dst_ids.emplace(bits, dst_sets.size());
+    if (dfresh) dst_sets.push_back(bits);
+    dst_class[g] = jt->second;
+  }
+  // ok[s][d]: every source of class s reaches every destination of class d through the fabric.
+  const std::size_t S = src_sets.size(), D = dst_sets.size();
+  std::vector<std::uint8_t> ok(S * D, 0);
+  for (std::size_t a = 0; a < S; ++a)
+    for (std::size_t b = 0; b < D; ++b)
+      for (std::size_t i = 0; i < words && !ok[a * D + b]; ++i) ok[a * D + b] = (src_sets[a][i] & dst_sets[b][i]) != 0;
+  // The first failing pair in (destination, source) order, for a stable message; a failing class
+  // pair still connects a member pair with a direct link.
+  for (std::size_t dst = 0; dst < G; ++dst)
+    for (std::size_t a = 0; a < S; ++a) {
+      if (ok[a * D + dst_class[dst]]) continue;
+      for (std::size_t src : src_members[a])
+        if (src != dst && !direct(src, dst)) {
+          // src_members are ascending; a smaller failing source may sit in a later class.
+          std::size_t best = src;
+          for (std::size_t a2 = a + 1; a2 < S; ++a2) {
+            if (ok[a2 * D + dst_class[dst]]) continue;
+            for (std::size_t s2 : src_members[a2]) {
+              if (s2 >= best) break;
+              if (s2 != dst && !direct(s2, dst)) best = s2;
+            }
+          }
+          return problem(best, dst);
+        }
+    }
   return std::nullopt;
 }
 
@@ -265,6 +444,13 @@ Topology build_topology(const ClusterSpec& s) {
       if (leaves.size() > 1) {
         const double over = s.inter.oversubscription;
         const int S = s.inter.spines > 0 ? s.inter.spines : std::max(1, static_cast<int>(std::ceil(D / over)));
+        // Every leaf links to every spine; a spine radix in the tens of thousands is not a
+        // buildable switch, and the graph would not fit in memory.
+        if (static_cast<double>(leaves.size()) * S > 4194304.0)
+          throw std::invalid_argument(fmt::format(
+              "inter_node: {} leaves x {} spines = {} leaf-spine links, more than the 4194304 a two-tier fat tree "
+              "may have here (raise leaf_down_ports or lower spines)",
+              leaves.size(), S, static_cast<double>(leaves.size()) * S));
         const double up = D * nic_bw / (over * S);
         std::vector<int> spines;
         for (int i = 0; i < S; ++i) spines.push_back(t.add_vertex(VertexKind::kSwitch, fmt::format("spine{}", i), -1));

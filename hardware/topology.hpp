@@ -74,6 +74,13 @@ struct ClusterSpec {
   int total_gpus() const { return nodes * gpus_per_node; }
 };
 
+/// Size limits parse_cluster enforces (located config errors beyond them), so every count of
+/// GPUs, NICs and links fits an int with room to multiply: a node is at most an NVL576-class
+/// domain, and a cluster at most 2^17 GPUs (a 100k-GPU deployment fits).
+inline constexpr int kMaxNodes = 65536;
+inline constexpr int kMaxGpusPerNode = 1024;
+inline constexpr int kMaxClusterGpus = 131072;
+
 /// Reads `cluster:`. Every problem is reported into the node's Diagnostics with its location
 /// (unknown keys with did-you-mean, unknown GPU name, non-positive bandwidths, GPU count
 /// mismatch, a topology that leaves some GPU unreachable); the caller throws.
@@ -121,7 +128,11 @@ class Topology {
   void install(FlowNetwork& net) const;
 
   /// A message naming a GPU that cannot reach another, or nullopt when all pairs connect.
+  /// O(vertices + links) plus a check per distinct pair of GPU connection classes.
   std::optional<std::string> connectivity_problem() const;
+  /// The same answer by one breadth-first search per destination GPU, O(GPUs x (V + E)) time:
+  /// the reference the tests compare connectivity_problem() against.
+  std::optional<std::string> connectivity_problem_exhaustive() const;
 
   /// Graphviz dot: one vertex per GPU / NIC / switch, one edge per link labelled with its
   /// bandwidth; nodes are drawn as clusters.
@@ -129,7 +140,10 @@ class Topology {
 
  private:
   friend Topology build_topology(const ClusterSpec& spec);
-  const std::vector<std::int32_t>& dist_to(int dst_gpu) const;
+  void ensure_csr() const;
+  void bfs_to(int dst_gpu, std::vector<std::int16_t>& d) const;
+  const std::vector<std::int16_t>& dist_to(int dst_gpu) const;
+  static constexpr std::size_t kDistCacheBytes = std::size_t{256} << 20;
 
   Graph g_;
   int gpus_ = 0;
@@ -145,7 +159,8 @@ class Topology {
   mutable std::vector<LinkId> in_links_;
   mutable std::vector<std::uint8_t> is_gpu_;
   mutable std::vector<int> bfs_queue_;
-  mutable std::vector<std::vector<std::int32_t>> dist_cache_;  ///< per destination GPU, lazily
+  mutable std::vector<std::vector<std::int16_t>> dist_cache_;  ///< per destination GPU, lazily
+  mutable std::size_t dist_cache_bytes_ = 0;
 };
 
 /// Builds the graph for a cluster. Throws std::invalid_argument for specs parse_cluster

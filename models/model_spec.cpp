@@ -108,6 +108,17 @@ ParamCount count_params(const ModelSpec& s) {
 
 namespace {
 
+// Upper bounds on model dimensions: far above any published model (the largest MoE layer counts
+// are ~100, widths ~20k, vocabularies ~256k, expert counts 256-1M in PEER-style layers), and low
+// enough that every int field holds them and derived products (FLOPs, bytes) stay in int64 and
+// double range. A value beyond one is a located error, never a truncated int.
+constexpr double kMaxLayers = 4096;
+constexpr double kMaxWidth = 1 << 20;
+constexpr double kMaxVocab = 1 << 24;
+constexpr double kMaxExperts = 1 << 20;
+const Range kLayers = Range::between(1, kMaxLayers);
+const Range kWidth = Range::between(1, kMaxWidth);
+
 std::vector<bool> read_moe_layers(const Node& parent, int stack_layers, const std::string& stack) {
   std::vector<bool> out(static_cast<std::size_t>(std::max(stack_layers, 0)), true);
   if (!parent.has("moe_layers")) return out;
@@ -130,8 +141,8 @@ std::vector<bool> read_moe_layers(const Node& parent, int stack_layers, const st
       const auto k = n.req_int("first_dense", Range::between(0, stack_layers));
       for (int l = 0; l < stack_layers && l < k; ++l) out[static_cast<std::size_t>(l)] = false;
     } else {
-      const auto every = n.req_int("every", Range::at_least(1));
-      const auto offset = n.opt_int("offset", 0, Range::non_negative());
+      const auto every = n.req_int("every", Range::between(1, kMaxLayers));
+      const auto offset = n.opt_int("offset", 0, Range::between(0, kMaxLayers));
       if (every >= 1)
         for (int l = 0; l < stack_layers; ++l) out[static_cast<std::size_t>(l)] = (l % every) == offset % every;
     }
@@ -156,19 +167,19 @@ ModelSpec parse_model(const Node& node) {
   s.architecture = arch == "encoder_decoder" ? Architecture::kEncoderDecoder : Architecture::kDecoderOnly;
   if (s.architecture == Architecture::kEncoderDecoder) {
     if (node.has("layers")) node.error_at("layers", "encoder_decoder models give encoder_layers and decoder_layers");
-    s.encoder_layers = static_cast<int>(node.req_int("encoder_layers", Range::at_least(1)));
-    s.decoder_layers = static_cast<int>(node.req_int("decoder_layers", Range::at_least(1)));
+    s.encoder_layers = static_cast<int>(node.req_int("encoder_layers", kLayers));
+    s.decoder_layers = static_cast<int>(node.req_int("decoder_layers", kLayers));
   } else {
     if (node.has("encoder_layers") || node.has("decoder_layers"))
       node.error("encoder_layers/decoder_layers need architecture: encoder_decoder");
-    s.decoder_layers = static_cast<int>(node.req_int("layers", Range::at_least(1)));
+    s.decoder_layers = static_cast<int>(node.req_int("layers", kLayers));
   }
-  s.hidden = node.req_int("hidden", Range::at_least(1));
-  s.heads = static_cast<int>(node.req_int("heads", Range::at_least(1)));
-  s.kv_heads = static_cast<int>(node.opt_int("kv_heads", s.heads, Range::at_least(1)));
+  s.hidden = node.req_int("hidden", kWidth);
+  s.heads = static_cast<int>(node.req_int("heads", kWidth));
+  s.kv_heads = static_cast<int>(node.opt_int("kv_heads", s.heads, kWidth));
   if (s.heads > 0 && s.kv_heads > 0 && s.heads % s.kv_heads != 0)
     node.error_at("kv_heads", fmt::format("heads ({}) must be a multiple of kv_heads ({})", s.heads, s.kv_heads));
-  s.head_dim = static_cast<int>(node.opt_int("head_dim", s.heads > 0 ? s.hidden / s.heads : 0, Range::at_least(1)));
+  s.head_dim = static_cast<int>(node.opt_int("head_dim", s.heads > 0 ? s.hidden / s.heads : 0, kWidth));
   const std::string attn = node.opt_choice("attention", {"gqa", "mla"}, "gqa");
   s.attention = attn == "mla" ? AttentionKind::kMla : AttentionKind::kGqa;
   if (s.attention == AttentionKind::kMla) {
@@ -176,11 +187,11 @@ ModelSpec parse_model(const Node& node) {
     if (!m.defined()) {
       node.error_at("mla", "attention: mla needs an mla: {kv_lora_rank, qk_nope_head_dim, ...} block");
     } else {
-      s.mla.q_lora_rank = static_cast<int>(m.opt_int("q_lora_rank", 0, Range::non_negative()));
-      s.mla.kv_lora_rank = static_cast<int>(m.req_int("kv_lora_rank", Range::at_least(1)));
-      s.mla.qk_nope_head_dim = static_cast<int>(m.req_int("qk_nope_head_dim", Range::at_least(1)));
-      s.mla.qk_rope_head_dim = static_cast<int>(m.req_int("qk_rope_head_dim", Range::at_least(1)));
-      s.mla.v_head_dim = static_cast<int>(m.req_int("v_head_dim", Range::at_least(1)));
+      s.mla.q_lora_rank = static_cast<int>(m.opt_int("q_lora_rank", 0, Range::between(0, kMaxWidth)));
+      s.mla.kv_lora_rank = static_cast<int>(m.req_int("kv_lora_rank", kWidth));
+      s.mla.qk_nope_head_dim = static_cast<int>(m.req_int("qk_nope_head_dim", kWidth));
+      s.mla.qk_rope_head_dim = static_cast<int>(m.req_int("qk_rope_head_dim", kWidth));
+      s.mla.v_head_dim = static_cast<int>(m.req_int("v_head_dim", kWidth));
       m.finish();
     }
   } else if (node.has("mla")) {
@@ -189,7 +200,7 @@ ModelSpec parse_model(const Node& node) {
   s.qk_norm = node.opt_bool("qk_norm", false);
   s.attention_bias = node.opt_bool("attention_bias", false);
   s.ffn_bias = node.opt_bool("ffn_bias", false);
-  s.vocab = node.req_int("vocab", Range::at_least(1));
+  s.vocab = node.req_int("vocab", Range::between(1, kMaxVocab));
   const std::string act = node.opt_choice("activation", {"swiglu", "geglu", "gelu", "relu"}, "swiglu");
   s.activation = act == "swiglu"  ? Activation::kSwiGLU
                  : act == "geglu" ? Activation::kGeGLU
@@ -197,9 +208,9 @@ ModelSpec parse_model(const Node& node) {
                                   : Activation::kRelu;
   s.norm = node.opt_choice("norm", {"rmsnorm", "layernorm"}, "rmsnorm") == "layernorm" ? NormKind::kLayerNorm
                                                                                        : NormKind::kRmsNorm;
-  s.experts = static_cast<int>(node.opt_int("experts", 0, Range::non_negative()));
-  s.shared_experts = static_cast<int>(node.opt_int("shared_experts", 0, Range::non_negative()));
-  s.top_k = static_cast<int>(node.opt_int("top_k", s.experts > 0 ? 1 : 0, Range::non_negative()));
+  s.experts = static_cast<int>(node.opt_int("experts", 0, Range::between(0, kMaxExperts)));
+  s.shared_experts = static_cast<int>(node.opt_int("shared_experts", 0, Range::between(0, kMaxExperts)));
+  s.top_k = static_cast<int>(node.opt_int("top_k", s.experts > 0 ? 1 : 0, Range::between(0, kMaxExperts)));
   if (s.experts > 0 && s.top_k > s.experts)
     node.error_at("top_k", fmt::format("top_k ({}) exceeds the number of experts ({})", s.top_k, s.experts));
   if (s.experts > 0 && s.top_k < 1) node.error_at("top_k", "top_k must be at least 1 when experts > 0");
@@ -219,10 +230,10 @@ ModelSpec parse_model(const Node& node) {
   }
   const bool any_moe = std::count(s.moe_layer.begin(), s.moe_layer.end(), true) > 0;
   const bool any_dense = std::count(s.moe_layer.begin(), s.moe_layer.end(), false) > 0;
-  s.expert_ffn = node.opt_int("expert_ffn", 0, Range::non_negative());
+  s.expert_ffn = node.opt_int("expert_ffn", 0, Range::between(0, kMaxWidth));
   if (any_moe && s.expert_ffn <= 0) node.error_at("expert_ffn", "expert_ffn is required for a model with MoE layers");
-  s.shared_expert_ffn = node.opt_int("shared_expert_ffn", s.expert_ffn, Range::non_negative());
-  s.dense_ffn = node.opt_int("dense_ffn", 0, Range::non_negative());
+  s.shared_expert_ffn = node.opt_int("shared_expert_ffn", s.expert_ffn, Range::between(0, kMaxWidth));
+  s.dense_ffn = node.opt_int("dense_ffn", 0, Range::between(0, kMaxWidth));
   if (any_dense && s.dense_ffn <= 0) node.error_at("dense_ffn", "dense_ffn is required: the model has dense layers");
   s.tied_embeddings = node.opt_bool("tied_embeddings", false);
   s.dtype = node.opt_choice("dtype", {"bf16", "fp16", "fp32", "fp8"}, "bf16");
@@ -234,8 +245,8 @@ ModelSpec parse_model(const Node& node) {
                                                                                   : GateFunction::kSoftmax;
     s.router_bias = r.opt_bool("bias", false);
     s.renormalize = r.opt_bool("renormalize", false);
-    s.n_groups = static_cast<int>(r.opt_int("n_groups", 1, Range::at_least(1)));
-    s.topk_group = static_cast<int>(r.opt_int("topk_group", s.n_groups, Range::at_least(1)));
+    s.n_groups = static_cast<int>(r.opt_int("n_groups", 1, Range::between(1, kMaxExperts)));
+    s.topk_group = static_cast<int>(r.opt_int("topk_group", s.n_groups, Range::between(1, kMaxExperts)));
     s.routed_scaling_factor = r.opt_double("scaling_factor", 1.0, Range::positive());
     if (s.experts > 0 && s.n_groups > 1 && s.experts % s.n_groups != 0)
       r.error_at("n_groups", fmt::format("experts ({}) must divide into n_groups ({})", s.experts, s.n_groups));

@@ -39,7 +39,7 @@ RoutingSpec parse_routing(const Node& node, const ModelSpec& model) {
                                            : Distribution::kUniform;
   r.alpha = node.opt_double("alpha", 1.0, Range::non_negative());
   if (r.distribution == Distribution::kDirichlet && node.has("alpha")) r.dirichlet_base_alpha = r.alpha;
-  r.hot_count = static_cast<int>(node.opt_int("hot_count", 1, Range::at_least(1)));
+  r.hot_count = static_cast<int>(node.opt_int("hot_count", 1, Range::between(1, 1 << 20)));
   r.hot_share = node.opt_double("hot_share", 0.5, Range::between(0, 1));
   r.concentration = node.opt_double("concentration", 1.0, Range::positive());
   r.layer_correlation = node.opt_double("layer_correlation", 0.0, Range::between(0, 1));
@@ -48,7 +48,7 @@ RoutingSpec parse_routing(const Node& node, const ModelSpec& model) {
   } else if (node.has("trace")) {
     node.error_at("trace", "a trace file is only read with distribution: trace");
   }
-  r.top_k = static_cast<int>(node.opt_int("top_k", model.top_k, Range::at_least(1)));
+  r.top_k = static_cast<int>(node.opt_int("top_k", model.top_k, Range::between(1, 1 << 20)));
   if (model.experts <= 0) node.error("the model has no experts to route to");
   if (r.top_k > model.experts && model.experts > 0)
     node.error_at("top_k", fmt::format("top_k ({}) exceeds the number of experts ({})", r.top_k, model.experts));
@@ -66,9 +66,9 @@ RoutingSpec parse_routing(const Node& node, const ModelSpec& model) {
                                              model.experts));
   }
   r.renormalize = node.opt_bool("renormalize", model.renormalize);
-  r.n_groups = static_cast<int>(node.opt_int("n_groups", model.n_groups, Range::at_least(1)));
+  r.n_groups = static_cast<int>(node.opt_int("n_groups", model.n_groups, Range::between(1, 1 << 20)));
   r.topk_group = static_cast<int>(
-      node.opt_int("topk_group", node.has("n_groups") ? r.n_groups : model.topk_group, Range::at_least(1)));
+      node.opt_int("topk_group", node.has("n_groups") ? r.n_groups : model.topk_group, Range::between(1, 1 << 20)));
   if (model.experts > 0 && model.experts % r.n_groups != 0)
     node.error_at("n_groups", fmt::format("experts ({}) do not split into n_groups ({})", model.experts, r.n_groups));
   else if (r.topk_group > r.n_groups)
@@ -93,19 +93,19 @@ RoutingSpec parse_routing(const Node& node, const ModelSpec& model) {
   }
   if (r.expert_choice && r.dropless())
     node.error_at("expert_choice", "expert_choice needs a capacity_factor (each expert takes C tokens)");
-  r.min_capacity = node.opt_int("min_capacity", 0, Range::non_negative());
+  r.min_capacity = node.opt_int("min_capacity", 0, Range::between(0, static_cast<double>(std::int64_t{1} << 40)));
   r.drop_policy = node.opt_choice("drop_policy", {"position", "probs"}, "position") == "probs" ? DropPolicy::kProbs
                                                                                                : DropPolicy::kPosition;
   r.pad_to_capacity = node.opt_bool("pad_to_capacity", false);
   if (r.pad_to_capacity && r.dropless())
     node.error_at("pad_to_capacity", "pad_to_capacity needs a capacity_factor (dropless has no capacity)");
-  r.block_size = node.opt_int("block_size", 128, Range::at_least(1));
+  r.block_size = node.opt_int("block_size", 128, Range::between(1, 1 << 20));
   r.sampling = node.opt_choice("sampling", {"token", "counts"}, "token") == "counts" ? SamplingMode::kCounts
                                                                                      : SamplingMode::kToken;
   if (r.sampling == SamplingMode::kCounts &&
       (r.expert_choice || r.distribution == Distribution::kTrace || r.drop_policy == DropPolicy::kProbs))
     node.error_at("sampling", "sampling: counts cannot do expert_choice, trace replay or drop_policy: probs");
-  r.redundant_experts = static_cast<int>(node.opt_int("redundant_experts", 0, Range::non_negative()));
+  r.redundant_experts = static_cast<int>(node.opt_int("redundant_experts", 0, Range::between(0, 1 << 20)));
   node.finish();
   r.experts = model.experts;
   return r;

@@ -121,7 +121,7 @@ CostProfile read_profile(const config::Document& doc) {
   const config::Node gpu = root.child("gpu");
   if (gpu.defined()) {
     p.gpu_name = gpu.req_string("name");
-    p.sm_count = static_cast<int>(gpu.req_int("sm_count", config::Range::positive()));
+    p.sm_count = static_cast<int>(gpu.req_int("sm_count", config::Range::between(1, 1 << 20)));
     p.clock_hz = gpu.req_double("clock_mhz", config::Range::positive()) * 1e6;
     gpu.finish();
   } else {
@@ -130,9 +130,9 @@ CostProfile read_profile(const config::Document& doc) {
   const config::Node prov = root.child("provenance");
   if (prov.defined()) {
     p.source = prov.opt_string("source", "");
-    p.rows_read = static_cast<int>(prov.opt_int("rows_read", 0, config::Range::non_negative()));
-    p.rows_used = static_cast<int>(prov.opt_int("rows_used", 0, config::Range::non_negative()));
-    p.rows_skipped = static_cast<int>(prov.opt_int("rows_skipped", 0, config::Range::non_negative()));
+    p.rows_read = static_cast<int>(prov.opt_int("rows_read", 0, config::Range::between(0, 1 << 30)));
+    p.rows_used = static_cast<int>(prov.opt_int("rows_used", 0, config::Range::between(0, 1 << 30)));
+    p.rows_skipped = static_cast<int>(prov.opt_int("rows_skipped", 0, config::Range::between(0, 1 << 30)));
     if (prov.has("runs"))
       for (const config::Node& r : prov.child("runs").items()) {
         p.runs.push_back({r.req_string("run_id"), r.opt_string("git_commit", "")});
@@ -179,8 +179,8 @@ CostProfile read_profile(const config::Document& doc) {
       }
       if (en.has("fit")) {
         const config::Node f = en.child("fit");
-        e.fit.points_fit = static_cast<int>(f.opt_int("points", 0, config::Range::non_negative()));
-        e.fit.points_heldout = static_cast<int>(f.opt_int("heldout", 0, config::Range::non_negative()));
+        e.fit.points_fit = static_cast<int>(f.opt_int("points", 0, config::Range::between(0, 1 << 30)));
+        e.fit.points_heldout = static_cast<int>(f.opt_int("heldout", 0, config::Range::between(0, 1 << 30)));
         e.fit.fit_rms_log = f.opt_double("rms_log", 0);
         e.fit.fit_mape = f.opt_double("mape_pct", 0);
         e.fit.heldout_mape = f.opt_double("heldout_mape_pct", 0);
@@ -201,7 +201,7 @@ CostProfile read_profile(const config::Document& doc) {
           rb.m_lo = b.req_double("lo");
           rb.m_hi = b.req_double("hi");
           rb.log_factor = b.req_double("log_factor", config::Range::between(-5, 5));
-          rb.points = static_cast<int>(b.opt_int("points", 0, config::Range::non_negative()));
+          rb.points = static_cast<int>(b.opt_int("points", 0, config::Range::between(0, 1 << 30)));
           b.finish();
           e.residual.push_back(rb);
         }

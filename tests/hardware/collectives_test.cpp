@@ -1,5 +1,6 @@
 // Closed forms for collectives on built topologies, determinism, and the incremental solver
 // against full re-solves.
+#include <fmt/format.h>
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -185,6 +186,58 @@ TEST_CASE("topology: connectivity, routes, dot output") {
   const Topology broken = build_topology(e);
   REQUIRE(broken.connectivity_problem());
   CHECK(broken.connectivity_problem()->find("cannot reach") != std::string::npos);
+}
+
+TEST_CASE("topology: component-based connectivity check agrees with one search per destination", "[topology]") {
+  // Random explicit graphs (one-way and duplex links, GPUs, switches, nodes with and without an
+  // intra-node fabric): the O(V + E) check must name the same first failing pair as the
+  // exhaustive breadth-first reference, and agree when everything connects.
+  int disconnected = 0, connected = 0;
+  for (std::uint64_t seed = 1; seed <= 400; ++seed) {
+    moesim::sim::Rng rng(seed, 7);
+    ClusterSpec s = cluster(1, InterFabric::kExplicit);
+    s.gpus_per_node = 1 + static_cast<int>(rng.uniform_int(2));
+    s.nodes = 2 + static_cast<int>(rng.uniform_int(4));
+    s.intra.fabric = rng.uniform_int(2) == 0 ? IntraFabric::kNvswitch : IntraFabric::kNvlinkMesh;
+    const int switches = static_cast<int>(rng.uniform_int(5));
+    for (int k = 0; k < switches; ++k) s.explicit_switches.push_back(fmt::format("sw{}", k));
+    const int total = s.nodes * s.gpus_per_node;
+    auto vertex = [&](std::uint64_t i) {
+      return i < static_cast<std::uint64_t>(total) ? fmt::format("gpu{}", i) : fmt::format("sw{}", i - total);
+    };
+    const auto nvert = static_cast<std::uint64_t>(total + switches);
+    const int links =
+        total + switches + static_cast<int>(rng.uniform_int(static_cast<std::uint64_t>(4 * (total + switches))));
+    for (int k = 0; k < links; ++k) {
+      ExplicitLink l;
+      l.from = vertex(rng.uniform_int(nvert));
+      l.to = vertex(rng.uniform_int(nvert));
+      if (l.from == l.to) continue;
+      l.bandwidth = 1e9;
+      l.duplex = rng.uniform_int(3) == 0;
+      s.explicit_links.push_back(l);
+    }
+    const Topology t = build_topology(s);
+    const auto fast = t.connectivity_problem();
+    const auto ref = t.connectivity_problem_exhaustive();
+    INFO("seed " << seed);
+    REQUIRE(fast.has_value() == ref.has_value());
+    if (ref) {
+      CHECK(*fast == *ref);
+      ++disconnected;
+    } else {
+      ++connected;
+    }
+  }
+  // Both outcomes must be exercised, or the comparison proves little.
+  INFO("connected " << connected << " disconnected " << disconnected);
+  CHECK(disconnected > 20);
+  CHECK(connected > 20);
+  for (auto fabric : {InterFabric::kRailFatTree, InterFabric::kFatTree, InterFabric::kSingleSwitch}) {
+    const Topology t = build_topology(cluster(4, fabric));
+    CHECK_FALSE(t.connectivity_problem());
+    CHECK_FALSE(t.connectivity_problem_exhaustive());
+  }
 }
 
 TEST_CASE("memory ledger: peak, categories, fits") {
