@@ -41,6 +41,7 @@ LinkId Topology::add_link(int from, int to, double bandwidth, sim::SimTime laten
   link_lat_.push_back(latency);
   dist_cache_.clear();
   dist_cache_bytes_ = 0;
+  clear_route_cache();
   out_links_.clear();
   return id;
 }
@@ -86,6 +87,7 @@ void Topology::ensure_csr() const {
   for (std::size_t v = 0; v < nv; ++v) is_gpu_[v] = g_[v].kind == VertexKind::kGpu ? 1 : 0;
   dist_cache_.clear();
   dist_cache_bytes_ = 0;
+  clear_route_cache();
 }
 
 void Topology::bfs_to(int dst, std::vector<std::int16_t>& d) const {
@@ -127,8 +129,64 @@ const std::vector<std::int16_t>& Topology::dist_to(int dst) const {
   return d;
 }
 
+void Topology::clear_route_cache() const {
+  route_slots_.clear();
+  route_entries_.clear();
+  route_pool_.clear();
+}
+
 void Topology::route(int src, int dst, std::uint64_t flow_key, std::vector<LinkId>& out) const {
   if (src == dst) return;
+  // Routes are a pure function of (graph, src, dst, flow_key): remember them per pair in an
+  // open-addressing table (a 2,048-GPU DeepSeek-V3 step asks for the same ~10^5 pairs millions of
+  // times; computing each costs a walk over the destination's distance vector).
+  const std::uint64_t key =
+      (static_cast<std::uint64_t>(static_cast<std::uint32_t>(src)) << 32) | static_cast<std::uint32_t>(dst);
+  ensure_csr();
+  if (!route_slots_.empty()) {
+    const std::size_t mask = route_slots_.size() - 1;
+    for (std::size_t i = mix64(key) & mask;; i = (i + 1) & mask) {
+      const std::uint32_t e = route_slots_[i];
+      if (e == kNoRoute) break;
+      const RouteEntry& r = route_entries_[e];
+      if (r.key == key) {
+        if (r.flow_key != flow_key) break;  // another ECMP choice of the same pair: compute it
+        out.insert(out.end(), route_pool_.begin() + r.offset, route_pool_.begin() + r.offset + r.length);
+        return;
+      }
+    }
+  }
+  const std::size_t before = out.size();
+  compute_route(src, dst, flow_key, out);
+  if (route_pool_.size() + (out.size() - before) > kRouteCacheLinks) clear_route_cache();
+  if (route_entries_.size() + 1 > route_slots_.size() / 2) {  // grow (and rehash) at half load
+    const std::size_t cap = std::max<std::size_t>(1024, route_slots_.size() * 2);
+    route_slots_.assign(cap, kNoRoute);
+    for (std::uint32_t e = 0; e < route_entries_.size(); ++e)
+      for (std::size_t i = mix64(route_entries_[e].key) & (cap - 1);; i = (i + 1) & (cap - 1))
+        if (route_slots_[i] == kNoRoute) {
+          route_slots_[i] = e;
+          break;
+        }
+  }
+  const std::size_t mask = route_slots_.size() - 1;
+  for (std::size_t i = mix64(key) & mask;; i = (i + 1) & mask) {
+    std::uint32_t& slot = route_slots_[i];
+    if (slot != kNoRoute && route_entries_[slot].key != key) continue;
+    RouteEntry r{key, flow_key, static_cast<std::uint32_t>(route_pool_.size()),
+                 static_cast<std::uint32_t>(out.size() - before)};
+    route_pool_.insert(route_pool_.end(), out.begin() + static_cast<std::ptrdiff_t>(before), out.end());
+    if (slot == kNoRoute) {
+      slot = static_cast<std::uint32_t>(route_entries_.size());
+      route_entries_.push_back(r);
+    } else {
+      route_entries_[slot] = r;  // the pair's latest flow key replaces the older one
+    }
+    break;
+  }
+}
+
+void Topology::compute_route(int src, int dst, std::uint64_t flow_key, std::vector<LinkId>& out) const {
   const auto& d = dist_to(dst);
   auto pick = [&](int u, std::int32_t want, std::uint32_t hop) -> LinkId {
     std::uint32_t n = 0;

@@ -144,6 +144,14 @@ class Topology {
   void bfs_to(int dst_gpu, std::vector<std::int16_t>& d) const;
   const std::vector<std::int16_t>& dist_to(int dst_gpu) const;
   static constexpr std::size_t kDistCacheBytes = std::size_t{256} << 20;
+  void compute_route(int src_gpu, int dst_gpu, std::uint64_t flow_key, std::vector<LinkId>& out) const;
+  void clear_route_cache() const;
+  struct RouteEntry {
+    std::uint64_t key, flow_key;
+    std::uint32_t offset, length;
+  };
+  static constexpr std::uint32_t kNoRoute = ~std::uint32_t{0};
+  static constexpr std::size_t kRouteCacheLinks = std::size_t{1} << 24;  ///< 64 MiB of link ids
 
   Graph g_;
   int gpus_ = 0;
@@ -161,6 +169,9 @@ class Topology {
   mutable std::vector<int> bfs_queue_;
   mutable std::vector<std::vector<std::int16_t>> dist_cache_;  ///< per destination GPU, lazily
   mutable std::size_t dist_cache_bytes_ = 0;
+  mutable std::vector<std::uint32_t> route_slots_;  ///< open addressing over route_entries_
+  mutable std::vector<RouteEntry> route_entries_;
+  mutable std::vector<LinkId> route_pool_;
 };
 
 /// Builds the graph for a cluster. Throws std::invalid_argument for specs parse_cluster
