@@ -163,11 +163,13 @@ NetworkCommBackend::NetworkCommBackend(sim::Simulation& s, const hw::Topology& t
 void NetworkCommBackend::start(std::uint32_t idx, sim::Callback done) {
   const CollectiveRequest& r = reqs_.at(idx);
   hw::CollectivePlan plan = plan_collective(topo_, r, a2a_algo_, all_reduce_algo_, a2a_chunks_);
-  for (const auto& phase : plan.phases) flows_ += phase.bytes.size();
+  plan.check();
+  for (std::size_t i = 0; i < plan.phases.size(); ++i) flows_ += plan.phases[i].bytes.size() * plan.repeat[i];
   if (!net_) {
-    for (const auto& phase : plan.phases)
-      for (double b : phase.bytes) sent_[idx] += b;
-    const hw::CollectiveResult res = hw::analytical_collective(topo_, plan, opts_);
+    for (std::size_t i = 0; i < plan.phases.size(); ++i)
+      for (std::uint32_t k = 0; k < plan.repeat[i]; ++k)
+        for (double b : plan.phases[i].bytes) sent_[idx] += b;
+    const hw::CollectiveResult res = hw::analytical_collective(topo_, plan, opts_, /*per_link=*/false);
     sim_.schedule_in(
         res.time,
         [this, idx, done = std::move(done)]() mutable {
@@ -190,7 +192,9 @@ void NetworkCommBackend::start(std::uint32_t idx, sim::Callback done) {
   }
   Run& run = runs_[slot];
   run.phases = std::move(plan.phases);
+  run.repeat = std::move(plan.repeat);
   run.next = 0;
+  run.repeats_done = 0;
   run.collective = idx;
   run.done = std::move(done);
   sim_.schedule_in(opts_.launch_overhead, [this, slot] { next_phase(slot); });
@@ -201,11 +205,23 @@ void NetworkCommBackend::next_phase(std::uint32_t slot) {
   if (run.next == run.phases.size()) {
     sim::Callback done = std::move(run.done);
     std::vector<hw::FlowBatch>().swap(run.phases);
+    run.repeat.clear();
     free_.push_back(slot);
     done();
     return;
   }
-  hw::FlowBatch& batch = run.phases[run.next++];
+  // A repeated phase (ring steps) runs a copy of its batch but for the last run, which takes it.
+  const std::size_t ph = run.next;
+  const bool final_repeat = ++run.repeats_done >= run.repeat[ph];
+  hw::FlowBatch batch;
+  if (final_repeat)
+    batch = std::move(run.phases[ph]);
+  else
+    batch = run.phases[ph];
+  if (final_repeat) {
+    ++run.next;
+    run.repeats_done = 0;
+  }
   const bool last = run.next == run.phases.size();
   const std::uint32_t idx = run.collective;
   for (double b : batch.bytes) sent_[idx] += b;

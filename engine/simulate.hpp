@@ -92,7 +92,9 @@ class NetworkCommBackend : public CommBackend {
  private:
   struct Run {
     std::vector<hw::FlowBatch> phases;
+    std::vector<std::uint32_t> repeat;
     std::size_t next = 0;
+    std::uint32_t repeats_done = 0;  ///< of phases[next]
     std::uint32_t collective = 0;
     sim::Callback done;
   };

@@ -32,16 +32,21 @@ void check_group(const Topology& topo, const std::vector<int>& group) {
 /// Ring steps: `steps` phases, each rank sends `chunk` bytes to its successor.
 CollectivePlan ring_plan(const Topology& topo, const std::vector<int>& group, CollectiveKind kind, double size,
                          double chunk, int steps) {
-  CollectivePlan p{kind, static_cast<int>(group.size()), size, {}};
+  CollectivePlan p{kind, static_cast<int>(group.size()), size, {}, {}};
   const int n = static_cast<int>(group.size());
   if (n < 2) return p;
   std::vector<LinkId> scratch;
   FlowBatch step;
   for (int r = 0; r < n; ++r) add_flow(topo, step, group[r], group[(r + 1) % n], chunk, scratch);
-  for (int s = 0; s < steps; ++s) p.phases.push_back(step);
+  p.add_phase(std::move(step), static_cast<std::uint32_t>(steps));
   return p;
 }
 }  // namespace
+
+void CollectivePlan::check() const {
+  if (repeat.size() != phases.size() || std::find(repeat.begin(), repeat.end(), 0u) != repeat.end())
+    throw std::logic_error("CollectivePlan: repeat must hold one count >= 1 per phase (use add_phase)");
+}
 
 CollectiveAlgo collective_algo(const std::string& name) {
   if (name == "direct") return CollectiveAlgo::kDirect;
@@ -99,7 +104,7 @@ CollectivePlan plan_all_to_allv(const Topology& topo, const std::vector<int>& gr
     throw std::invalid_argument(fmt::format("all_to_allv: byte matrix is {}x{}, group has {} ranks", m.n, m.n, n));
   for (double b : m.bytes)
     if (!(b >= 0) || !std::isfinite(b)) throw std::invalid_argument("all_to_allv: bytes must be finite and >= 0");
-  CollectivePlan p{CollectiveKind::kAllToAllv, n, 0, {}};
+  CollectivePlan p{CollectiveKind::kAllToAllv, n, 0, {}, {}};
   for (int i = 0; i < n; ++i) {
     double row = 0;
     for (int j = 0; j < n; ++j) row += m.at(i, j);
@@ -111,7 +116,7 @@ CollectivePlan plan_all_to_allv(const Topology& topo, const std::vector<int>& gr
     b.reserve(static_cast<std::size_t>(n) * n, 6);
     for (int i = 0; i < n; ++i)
       for (int j = 0; j < n; ++j) add_flow(topo, b, group[i], group[j], m.at(i, j), scratch);
-    p.phases.push_back(std::move(b));
+    p.add_phase(std::move(b));
     return p;
   }
   if (algo != CollectiveAlgo::kHierarchical)
@@ -155,8 +160,8 @@ CollectivePlan plan_all_to_allv(const Topology& topo, const std::vector<int>& gr
         add_flow(topo, p2, a * gpn + j, b * gpn + j, bytes, scratch);
       }
   if (chunks == 1) {
-    p.phases.push_back(std::move(p1));
-    p.phases.push_back(std::move(p2));
+    p.add_phase(std::move(p1));
+    p.add_phase(std::move(p2));
     return p;
   }
   // Pipelined: phase c = NVLink part c + rail part c - 1.
@@ -169,7 +174,7 @@ CollectivePlan plan_all_to_allv(const Topology& topo, const std::vector<int>& gr
     FlowBatch b;
     if (c < chunks) append(b, p1);
     if (c > 0) append(b, p2);
-    p.phases.push_back(std::move(b));
+    p.add_phase(std::move(b));
   }
   return p;
 }
@@ -180,7 +185,7 @@ CollectivePlan plan_all_reduce(const Topology& topo, const std::vector<int>& gro
   if (algo == CollectiveAlgo::kRing)
     return ring_plan(topo, group, CollectiveKind::kAllReduce, bytes, bytes / n, 2 * (n - 1));
   if (algo != CollectiveAlgo::kTree) throw std::invalid_argument("all_reduce: algo must be ring or tree");
-  CollectivePlan p{CollectiveKind::kAllReduce, n, bytes, {}};
+  CollectivePlan p{CollectiveKind::kAllReduce, n, bytes, {}, {}};
   if (n < 2) return p;
   std::vector<LinkId> scratch;
   FlowBatch b;
@@ -189,7 +194,7 @@ CollectivePlan plan_all_reduce(const Topology& topo, const std::vector<int>& gro
     add_flow(topo, b, group[r], group[parent], bytes, scratch);  // reduce
     add_flow(topo, b, group[parent], group[r], bytes, scratch);  // broadcast
   }
-  p.phases.push_back(std::move(b));
+  p.add_phase(std::move(b));
   // Pipeline fill: a pipelined tree still pays one edge latency per extra level. Each extra
   // level is a zero-byte phase over one tree edge, which costs exactly that edge's latency.
   int depth = 0;
@@ -199,7 +204,7 @@ CollectivePlan plan_all_reduce(const Topology& topo, const std::vector<int>& gro
     scratch.clear();
     topo.route(group[1], group[0], pair_key(group[1], group[0]), scratch);
     lat.add(scratch, 0.0);
-    p.phases.push_back(std::move(lat));
+    p.add_phase(std::move(lat));
   }
   return p;
 }
@@ -218,11 +223,11 @@ CollectivePlan plan_reduce_scatter(const Topology& topo, const std::vector<int>&
 
 CollectivePlan plan_send_recv(const Topology& topo, int src, int dst, double bytes) {
   check_group(topo, {src, dst});
-  CollectivePlan p{CollectiveKind::kSendRecv, 2, bytes, {}};
+  CollectivePlan p{CollectiveKind::kSendRecv, 2, bytes, {}, {}};
   std::vector<LinkId> scratch;
   FlowBatch b;
   add_flow(topo, b, src, dst, bytes, scratch);
-  p.phases.push_back(std::move(b));
+  p.add_phase(std::move(b));
   return p;
 }
 
@@ -239,15 +244,17 @@ void count_link_bytes(const FlowBatch& b, std::vector<double>& per_link) {
 }  // namespace
 
 std::size_t CollectiveEngine::start(CollectivePlan plan, Done on_done) {
+  plan.check();
   const std::size_t h = runs_.size();
   Run run;
   run.result.kind = plan.kind;
   run.result.ranks = plan.ranks;
   run.result.size_bytes = plan.size_bytes;
   run.result.start = sim_.now();
-  run.result.phases = static_cast<int>(plan.phases.size());
+  run.result.phases = static_cast<int>(plan.phase_count());
   run.result.per_link_bytes.assign(topo_.link_count(), 0.0);
-  for (const auto& ph : plan.phases) count_link_bytes(ph, run.result.per_link_bytes);
+  for (std::size_t i = 0; i < plan.phases.size(); ++i)
+    for (std::uint32_t k = 0; k < plan.repeat[i]; ++k) count_link_bytes(plan.phases[i], run.result.per_link_bytes);
   run.plan = std::move(plan);
   run.on_done = std::move(on_done);
   runs_.push_back(std::move(run));
@@ -265,7 +272,18 @@ void CollectiveEngine::launch_phase(std::size_t h) {
     if (run.on_done) run.on_done(runs_[h].result);
     return;
   }
-  FlowBatch batch = std::move(run.plan.phases[run.next_phase++]);
+  // A repeated phase is copied for every run but its last, which takes the batch.
+  const std::size_t i = run.next_phase;
+  const bool final_repeat = ++run.repeats_done >= run.plan.repeat[i];
+  FlowBatch batch;
+  if (final_repeat)
+    batch = std::move(run.plan.phases[i]);
+  else
+    batch = run.plan.phases[i];
+  if (final_repeat) {
+    ++run.next_phase;
+    run.repeats_done = 0;
+  }
   const bool last = run.next_phase == run.plan.phases.size();
   net_.start(std::move(batch), [this, h, last] {
     if (last || opts_.step_overhead == sim::SimTime{})
@@ -275,20 +293,29 @@ void CollectiveEngine::launch_phase(std::size_t h) {
   });
 }
 
-CollectiveResult analytical_collective(const Topology& topo, const CollectivePlan& plan,
-                                       const CollectiveOptions& opts) {
+CollectiveResult analytical_collective(const Topology& topo, const CollectivePlan& plan, const CollectiveOptions& opts,
+                                       bool per_link) {
   CollectiveResult r;
   r.kind = plan.kind;
   r.ranks = plan.ranks;
   r.size_bytes = plan.size_bytes;
-  r.phases = static_cast<int>(plan.phases.size());
-  r.per_link_bytes.assign(topo.link_count(), 0.0);
+  r.phases = static_cast<int>(plan.phase_count());
+  if (per_link) r.per_link_bytes.assign(topo.link_count(), 0.0);
   sim::SimTime total = opts.launch_overhead;
-  std::vector<double> load(topo.link_count());
+  // Per phase: the links it loads (sparse; a 4,096-rank ring phase touches ~10^4 of ~10^4..10^5
+  // links) and their bytes, then the slowest link plus the longest path latency.
+  std::vector<double> load(topo.link_count(), 0.0);
+  std::vector<LinkId> touched;
+  std::size_t runs_left = plan.phase_count();
   for (std::size_t p = 0; p < plan.phases.size(); ++p) {
     const FlowBatch& b = plan.phases[p];
-    std::fill(load.begin(), load.end(), 0.0);
-    count_link_bytes(b, load);
+    touched.clear();
+    for (std::size_t i = 0; i < b.size(); ++i)
+      for (std::uint32_t k = b.offsets[i]; k < b.offsets[i + 1]; ++k) {
+        const LinkId l = b.links[k];
+        if (load[l] == 0.0 && b.bytes[i] != 0.0) touched.push_back(l);
+        load[l] += b.bytes[i];
+      }
     sim::SimTime lat{};
     for (std::size_t i = 0; i < b.size(); ++i) {
       sim::SimTime l{};
@@ -296,12 +323,16 @@ CollectiveResult analytical_collective(const Topology& topo, const CollectivePla
       lat = sim::max(lat, l);
     }
     sim::SimTime worst{};
-    for (std::size_t l = 0; l < load.size(); ++l) {
-      r.per_link_bytes[l] += load[l];
-      if (load[l] > 0) worst = sim::max(worst, sim::duration_for(load[l], topo.link_bandwidth(static_cast<LinkId>(l))));
+    for (LinkId l : touched)
+      if (load[l] > 0) worst = sim::max(worst, sim::duration_for(load[l], topo.link_bandwidth(l)));
+    // The same phase `repeat` times: identical time each run, bytes added run by run.
+    for (std::uint32_t rep = 0; rep < plan.repeat[p]; ++rep) {
+      if (per_link)
+        for (LinkId l : touched) r.per_link_bytes[l] += load[l];
+      total += worst + lat;
+      if (--runs_left > 0) total += opts.step_overhead;
     }
-    total += worst + lat;
-    if (p + 1 < plan.phases.size()) total += opts.step_overhead;
+    for (LinkId l : touched) load[l] = 0.0;
   }
   r.time = total;
   finish_result(r);

@@ -81,6 +81,22 @@ struct CollectivePlan {
   int ranks = 0;
   double size_bytes = 0;
   std::vector<FlowBatch> phases;
+  /// repeat[i]: how many times phases[i] runs back to back (a ring repeats one phase 2(n-1)
+  /// times; storing it once keeps a 4,096-rank ring plan O(n) instead of O(n^2) flows). Same
+  /// length as phases.
+  std::vector<std::uint32_t> repeat;
+  void add_phase(FlowBatch b, std::uint32_t times = 1) {
+    phases.push_back(std::move(b));
+    repeat.push_back(times);
+  }
+  /// Throws std::logic_error unless repeat has one entry (>= 1) per phase.
+  void check() const;
+  /// Phases as they run (repeats counted).
+  std::size_t phase_count() const {
+    std::size_t n = 0;
+    for (std::uint32_t k : repeat) n += k;
+    return n;
+  }
 };
 
 /// Builds the phases. `group` lists global GPU ids (rank r is group[r]). Throws
@@ -119,6 +135,7 @@ class CollectiveEngine {
     CollectiveResult result;
     Done on_done;
     std::size_t next_phase = 0;
+    std::uint32_t repeats_done = 0;  ///< of plan.phases[next_phase]
     bool finished = false;
   };
   void launch_phase(std::size_t h);
@@ -136,8 +153,10 @@ class CollectiveEngine {
 /// flows on that link carry the same bytes (uniform all-to-all through a non-blocking
 /// fabric, rings). It is optimistic otherwise: it ignores that a flow throttled elsewhere
 /// leaves its bottleneck underused, and that uneven flows finish at different times.
+/// `per_link` false skips CollectiveResult::per_link_bytes (a link-count array per call), which
+/// the step executor does not read.
 CollectiveResult analytical_collective(const Topology& topo, const CollectivePlan& plan,
-                                       const CollectiveOptions& opts = {});
+                                       const CollectiveOptions& opts = {}, bool per_link = true);
 
 /// One collective alone on a fresh network: the `moesim run` path for a single-collective
 /// workload and the closed-form tests.

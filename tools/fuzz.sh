@@ -22,6 +22,10 @@ for f in scenarios/*.yaml; do
   [[ -f "$f" ]] || continue
   { printf '\001'; cat "$f"; } >"$work/scenario_$i"; i=$((i + 1))
 done
+for f in scenarios/plans/*.yaml; do
+  [[ -f "$f" ]] || continue
+  { printf '\004'; cat "$f"; } >"$work/plan_$i"; i=$((i + 1))
+done
 rc=0
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   build-fuzz/tests/fuzz/fuzz_config "$work" -max_total_time="$secs" -timeout=10 -rss_limit_mb=4096 \
