@@ -1,5 +1,7 @@
 #include "config/reader.hpp"
 
+#include <filesystem>
+
 #include <yaml-cpp/yaml.h>
 
 #include <fmt/format.h>
@@ -567,6 +569,9 @@ Document Document::load_file(const std::string& path) {
   Document d;
   d.file_ = path;
   YAML::Node root;
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    throw ConfigError({Diagnostic{Location{path, 0, 0}, "", "is a directory, not a YAML file"}});
   try {
     root = YAML::LoadFile(path);
   } catch (const YAML::BadFile&) {
@@ -574,6 +579,8 @@ Document Document::load_file(const std::string& path) {
   } catch (const YAML::Exception& e) {
     throw ConfigError(
         {Diagnostic{Location{path, e.mark.line + 1, e.mark.column + 1}, "", "YAML syntax error: " + e.msg}});
+  } catch (const std::ios_base::failure& e) {  // a FIFO, a device, a read error
+    throw ConfigError({Diagnostic{Location{path, 0, 0}, "", std::string("cannot read file: ") + e.what()}});
   }
   std::vector<Diagnostic> dups;
   find_duplicates(root, path, "", dups);

@@ -295,6 +295,7 @@ void CollectiveEngine::launch_phase(std::size_t h) {
 
 CollectiveResult analytical_collective(const Topology& topo, const CollectivePlan& plan, const CollectiveOptions& opts,
                                        bool per_link) {
+  plan.check();
   CollectiveResult r;
   r.kind = plan.kind;
   r.ranks = plan.ranks;

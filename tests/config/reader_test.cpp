@@ -239,3 +239,17 @@ TEST_CASE("a missing required number also reads as an in-range value", "[config]
   CHECK(root.req_double("bandwidth", Range::positive()) > 0);
   REQUIRE(d.size() == 2);
 }
+
+TEST_CASE("a path that is not a readable YAML file is a located config error, not a crash", "[config]") {
+  // Found by the fuzzer through a planner's `base: ..`: reading a directory threw std::ios_base::failure.
+  for (const std::string path : {std::string("."), std::string("/nonexistent/scenario.yaml")}) {
+    try {
+      (void)Document::load_file(path);
+      FAIL("no error for " << path);
+    } catch (const ConfigError& e) {
+      const std::string msg = e.what();
+      CHECK(msg.find(path) != std::string::npos);
+      CHECK((msg.find("is a directory") != std::string::npos || msg.find("cannot open") != std::string::npos));
+    }
+  }
+}

@@ -127,6 +127,48 @@ TEST_CASE("ring all-reduce, all-gather and reduce-scatter on one NVSwitch node")
   CHECK(tr.time >= duration_for(3 * S, 450e9) + 1_us);
 }
 
+TEST_CASE("a ring plan stores its phase once; both network models run it 2(n-1) times", "[collectives]") {
+  const Topology topo = build_topology(cluster(2, InterFabric::kRailFatTree));
+  const double S = 16 * kMiB;
+  const int n = topo.gpu_count();
+  const CollectivePlan plan = plan_all_reduce(topo, all_gpus(topo), S, CollectiveAlgo::kRing);
+  REQUIRE(plan.phases.size() == 1);
+  REQUIRE(plan.repeat.size() == 1);
+  CHECK(plan.repeat[0] == static_cast<std::uint32_t>(2 * (n - 1)));
+  CHECK(plan.phase_count() == static_cast<std::size_t>(2 * (n - 1)));
+  CollectiveOptions opts;
+  opts.launch_overhead = 5_us;
+  opts.step_overhead = 3_us;
+  const CollectiveResult flow = run_collective(topo, plan, NetworkModel::kFlow, opts);
+  const CollectiveResult ana = run_collective(topo, plan, NetworkModel::kAnalytical, opts);
+  CHECK(flow.phases == 2 * (n - 1));
+  CHECK(ana.phases == 2 * (n - 1));
+  // One phase alone, then the repeats: time = launch + k x phase + (k - 1) x step overhead.
+  CollectivePlan one = plan;
+  one.repeat[0] = 1;
+  const CollectiveResult single = run_collective(topo, one, NetworkModel::kFlow, opts);
+  const std::int64_t k = 2 * (n - 1);
+  const SimTime phase = single.time - opts.launch_overhead;
+  CHECK(flow.time == opts.launch_overhead + phase * k + opts.step_overhead * (k - 1));
+  // A ring is a case where the analytical model is exact (every flow crosses an equally loaded
+  // bottleneck).
+  CHECK(ana.time == flow.time);
+  // Every link carries k times what it carries in one phase, on both models.
+  const CollectiveResult ana_one = run_collective(topo, one, NetworkModel::kAnalytical, opts);
+  double moved = 0;
+  for (std::size_t l = 0; l < topo.link_count(); ++l) {
+    CHECK(flow.per_link_bytes[l] == Approx(ana_one.per_link_bytes[l] * static_cast<double>(k)));
+    CHECK(ana.per_link_bytes[l] == flow.per_link_bytes[l]);
+    moved += ana.per_link_bytes[l];
+  }
+  CHECK(moved > 0);
+  // A plan whose repeat counts do not match its phases is a programming error, not a silent run.
+  CollectivePlan broken = plan;
+  broken.repeat.clear();
+  CHECK_THROWS_AS(run_collective(topo, broken, NetworkModel::kAnalytical, opts), std::logic_error);
+  CHECK_THROWS_AS(run_collective(topo, broken, NetworkModel::kFlow, opts), std::logic_error);
+}
+
 TEST_CASE("same scenario twice gives identical completion times; incremental equals full re-solves") {
   const Topology topo = build_topology(cluster(4, InterFabric::kRailFatTree));
   const int n = topo.gpu_count();
