@@ -242,7 +242,7 @@ TEST_CASE("a missing required number also reads as an in-range value", "[config]
 
 TEST_CASE("a path that is not a readable YAML file is a located config error, not a crash", "[config]") {
   // Found by the fuzzer through a planner's `base: ..`: reading a directory threw std::ios_base::failure.
-  for (const std::string path : {std::string("."), std::string("/nonexistent/scenario.yaml")}) {
+  for (const std::string& path : {std::string("."), std::string("/nonexistent/scenario.yaml")}) {
     try {
       (void)Document::load_file(path);
       FAIL("no error for " << path);
