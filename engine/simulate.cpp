@@ -210,18 +210,7 @@ void NetworkCommBackend::next_phase(std::uint32_t slot) {
     done();
     return;
   }
-  // A repeated phase (ring steps) runs a copy of its batch but for the last run, which takes it.
-  const std::size_t ph = run.next;
-  const bool final_repeat = ++run.repeats_done >= run.repeat[ph];
-  hw::FlowBatch batch;
-  if (final_repeat)
-    batch = std::move(run.phases[ph]);
-  else
-    batch = run.phases[ph];
-  if (final_repeat) {
-    ++run.next;
-    run.repeats_done = 0;
-  }
+  hw::FlowBatch batch = hw::next_phase_run(run.phases, run.repeat, run.next, run.repeats_done);
   const bool last = run.next == run.phases.size();
   const std::uint32_t idx = run.collective;
   for (double b : batch.bytes) sent_[idx] += b;

@@ -48,6 +48,15 @@ void CollectivePlan::check() const {
     throw std::logic_error("CollectivePlan: repeat must hold one count >= 1 per phase (use add_phase)");
 }
 
+FlowBatch next_phase_run(std::vector<FlowBatch>& phases, const std::vector<std::uint32_t>& repeat, std::size_t& next,
+                         std::uint32_t& runs_done) {
+  const std::size_t i = next;
+  if (++runs_done < repeat[i]) return phases[i];
+  ++next;
+  runs_done = 0;
+  return std::move(phases[i]);
+}
+
 CollectiveAlgo collective_algo(const std::string& name) {
   if (name == "direct") return CollectiveAlgo::kDirect;
   if (name == "hierarchical") return CollectiveAlgo::kHierarchical;
@@ -272,18 +281,7 @@ void CollectiveEngine::launch_phase(std::size_t h) {
     if (run.on_done) run.on_done(runs_[h].result);
     return;
   }
-  // A repeated phase is copied for every run but its last, which takes the batch.
-  const std::size_t i = run.next_phase;
-  const bool final_repeat = ++run.repeats_done >= run.plan.repeat[i];
-  FlowBatch batch;
-  if (final_repeat)
-    batch = std::move(run.plan.phases[i]);
-  else
-    batch = run.plan.phases[i];
-  if (final_repeat) {
-    ++run.next_phase;
-    run.repeats_done = 0;
-  }
+  FlowBatch batch = next_phase_run(run.plan.phases, run.plan.repeat, run.next_phase, run.repeats_done);
   const bool last = run.next_phase == run.plan.phases.size();
   net_.start(std::move(batch), [this, h, last] {
     if (last || opts_.step_overhead == sim::SimTime{})

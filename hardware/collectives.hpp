@@ -99,6 +99,12 @@ struct CollectivePlan {
   }
 };
 
+/// The batch for the next run of `phases` (see CollectivePlan::repeat): a copy while phase
+/// `next` has runs left, the phase itself (moved out) on its last run, after which `next`
+/// advances and `runs_done` restarts. Shared by both players of plans.
+FlowBatch next_phase_run(std::vector<FlowBatch>& phases, const std::vector<std::uint32_t>& repeat, std::size_t& next,
+                         std::uint32_t& runs_done);
+
 /// Builds the phases. `group` lists global GPU ids (rank r is group[r]). Throws
 /// std::invalid_argument for inconsistent sizes (matrix not n x n, hierarchical on a group
 /// that is not made of whole nodes with the same GPU count...).
