@@ -216,6 +216,10 @@ void Topology::compute_route(int src, int dst, std::uint64_t flow_key, std::vect
   }
 }
 
+std::string Topology::unreachable(std::size_t src, std::size_t dst) const {
+  return fmt::format("{} cannot reach {}: the topology does not connect every GPU", g_[src].name, g_[dst].name);
+}
+
 std::optional<std::string> Topology::connectivity_problem_exhaustive() const {
   ensure_csr();
   std::vector<std::int16_t> d;
@@ -227,9 +231,7 @@ std::optional<std::string> Topology::connectivity_problem_exhaustive() const {
       for (std::uint32_t k = out_begin_[static_cast<std::size_t>(src)];
            k < out_begin_[static_cast<std::size_t>(src) + 1] && !ok; ++k)
         ok = d[static_cast<std::size_t>(link_dst_[out_links_[k]])] >= 0;
-      if (!ok)
-        return fmt::format("{} cannot reach {}: the topology does not connect every GPU",
-                           g_[static_cast<std::size_t>(src)].name, g_[static_cast<std::size_t>(dst)].name);
+      if (!ok) return unreachable(static_cast<std::size_t>(src), static_cast<std::size_t>(dst));
     }
   }
   return std::nullopt;
@@ -248,10 +250,6 @@ std::optional<std::string> Topology::connectivity_problem() const {
   const std::size_t nv = boost::num_vertices(g_);
   const auto G = static_cast<std::size_t>(gpus_);
   if (G < 2) return std::nullopt;
-  auto name = [&](std::size_t v) { return g_[v].name; };
-  auto problem = [&](std::size_t src, std::size_t dst) {
-    return fmt::format("{} cannot reach {}: the topology does not connect every GPU", name(src), name(dst));
-  };
   auto direct = [&](std::size_t src, std::size_t dst) {
     for (std::uint32_t k = out_begin_[src]; k < out_begin_[src + 1]; ++k)
       if (static_cast<std::size_t>(link_dst_[out_links_[k]]) == dst) return true;
@@ -386,7 +384,7 @@ std::optional<std::string> Topology::connectivity_problem() const {
               if (s2 != dst && !direct(s2, dst)) best = s2;
             }
           }
-          return problem(best, dst);
+          return unreachable(best, dst);
         }
     }
   return std::nullopt;

@@ -141,6 +141,8 @@ class Topology {
  private:
   friend Topology build_topology(const ClusterSpec& spec);
   void ensure_csr() const;
+  /// The message both connectivity checks give for the first pair that does not connect.
+  std::string unreachable(std::size_t src_gpu, std::size_t dst_gpu) const;
   void bfs_to(int dst_gpu, std::vector<std::int16_t>& d) const;
   const std::vector<std::int16_t>& dist_to(int dst_gpu) const;
   static constexpr std::size_t kDistCacheBytes = std::size_t{256} << 20;
