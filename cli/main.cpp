@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "cli/fidelity_cmd.hpp"
 #include "cli/plan_cmd.hpp"
 #include "cli/sweep_cmd.hpp"
 #include "config/reader.hpp"
@@ -174,6 +175,9 @@ int main(int argc, char** argv) {
 
   // plan (cli/plan_cmd.cpp)
   const moesim::cli::PlanCommand plan(app);
+  // fidelity, cost (cli/fidelity_cmd.cpp)
+  const moesim::cli::FidelityCommand fidelity(app);
+  const moesim::cli::CostCommand cost_cmd(app);
 
   try {
     app.parse(argc, argv);
@@ -270,6 +274,8 @@ int main(int argc, char** argv) {
       return kExitOk;
     }
     if (plan.selected()) return plan.run();
+    if (fidelity.selected()) return fidelity.run();
+    if (cost_cmd.selected()) return cost_cmd.run();
     if (*describe) return describe_command(describe_what);
     std::fputs(app.help().c_str(), stdout);
     return kExitOk;

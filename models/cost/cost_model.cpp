@@ -228,17 +228,25 @@ GemmFeatures gemm_features(const std::vector<std::int64_t>& rows, std::int64_t k
   return f;
 }
 
-double gemm_seconds(const GemmFeatures& f, const ModelParams& prm, const GpuParams& gpu, DType dtype, double clock_hz) {
-  if (f.tiles <= 0) return prm.t0_s;
+GemmTerms gemm_terms(const GemmFeatures& f, const ModelParams& prm, const GpuParams& gpu, DType dtype, double clock_hz) {
+  GemmTerms t;
+  t.t0_s = prm.t0_s;
+  t.total_s = prm.t0_s;
+  if (f.tiles <= 0) return t;
   const double sms = static_cast<double>(gpu.sm_count);
   const double f_sm = gpu.peak_flops(dtype) / sms * (clock_hz / gpu.sm_clock_hz);
-  const double waves = std::ceil(f.tiles / sms);
+  t.waves = std::ceil(f.tiles / sms);
   const double tile_flops = 2.0 * prm.tile.bm * prm.tile.bn * f.k;
-  const double tc = waves * tile_flops / (prm.eta * f_sm);
-  const double busy = std::min(f.tiles, sms);
-  const double bw = prm.mem_eff * gpu.hbm_bytes_per_s * std::min(1.0, busy / (prm.sat_frac * sms));
-  const double tm = (f.weight_bytes + f.act_bytes) / bw;
-  return prm.t0_s + blend(tc, tm, prm.p);
+  t.compute_s = t.waves * tile_flops / (prm.eta * f_sm);
+  t.busy_sms = std::min(f.tiles, sms);
+  t.bandwidth = prm.mem_eff * gpu.hbm_bytes_per_s * std::min(1.0, t.busy_sms / (prm.sat_frac * sms));
+  t.memory_s = (f.weight_bytes + f.act_bytes) / t.bandwidth;
+  t.total_s = prm.t0_s + blend(t.compute_s, t.memory_s, prm.p);
+  return t;
+}
+
+double gemm_seconds(const GemmFeatures& f, const ModelParams& prm, const GpuParams& gpu, DType dtype, double clock_hz) {
+  return gemm_terms(f, prm, gpu, dtype, clock_hz).total_s;
 }
 
 double roofline_seconds(double flops, double bytes, const ModelParams& prm, const GpuParams& gpu, DType dtype,
@@ -369,24 +377,31 @@ sim::SimTime CostModel::grouped_gemm(const GroupedGemmShape& s) const {
   return to_sim_time(t);
 }
 
+CostModel::Resolved CostModel::resolve_dense_gemm(const DenseGemmShape& s) const {
+  if (const ProfileEntry* e = find("dense_gemm", "", s.dtype, s.tile)) return {e->params, true, "profile: " + e->key()};
+  Resolved r{default_gemm_params(gpu_), false, "default"};
+  if (s.tile) r.params.tile = *s.tile;
+  return r;
+}
+
 sim::SimTime CostModel::dense_gemm(const DenseGemmShape& s) const {
-  ModelParams prm = default_gemm_params(gpu_);
-  if (const ProfileEntry* e = find("dense_gemm", "", s.dtype, s.tile))
-    prm = e->params;
-  else if (s.tile)
-    prm.tile = *s.tile;
+  const ModelParams prm = resolve_dense_gemm(s).params;
   const GemmFeatures f = gemm_features({s.m}, s.k, s.n, s.dtype, s.dtype_out, prm.tile);
   return to_sim_time(gemm_seconds(f, prm, gpu_, s.dtype, clock_hz_));
 }
 
-sim::SimTime CostModel::attention(const AttentionShape& s) const {
+CostModel::Resolved CostModel::resolve_attention(const AttentionShape& s) const {
   const bool prefill = s.phase == AttentionShape::Phase::kPrefill;
+  if (const ProfileEntry* e = find(prefill ? "attention_prefill" : "attention_decode", "", s.dtype, std::nullopt))
+    return {e->params, true, "profile: " + e->key()};
+  return {default_attention_params(gpu_, s.phase), false, "default"};
+}
+
+sim::SimTime CostModel::attention(const AttentionShape& s) const {
   if (s.batch <= 0 || s.q_len <= 0 || s.kv_len < s.q_len || s.heads <= 0 || s.kv_heads <= 0 || s.head_dim <= 0)
     throw std::invalid_argument(
         "attention shape needs batch, q_len, heads, kv_heads, head_dim > 0 and kv_len >= q_len");
-  ModelParams prm = default_attention_params(gpu_, s.phase);
-  if (const ProfileEntry* e = find(prefill ? "attention_prefill" : "attention_decode", "", s.dtype, std::nullopt))
-    prm = e->params;
+  const ModelParams prm = resolve_attention(s).params;
   return to_sim_time(roofline_seconds(attention_flops(s), attention_bytes(s), prm, gpu_, s.dtype, clock_hz_));
 }
 

@@ -168,6 +168,17 @@ GemmFeatures gemm_features(const std::vector<std::int64_t>& rows_per_expert, std
 ///   T   = t0 + (T_c^p + T_m^p)^(1/p)
 /// Zero rows cost t0 (the kernel is still launched).
 double gemm_seconds(const GemmFeatures& f, const ModelParams& prm, const GpuParams& gpu, DType dtype, double clock_hz);
+/// Every intermediate term of gemm_seconds (what `moesim cost` prints), in seconds and counts.
+struct GemmTerms {
+  double waves = 0;           ///< ceil(tiles / SMs)
+  double busy_sms = 0;        ///< min(tiles, SMs)
+  double compute_s = 0;       ///< T_c
+  double bandwidth = 0;       ///< bytes/s the memory term assumes (mem_eff x HBM x saturation)
+  double memory_s = 0;        ///< T_m
+  double t0_s = 0;            ///< fixed overhead
+  double total_s = 0;         ///< t0 + blend(T_c, T_m)
+};
+GemmTerms gemm_terms(const GemmFeatures& f, const ModelParams& prm, const GpuParams& gpu, DType dtype, double clock_hz);
 /// Roofline blend for attention: t0 + ((flops/(eta*peak))^p + (bytes/(mem_eff*HBM))^p)^(1/p).
 double roofline_seconds(double flops, double bytes, const ModelParams& prm, const GpuParams& gpu, DType dtype,
                         double clock_hz);
@@ -228,6 +239,8 @@ class CostModel {
     std::string source;  ///< "default" or "profile: grouped_gemm/vk_wgmma/bf16/BM128_BN128"
   };
   Resolved resolve_grouped_gemm(const GroupedGemmShape& s) const;
+  Resolved resolve_dense_gemm(const DenseGemmShape& s) const;
+  Resolved resolve_attention(const AttentionShape& s) const;
 
   const GpuParams& gpu() const { return gpu_; }
   double clock_hz() const { return clock_hz_; }
