@@ -56,7 +56,8 @@ KernelQuery read_kernel_query(const Node& n) {
     a.phase = phase == "decode" ? cost::AttentionShape::Phase::kDecode : cost::AttentionShape::Phase::kPrefill;
     a.batch = n.req_int("batch", dim);
     a.q_len = n.opt_int("q_len", a.phase == cost::AttentionShape::Phase::kDecode ? 1 : 0, dim);
-    if (a.phase == cost::AttentionShape::Phase::kPrefill && !n.has("q_len")) n.error_at("q_len", "required for prefill");
+    if (a.phase == cost::AttentionShape::Phase::kPrefill && !n.has("q_len"))
+      n.error_at("q_len", "required for prefill");
     a.kv_len = n.opt_int("kv_len", a.q_len, dim);
     a.heads = n.req_int("heads", Range::between(1, 65536));
     a.kv_heads = n.opt_int("kv_heads", a.heads, Range::between(1, 65536));
@@ -99,7 +100,8 @@ KernelQuery read_kernel_query(const Node& n) {
 
 KernelPrediction predict_kernel(const KernelQuery& q) {
   const cost::GpuParams gp = gpu_params(find_gpu(q.gpu, "kernel.gpu"));
-  const cost::CostModel cm = q.profile.empty() ? cost::CostModel(gp) : cost::CostModel(gp, cost::read_profile_file(q.profile));
+  const cost::CostModel cm =
+      q.profile.empty() ? cost::CostModel(gp) : cost::CostModel(gp, cost::read_profile_file(q.profile));
   KernelPrediction p;
   auto term = [&](std::string name, double v, std::string unit) {
     p.terms.push_back(KernelTerm{std::move(name), v, std::move(unit)});

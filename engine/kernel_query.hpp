@@ -55,9 +55,9 @@ struct KernelTerm {
 };
 
 struct KernelPrediction {
-  double seconds = 0;  ///< the duration the simulator would charge (rounded to whole ps)
-  double flops = 0;    ///< useful FLOPs of the kernel (2 M N K; attention: 4 x pairs x heads x d)
-  double bytes = 0;    ///< minimum HBM traffic the model charges
+  double seconds = 0;         ///< the duration the simulator would charge (rounded to whole ps)
+  double flops = 0;           ///< useful FLOPs of the kernel (2 M N K; attention: 4 x pairs x heads x d)
+  double bytes = 0;           ///< minimum HBM traffic the model charges
   std::string params_source;  ///< "default" or the profile entry
   std::vector<KernelTerm> terms;
   double tflops() const { return seconds > 0 ? flops / seconds / 1e12 : 0; }

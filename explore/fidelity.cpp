@@ -74,8 +74,7 @@ const MetricInfo* find_metric(const std::string& name) {
 }
 
 bool is_step_mode(engine::WorkloadMode m) {
-  return m == engine::WorkloadMode::kTrain || m == engine::WorkloadMode::kPrefill ||
-         m == engine::WorkloadMode::kDecode;
+  return m == engine::WorkloadMode::kTrain || m == engine::WorkloadMode::kPrefill || m == engine::WorkloadMode::kDecode;
 }
 
 /// Which metrics a point of this kind / workload mode can produce.
@@ -209,9 +208,8 @@ PublishedPoint read_point(const Node& e, const std::string& file, const Fidelity
     std::vector<std::string> names;
     for (const auto& c : m.categories) names.push_back(c.name);
     const auto guess = config::did_you_mean(p.category, names);
-    e.error_at("category",
-               fmt::format("unknown category '{}'{}; categories.yaml defines them", p.category,
-                           guess ? fmt::format(" (did you mean '{}'?)", *guess) : std::string()));
+    e.error_at("category", fmt::format("unknown category '{}'{}; categories.yaml defines them", p.category,
+                                       guess ? fmt::format(" (did you mean '{}'?)", *guess) : std::string()));
   }
   p.layout_group = e.opt_string("layout_group", "");
   const std::string subset = e.opt_choice("subset", {"heldout", "calibration"}, "heldout");
@@ -304,8 +302,9 @@ PublishedPoint read_point(const Node& e, const std::string& file, const Fidelity
         problems.push_back(Diagnostic{d.loc, d.key, fmt::format("{} (point {})", d.message, p.id)});
     }
   } else if (!flagged_ne) {
-    e.error("a point needs a scenario, scenario_file or kernel query, or flags: [not_expressible] with "
-            "missing_features");
+    e.error(
+        "a point needs a scenario, scenario_file or kernel query, or flags: [not_expressible] with "
+        "missing_features");
   }
   if (p.kind == PointKind::kKernel && mi != nullptr && !metric_applies(p.metric, p.kind, engine::WorkloadMode::kTrain))
     e.error_at("metric", fmt::format("metric {} does not apply to a kernel point (time_us, tflops)", p.metric));
@@ -634,13 +633,14 @@ Counts count(const FidelityMatrix& m, const FidelityReport& r) {
 void stats_table(std::string& out, const char* title, const std::vector<CategoryStats>& st, bool md) {
   if (st.empty()) return;
   if (md) {
-    out += fmt::format("\n### {}\n\n| category | subset | n | MAPE | median | worst (id) | geomean pred/pub | over/under "
-                       "| in band |\n| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |\n",
-                       title);
+    out += fmt::format(
+        "\n### {}\n\n| category | subset | n | MAPE | median | worst (id) | geomean pred/pub | over/under "
+        "| in band |\n| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |\n",
+        title);
     for (const auto& s : st)
       out += fmt::format("| {} | {} | {} | {:.1f}% | {:.1f}% | {:.1f}% ({}) | {:.3f} | {}/{} | {}/{} |\n", s.category,
-                         s.subset, s.n, s.mape, s.median_ape, s.worst_ape, s.worst_id, s.geomean_ratio, s.over,
-                         s.under, s.pass, s.n);
+                         s.subset, s.n, s.mape, s.median_ape, s.worst_ape, s.worst_id, s.geomean_ratio, s.over, s.under,
+                         s.pass, s.n);
     return;
   }
   out += fmt::format("\n{}\n{:<20} {:<11} {:>4} {:>7} {:>7} {:>7}  {:>8}  {:>10} {:>7}  {}\n", title, "category",
@@ -670,8 +670,8 @@ std::string format_fidelity_text(const FidelityMatrix& m, const FidelityReport& 
     const std::string status = to_string(res.status) == std::string("not_expressible") ? "n/e" : to_string(res.status);
     if (ran(res.status))
       out += fmt::format("{:<{}} {:<18} {:<6} {:<27} {:>10} {:>10} {:>8}  {}{}\n", p.id, w, p.category, status,
-                         p.metric, num(p.published), num(res.predicted), pct(res.error),
-                         res.pass ? "ok" : "OUT", p.calibration ? " (calibration)" : "");
+                         p.metric, num(p.published), num(res.predicted), pct(res.error), res.pass ? "ok" : "OUT",
+                         p.calibration ? " (calibration)" : "");
     else
       out += fmt::format("{:<{}} {:<18} {:<6} {:<27} {:>10} {:>10} {:>8}  {}\n", p.id, w, p.category, status, p.metric,
                          num(p.published), "-", "-", res.status == PointStatus::kError ? res.message : "");
@@ -728,16 +728,18 @@ std::string format_fidelity_markdown(const FidelityMatrix& m, const FidelityRepo
   stats_table(out, "By category, live points", r.live, true);
   stats_table(out, "By category, live + approximate points", r.with_approx, true);
   if (!r.groups.empty()) {
-    out += "\n### Layout groups\n\n| group | metric | n | Spearman | published order | predicted order |\n"
-           "| --- | --- | ---: | ---: | --- | --- |\n";
+    out +=
+        "\n### Layout groups\n\n| group | metric | n | Spearman | published order | predicted order |\n"
+        "| --- | --- | ---: | ---: | --- | --- |\n";
     for (const auto& g : r.groups)
       out += fmt::format("| {} | {} | {} | {} | {} | {} |\n", g.group, g.metric, g.n,
                          std::isfinite(g.spearman) ? fmt::format("{:+.2f}", g.spearman) : std::string("n/a"),
                          join(g.published_order, " > "), join(g.predicted_order, " > "));
   }
-  out += "\n### Points\n\n| point | category | status | metric | published | predicted | error | breakdown (ms: compute / "
-         "exposed comm / bubbles / other idle) | missing features |\n| --- | --- | --- | --- | ---: | ---: | ---: | --- | "
-         "--- |\n";
+  out +=
+      "\n### Points\n\n| point | category | status | metric | published | predicted | error | breakdown (ms: compute / "
+      "exposed comm / bubbles / other idle) | missing features |\n| --- | --- | --- | --- | ---: | ---: | ---: | --- | "
+      "--- |\n";
   for (std::size_t i = 0; i < m.points.size(); ++i) {
     if (!r.selected[i]) continue;
     const auto& p = m.points[i];
@@ -844,10 +846,9 @@ GateResult check_fidelity_gate(const FidelityMatrix& m, const FidelityReport& r,
     const BaselineRow& b = *it->second;
     const bool b_ran = b.status == "live" || b.status == "approx";
     if (b.pass && !res.pass)
-      g.failures.push_back(
-          fmt::format("{}: passed its band in the baseline ({}), now {}", p.id, pct(b.error),
-                      ran(res.status) ? fmt::format("{} (band {:.0f}%)", pct(res.error), p.band * 100)
-                                      : std::string(to_string(res.status))));
+      g.failures.push_back(fmt::format("{}: passed its band in the baseline ({}), now {}", p.id, pct(b.error),
+                                       ran(res.status) ? fmt::format("{} (band {:.0f}%)", pct(res.error), p.band * 100)
+                                                       : std::string(to_string(res.status))));
     if (b_ran && ran(res.status)) {
       common[p.category].first.push_back(std::fabs(b.error) * 100);
       common[p.category].second.push_back(std::fabs(res.error) * 100);
@@ -855,14 +856,16 @@ GateResult check_fidelity_gate(const FidelityMatrix& m, const FidelityReport& r,
       g.failures.push_back(fmt::format("{}: ran in the baseline, now {}", p.id, to_string(res.status)));
     }
   }
-  g.text = fmt::format("\nregression gate (category MAPE over the points simulated in the baseline and now):\n"
-                       "{:<20} {:>4} {:>13} {:>9} {:>8}\n",
-                       "category", "n", "baseline MAPE", "now MAPE", "change");
+  g.text = fmt::format(
+      "\nregression gate (category MAPE over the points simulated in the baseline and now):\n"
+      "{:<20} {:>4} {:>13} {:>9} {:>8}\n",
+      "category", "n", "baseline MAPE", "now MAPE", "change");
   for (const auto& [cat, v] : common) {
     const double n = static_cast<double>(v.first.size());
     const double before = std::accumulate(v.first.begin(), v.first.end(), 0.0) / n;
     const double now = std::accumulate(v.second.begin(), v.second.end(), 0.0) / n;
-    g.text += fmt::format("{:<20} {:>4} {:>12.1f}% {:>8.1f}% {:>+7.1f}\n", cat, v.first.size(), before, now, now - before);
+    g.text +=
+        fmt::format("{:<20} {:>4} {:>12.1f}% {:>8.1f}% {:>+7.1f}\n", cat, v.first.size(), before, now, now - before);
     if (now > before + slack)
       g.failures.push_back(fmt::format("category {}: MAPE {:.1f}% -> {:.1f}% (worse by more than {:.1f} points)", cat,
                                        before, now, slack));

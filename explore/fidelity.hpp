@@ -56,14 +56,14 @@ struct PublishedPoint {
   std::string file;  ///< matrix file the entry is in
   config::Location loc;
   std::string category;
-  std::string layout_group;       ///< "" = none
-  bool calibration = false;       ///< in the declared calibration subset (else held out)
-  std::string metric;             ///< canonical metric name (see fidelity_metrics())
-  double published = 0;           ///< in the metric's unit
-  std::string source;             ///< one-line citation for tables (title, commit or date)
-  std::vector<std::string> flags; ///< derived, ambiguous, ...
+  std::string layout_group;        ///< "" = none
+  bool calibration = false;        ///< in the declared calibration subset (else held out)
+  std::string metric;              ///< canonical metric name (see fidelity_metrics())
+  double published = 0;            ///< in the metric's unit
+  std::string source;              ///< one-line citation for tables (title, commit or date)
+  std::vector<std::string> flags;  ///< derived, ambiguous, ...
   std::vector<std::string> missing_features;
-  double band = 0;      ///< pass band (fraction); the category's unless the entry sets one
+  double band = 0;  ///< pass band (fraction); the category's unless the entry sets one
   PointKind kind = PointKind::kNone;
   /// Scenario points (the parsed scenario is FidelityMatrix::scenarios[i]).
   std::string scenario_file;                              ///< "" = inline block
@@ -122,12 +122,12 @@ struct CategoryStats {
   std::string category;
   std::string subset;  ///< "held-out", "calibration", "all"
   int n = 0;
-  double mape = 0;          ///< mean |error|, percent
-  double median_ape = 0;    ///< percent
-  double worst_ape = 0;     ///< percent
+  double mape = 0;        ///< mean |error|, percent
+  double median_ape = 0;  ///< percent
+  double worst_ape = 0;   ///< percent
   std::string worst_id;
-  double geomean_ratio = 0; ///< exp(mean log(predicted / published))
-  int over = 0, under = 0;  ///< predictions above / below the published value
+  double geomean_ratio = 0;  ///< exp(mean log(predicted / published))
+  int over = 0, under = 0;   ///< predictions above / below the published value
   int pass = 0;
 };
 
@@ -135,16 +135,16 @@ struct GroupStats {
   std::string group;
   std::string metric;
   int n = 0;
-  double spearman = 0;  ///< NaN when n < 2 or a side is constant
+  double spearman = 0;                       ///< NaN when n < 2 or a side is constant
   std::vector<std::string> published_order;  ///< ids, best (highest value) first
   std::vector<std::string> predicted_order;
 };
 
 struct FidelityReport {
-  std::vector<PointResult> results;  ///< parallel to matrix.points (filtered points: kNotExpressible w/o run)
-  std::vector<bool> selected;        ///< --only filter
-  std::vector<CategoryStats> live;           ///< live points, per category and subset
-  std::vector<CategoryStats> with_approx;    ///< live + approximate points
+  std::vector<PointResult> results;        ///< parallel to matrix.points (filtered points: kNotExpressible w/o run)
+  std::vector<bool> selected;              ///< --only filter
+  std::vector<CategoryStats> live;         ///< live points, per category and subset
+  std::vector<CategoryStats> with_approx;  ///< live + approximate points
   std::vector<GroupStats> groups;
 };
 

@@ -170,13 +170,13 @@ GemmFeatures gemm_features(const std::vector<std::int64_t>& rows_per_expert, std
 double gemm_seconds(const GemmFeatures& f, const ModelParams& prm, const GpuParams& gpu, DType dtype, double clock_hz);
 /// Every intermediate term of gemm_seconds (what `moesim cost` prints), in seconds and counts.
 struct GemmTerms {
-  double waves = 0;           ///< ceil(tiles / SMs)
-  double busy_sms = 0;        ///< min(tiles, SMs)
-  double compute_s = 0;       ///< T_c
-  double bandwidth = 0;       ///< bytes/s the memory term assumes (mem_eff x HBM x saturation)
-  double memory_s = 0;        ///< T_m
-  double t0_s = 0;            ///< fixed overhead
-  double total_s = 0;         ///< t0 + blend(T_c, T_m)
+  double waves = 0;      ///< ceil(tiles / SMs)
+  double busy_sms = 0;   ///< min(tiles, SMs)
+  double compute_s = 0;  ///< T_c
+  double bandwidth = 0;  ///< bytes/s the memory term assumes (mem_eff x HBM x saturation)
+  double memory_s = 0;   ///< T_m
+  double t0_s = 0;       ///< fixed overhead
+  double total_s = 0;    ///< t0 + blend(T_c, T_m)
 };
 GemmTerms gemm_terms(const GemmFeatures& f, const ModelParams& prm, const GpuParams& gpu, DType dtype, double clock_hz);
 /// Roofline blend for attention: t0 + ((flops/(eta*peak))^p + (bytes/(mem_eff*HBM))^p)^(1/p).

@@ -38,8 +38,7 @@ const char* kCategories = R"(categories:
 )";
 
 /// A kernel point; `published` in TFLOPS.
-std::string kernel_point(const std::string& id, double published, const std::string& subset = "heldout",
-                         int m = 4096) {
+std::string kernel_point(const std::string& id, double published, const std::string& subset = "heldout", int m = 4096) {
   return "  - id: " + id + "\n    category: kernel-dense\n    subset: " + subset +
          "\n    source: { title: t, date: 2025-01-01, quote: q }\n    metric: tflops\n"
          "    published: { value: " +
@@ -172,14 +171,13 @@ TEST_CASE("fidelity: matrix errors are located and collected", "[fidelity]") {
   TempDir d("bad");
   d.write("categories.yaml", kCategories);
   const std::string f = d.write(
-      "bad.yaml",
-      "points:\n" + kernel_point("dup", 100) + kernel_point("dup", 100) +
-          "  - id: u\n    category: kernel-dense\n    source: { title: t, date: 2025-01-01, quote: q }\n"
-          "    metric: tflops\n    published: { value: 5, unit: GB/s, as_quoted: x }\n    derivation: d\n"
-          "    kernel: { op: gemm, gpu: h800, m: 1, n: 1, k: 1 }\n"
-          "  - id: v\n    category: kernel-dens\n    source: { title: t, commit: abc, quote: q }\n"
-          "    metric: tflop\n    published: { value: 5, unit: TFLOPS, as_quoted: x }\n    derivation: d\n"
-          "    flags: [not_expressible]\n    colour: red\n");
+      "bad.yaml", "points:\n" + kernel_point("dup", 100) + kernel_point("dup", 100) +
+                      "  - id: u\n    category: kernel-dense\n    source: { title: t, date: 2025-01-01, quote: q }\n"
+                      "    metric: tflops\n    published: { value: 5, unit: GB/s, as_quoted: x }\n    derivation: d\n"
+                      "    kernel: { op: gemm, gpu: h800, m: 1, n: 1, k: 1 }\n"
+                      "  - id: v\n    category: kernel-dens\n    source: { title: t, commit: abc, quote: q }\n"
+                      "    metric: tflop\n    published: { value: 5, unit: TFLOPS, as_quoted: x }\n    derivation: d\n"
+                      "    flags: [not_expressible]\n    colour: red\n");
   try {
     load_fidelity_matrix(d.path.string());
     FAIL("expected a ConfigError");
