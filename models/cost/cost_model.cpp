@@ -228,7 +228,8 @@ GemmFeatures gemm_features(const std::vector<std::int64_t>& rows, std::int64_t k
   return f;
 }
 
-GemmTerms gemm_terms(const GemmFeatures& f, const ModelParams& prm, const GpuParams& gpu, DType dtype, double clock_hz) {
+GemmTerms gemm_terms(const GemmFeatures& f, const ModelParams& prm, const GpuParams& gpu, DType dtype,
+                     double clock_hz) {
   GemmTerms t;
   t.t0_s = prm.t0_s;
   t.total_s = prm.t0_s;
