@@ -37,6 +37,7 @@ FidelityCommand::FidelityCommand(CLI::App& app) {
                    "compare with a previous fidelity.csv: exit 4 when a category's MAPE worsens by more than 1 "
                    "point or a point that passed its band no longer does");
   cmd_->add_option("--set", sets_, "override a value in every scenario point: key.path=value (repeatable)");
+  cmd_->add_flag("-q,--quiet", quiet_, "no progress on stderr");
 }
 
 int FidelityCommand::run() const {
@@ -45,6 +46,10 @@ int FidelityCommand::run() const {
   o.overrides = sets_;
   o.only = only_;
   o.threads = threads_;
+  if (!quiet_)
+    o.progress = [](const ex::PublishedPoint& p, double cpu_s, std::size_t done, std::size_t total) {
+      fmt::print(stderr, "fidelity: [{}/{}] {} ({:.2f} s CPU)\n", done, total, p.id, cpu_s);
+    };
   const ex::FidelityMatrix m = ex::load_fidelity_matrix(dir_, o);
   std::vector<ex::BaselineRow> base;
   if (!baseline_.empty()) base = ex::read_fidelity_baseline(baseline_);  // bad file: exit 2 before running

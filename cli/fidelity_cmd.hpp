@@ -26,6 +26,7 @@ class FidelityCommand {
   std::string baseline_;
   std::vector<std::string> sets_;
   int threads_ = 1;
+  bool quiet_ = false;
 };
 
 class CostCommand {

@@ -9,6 +9,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "engine/dispatch_run.hpp"
 #include "engine/simulate.hpp"
 #include "hardware/collectives.hpp"
 #include "models/router.hpp"
@@ -128,6 +129,44 @@ void run_collective(const Scenario& s, const hw::Topology& topo, nlohmann::order
   j["collective"] = {{"op", hw::to_string(r.kind)}, {"algorithm", c.algorithm},  {"ranks", r.ranks},
                      {"size_bytes", r.size_bytes},  {"time_us", r.time.to_us()}, {"algbw_GBps", r.algbw / 1e9},
                      {"busbw_GBps", r.busbw / 1e9}, {"phases", r.phases}};
+}
+
+/// One MoE layer's dispatch and combine (engine/dispatch_run.hpp).
+void run_dispatch(const Scenario& s, nlohmann::ordered_json& j, std::string& out) {
+  const DispatchReport r = simulate_dispatch(s);
+  auto op_json = [](const DispatchOpReport& o) {
+    const double t = o.time_us * 1e-6;
+    return nlohmann::ordered_json{{"time_us", o.time_us},
+                                  {"payload_bytes", o.payload_bytes},
+                                  {"network_bytes", o.network_bytes},
+                                  {"phases", o.phases},
+                                  {"deepep_nvl_bytes", o.nvl_logical_bytes},
+                                  {"deepep_rdma_bytes", o.rdma_logical_bytes},
+                                  {"deepep_ll_bytes", o.ll_logical_bytes},
+                                  {"deepep_nvl_bw_GBps", o.nvl_logical_bytes / t / 1e9},
+                                  {"deepep_rdma_bw_GBps", o.rdma_logical_bytes / t / 1e9},
+                                  {"deepep_ll_bw_GBps", o.ll_logical_bytes / t / 1e9}};
+  };
+  j["step_time_us"] = r.dispatch.time_us + r.combine.time_us;
+  j["dispatch"] = op_json(r.dispatch);
+  j["combine"] = op_json(r.combine);
+  j["routing"] = {{"drop_fraction", r.drop_fraction},
+                  {"max_over_mean_load", r.max_over_mean_load},
+                  {"mean_destination_ranks", r.mean_dest_ranks},
+                  {"mean_destination_nodes", r.mean_dest_nodes}};
+  for (const auto* op : {&r.dispatch, &r.combine}) {
+    const double t = op->time_us * 1e-6;
+    fmt::format_to(std::back_inserter(out),
+                   "{:<9}  {:.3f} us over {} GPUs ({} nodes), {} phases; payload {}, on the network {}; DeepEP "
+                   "bandwidth (rank 0): NVL {:.1f} GB/s, RDMA {:.1f} GB/s, LL {:.1f} GB/s\n",
+                   op == &r.dispatch ? "dispatch" : "combine", op->time_us, r.ranks, r.nodes, op->phases,
+                   sim::format_bytes(op->payload_bytes), sim::format_bytes(op->network_bytes),
+                   op->nvl_logical_bytes / t / 1e9, op->rdma_logical_bytes / t / 1e9, op->ll_logical_bytes / t / 1e9);
+  }
+  fmt::format_to(std::back_inserter(out),
+                 "routing    {} tokens per rank, drop {:.4f}%, max/mean expert load {:.3f}, per token (rank 0) "
+                 "{:.3f} destination ranks, {:.3f} destination nodes\n",
+                 r.tokens_per_rank, 100 * r.drop_fraction, r.max_over_mean_load, r.mean_dest_ranks, r.mean_dest_nodes);
 }
 
 /// "token", "counts", or "trace" for a replayed routing trace (token by token, no sampling).
@@ -276,6 +315,10 @@ RunResult run_scenario(const Scenario& s, const RunOptions& o) {
       break;
     case WorkloadMode::kRouting:
       run_routing(s, r.report, r.text);
+      break;
+    case WorkloadMode::kDispatch:
+      if (!o.trace_file.empty()) throw std::runtime_error("--trace is written for train/prefill/decode workloads only");
+      run_dispatch(s, r.report, r.text);
       break;
     case WorkloadMode::kTrain:
     case WorkloadMode::kPrefill:

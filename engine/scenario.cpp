@@ -25,6 +25,8 @@ const char* to_string(WorkloadMode m) {
       return "routing";
     case WorkloadMode::kCollective:
       return "collective";
+    case WorkloadMode::kDispatch:
+      return "dispatch";
   }
   return "?";
 }
@@ -57,6 +59,7 @@ std::int64_t WorkloadSpec::tokens_per_step() const {
     case WorkloadMode::kDecode:
       return batch;
     case WorkloadMode::kCollective:
+    case WorkloadMode::kDispatch:  // tokens per rank x ranks: see Scenario::routing_groups
       return 0;
   }
   return 0;
@@ -69,6 +72,7 @@ std::int64_t Scenario::routing_groups() const {
       return static_cast<std::int64_t>(parallel.dp) * parallel.micro_batches;
     case WorkloadMode::kPrefill:
     case WorkloadMode::kDecode:
+    case WorkloadMode::kDispatch:
       return parallel.dp;
     case WorkloadMode::kCollective:
       return 0;
@@ -77,6 +81,7 @@ std::int64_t Scenario::routing_groups() const {
 }
 
 std::int64_t Scenario::tokens_per_group() const {
+  if (workload.mode == WorkloadMode::kDispatch) return workload.tokens_per_rank;
   const std::int64_t g = routing_groups();
   return g > 0 ? workload.tokens_per_step() / g : 0;
 }
@@ -138,10 +143,10 @@ CollectiveSpec parse_collective(const Node& n) {
 WorkloadSpec parse_workload(const Node& n) {
   WorkloadSpec w;
   if (!n.defined()) {
-    n.error("required section is missing (workload: {mode: train|prefill|decode|routing|collective, ...})");
+    n.error("required section is missing (workload: {mode: train|prefill|decode|routing|collective|dispatch, ...})");
     return w;
   }
-  const std::string mode = n.req_choice("mode", {"train", "prefill", "decode", "routing", "collective"});
+  const std::string mode = n.req_choice("mode", {"train", "prefill", "decode", "routing", "collective", "dispatch"});
   const Range count = Range::between(1, static_cast<double>(kMaxCount));
   if (mode == "train" || mode == "routing") {
     w.mode = mode == "train" ? WorkloadMode::kTrain : WorkloadMode::kRouting;
@@ -156,6 +161,9 @@ WorkloadSpec parse_workload(const Node& n) {
     w.mode = WorkloadMode::kDecode;
     w.batch = n.req_int("batch", count);
     w.context_len = n.req_int("context_len", count);
+  } else if (mode == "dispatch") {
+    w.mode = WorkloadMode::kDispatch;
+    w.tokens_per_rank = n.req_int("tokens_per_rank", Range::between(1, 1 << 24));
   } else if (mode == "collective") {
     w.mode = WorkloadMode::kCollective;
     const Node c = n.child("collective");
@@ -165,7 +173,8 @@ WorkloadSpec parse_workload(const Node& n) {
       w.collective = parse_collective(c);
   } else {
     // Unknown mode (already reported): do not pile unknown-key errors on top of it.
-    n.finish({"seq_len", "global_batch", "recompute", "batch", "prompt_len", "context_len", "collective"});
+    n.finish({"seq_len", "global_batch", "recompute", "batch", "prompt_len", "context_len", "collective",
+              "tokens_per_rank"});
     return w;
   }
   n.finish();
@@ -355,6 +364,30 @@ Scenario parse_scenario(const config::Document& doc, std::optional<std::uint64_t
       root.child("routing").error_at("redundant_experts",
                                      "redundant (replicated) experts are supported in routing-only runs "
                                      "(workload.mode: routing); the step simulation does not place them yet");
+  }
+  // Dispatch benchmarks: one EP group of every GPU, routed per rank in token mode (DeepEP's
+  // logical byte counts need each token's destinations).
+  if (s.workload.mode == WorkloadMode::kDispatch && s.has_model) {
+    const Node par = root.child("parallel");
+    const auto& p = s.parallel;
+    if (p.tp != 1 || p.pp != 1) par.error("mode: dispatch runs one expert-parallel group: tp and pp must be 1");
+    if (p.ep != p.dp)
+      par.error_at("ep", fmt::format("mode: dispatch runs one expert-parallel group of every GPU: ep={} must equal "
+                                     "dp={}",
+                                     p.ep, p.dp));
+    if (s.model.num_moe_layers() == 0) root.error_at("model", "mode: dispatch needs a model with MoE layers");
+    if (s.routing.sampling != models::SamplingMode::kToken && s.routing.distribution != models::Distribution::kTrace)
+      root.child("routing").error_at("sampling",
+                                     "mode: dispatch needs token sampling (per-token destinations give DeepEP's "
+                                     "logical byte counts)");
+    if (s.routing.redundant_experts > 0)
+      root.child("routing").error_at("redundant_experts", "mode: dispatch places experts contiguously");
+    const int gpn = s.has_cluster ? s.cluster.gpus_per_node : 0;
+    if (s.execution.all_to_all == "hierarchical" && gpn > 0 && !(p.ep % gpn == 0 || gpn % p.ep == 0))
+      root.child("execution")
+          .error_at("all_to_all", fmt::format("hierarchical all-to-all needs whole nodes or one node: ep={} with "
+                                              "gpus_per_node={}",
+                                              p.ep, gpn));
   }
   root.finish();
   diags.throw_if_any();

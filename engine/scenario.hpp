@@ -29,7 +29,7 @@ struct ParallelSpec {
   int world() const { return dp * tp * pp; }
 };
 
-enum class WorkloadMode { kTrain, kPrefill, kDecode, kRouting, kCollective };
+enum class WorkloadMode { kTrain, kPrefill, kDecode, kRouting, kCollective, kDispatch };
 const char* to_string(WorkloadMode m);
 
 enum class CollectiveOp { kAllToAll, kAllReduce, kAllGather, kReduceScatter, kSendRecv };
@@ -43,12 +43,13 @@ struct CollectiveSpec {
 
 struct WorkloadSpec {
   WorkloadMode mode = WorkloadMode::kTrain;
-  std::int64_t seq_len = 0;       ///< train / routing: tokens per sequence
-  std::int64_t global_batch = 0;  ///< train / routing: sequences per step (all DP replicas)
-  std::int64_t batch = 0;         ///< prefill / decode: concurrent sequences
-  std::int64_t prompt_len = 0;    ///< prefill
-  std::int64_t context_len = 0;   ///< decode: tokens already in the KV cache
-  bool recompute = false;         ///< train: activation recomputation
+  std::int64_t seq_len = 0;          ///< train / routing: tokens per sequence
+  std::int64_t global_batch = 0;     ///< train / routing: sequences per step (all DP replicas)
+  std::int64_t batch = 0;            ///< prefill / decode: concurrent sequences
+  std::int64_t prompt_len = 0;       ///< prefill
+  std::int64_t context_len = 0;      ///< decode: tokens already in the KV cache
+  std::int64_t tokens_per_rank = 0;  ///< dispatch: tokens each EP rank dispatches
+  bool recompute = false;            ///< train: activation recomputation
   std::optional<CollectiveSpec> collective;
   /// Tokens processed by one step across the whole cluster.
   std::int64_t tokens_per_step() const;

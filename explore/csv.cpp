@@ -71,6 +71,7 @@ using Json = nlohmann::ordered_json;
 constexpr unsigned kStep = 1;        // train / prefill / decode
 constexpr unsigned kRouting = 2;     // routing-only
 constexpr unsigned kCollective = 4;  // one collective
+constexpr unsigned kDispatch = 8;    // one MoE layer's dispatch and combine
 
 unsigned mode_bit(engine::WorkloadMode m) {
   switch (m) {
@@ -78,6 +79,8 @@ unsigned mode_bit(engine::WorkloadMode m) {
       return kRouting;
     case engine::WorkloadMode::kCollective:
       return kCollective;
+    case engine::WorkloadMode::kDispatch:
+      return kDispatch;
     default:
       return kStep;
   }
@@ -128,7 +131,7 @@ struct MetricDef {
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
 // The fixed column order. Keep names in units-in-the-name form (CONVENTIONS.md).
-const std::array<MetricDef, 26> kMetrics{{
+const std::array<MetricDef, 28> kMetrics{{
     {"step_time_us", kStep | kCollective, [](const Json& r) { return cell(find(r, {"step_time_us"})); }},
     {"tokens_per_s", kStep, [](const Json& r) { return cell(find(r, {"tokens_per_s"})); }},
     {"mfu", kStep, [](const Json& r) { return cell(find(r, {"mfu"})); }},
@@ -198,6 +201,14 @@ const std::array<MetricDef, 26> kMetrics{{
     {"pp_bubble_us", kStep,
      [](const Json& r) {
        return cell(find(r, {"idle_us", "pipeline"}));
+     }},
+    {"dispatch_time_us", kDispatch,
+     [](const Json& r) {
+       return cell(find(r, {"dispatch", "time_us"}));
+     }},
+    {"combine_time_us", kDispatch,
+     [](const Json& r) {
+       return cell(find(r, {"combine", "time_us"}));
      }},
     {"algbw_GBps", kCollective,
      [](const Json& r) {

@@ -15,6 +15,7 @@
 
 #include "engine/run.hpp"
 #include "engine/scenario.hpp"
+#include "engine/step_builder.hpp"
 #include "explore/pool.hpp"
 #include "models/model_spec.hpp"
 
@@ -61,6 +62,33 @@ const std::vector<MetricInfo>& fidelity_metrics() {
       {"algbw_GBps", "GB/s", "collective: nccl-tests algbw (size / time)"},
       {"busbw_GBps", "GB/s", "collective: nccl-tests busbw"},
       {"tflops", "TFLOPS", "kernel: FLOPs (the source's, when the entry gives them) / predicted time"},
+      {"mem_bw_GBps", "GB/s", "kernel: the source's byte count (bytes) / predicted time"},
+      {"dispatch_time_us", "us", "dispatch: the dispatch all-to-all alone on the network"},
+      {"combine_time_us", "us", "dispatch: the combine all-to-all alone on the network"},
+      {"dispatch_nvl_bw_GBps", "GB/s",
+       "dispatch: DeepEP's NVLink bytes (rank 0's received rows, one per token and rank, "
+       "own tokens included) / dispatch time"},
+      {"combine_nvl_bw_GBps", "GB/s", "dispatch: the same rows at bf16 / combine time"},
+      {"dispatch_rdma_bw_GBps", "GB/s",
+       "dispatch: DeepEP's RDMA bytes (rank 0's tokens x destination nodes, own node "
+       "included) / dispatch time"},
+      {"combine_rdma_bw_GBps", "GB/s", "dispatch: the same at bf16 / combine time"},
+      {"dispatch_ll_bw_GBps", "GB/s",
+       "dispatch: DeepEP low-latency bytes (rank 0's kept selections x row) / dispatch time"},
+      {"combine_ll_bw_GBps", "GB/s", "dispatch: the same at bf16 / combine time"},
+      // Request-level serving (a serve workload; no mode produces these yet).
+      {"ttft_p50_ms", "ms", "serve: median time to first token"},
+      {"ttft_p90_ms", "ms", "serve: p90 time to first token"},
+      {"ttft_p99_ms", "ms", "serve: p99 time to first token"},
+      {"tpot_p50_ms", "ms", "serve: median time per output token"},
+      {"tpot_p90_ms", "ms", "serve: p90 time per output token"},
+      {"tpot_p99_ms", "ms", "serve: p99 time per output token"},
+      {"e2e_latency_mean_ms", "ms", "serve: mean end-to-end request latency"},
+      {"e2e_latency_p50_ms", "ms", "serve: median end-to-end request latency"},
+      {"e2e_latency_p99_ms", "ms", "serve: p99 end-to-end request latency"},
+      {"output_tokens_per_s_per_user", "tokens/s", "serve: output tokens per second seen by one request"},
+      {"total_tokens_per_s_per_gpu", "tokens/s", "serve: (input + output) tokens per second per GPU"},
+      {"request_throughput", "requests/s", "serve: completed requests per second"},
   };
   return m;
 }
@@ -80,9 +108,10 @@ bool is_step_mode(engine::WorkloadMode m) {
 /// Which metrics a point of this kind / workload mode can produce.
 bool metric_applies(const std::string& metric, PointKind kind, engine::WorkloadMode mode) {
   using engine::WorkloadMode;
-  if (kind == PointKind::kKernel) return metric == "time_us" || metric == "tflops";
+  if (kind == PointKind::kKernel) return metric == "time_us" || metric == "tflops" || metric == "mem_bw_GBps";
   if (kind != PointKind::kScenario) return true;
   if (mode == WorkloadMode::kCollective) return metric == "time_us" || metric == "algbw_GBps" || metric == "busbw_GBps";
+  if (mode == WorkloadMode::kDispatch) return metric.rfind("dispatch_", 0) == 0 || metric.rfind("combine_", 0) == 0;
   if (!is_step_mode(mode)) return false;
   if (metric == "step_time_ms" || metric == "peak_mem_GiB") return true;
   if (metric == "tokens_per_s_per_gpu") return mode == WorkloadMode::kTrain || mode == WorkloadMode::kPrefill;
@@ -222,6 +251,7 @@ PublishedPoint read_point(const Node& e, const std::string& file, const Fidelity
     const std::string title = src.req_string("title");
     const std::string url = src.opt_string("url", "");
     src.opt_string("path", "");
+    src.opt_string("repo", "");
     const std::string commit = src.opt_string("commit", "");
     const std::string date = src.opt_string("date", "");
     src.req_string("quote");
@@ -276,6 +306,7 @@ PublishedPoint read_point(const Node& e, const std::string& file, const Fidelity
   p.band = e.opt_double("band", cat != nullptr ? cat->band : 0.25, Range{0, 10, true});
   p.flops_per_token = e.opt_double("flops_per_token", 0, Range::non_negative());
   p.flops_override = e.opt_double("flops", 0, Range::non_negative());
+  p.bytes_override = e.opt_double("bytes", 0, Range::non_negative());
 
   const int ways = int{e.has("scenario")} + int{e.has("scenario_file")} + int{e.has("kernel")};
   if (ways > 1) e.error("give one of scenario, scenario_file or kernel");
@@ -294,6 +325,7 @@ PublishedPoint read_point(const Node& e, const std::string& file, const Fidelity
     try {
       const config::Document doc = point_document(e, file, opts, p);
       scenario = engine::parse_scenario(doc);
+      p.run_key = "scenario\n" + doc.dump();
       if (mi != nullptr && !metric_applies(p.metric, p.kind, scenario->workload.mode))
         e.error_at("metric", fmt::format("metric {} does not apply to a {} scenario", p.metric,
                                          engine::to_string(scenario->workload.mode)));
@@ -308,7 +340,9 @@ PublishedPoint read_point(const Node& e, const std::string& file, const Fidelity
   }
   if (p.kind == PointKind::kKernel && mi != nullptr && !metric_applies(p.metric, p.kind, engine::WorkloadMode::kTrain))
     e.error_at("metric", fmt::format("metric {} does not apply to a kernel point (time_us, tflops)", p.metric));
-  if (p.metric == "tflops_per_gpu" && !(p.flops_per_token > 0))
+  if (p.kind == PointKind::kKernel && p.metric == "mem_bw_GBps" && !(p.bytes_override > 0))
+    e.error_at("bytes", "mem_bw_GBps needs the source's byte count (bytes)");
+  if (p.kind == PointKind::kScenario && p.metric == "tflops_per_gpu" && !(p.flops_per_token > 0))
     e.error_at("flops_per_token", "tflops_per_gpu needs the source's FLOPs per token (flops_per_token)");
   e.finish();
   return p;
@@ -416,22 +450,49 @@ double json_number(const nlohmann::ordered_json& j, std::initializer_list<const 
   return cur->get<double>();
 }
 
-PointResult run_point(const PublishedPoint& p, const std::optional<engine::Scenario>& s) {
-  PointResult r;
-  if (p.kind == PointKind::kNone) return r;  // not expressible
-  r.status = p.missing_features.empty() ? PointStatus::kLive : PointStatus::kApproximate;
+/// What one simulation produced: a scenario's report or a kernel prediction (or the error).
+struct JobOutput {
+  nlohmann::ordered_json report;
+  std::optional<engine::KernelPrediction> kernel;
+  std::string error;
+  double cpu_s = 0;
+};
+
+JobOutput run_job(const PublishedPoint& p, const std::optional<engine::Scenario>& s) {
+  JobOutput out;
+  const double t0 = engine::thread_cpu_seconds();
   try {
     if (p.kind == PointKind::kKernel) {
-      const engine::KernelPrediction k = engine::predict_kernel(p.kernel);
-      if (p.metric == "time_us")
-        r.predicted = k.seconds * 1e6;
-      else  // tflops
-        r.predicted = (p.flops_override > 0 ? p.flops_override : k.flops) / k.seconds / 1e12;
+      out.kernel = engine::predict_kernel(p.kernel);
     } else {
       engine::RunOptions ro;
       ro.threads = 1;
-      const engine::RunResult run = engine::run_scenario(*s, ro);
-      const auto& j = run.report;
+      out.report = engine::run_scenario(*s, ro).report;
+    }
+  } catch (const std::exception& e) {
+    out.error = e.what();
+  }
+  out.cpu_s = engine::thread_cpu_seconds() - t0;
+  return out;
+}
+
+PointResult evaluate(const PublishedPoint& p, const std::optional<engine::Scenario>& s, const JobOutput& job) {
+  PointResult r;
+  if (p.kind == PointKind::kNone) return r;  // not expressible
+  r.status = p.missing_features.empty() ? PointStatus::kLive : PointStatus::kApproximate;
+  r.cpu_s = job.cpu_s;
+  try {
+    if (!job.error.empty()) throw std::runtime_error(job.error);
+    if (p.kind == PointKind::kKernel) {
+      const engine::KernelPrediction& k = *job.kernel;
+      if (p.metric == "time_us")
+        r.predicted = k.seconds * 1e6;
+      else if (p.metric == "mem_bw_GBps")
+        r.predicted = p.bytes_override / k.seconds / 1e9;
+      else  // tflops
+        r.predicted = (p.flops_override > 0 ? p.flops_override : k.flops) / k.seconds / 1e12;
+    } else {
+      const auto& j = job.report;
       const double gpus = static_cast<double>(s->cluster.total_gpus());
       const std::string& mt = p.metric;
       if (mt == "step_time_ms" || mt == "tpot_ms" || mt == "ttft_ms") {
@@ -449,6 +510,12 @@ PointResult run_point(const PublishedPoint& p, const std::optional<engine::Scena
         r.predicted = json_number(j, {"collective", "algbw_GBps"});
       } else if (mt == "busbw_GBps") {
         r.predicted = json_number(j, {"collective", "busbw_GBps"});
+      } else if (s->workload.mode == engine::WorkloadMode::kDispatch) {
+        // dispatch_time_us, combine_nvl_bw_GBps ... -> report["dispatch"]["time_us"], ["deepep_nvl_bw_GBps"]
+        const std::string op = mt.substr(0, mt.find('_'));
+        const std::string rest = mt.substr(op.size() + 1);
+        const std::string key = rest == "time_us" ? rest : "deepep_" + rest;
+        r.predicted = json_number(j, {op.c_str(), key.c_str()});
       }
       if (j.contains("breakdown_us")) {
         StepBreakdown b;
@@ -534,9 +601,30 @@ FidelityReport run_fidelity(const FidelityMatrix& m, const FidelityOptions& opts
     }
     todo.push_back(i);
   }
-  run_ordered<PointResult>(
-      todo.size(), opts.threads, [&](std::size_t k) { return run_point(m.points[todo[k]], m.scenarios[todo[k]]); },
-      [&](std::size_t k, PointResult&& res) { rep.results[todo[k]] = std::move(res); });
+  // Points with the same scenario document (or the same kernel query) share one simulation: the
+  // matrix quotes several figures of one run (step time and memory, dispatch and combine ...).
+  std::vector<std::size_t> job_of(n, 0);
+  std::vector<std::size_t> jobs;  // first point of each distinct run
+  std::map<std::string, std::size_t> by_key;
+  for (std::size_t i : todo) {
+    if (m.points[i].kind == PointKind::kNone) continue;
+    const std::string& key = m.points[i].run_key;
+    auto [it, fresh] = by_key.emplace(key.empty() ? "#" + m.points[i].id : key, jobs.size());
+    if (fresh) jobs.push_back(i);
+    job_of[i] = it->second;
+  }
+  std::vector<JobOutput> outputs(jobs.size());
+  std::size_t done = 0;
+  run_ordered<JobOutput>(
+      jobs.size(), opts.threads, [&](std::size_t k) { return run_job(m.points[jobs[k]], m.scenarios[jobs[k]]); },
+      [&](std::size_t k, JobOutput&& out) {
+        outputs[k] = std::move(out);
+        ++done;
+        if (opts.progress) opts.progress(m.points[jobs[k]], outputs[k].cpu_s, done, jobs.size());
+      });
+  for (std::size_t i : todo)
+    rep.results[i] =
+        evaluate(m.points[i], m.scenarios[i], m.points[i].kind == PointKind::kNone ? JobOutput{} : outputs[job_of[i]]);
   rep.live = category_stats(m, rep, {PointStatus::kLive});
   rep.with_approx = category_stats(m, rep, {PointStatus::kLive, PointStatus::kApproximate});
 

@@ -23,6 +23,7 @@
 /// (files by name, entries in file order).
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -71,8 +72,11 @@ struct PublishedPoint {
   /// Kernel points.
   engine::KernelQuery kernel;
   double flops_override = 0;  ///< the source's FLOP count for tflops metrics (0 = the model's)
+  double bytes_override = 0;  ///< the source's byte count for mem_bw_GBps
   /// train: the source's FLOPs per token for tflops_per_gpu (0 = not given).
   double flops_per_token = 0;
+  /// Points with the same non-empty key share one simulation (the scenario document after overrides).
+  std::string run_key;
 };
 
 struct FidelityMatrix {
@@ -96,6 +100,9 @@ struct FidelityOptions {
   std::vector<std::string> overrides;  ///< --set, applied to every scenario point (after its own set:)
   std::string only;                    ///< glob over point ids ("" = all)
   int threads = 1;
+  /// Called on the calling thread after each distinct simulation, in matrix order: its first
+  /// point, CPU seconds it took, runs done and total. Never part of the report.
+  std::function<void(const PublishedPoint&, double cpu_s, std::size_t done, std::size_t total)> progress;
 };
 
 /// Loads and checks the matrix: located errors (file:line:col: key: message) for unknown keys,
@@ -116,6 +123,7 @@ struct PointResult {
   bool pass = false;
   std::string message;  ///< error text for kError
   std::optional<StepBreakdown> breakdown;
+  double cpu_s = 0;  ///< host CPU seconds of the simulation (progress only; never in a report)
 };
 
 struct CategoryStats {
