@@ -40,7 +40,7 @@ struct FlowNetworkStats {
   std::uint64_t flows_resolved = 0;   ///< sum of flow counts over all solves (+ re-levelled groups' members)
   std::uint64_t flows_full = 0;       ///< of which in full solves (arrivals)
   std::uint64_t flows_partial = 0;    ///< of which in partial solves (at or above rho)
-  std::uint64_t arrival_solves = 0;   ///< arrivals solved locally (arrival_solve), not by a full solve
+  std::uint64_t arrival_solves = 0;   ///< arrivals solved locally (ArrivalSolve), not by a full solve
   std::uint64_t flows_arrival = 0;    ///< flows in those local solves
   std::uint64_t arrival_regrows = 0;  ///< times a local solve's set grew after a violated condition
   std::uint64_t drain_events = 0;     ///< distinct drain instants
@@ -87,6 +87,7 @@ double key_share(HeapKey k);
 /// otherwise it gets a new group. solve() is fill + commit over every active flow.
 class ProgressiveFilling final : public FlowSolver {
  public:
+  /// Every active flow from the link capacities, whatever the change (only its now_ps is read).
   bool solve(FlowStore& store, const FlowChange& change, FlowNetworkStats& stats) override;
 
   /// The set to fill, gathered contiguously (index i = position in the set): path i is
@@ -99,6 +100,8 @@ class ProgressiveFilling final : public FlowSolver {
   };
   Gathered& gathered() { return in_; }
 
+  /// Fills `set` from the link capacities (`full`: the set is every active flow) or from the
+  /// capacity the other flows leave, into scratch only.
   void fill(const FlowStore& s, std::span<const FlowIdx> set, bool full, bool gathered);
   /// Writes the result of the last fill() of the same set.
   void commit(FlowStore& s, std::span<const FlowIdx> set, bool full, std::int64_t now_ps, FlowNetworkStats& stats);

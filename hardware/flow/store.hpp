@@ -10,14 +10,21 @@
 /// change is one update per group, not one per flow. A group keeps a service counter (bytes
 /// sent per member since it formed); a member has sent all its bytes when the counter reaches
 /// the member's key, and members sit in a per-group min-heap by key. The store's drain heap
-/// holds one entry per group: the instant its next member finishes.
+/// holds one entry per group: the instant its next member finishes. A solve keeps a link's
+/// group when all of that group's members were in the solve; only flows that change group pay a
+/// per-flow update.
 ///
-/// Invariants (check_invariants() tests them, the unit tests call it after every solver):
-///  - every active flow that has been solved is in exactly one group; a group's rate is
-///    num / den; `used` of a non-dominated link is the sum of its active flows' rates;
-///  - `bneck_count`, `link_ngroups`, `Group::size`, `Group::away` and the members' inline
-///    solver paths match the flow records;
+/// Invariants between solves (check_invariants() tests them; the unit tests call it after every
+/// solver):
+///  - every active flow is in exactly one live group, a group's rate is num / den, and `used` of
+///    a non-dominated link is the sum of its active flows' rates;
+///  - `bneck_count`, `link_ngroups`, `link_group`, `Group::size`, `Group::away` and the members'
+///    inline solver paths match the flow records;
+///  - a flow's remembered bottleneck (Flow::bneck) is saturated and no flow on it is faster
+///    (within 1e-8): DepartureCheck relies on it to find the flows a departure can speed up;
 ///  - `nm_max[l]` bounds the rates of the flows on l that are not members of l's group.
+///
+/// Dominated links (prune_paths) are left out of the solver paths; their `used` is not kept.
 
 #include <algorithm>
 #include <cstdint>

@@ -274,7 +274,7 @@ std::vector<SimTime> staggered_completions(bool incremental, std::uint64_t seed,
 }
 }  // namespace
 
-TEST_CASE("arrivals solved locally (arrival_solve) match a full re-solve") {
+TEST_CASE("arrivals solved locally (ArrivalSolve) match a full re-solve") {
   // An arrival re-solves only the new flows and the groups they touch, growing the set while a
   // bottleneck condition of the others fails; the reference re-solves every flow at every event.
   // Same 1 ps bound as above (residuals carry rounding); a wrong set shows up as microseconds.
