@@ -126,14 +126,14 @@ class FlowNetwork {
   flow::DepartureRelevel relevel_;
   flow::PartialResolve partial_{filling_};
 
-  std::vector<double> link_bytes_;
-  std::vector<Batch> batches_;
+  std::vector<double> link_bytes_;             ///< bytes started per link (link_bytes())
+  std::vector<Batch> batches_;                 ///< per start(): completions and the callback
   std::vector<flow::FlowIdx> arrived_;         ///< since the last solve
   std::vector<flow::FlowIdx> departed_;        ///< since the last solve
   std::vector<flow::GroupId> departed_group_;  ///< their groups (parallel to departed_)
   bool solve_pending_ = false;
-  sim::EventId wakeup_id_{};
-  std::int64_t wakeup_ps_ = std::numeric_limits<std::int64_t>::max();
+  sim::EventId wakeup_id_{};                                           ///< the scheduled drain event (invalid: none)
+  std::int64_t wakeup_ps_ = std::numeric_limits<std::int64_t>::max();  ///< its instant
   bool incremental_ = true;
   FlowNetworkStats stats_;
 };

@@ -126,10 +126,10 @@ class ProgressiveFilling final : public FlowSolver {
   std::vector<std::uint32_t> link_cnt_;    ///< unfrozen set flows on the link
   std::vector<double> link_res_;           ///< residual capacity as the filling proceeds
   std::vector<std::uint32_t> csr_begin_;   ///< the link's set flows: csr_flows_[csr_begin_ .. csr_fill_)
-  std::vector<std::uint32_t> csr_fill_;
-  std::vector<std::uint32_t> csr_flows_;  ///< set positions grouped by link (counting sort)
-  std::vector<LinkId> touched_;           ///< the links the set crosses, each once
-  std::vector<HeapKey> heap_;             ///< (share, link) keys of links with unfrozen flows
+  std::vector<std::uint32_t> csr_fill_;    ///< (end of that range once the sort is done)
+  std::vector<std::uint32_t> csr_flows_;   ///< set positions grouped by link (counting sort)
+  std::vector<LinkId> touched_;            ///< the links the set crosses, each once
+  std::vector<HeapKey> heap_;              ///< (share, link) keys of links with unfrozen flows
   // Per set position:
   std::vector<std::uint8_t> lfrozen_;        ///< frozen yet
   std::vector<double> new_num_;              ///< residual of the link that froze it, at that moment
@@ -139,7 +139,7 @@ class ProgressiveFilling final : public FlowSolver {
   /// commit(): groups whose drain must be refreshed; the first entries (up to the count commit
   /// keeps) are the groups with members in the set, whose Group::resolved it resets.
   std::vector<GroupId> touched_groups_;
-  std::uint32_t stamp_ = 0;
+  std::uint32_t stamp_ = 0;  ///< counter for the stamp arrays above (a fresh value marks a fresh pass)
 };
 
 /// Departures: which remaining flows lost every bottleneck? An allocation is max-min fair iff
@@ -159,7 +159,7 @@ class DepartureCheck {
  private:
   std::vector<std::uint32_t> link_stamp_;  ///< per link: == stamp_ when freed in this run
   std::vector<LinkId> freed_;              ///< the links the departed flows crossed, each once
-  std::uint32_t stamp_ = 0;
+  std::uint32_t stamp_ = 0;                ///< counter for the stamp arrays above (a fresh value marks a fresh pass)
 };
 
 /// A set of flows made of whole rate groups, each group added once (ArrivalSolve, PartialResolve).
@@ -183,7 +183,7 @@ class GroupSet {
 
  private:
   std::vector<std::uint32_t> mark_;  ///< per group: == stamp_ when its members are in the set
-  std::uint32_t stamp_ = 0;
+  std::uint32_t stamp_ = 0;          ///< counter for the stamp arrays above (a fresh value marks a fresh pass)
 };
 
 /// Arrivals only (no departure at this instant). Re-solves a set S of flows on the capacity the
@@ -276,9 +276,9 @@ class DepartureRelevel final : public FlowSolver {
   void undo(FlowStore& s);
   void finish(FlowStore& s, FlowNetworkStats& stats);
 
-  std::int64_t now_ = 0;
-  std::uint32_t st_ = 0;  ///< this solve's stamp (fp_mark_, fp_done_, fp_gain_, fp_lmark_, fp_ulog_)
-  std::uint32_t stamp_ = 0;
+  std::int64_t now_ = 0;       ///< the change's instant (rate changes re-anchor service counters there)
+  std::uint32_t st_ = 0;       ///< this solve's stamp (fp_mark_, fp_done_, fp_gain_, fp_lmark_, fp_ulog_)
+  std::uint32_t stamp_ = 0;    ///< counter for the stamps of the arrays below (st_ and each check take a fresh one)
   std::size_t budget_ = 0;     ///< re-levellings so far (capped: bounded work)
   std::vector<HeapKey> heap_;  ///< groups waiting to be re-levelled, by (rate, link) at queueing
   // Per group (sized to the store's groups):
@@ -288,9 +288,8 @@ class DepartureRelevel final : public FlowSolver {
   std::vector<double> fp_orig_;         ///< rate before this solve (infinity: created by a repair)
   std::vector<std::uint32_t> fp_gain_;  ///< == st_: gained a member in this solve
   // Per link:
-  std::vector<std::uint32_t> fp_lmark_;      ///< == st_: in fp_slack_
-  std::vector<std::uint32_t> fp_ulog_;       ///< == st_: its used value is in used_log_
-  std::vector<std::uint32_t> fp_over_mark_;  ///< == a check's stamp: in fp_over_
+  std::vector<std::uint32_t> fp_lmark_;  ///< == st_: in fp_slack_
+  std::vector<std::uint32_t> fp_ulog_;   ///< == st_: its used value is in used_log_
   // Per flow:
   std::vector<std::uint32_t> fp_moved_;  ///< == a check's stamp: flagged for a move in fp_fix_
   // Lists:
@@ -300,12 +299,12 @@ class DepartureRelevel final : public FlowSolver {
   std::vector<FlowIdx> fp_fix_;       ///< flows a check flagged to move to the slowest group on their path
   std::vector<FlowIdx> fp_early_;     ///< flows to move right away while re-levelling
   std::vector<WaterEntry> fp_water_;  ///< an over-full link's flows, by rate (its water level)
-  // Undo logs (replayed backwards):
-  std::vector<LinkValue> used_log_;
-  std::vector<LinkValue> nm_log_;
-  std::vector<GroupLog> group_log_;
-  std::vector<MoveLog> move_log_;
-  std::vector<NewLog> new_log_;
+  // Undo logs (replayed backwards when the solve declines):
+  std::vector<LinkValue> used_log_;  ///< FlowStore::used before this solve, each link once
+  std::vector<LinkValue> nm_log_;    ///< FlowStore::nm_max before each change
+  std::vector<GroupLog> group_log_;  ///< a group's rate before each re-levelling
+  std::vector<MoveLog> move_log_;    ///< flows moved between groups
+  std::vector<NewLog> new_log_;      ///< groups created, links unlinked from their group
 };
 
 /// Departures, when re-levelling declined: every flow at or above rho (DepartureCheck) is
@@ -326,7 +325,7 @@ class PartialResolve final : public FlowSolver {
   GroupSet set_;                         ///< the flows re-solved
   std::vector<std::uint32_t> bfs_mark_;  ///< per link: == stamp_ when reached by the search
   std::vector<LinkId> bfs_queue_;        ///< the search's links, in visiting order
-  std::uint32_t stamp_ = 0;
+  std::uint32_t stamp_ = 0;              ///< counter for the stamp arrays above (a fresh value marks a fresh pass)
 };
 
 }  // namespace moesim::hw::flow

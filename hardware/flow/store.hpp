@@ -275,7 +275,7 @@ class FlowStore {
   std::vector<LinkId> prune_links_;         ///< the links the arrived flows cross, each once
   std::vector<LinkId> opened_;              ///< dominated links that rejoined the solver paths
   std::vector<FlowIdx> repath_;             ///< older flows on opened_ links (their solver paths are rebuilt)
-  std::uint32_t prune_stamp_ = 0;
+  std::uint32_t prune_stamp_ = 0;           ///< counter for prune_seen_
 };
 
 }  // namespace moesim::hw::flow
