@@ -126,29 +126,12 @@ TEST_CASE("crossing traffic in a two-level fat tree") {
 #include <algorithm>
 #include <cstdlib>
 
+#include "coupled_rails.hpp"
 #include "hardware/topology.hpp"
 #include "sim/rng.hpp"
 
 namespace {
-/// 4 nodes x 8 GPUs: NVSwitch + rail fat tree with two 2-node leaves per rail and 2 spines, so
-/// spine ECMP collisions couple the rails.
-hw::ClusterSpec coupled_rails() {
-  hw::ClusterSpec c;
-  c.gpu.pcie_bandwidth = 64e9;
-  c.nodes = 4;
-  c.gpus_per_node = 8;
-  c.intra.fabric = hw::IntraFabric::kNvswitch;
-  c.intra.bandwidth = 450e9;
-  c.intra.latency = 1_us;
-  c.inter.fabric = hw::InterFabric::kRailFatTree;
-  c.inter.nic_bandwidth = 50e9;
-  c.inter.efficiency = 0.97;
-  c.inter.nics_per_node = 8;
-  c.inter.latency = 2_us;
-  c.inter.leaf_down_ports = 2;
-  c.inter.spines = 2;
-  return c;
-}
+using test::coupled_rails;
 
 /// Runs one skewed all-to-allv among 4 nodes x 8 GPUs (NVSwitch + rail fat tree with two
 /// 2-node leaves per rail, so spine ECMP collisions happen) and returns every flow's completion.
@@ -291,7 +274,7 @@ std::vector<SimTime> staggered_completions(bool incremental, std::uint64_t seed,
 }
 }  // namespace
 
-TEST_CASE("arrivals solved locally (arrival_solve) match a full re-solve") {
+TEST_CASE("arrivals solved locally (ArrivalSolve) match a full re-solve") {
   // An arrival re-solves only the new flows and the groups they touch, growing the set while a
   // bottleneck condition of the others fails; the reference re-solves every flow at every event.
   // Same 1 ps bound as above (residuals carry rounding); a wrong set shows up as microseconds.
