@@ -325,7 +325,9 @@ PublishedPoint read_point(const Node& e, const std::string& file, const Fidelity
     try {
       const config::Document doc = point_document(e, file, opts, p);
       scenario = engine::parse_scenario(doc);
-      p.run_key = "scenario\n" + doc.dump();
+      config::Document key = doc.clone();  // the name does not change a simulation
+      key.set("name", "''");
+      p.run_key = "scenario\n" + key.dump();
       if (mi != nullptr && !metric_applies(p.metric, p.kind, scenario->workload.mode))
         e.error_at("metric", fmt::format("metric {} does not apply to a {} scenario", p.metric,
                                          engine::to_string(scenario->workload.mode)));
@@ -751,19 +753,27 @@ std::string format_fidelity_text(const FidelityMatrix& m, const FidelityReport& 
     if (r.selected[i]) w = std::max(w, m.points[i].id.size());
   out += fmt::format("\n{:<{}} {:<18} {:<6} {:<27} {:>10} {:>10} {:>8}  {}\n", "point", w, "category", "status",
                      "metric", "published", "predicted", "error", "band");
+  std::size_t not_expressible = 0;
   for (std::size_t i = 0; i < m.points.size(); ++i) {
     if (!r.selected[i]) continue;
     const auto& p = m.points[i];
     const auto& res = r.results[i];
-    const std::string status = to_string(res.status) == std::string("not_expressible") ? "n/e" : to_string(res.status);
+    if (res.status == PointStatus::kNotExpressible) {
+      ++not_expressible;
+      continue;
+    }
+    const std::string status = to_string(res.status);
     if (ran(res.status))
       out += fmt::format("{:<{}} {:<18} {:<6} {:<27} {:>10} {:>10} {:>8}  {}{}\n", p.id, w, p.category, status,
                          p.metric, num(p.published), num(res.predicted), pct(res.error), res.pass ? "ok" : "OUT",
                          p.calibration ? " (calibration)" : "");
     else
       out += fmt::format("{:<{}} {:<18} {:<6} {:<27} {:>10} {:>10} {:>8}  {}\n", p.id, w, p.category, status, p.metric,
-                         num(p.published), "-", "-", res.status == PointStatus::kError ? res.message : "");
+                         num(p.published), "-", "-", res.message);
   }
+  if (not_expressible > 0)
+    out += fmt::format("({} not-expressible points are not simulated; -o DIR lists each in fidelity.csv/.md)\n",
+                       not_expressible);
   stats_table(out, "by category, live points (exact configurations):", r.live, false);
   stats_table(out, "by category, live + approximate points:", r.with_approx, false);
   if (!r.groups.empty()) {
@@ -775,13 +785,21 @@ std::string format_fidelity_text(const FidelityMatrix& m, const FidelityReport& 
                          join(g.predicted_order, " > "));
     }
   }
-  bool any_ne = false;
+  // What is missing, by how many points need it (approximate and not-expressible points).
+  std::map<std::string, std::pair<int, int>> need;  // feature -> (approximate, not expressible)
   for (std::size_t i = 0; i < m.points.size(); ++i) {
-    if (!r.selected[i] || m.points[i].missing_features.empty()) continue;
-    if (!any_ne) out += "\nmissing features (approximate and not-expressible points):\n";
-    any_ne = true;
-    out += fmt::format("  {:<{}} [{}] {}\n", m.points[i].id, w, to_string(r.results[i].status),
-                       join(m.points[i].missing_features, "; "));
+    if (!r.selected[i]) continue;
+    for (const auto& f : m.points[i].missing_features)
+      (r.results[i].status == PointStatus::kNotExpressible ? need[f].second : need[f].first) += 1;
+  }
+  if (!need.empty()) {
+    std::vector<std::pair<std::string, std::pair<int, int>>> v(need.begin(), need.end());
+    std::stable_sort(v.begin(), v.end(), [](const auto& a, const auto& b) {
+      return a.second.first + a.second.second > b.second.first + b.second.second;
+    });
+    out += "\nmissing features, by the points that need them (approximate + not expressible):\n";
+    for (const auto& [feature, counts] : v)
+      out += fmt::format("  {:>4} {:>4}  {}\n", counts.first, counts.second, feature);
   }
   return out;
 }
