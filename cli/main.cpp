@@ -47,6 +47,27 @@ using moesim::engine::Scenario;
 
 /// `moesim describe [KIND [NAME]]`. An unknown kind or name is a usage error (exit 2) that lists
 /// what exists.
+/// The catalog GPU of a measurement directory (calibrate, validate-model): runs.csv names it when
+/// --gpu is not given; a --gpu that contradicts runs.csv is a located error (exit 2).
+moesim::models::cost::GpuParams measurement_gpu(const std::string& dir, const std::string& flag) {
+  namespace cost = moesim::models::cost;
+  const cost::RunGpu run = cost::read_run_gpu(dir);
+  std::vector<cost::GpuCandidate> candidates;
+  for (const auto& g : moesim::hw::load_default_gpu_catalog().gpus)
+    candidates.push_back({g.name, g.sm_count, g.hbm_bytes});
+  std::string why;
+  const std::string found = cost::match_gpu(run, candidates, &why);
+  moesim::config::Diagnostics d;
+  const moesim::config::Location at{run.file, run.line, 0};
+  if (flag.empty() && found.empty()) d.error(at, "column 'gpu_name'", why + "; pass --gpu NAME");
+  if (!flag.empty() && !found.empty() && found != flag)
+    d.error(at, "column 'gpu_name'",
+            fmt::format("the measurements are from '{}' (catalog '{}'), not --gpu {}", run.gpu_name, found, flag));
+  d.throw_if_any();
+  if (flag.empty()) fmt::print(stderr, "moesim: GPU '{}' (from {}: '{}')\n", found, run.file, run.gpu_name);
+  return moesim::engine::gpu_params(moesim::engine::find_gpu(flag.empty() ? found : flag, "--gpu"));
+}
+
 int describe_command(const std::vector<std::string>& what) {
   std::ostringstream os;
   const std::string kind = what.empty() ? "units" : what[0];
@@ -142,12 +163,12 @@ int main(int argc, char** argv) {
   auto* calibrate = app.add_subcommand("calibrate", "fit kernel cost models to a measurement run directory");
   std::string cal_dir;
   std::string cal_out;
-  std::string cal_gpu = "h100-sxm";
+  std::string cal_gpu;
   std::string cal_points;
   bool cal_strict = false;
   calibrate->add_option("measurements", cal_dir, "validation_kernels/measurements/<gpu>/<run_id>")->required();
   calibrate->add_option("-o,--output", cal_out, "write the fitted profile YAML here");
-  calibrate->add_option("--gpu", cal_gpu, "catalog GPU the measurements were taken on (default h100-sxm)");
+  calibrate->add_option("--gpu", cal_gpu, "catalog GPU the measurements were taken on (default: from runs.csv)");
   calibrate->add_option("--points", cal_points, "write every fitted/held-out point as CSV here");
   calibrate->add_flag("--strict", cal_strict, "fail when a kernel family has too few points to fit");
 
@@ -156,10 +177,10 @@ int main(int argc, char** argv) {
       app.add_subcommand("validate-model", "held-out error of a fitted profile against a measurement run");
   std::string vm_profile;
   std::string vm_dir;
-  std::string vm_gpu = "h100-sxm";
+  std::string vm_gpu;
   validate_model->add_option("profile", vm_profile, "profile YAML written by calibrate")->required();
   validate_model->add_option("measurements", vm_dir, "measurement run directory")->required();
-  validate_model->add_option("--gpu", vm_gpu, "catalog GPU (default h100-sxm)");
+  validate_model->add_option("--gpu", vm_gpu, "catalog GPU (default: from runs.csv)");
 
   // sweep, plot (cli/sweep_cmd.cpp)
   moesim::cli::SweepArgs sweep_args;
@@ -245,7 +266,7 @@ int main(int argc, char** argv) {
     if (*calibrate) {
       namespace cost = moesim::models::cost;
       cost::CalibrateOptions o;
-      o.gpu = moesim::engine::gpu_params(moesim::engine::find_gpu(cal_gpu, "--gpu"));
+      o.gpu = measurement_gpu(cal_dir, cal_gpu);
       o.strict = cal_strict;
       const cost::CalibrationResult r = cost::calibrate(cal_dir, o);
       std::ostringstream os;
@@ -265,7 +286,7 @@ int main(int argc, char** argv) {
     if (*validate_model) {
       namespace cost = moesim::models::cost;
       cost::CalibrateOptions o;
-      o.gpu = moesim::engine::gpu_params(moesim::engine::find_gpu(vm_gpu, "--gpu"));
+      o.gpu = measurement_gpu(vm_dir, vm_gpu);
       const cost::CostProfile p = cost::read_profile_file(vm_profile);
       const cost::FitReport rep = cost::validate_profile(p, vm_dir, o);
       std::ostringstream os;

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <filesystem>
 #include <map>
@@ -25,11 +26,12 @@ namespace {
   throw std::logic_error("unreachable");
 }
 
-enum class ModelKind { kGemm, kBandwidth, kNone };
+enum class ModelKind { kGemm, kBandwidth, kRoofline, kNone };
 
 ModelKind kind_of(const std::string& family) {
   if (family == "grouped_gemm" || family == "grouped_gemm_masked" || family == "dense_gemm") return ModelKind::kGemm;
   if (family == "routing" || family == "elementwise") return ModelKind::kBandwidth;
+  if (family == "attention_prefill" || family == "attention_decode") return ModelKind::kRoofline;
   return ModelKind::kNone;
 }
 
@@ -60,11 +62,17 @@ const std::vector<std::string> kCountsRequired = {"schema_version", "run_id", "c
 
 void check_schema(const CsvTable& t, const CsvTable::Row& r) {
   const std::int64_t v = t.integer(r, "schema_version");
-  if (v != kMeasurementSchemaVersion)
+  if (v < kMinMeasurementSchemaVersion || v > kMeasurementSchemaVersion)
     t.fail(r, "schema_version",
-           fmt::format("schema_version {} is not supported (this moesim reads version {}); re-export the run or "
-                       "update moesim",
-                       v, kMeasurementSchemaVersion));
+           fmt::format("schema_version {} is not supported (this moesim reads versions {} to {}); re-export the run "
+                       "or update moesim",
+                       v, kMinMeasurementSchemaVersion, kMeasurementSchemaVersion));
+}
+
+/// An optional numeric column: 0 when the column is absent or the field empty.
+double optional_num(const CsvTable& t, const CsvTable::Row& r, const char* col) {
+  if (!t.has_column(col) || t.str(r, col).empty()) return 0;
+  return t.num(r, col);
 }
 
 std::vector<std::int64_t> parse_counts(const CsvTable& t, const CsvTable::Row& r) {
@@ -127,8 +135,13 @@ Prepared prepare(const Measurement& m, ModelKind kind, TileConfig tile) {
   return p;
 }
 
+/// An efficiency above 1 beats the datasheet: physically impossible for a right GPU.
+bool above_one(double v) { return v > 1.0; }
+
 double predict_raw(const Prepared& p, ModelKind kind, const ModelParams& prm, const GpuParams& gpu) {
   if (kind == ModelKind::kGemm) return gemm_seconds(p.f, prm, gpu, p.m->dtype_in, p.m->clock_hz);
+  if (kind == ModelKind::kRoofline)
+    return roofline_seconds(p.m->flops, p.m->bytes_min, prm, gpu, p.m->dtype_in, p.m->clock_hz);
   return bandwidth_seconds(p.m->bytes_min, prm, gpu);
 }
 
@@ -137,6 +150,7 @@ double predict_raw(const Prepared& p, ModelKind kind, const ModelParams& prm, co
 std::vector<double> to_theta(const ModelParams& p, ModelKind kind) {
   auto lg = [](double v) { return std::log(std::max(v, 1e-12)); };
   if (kind == ModelKind::kGemm) return {lg(p.eta), lg(p.mem_eff), lg(p.t0_s), lg(p.p - 1), lg(p.sat_frac)};
+  if (kind == ModelKind::kRoofline) return {lg(p.eta), lg(p.mem_eff), lg(p.t0_s), lg(p.p - 1)};
   return {lg(p.mem_eff), lg(p.t0_s)};
 }
 
@@ -149,6 +163,11 @@ ModelParams from_theta(const std::vector<double>& th, ModelKind kind, TileConfig
     p.t0_s = std::exp(th[2]);
     p.p = 1 + std::exp(th[3]);
     p.sat_frac = std::exp(th[4]);
+  } else if (kind == ModelKind::kRoofline) {
+    p.eta = std::exp(th[0]);
+    p.mem_eff = std::exp(th[1]);
+    p.t0_s = std::exp(th[2]);
+    p.p = 1 + std::exp(th[3]);
   } else {
     p.mem_eff = std::exp(th[0]);
     p.t0_s = std::exp(th[1]);
@@ -200,6 +219,8 @@ MeasurementSet load_impl(const std::string& dir, const CalibrateOptions& opt) {
     ri.gpu_name = runs.str(r, "gpu_name");
     ri.sm_count = static_cast<int>(runs.integer(r, "sm_count"));
     ri.sm_clock_probed_mhz = runs.str(r, "sm_clock_probed_mhz").empty() ? 0 : runs.num(r, "sm_clock_probed_mhz");
+    ri.hbm_gbps_probed = optional_num(runs, r, "hbm_gbps_probed");
+    ri.hbm_bytes = optional_num(runs, r, "hbm_bytes");
     ri.line = r.line;
     if (ri.run_id.empty()) runs.fail(r, "run_id", "empty run_id");
     if (run_index.count(ri.run_id)) runs.fail(r, "run_id", fmt::format("duplicate run_id '{}'", ri.run_id));
@@ -215,6 +236,13 @@ MeasurementSet load_impl(const std::string& dir, const CalibrateOptions& opt) {
       runs.fail(r, "sm_count",
                 fmt::format("the run's GPU has {} SMs but the GPU parameters given for '{}' have {}", ri.sm_count,
                             opt.gpu.name, opt.gpu.sm_count));
+    // A device that copies faster than the given GPU's datasheet bandwidth is another GPU (H200
+    // data under H100 parameters fitted memory efficiencies above 1 before this check).
+    if (ri.hbm_gbps_probed * 1e9 > 1.05 * opt.gpu.hbm_bytes_per_s)
+      runs.fail(r, "hbm_gbps_probed",
+                fmt::format("the run's GPU copied {:.0f} GB/s, above the {:.0f} GB/s datasheet bandwidth of '{}': "
+                            "these measurements are not from that GPU (pass the right --gpu)",
+                            ri.hbm_gbps_probed, opt.gpu.hbm_bytes_per_s / 1e9, opt.gpu.name));
     run_index[ri.run_id] = set.runs.size();
     set.runs.push_back(std::move(ri));
   }
@@ -309,6 +337,11 @@ MeasurementSet load_impl(const std::string& dir, const CalibrateOptions& opt) {
     } else {
       m.bytes_min = mt.num(r, "bytes_min");
       if (!(m.bytes_min > 0)) mt.fail(r, "bytes_min", "bytes_min must be positive for a bandwidth-model row");
+      if (kind_of(m.family) == ModelKind::kRoofline) {
+        if (!mt.has_column("flops")) mt.fail(r, "flops", "attention rows need the flops column");
+        m.flops = mt.num(r, "flops");
+        if (!(m.flops > 0)) mt.fail(r, "flops", "flops must be positive for an attention row");
+      }
     }
     set.rows.push_back(std::move(m));
   }
@@ -410,6 +443,50 @@ ErrorSummary summarize(std::vector<double> v) {
   return s;
 }
 
+RunGpu read_run_gpu(const std::string& run_dir) {
+  if (!std::filesystem::is_directory(run_dir)) fail_at(run_dir, 0, "", "measurement directory does not exist");
+  const CsvTable runs = CsvTable::load(join_path(run_dir, "runs.csv"));
+  runs.require_columns({"gpu_name", "sm_count"});
+  if (runs.rows().empty()) fail_at(runs.file(), 0, "", "no runs: runs.csv has a header but no rows");
+  const CsvTable::Row& r = runs.rows().front();
+  RunGpu g;
+  g.file = runs.file();
+  g.line = r.line;
+  g.gpu_name = runs.str(r, "gpu_name");
+  g.sm_count = static_cast<int>(runs.integer(r, "sm_count"));
+  g.hbm_bytes = optional_num(runs, r, "hbm_bytes");
+  g.hbm_gbps_probed = optional_num(runs, r, "hbm_gbps_probed");
+  return g;
+}
+
+std::string match_gpu(const RunGpu& run, const std::vector<GpuCandidate>& candidates, std::string* why) {
+  // Model token: a letter followed by three digits (H100, H200, H800, A100, B200), lower-cased.
+  std::string token;
+  for (std::size_t i = 0; i + 3 < run.gpu_name.size() && token.empty(); ++i) {
+    const auto is_digit = [&](std::size_t j) { return std::isdigit(static_cast<unsigned char>(run.gpu_name[j])) != 0; };
+    if (std::isalpha(static_cast<unsigned char>(run.gpu_name[i])) && is_digit(i + 1) && is_digit(i + 2) &&
+        is_digit(i + 3) && (i == 0 || !std::isalnum(static_cast<unsigned char>(run.gpu_name[i - 1]))))
+      for (std::size_t j = i; j < i + 4; ++j)
+        token += static_cast<char>(std::tolower(static_cast<unsigned char>(run.gpu_name[j])));
+  }
+  std::vector<std::string> hits, named;
+  for (const GpuCandidate& c : candidates) {
+    if (token.empty() || c.key.rfind(token, 0) != 0) continue;
+    named.push_back(c.key);
+    if (c.sm_count != run.sm_count) continue;
+    if (run.hbm_bytes > 0 && c.hbm_bytes > 0 && std::fabs(run.hbm_bytes / c.hbm_bytes - 1) > 0.15) continue;
+    hits.push_back(c.key);
+  }
+  if (hits.size() == 1) return hits.front();
+  std::string list;
+  for (const std::string& h : (hits.empty() ? named : hits)) list += (list.empty() ? "" : ", ") + h;
+  if (why)
+    *why = hits.empty() ? fmt::format("no catalog GPU matches '{}' ({} SMs, {:.0f} GB){}", run.gpu_name, run.sm_count,
+                                      run.hbm_bytes / 1e9, list.empty() ? "" : " (same model name: " + list + ")")
+                        : fmt::format("several catalog GPUs match '{}': {}", run.gpu_name, list);
+  return {};
+}
+
 MeasurementSet load_measurements(const std::string& run_dir, const CalibrateOptions& options) {
   return load_impl(run_dir, options);
 }
@@ -433,6 +510,9 @@ CalibrationResult fit_measurements(const MeasurementSet& set, const CalibrateOpt
       init.tile = tile;
     } else if (first.family == "routing") {
       init = default_routing_params(opt.gpu, RoutingKind::kGateTopk);
+    } else if (kind == ModelKind::kRoofline) {
+      init = default_attention_params(opt.gpu, first.family == "attention_prefill" ? AttentionShape::Phase::kPrefill
+                                                                                   : AttentionShape::Phase::kDecode);
     } else {
       init = default_elementwise_params(opt.gpu);
     }
@@ -508,6 +588,16 @@ CalibrationResult fit_measurements(const MeasurementSet& set, const CalibrateOpt
     evaluate(e, kind, held, opt.gpu, true, res.report.points);
     fill_stats(e, res.report.points, from);
     if (held.empty()) res.profile.notes.push_back(fmt::format("{}: no held-out rows; only fit error known", key));
+    if (above_one(e.params.mem_eff) || (kind != ModelKind::kBandwidth && above_one(e.params.eta))) {
+      const std::string msg = fmt::format(
+          "{}: fitted {} = {:.3f} is above 1 (faster than the datasheet of '{}'): wrong --gpu, or a size measure "
+          "that undercounts the work",
+          key, above_one(e.params.mem_eff) ? "mem_eff" : "eta",
+          above_one(e.params.mem_eff) ? e.params.mem_eff : e.params.eta, opt.gpu.name);
+      if (opt.strict) fail_at(first.file, 0, "", msg);
+      res.profile.notes.push_back(msg);
+      res.report.warnings.push_back(msg);
+    }
     res.profile.entries.push_back(std::move(e));
   }
   for (const std::string& m : too_few) {
@@ -603,6 +693,10 @@ void print_report(const CostProfile& profile, const FitReport& report, std::ostr
   if (!report.unfitted.empty()) {
     out << "\nnot fitted / not evaluated:\n";
     for (const std::string& u : report.unfitted) out << "  " << u << "\n";
+  }
+  if (!report.warnings.empty()) {
+    out << "\nwarnings:\n";
+    for (const std::string& w : report.warnings) out << "  " << w << "\n";
   }
 }
 

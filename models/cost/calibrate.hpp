@@ -20,7 +20,10 @@
 
 namespace moesim::models::cost {
 
-inline constexpr int kMeasurementSchemaVersion = 1;
+/// Measurement schema versions this reader accepts (validation_kernels/harness/schema.hpp):
+/// 2 added columns and statuses; every column read here means the same in 1 and 2.
+inline constexpr int kMeasurementSchemaVersion = 2;
+inline constexpr int kMinMeasurementSchemaVersion = 1;
 
 /// One run of the harness (a row of runs.csv).
 struct RunInfo {
@@ -29,8 +32,35 @@ struct RunInfo {
   std::string gpu_name;
   int sm_count = 0;
   double sm_clock_probed_mhz = 0;
+  double hbm_gbps_probed = 0;  ///< 0 when the column is absent or empty
+  double hbm_bytes = 0;        ///< device memory the runtime reported; 0 when absent
   int line = 0;
 };
+
+/// What runs.csv says about the GPU (first row), for choosing and checking the catalog GPU.
+struct RunGpu {
+  std::string file;
+  int line = 0;
+  std::string gpu_name;  ///< cudaDeviceProp::name, e.g. "NVIDIA H200"
+  int sm_count = 0;
+  double hbm_bytes = 0;
+  double hbm_gbps_probed = 0;
+};
+/// Reads the first row of DIR/runs.csv (located ConfigError when missing or malformed).
+RunGpu read_run_gpu(const std::string& run_dir);
+
+/// A catalog GPU as the matcher sees it (the CLI fills these from the hardware catalog).
+struct GpuCandidate {
+  std::string key;  ///< catalog name, e.g. "h200"
+  int sm_count = 0;
+  double hbm_bytes = 0;
+};
+/// The catalog GPU a run was measured on: candidates whose key starts with the model token of
+/// the device name ("NVIDIA H200" -> "h200", "NVIDIA H100 80GB HBM3" -> "h100"), the same SM count
+/// and device memory within 15% of the catalog capacity (the runtime reports a little more or
+/// less than the marketing figure: an H200's "141GB" shows as 143,771 MiB). Returns the key, or an
+/// empty string with `why` explaining what matched (none, or several).
+std::string match_gpu(const RunGpu& run, const std::vector<GpuCandidate>& candidates, std::string* why);
 
 /// One usable measurement row (status ok, selected l2_mode and timing method).
 struct Measurement {
@@ -47,6 +77,7 @@ struct Measurement {
   std::int64_t k = 0;
   std::int64_t n = 0;
   double bytes_min = 0;
+  double flops = 0;                  ///< attention rows (roofline fit)
   double time_s = 0;                 ///< time_us_median converted to seconds
   double clock_hz = 0;               ///< mean of the before/after readings, else the run's probed clock
   std::vector<std::int64_t> counts;  ///< GEMM families: per-expert rows from counts.csv
@@ -95,6 +126,7 @@ struct PointError {
 struct FitReport {
   std::vector<PointError> points;     ///< every fitted and held-out point
   std::vector<std::string> unfitted;  ///< groups left unfitted, with the reason
+  std::vector<std::string> warnings;  ///< fitted entries outside physical bounds (efficiency > 1)
   std::map<std::string, int> skipped;
 };
 

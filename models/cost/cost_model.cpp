@@ -423,7 +423,7 @@ sim::SimTime CostModel::elementwise(const ElementwiseOp& op) const {
   if (op.bytes < 0) throw std::invalid_argument("elementwise op bytes must be >= 0");
   ModelParams prm = default_elementwise_params(gpu_);
   for (const ProfileEntry& e : entries_)
-    if (e.family == "elementwise") {
+    if (e.family == "elementwise" && (op.impl.empty() || e.impl == op.impl)) {
       prm = e.params;
       break;
     }

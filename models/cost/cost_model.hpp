@@ -21,6 +21,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "sim/time.hpp"
@@ -133,7 +134,11 @@ double harness_routing_size(const RoutingOp& op);
 
 /// A memory-bound elementwise / reduction op (activation, residual add, norm, cast).
 struct ElementwiseOp {
+  ElementwiseOp(double bytes_rw = 0, std::string impl_name = {}) : bytes(bytes_rw), impl(std::move(impl_name)) {}
   double bytes = 0;  ///< read + written
+  /// Fitted entry to use ("rmsnorm", "add_rmsnorm", "swiglu", "quant_fp8_1x128": the harness's
+  /// impl names); empty: the first elementwise entry of the profile.
+  std::string impl;
 };
 
 /// Parameters of one family skeleton. Not every family uses every field:

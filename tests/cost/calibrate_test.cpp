@@ -8,6 +8,8 @@
 #include "models/cost/calibrate.hpp"
 #include "models/cost/profile.hpp"
 #include "tests/cost/synthetic.hpp"
+#include "validation_kernels/harness/csv.hpp"
+#include "validation_kernels/harness/schema.hpp"
 
 using namespace moesim::models::cost;
 using moesim::models::cost::testing::h100_sxm;
@@ -226,11 +228,11 @@ TEST_CASE("bad measurement input gives located, clear errors", "[calibrate]") {
                           Catch::Contains("missing"));
   }
   SECTION("wrong schema_version") {
-    run.meas[3]["schema_version"] = "2";
+    run.meas[3]["schema_version"] = "3";
     const std::string err = error_of(run.write(), opts());
     // header is line 1, meas[3] is line 5; schema_version is column 1.
     REQUIRE_THAT(err, Catch::Contains("measurements.csv:5:1: column 'schema_version'") &&
-                          Catch::Contains("schema_version 2 is not supported"));
+                          Catch::Contains("schema_version 3 is not supported"));
   }
   SECTION("mixed GPUs") {
     run.add_run("r2", "NVIDIA H200", 132);
@@ -339,4 +341,170 @@ TEST_CASE("summary statistics", "[calibrate]") {
   REQUIRE(s.p90 == Approx(9.1));  // rank 0.9 * 9 = 8.1 between 9 and 10
   REQUIRE(s.max == 10);
   REQUIRE(summarize({}).n == 0);
+}
+
+TEST_CASE("schema version 2 (the harness's) is read, version 1 still", "[calibrate]") {
+  for (const char* v : {"1", "2"}) {
+    SyntheticRun run(std::string("schema") + v);
+    run.add_run("r1");
+    int id = 0;
+    add_gemm_sweep(run, "r1", 0.01, 21, &id, 120);
+    for (auto& m : run.meas) m["schema_version"] = v;
+    for (auto& r : run.runs) r["schema_version"] = v;
+    REQUIRE(calibrate(run.write(), opts()).profile.entries.size() == 1);
+  }
+}
+
+TEST_CASE("the harness's CSV writer: missing values are empty fields that calibrate reads as missing", "[calibrate]") {
+  // Written through validation_kernels' own CsvWriter with NaN where the harness had no reading
+  // (no NVML, a failed clock probe): one 'nan' field used to abort the whole fit.
+  namespace vk = moesim::vk;
+  SyntheticRun run("vkwriter");
+  const auto dir = run.dir;
+  {
+    vk::CsvWriter runs((dir / "runs.csv").string(), vk::column_vector(vk::kRunsColumns));
+    runs.write(vk::CsvRow()
+                   .set("schema_version", vk::kSchemaVersion)
+                   .set("run_id", "r1")
+                   .set("git_commit", "abc")
+                   .set("gpu_name", "NVIDIA H100 80GB HBM3")
+                   .set("sm_count", 132)
+                   .set("sm_clock_probed_mhz", 1755.0)
+                   .set("sm_clock_max_mhz", NAN)
+                   .set("hbm_gbps_probed", NAN));
+    vk::CsvWriter meas((dir / "measurements.csv").string(), vk::column_vector(vk::kMeasurementColumns));
+    moesim::sim::Rng rng(3, "vk writer");
+    for (int i = 0; i < 40; ++i) {
+      const double bytes = std::exp(rng.uniform(std::log(1e5), std::log(1e9)));
+      const double t = 5e-6 + bytes / (0.5 * 3.35e12);
+      meas.write(vk::CsvRow()
+                     .set("schema_version", vk::kSchemaVersion)
+                     .set("run_id", "r1")
+                     .set("config_id", i)
+                     .set("heldout", i % 6 == 0 ? 1 : 0)
+                     .set("kernel_family", "elementwise")
+                     .set("impl", "rmsnorm")
+                     .set("impl_config", "rmsnorm_T128")
+                     .set("dtype_in", "bf16")
+                     .set("dtype_out", "bf16")
+                     .set("K", 4096)
+                     .set("N", 4096)
+                     .set("bytes_min", bytes)
+                     .set("l2_mode", "cold")
+                     .set("timing_method", "events_cold_l2")
+                     .set("time_us_median", t * 1e6)
+                     .set("sm_clock_mhz_before", NAN)  // no reading: empty, falls back to the probed clock
+                     .set("sm_clock_mhz_after", NAN)
+                     .set("clock_drift_flag", 0)
+                     .set("power_w", NAN)
+                     .set("max_rel_err", INFINITY)
+                     .set("status", "ok"));
+    }
+  }
+  const CalibrationResult res = calibrate(dir.string(), opts());
+  const ProfileEntry* e = res.profile.find("elementwise/rmsnorm/bf16");
+  REQUIRE(e != nullptr);
+  CHECK(e->params.mem_eff == Approx(0.5).epsilon(0.01));
+  CHECK(res.profile.clock_hz == Approx(1755e6));
+}
+
+TEST_CASE("attention rows fit the roofline skeleton", "[cost][calibrate]") {
+  SyntheticRun run("attention");
+  run.add_run("r1");
+  const GpuParams g = h100_sxm();
+  ModelParams truth = default_attention_params(g, AttentionShape::Phase::kPrefill);
+  truth.eta = 0.45;
+  truth.mem_eff = 0.7;
+  truth.t0_s = 8e-6;
+  truth.p = 2.5;
+  moesim::sim::Rng rng(9, "attention");
+  int id = 0;
+  for (int64_t s : {512, 1024, 2048, 4096, 8192, 16384})
+    for (int64_t heads : {32, 64})
+      for (int64_t b : {1, 2, 4, 8}) {
+        AttentionShape a;
+        a.batch = b;
+        a.q_len = a.kv_len = s;
+        a.heads = heads;
+        a.kv_heads = 8;
+        const double f = attention_flops(a), by = attention_bytes(a);
+        const double t = roofline_seconds(f, by, truth, g, DType::kBf16, 1755e6) * std::exp(0.01 * rng.normal());
+        const bool held = id % 5 == 0;
+        run.add_routing("r1", id++, "vk_flash_prefill", by, t, held);
+        run.meas.back()["kernel_family"] = "attention_prefill";
+        run.meas.back()["dtype_in"] = "bf16";
+        run.meas.back()["flops"] = fmt::format("{}", f);
+      }
+  const CalibrationResult res = calibrate(run.write(), opts());
+  const ProfileEntry* e = res.profile.find("attention_prefill/vk_flash_prefill/bf16");
+  REQUIRE(e != nullptr);
+  CHECK(e->params.eta == Approx(0.45).epsilon(0.05));
+  CHECK(e->fit.heldout_mape < 3.0);
+  // The fitted entry drives CostModel::attention.
+  CostProfile prof = res.profile;
+  const CostModel cm(g, prof);
+  AttentionShape a;
+  a.batch = 2;
+  a.q_len = a.kv_len = 4096;
+  a.heads = 64;
+  a.kv_heads = 8;
+  const double want =
+      roofline_seconds(attention_flops(a), attention_bytes(a), e->params, g, DType::kBf16, cm.clock_hz());
+  CHECK(cm.attention(a).to_s() == Approx(want).epsilon(1e-6));
+}
+
+TEST_CASE("an H200 run under H100 parameters is refused; the GPU is found from runs.csv", "[calibrate]") {
+  SyntheticRun run("h200");
+  run.add_run("r1", "NVIDIA H200", 132);
+  run.runs[0]["hbm_gbps_probed"] = "4310";  // an H200's copy rate, above the H100's 3,350 GB/s datasheet
+  run.runs[0]["hbm_bytes"] = "150754820096";
+  int id = 0;
+  add_gemm_sweep(run, "r1", 0.01, 5, &id, 200);
+  const std::string dir = run.write();
+  REQUIRE_THAT(error_of(dir, opts()), Catch::Contains("runs.csv:2:") && Catch::Contains("hbm_gbps_probed") &&
+                                          Catch::Contains("not from that GPU"));
+  const RunGpu rg = read_run_gpu(dir);
+  CHECK(rg.gpu_name == "NVIDIA H200");
+  CHECK(rg.line == 2);
+  // Catalog-like candidates (hardware/catalog/gpus.yaml figures).
+  const std::vector<GpuCandidate> cat = {{"h100-sxm", 132, 85899345920.0},
+                                         {"h100-pcie", 114, 85899345920.0},
+                                         {"h200", 132, 141e9},
+                                         {"h800", 132, 85899345920.0},
+                                         {"a100-80gb-sxm", 108, 85899345920.0}};
+  std::string why;
+  CHECK(match_gpu(rg, cat, &why) == "h200");
+  RunGpu h100{"runs.csv", 2, "NVIDIA H100 80GB HBM3", 132, 85520809984.0, 3000};
+  CHECK(match_gpu(h100, cat, &why) == "h100-sxm");
+  RunGpu pcie{"runs.csv", 2, "NVIDIA H100 PCIe", 114, 85520809984.0, 1800};
+  CHECK(match_gpu(pcie, cat, &why) == "h100-pcie");
+  RunGpu h800{"runs.csv", 2, "NVIDIA H800", 132, 85520809984.0, 3000};
+  CHECK(match_gpu(h800, cat, &why) == "h800");
+  RunGpu odd{"runs.csv", 2, "NVIDIA H100 (odd)", 100, 85520809984.0, 3000};
+  CHECK(match_gpu(odd, cat, &why).empty());
+  CHECK_THAT(why, Catch::Contains("no catalog GPU matches") && Catch::Contains("h100-sxm"));
+  RunGpu mock{"runs.csv", 2, "NVIDIA H100 80GB HBM3 (CPU mock)", 132, 85899345920.0, 0};
+  CHECK(match_gpu(mock, cat, &why) == "h100-sxm");
+}
+
+TEST_CASE("a fitted efficiency above 1 is reported (an error when strict)", "[calibrate]") {
+  // Routing rows whose time implies 1.4x the datasheet bandwidth (as H200 data with H100
+  // parameters would without the probe column).
+  SyntheticRun run("memeff");
+  run.add_run("r1");
+  moesim::sim::Rng rng(4, "memeff");
+  for (int i = 0; i < 30; ++i) {
+    const double bytes = std::exp(rng.uniform(std::log(1e6), std::log(4e9)));
+    run.add_routing("r1", i, "permute", bytes, 3e-6 + bytes / (1.4 * 3.35e12), i % 5 == 0);
+  }
+  const std::string dir = run.write();
+  const CalibrationResult res = calibrate(dir, opts());
+  REQUIRE(res.report.warnings.size() == 1);
+  CHECK_THAT(res.report.warnings[0], Catch::Contains("mem_eff") && Catch::Contains("above 1"));
+  std::ostringstream rep;
+  print_report(res.profile, res.report, rep);
+  CHECK_THAT(rep.str(), Catch::Contains("warnings:"));
+  CalibrateOptions strict = opts();
+  strict.strict = true;
+  CHECK_THAT(error_of(dir, strict), Catch::Contains("above 1"));
 }

@@ -1,13 +1,21 @@
 #include "validation_kernels/harness/dl.hpp"
 
 #include <dlfcn.h>
+#include <link.h>
 
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
 
+#include "validation_kernels/harness/search_paths.hpp"
+
 namespace moesim::vk {
+#ifdef VK_MOCK_CUDA
+namespace mock {
+bool install_cublas(Cublas& c);  // tests/mock_cuda.cpp
+}
+#endif
 namespace {
 
 template <typename F>
@@ -16,28 +24,42 @@ bool sym(void* lib, const char* name, F& fn) {
   return fn != nullptr;
 }
 
+/// Folder libcuda.so.1 was loaded from (the CUDA runtime has loaded it by now), or empty.
+std::string driver_dir() {
+  void* h = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_NOLOAD);
+  if (!h) return {};
+  std::string dir;
+  struct link_map* lm = nullptr;
+  if (dlinfo(h, RTLD_DI_LINKMAP, &lm) == 0 && lm && lm->l_name) {
+    const std::string p = lm->l_name;
+    const auto slash = p.rfind('/');
+    if (slash != std::string::npos) dir = p.substr(0, slash);
+  }
+  dlclose(h);
+  return dir;
+}
+
+void* open_first(const std::vector<std::string>& candidates, std::string* path, const char* what) {
+  for (const std::string& c : candidates) {
+    if (void* lib = dlopen(c.c_str(), RTLD_NOW | RTLD_LOCAL)) {
+      *path = c;
+      return lib;
+    }
+  }
+  std::fprintf(stderr, "[vk] %s not found (%zu places tried)\n", what, candidates.size());
+  return nullptr;
+}
+
 }  // namespace
 
 bool Cublas::load() {
-  std::vector<std::string> candidates;
-  if (const char* env = std::getenv("VK_CUBLAS_PATH")) candidates.emplace_back(env);
-  for (const char* n : {"libcublas.so.13", "libcublas.so.12", "libcublas.so"}) candidates.emplace_back(n);
-  for (const char* py : {"python3.12", "python3.11", "python3.10", "python3.13"})
-    for (const char* prefix : {"/usr/local/lib/", "/usr/lib/", "/opt/conda/lib/"})
-      for (const char* sub :
-           {"/site-packages/nvidia/cublas/lib/libcublas.so.13", "/dist-packages/nvidia/cublas/lib/libcublas.so.13",
-            "/site-packages/nvidia/cu13/lib/libcublas.so.13"})
-        candidates.push_back(std::string(prefix) + py + sub);
-  void* lib = nullptr;
-  for (const std::string& c : candidates) {
-    lib = dlopen(c.c_str(), RTLD_NOW | RTLD_LOCAL);
-    if (lib) {
-      path = c;
-      break;
-    }
-  }
+#ifdef VK_MOCK_CUDA
+  return mock::install_cublas(*this);
+#endif
+  SearchEnv env = real_search_env("VK_CUBLAS_PATH");
+  void* lib = open_first(cublas_candidates(env), &path, "cuBLAS (set VK_CUBLAS_PATH)");
   if (!lib) {
-    std::fprintf(stderr, "[vk] cuBLAS not found (set VK_CUBLAS_PATH); cuBLAS baselines will be skipped\n");
+    std::fprintf(stderr, "[vk] cuBLAS baselines will be skipped\n");
     return false;
   }
   bool ok = sym(lib, "cublasCreate_v2", create) && sym(lib, "cublasDestroy_v2", destroy) &&
@@ -55,7 +77,13 @@ bool Cublas::load() {
 }
 
 bool Nvml::load() {
-  void* lib = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
+#ifdef VK_MOCK_CUDA
+  return false;  // the mock exercises the clock64 / %globaltimer probe path
+#endif
+  SearchEnv env = real_search_env("VK_NVML_PATH");
+  env.driver_dir = driver_dir();
+  std::string path;
+  void* lib = open_first(nvml_candidates(env), &path, "NVML (clocks then come from the clock64 probe)");
   if (!lib) return false;
   if (!(sym(lib, "nvmlInit_v2", init) && sym(lib, "nvmlDeviceGetHandleByIndex_v2", handle_by_index) &&
         sym(lib, "nvmlDeviceGetClockInfo", clock_info) && sym(lib, "nvmlDeviceGetMaxClockInfo", max_clock_info) &&
@@ -64,6 +92,7 @@ bool Nvml::load() {
     return false;
   // NOTE: assumes CUDA device 0 is NVML device 0 (true on the single-GPU device machines).
   if (init() != 0 || handle_by_index(0, &device) != 0) device = nullptr;
+  if (device) std::fprintf(stderr, "[vk] NVML loaded from %s\n", path.c_str());
   return device != nullptr;
 }
 

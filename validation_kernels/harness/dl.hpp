@@ -30,8 +30,8 @@ struct Cublas {
   std::string path;
   int version = 0;
   bool loaded() const { return handle != nullptr; }
-  /// Tries $VK_CUBLAS_PATH, the loader's search path (libcublas.so.13/.12/.so), then a few fixed
-  /// site-packages locations of the nvidia-cublas wheel. Returns false (and logs why) when absent.
+  /// Tries the candidates of search_paths.hpp in order ($VK_CUBLAS_PATH, the loader, ldconfig,
+  /// the toolkit's lib64, Python environments' nvidia/cu13/lib ...). false (logged) when absent.
   bool load();
 };
 
@@ -45,6 +45,7 @@ struct Nvml {
   int (*temperature)(Device, int, unsigned*) = nullptr;
   int (*driver_version)(char*, unsigned) = nullptr;
   Device device = nullptr;
+  /// $VK_NVML_PATH, the loader, ldconfig, the folder libcuda.so.1 came from, driver folders.
   bool load();
   bool loaded() const { return device != nullptr; }
   double sm_clock_mhz() const;

@@ -8,10 +8,14 @@
 namespace moesim::vk {
 
 /// Bumped whenever a column is added, removed, renamed or changes meaning.
-inline constexpr int kSchemaVersion = 1;
+/// 2: runs.csv gains run_status, budget_s, configs_skipped_budget, disabled_impls, cublas_path;
+///    measurements.csv gains the attention shape (attn_batch, q_len, kv_len, heads, kv_heads,
+///    head_dim, causal) and the statuses `invalidated` / `skipped_selftest`; missing numbers are
+///    empty fields (never `nan`); selftest.csv is new. Every version-1 column keeps its meaning.
+inline constexpr int kSchemaVersion = 2;
 
 /// runs.csv: one row per process run (the machine, its software, and what the probes saw).
-inline constexpr std::array<std::string_view, 26> kRunsColumns = {"schema_version",
+inline constexpr std::array<std::string_view, 31> kRunsColumns = {"schema_version",
                                                                   "run_id",
                                                                   "git_commit",
                                                                   "gpu_name",
@@ -36,10 +40,15 @@ inline constexpr std::array<std::string_view, 26> kRunsColumns = {"schema_versio
                                                                   "wall_s",
                                                                   "nvml",
                                                                   "host",
+                                                                  "run_status",
+                                                                  "budget_s",
+                                                                  "configs_skipped_budget",
+                                                                  "disabled_impls",
+                                                                  "cublas_path",
                                                                   "notes"};
 
 /// measurements.csv: one row per (configuration, implementation, timing method).
-inline constexpr std::array<std::string_view, 51> kMeasurementColumns = {"schema_version",
+inline constexpr std::array<std::string_view, 58> kMeasurementColumns = {"schema_version",
                                                                          "run_id",
                                                                          "config_id",
                                                                          "heldout",
@@ -56,6 +65,13 @@ inline constexpr std::array<std::string_view, 51> kMeasurementColumns = {"schema
                                                                          "K",
                                                                          "N",
                                                                          "capacity",
+                                                                         "attn_batch",
+                                                                         "q_len",
+                                                                         "kv_len",
+                                                                         "heads",
+                                                                         "kv_heads",
+                                                                         "head_dim",
+                                                                         "causal",
                                                                          "distribution",
                                                                          "dist_param",
                                                                          "dist_seed",
@@ -94,5 +110,12 @@ inline constexpr std::array<std::string_view, 51> kMeasurementColumns = {"schema
 /// counts.csv: the exact per-expert row counts of a configuration, space-separated, expert 0 first
 /// (referenced from measurements.csv by config_id).
 inline constexpr std::array<std::string_view, 4> kCountsColumns = {"schema_version", "run_id", "config_id", "counts"};
+
+/// selftest.csv: one row per (GEMM implementation, self-test case): every output element checked,
+/// plus the rows that must stay untouched. A failed case disables the implementation for the run.
+inline constexpr std::array<std::string_view, 22> kSelftestColumns = {
+    "schema_version", "run_id",    "impl",        "impl_config", "case",     "kernel_family", "dtype_in", "experts",
+    "rows",           "N",         "K",           "capacity",    "elements", "max_abs_err",   "rel_err",  "bad",
+    "nonfinite",      "unwritten", "overwritten", "status",      "wall_ms",  "notes"};
 
 }  // namespace moesim::vk

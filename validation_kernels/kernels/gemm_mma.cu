@@ -1,5 +1,7 @@
 // Portable tensor-core grouped GEMM (sm_80+): mma.sync m16n8k16 bf16, ldmatrix fragments from a
 // swizzled shared-memory tile, 3-stage cp.async pipeline, persistent grid, device-side scheduler.
+#include <cuda_fp8.h>
+
 #include <cub/block/block_scan.cuh>
 
 #include <cstdio>
@@ -190,6 +192,34 @@ __global__ void reference_rows_kernel(const bf16* a, const bf16* w, const int* r
   ref[static_cast<size_t>(i) * n + j] = acc;
 }
 
+__device__ __forceinline__ float e4m3_value(uint8_t bits) {
+  __nv_fp8_e4m3 v;
+  v.__x = bits;
+  return static_cast<float>(v);
+}
+
+/// One thread per output column; the dequantisation mirrors the kernel: a per-block fp32 dot
+/// product times a_scale[kb, row] * w_scale[e, n/128, kb], summed over the K blocks.
+__global__ void reference_rows_fp8_kernel(GroupedGemmFp8Args g, const int* rows, const int* expert_of_row, int num_rows,
+                                          float* ref) {
+  const int i = blockIdx.y;
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= num_rows || j >= g.n) return;
+  const int r = rows[i], e = expert_of_row[i];
+  const uint8_t* ar = g.a + static_cast<size_t>(r) * g.k;
+  const uint8_t* wr = g.w + (static_cast<size_t>(e) * g.n + j) * g.k;
+  const int kb_count = g.k / 128;
+  float acc = 0.0f;
+  for (int kb = 0; kb < kb_count; ++kb) {
+    float part = 0.0f;
+    for (int t = kb * 128; t < kb * 128 + 128; ++t) part = fmaf(e4m3_value(ar[t]), e4m3_value(wr[t]), part);
+    const float sa = g.a_scale[static_cast<int64_t>(kb) * g.a_scale_ld + r];
+    const float sw = g.w_scale[(static_cast<int64_t>(e) * (g.n / 128) + j / 128) * kb_count + kb];
+    acc = fmaf(part, sa * sw, acc);
+  }
+  ref[static_cast<size_t>(i) * g.n + j] = acc;
+}
+
 __device__ __forceinline__ uint64_t mix64(uint64_t z) {
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
@@ -214,6 +244,20 @@ __global__ void fill_normal_f32_kernel(float* buf, size_t n, uint64_t seed, floa
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<size_t>(gridDim.x) * blockDim.x)
     buf[i] = scale * normal_at(seed, i);
+}
+
+__global__ void fill_normal_e4m3_kernel(uint8_t* buf, size_t n, uint64_t seed, float scale) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x)
+    buf[i] = static_cast<uint8_t>(__nv_cvt_float_to_fp8(scale * normal_at(seed, i), __NV_SATFINITE, __NV_E4M3));
+}
+
+__global__ void fill_uniform_f32_kernel(float* buf, size_t n, uint64_t seed, float lo, float hi) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const uint64_t h = mix64(seed * 0x9E3779B97F4A7C15ull + i);
+    buf[i] = lo + (hi - lo) * static_cast<float>(h >> 40) * (1.0f / 16777216.0f);
+  }
 }
 
 __global__ void touch_kernel(uint4* buf, size_t n_vec, uint32_t value) {
@@ -260,6 +304,25 @@ cudaError_t reference_rows(const bf16* a, const bf16* w, const int* rows, const 
   if (num_rows <= 0) return cudaSuccess;
   const dim3 grid((n + 127) / 128, num_rows);
   reference_rows_kernel<<<grid, 128, 0, stream>>>(a, w, rows, expert_of_row, num_rows, n, k, ref);
+  return cudaGetLastError();
+}
+
+cudaError_t reference_rows_fp8(const GroupedGemmFp8Args& args, const int* rows, const int* expert_of_row, int num_rows,
+                               float* ref, cudaStream_t stream) {
+  if (num_rows <= 0) return cudaSuccess;
+  if (args.k % 128 != 0 || args.n % 128 != 0) return cudaErrorInvalidValue;
+  const dim3 grid((args.n + 127) / 128, num_rows);
+  reference_rows_fp8_kernel<<<grid, 128, 0, stream>>>(args, rows, expert_of_row, num_rows, ref);
+  return cudaGetLastError();
+}
+
+cudaError_t fill_normal_e4m3(uint8_t* buf, size_t n, uint64_t seed, float scale, cudaStream_t stream) {
+  fill_normal_e4m3_kernel<<<1024, 256, 0, stream>>>(buf, n, seed, scale);
+  return cudaGetLastError();
+}
+
+cudaError_t fill_uniform_f32(float* buf, size_t n, uint64_t seed, float lo, float hi, cudaStream_t stream) {
+  fill_uniform_f32_kernel<<<1024, 256, 0, stream>>>(buf, n, seed, lo, hi);
   return cudaGetLastError();
 }
 

@@ -3,8 +3,17 @@
 // wgmma.mma_async.m64n128k16 bf16 -> fp32, persistent grid with the same device-side
 // (expert, M-tile, N-tile) scheduler as gemm_mma.cu.
 //
-// STATUS: compiles (nvcc 13.0, sm_90a + sm_80); never executed on a GPU. The harness checks it
-// against the fp32 reference before timing it and records failed_check rows untimed.
+// STATUS: compiles (nvcc 13.0, sm_90a + sm_80); never executed on a GPU. The harness self-tests
+// it in full before timing anything and checks sampled rows of every configuration.
+//
+// The same kernel template also builds the fp8 e4m3 variant with DeepSeek-V3 / DeepGEMM-style
+// block scaling (kFp8 = true): a k-tile is 128 e4m3 = 128 bytes, the same 128-byte swizzle atom
+// as 64 bf16, so the ring, the TMA boxes (128 x 128 bytes), the descriptors (+32 bytes per
+// k32 step) and the scheduler are shared. Each consumer warpgroup accumulates one k-tile (one
+// 128-wide scale block) with four wgmma m64n128k32 e4m3 into a scratch accumulator (the first
+// with scale-d = 0), waits for it, releases the stage, and adds it into the main accumulator
+// multiplied by a_scale[row] * w_scale[expert, n-block] ("promotion", as DeepGEMM does it; the
+// numbers here are our own).
 //
 // Layouts (same as gemm_mma.cu and the CPU reference):
 //   A   [total_rows, K] bf16 row-major; expert e owns rows [row_offset[e], row_offset[e+1]) (contiguous)
@@ -52,16 +61,19 @@
 namespace moesim::vk::gpu {
 namespace {
 
-constexpr int kBM = 128, kBN = 128, kBK = 64, kStages = 4;
+constexpr int kBM = 128, kBN = 128, kStages = 4;
+constexpr int kRowBytes = 128;  // one k-tile row: 64 bf16 or 128 e4m3, one 128B swizzle atom
+template <bool kFp8>
+constexpr int kBK = kFp8 ? 128 : 64;
 constexpr int kConsumerWarpgroups = 2;
 constexpr int kThreads = 128 * (1 + kConsumerWarpgroups);  // warpgroup 0 = producer
-constexpr int kTileABytes = kBM * kBK * 2;                 // 16 KiB
-constexpr int kTileBBytes = kBN * kBK * 2;                 // 16 KiB
+constexpr int kTileABytes = kBM * kRowBytes;               // 16 KiB
+constexpr int kTileBBytes = kBN * kRowBytes;               // 16 KiB
 constexpr int kStageBytes = kTileABytes + kTileBBytes;
 // +1024: the dynamic shared-memory base is only guaranteed 16-byte aligned; 128B-swizzled TMA
 // destinations and the wgmma descriptors below (base offset 0) need 1024-byte aligned tiles.
 constexpr int kSmemBytes = kStages * kStageBytes + 1024;
-static_assert(kBK * 2 == 128, "a k-tile row must be exactly one 128-byte swizzle atom");
+static_assert(kBK<false> * 2 == kRowBytes && kBK<true> == kRowBytes, "a k-tile row is one 128-byte swizzle atom");
 static_assert(kBM == 64 * kConsumerWarpgroups, "each consumer warpgroup owns 64 rows");
 
 #if VK_WGMMA_DEVICE
@@ -166,6 +178,31 @@ __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a
       : "memory");
 }
 
+/// D[64x128] (+)= A[64x32] * B[32x128], e4m3 inputs from shared memory (both K-major: the only
+/// layout wgmma has for 8-bit types, so there are no transpose immediates). Same accumulator layout.
+__device__ __forceinline__ void wgmma_m64n128k32_e4m3(float (&d)[64], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, "
+      "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, "
+      "%43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+      "%64, %65, p, 1, 1;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
+        "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),
+        "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
+        "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]),
+        "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]),
+        "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
+        "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]),
+        "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(desc_a), "l"(desc_b), "r"(scale_d)
+      : "memory");
+}
+
 /// Scheduler state shared by the producer and the consumers (identical tile walk in both roles).
 struct TileSchedule {
   int row_begin[kMaxExperts];
@@ -202,10 +239,19 @@ __device__ __forceinline__ TileCoord locate_tile(const TileSchedule& s, int expe
 
 #endif  // VK_WGMMA_DEVICE
 
+/// fp8 block scales (unused by the bf16 instantiation).
+struct Fp8Scales {
+  const float* a_scale = nullptr;  ///< [K/128, a_scale_ld]
+  int64_t a_scale_ld = 0;
+  const float* w_scale = nullptr;  ///< [E, N/128, K/128]
+};
+
+template <bool kFp8>
 __global__ void __launch_bounds__(kThreads, 1)
     grouped_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_w,
-                              GroupedGemmArgs args) {
+                              GroupedGemmArgs args, Fp8Scales scales) {
 #if VK_WGMMA_DEVICE
+  constexpr int BK = kBK<kFp8>;
   extern __shared__ unsigned char smem_raw[];
   __shared__ TileSchedule sched;
   __shared__ __align__(8) uint64_t full_bar[kStages];
@@ -216,7 +262,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int tid = threadIdx.x;
   const int warp = tid >> 5, lane = tid & 31;
   const int n_tiles = args.n / kBN;
-  const int k_tiles = args.k / kBK;
+  const int k_tiles = args.k / BK;
 
   // ---- Prologue (all threads): per-expert M-tile counts, their prefix sum, barrier init. ----
   int my_tiles = 0;
@@ -262,8 +308,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         mbar_wait(smem_u32(&empty_bar[s]), (pass & 1u) ^ 1u);
         const uint32_t full = smem_u32(&full_bar[s]);
         mbar_arrive_expect_tx(full, kStageBytes);
-        tma_load_2d(stage_a(s), &map_a, full, kt * kBK, c.row0);
-        tma_load_2d(stage_b(s), &map_w, full, kt * kBK, w_row);
+        tma_load_2d(stage_a(s), &map_a, full, kt * BK, c.row0);
+        tma_load_2d(stage_b(s), &map_w, full, kt * BK, w_row);
       }
     }
     return;
@@ -271,7 +317,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   // ---- Consumers: warpgroup wg owns rows [64 wg, 64 wg + 64) of every tile. ----
   const int wg = warp / 4 - 1;
-  const int wwarp = warp % 4;  // warp within the warpgroup: rows 16 wwarp .. 16 wwarp + 15
+  const int wwarp = warp % 4;                           // warp within the warpgroup: rows 16 wwarp .. 16 wwarp + 15
+  const int r_lo = wg * 64 + wwarp * 16 + (lane >> 2);  // this thread's rows: r_lo and r_lo + 8
   float acc[64];
   uint32_t it = 0;
   int prev_stage = 0;
@@ -280,36 +327,69 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
     for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
     fence_operands(acc);
-    for (int kt = 0; kt < k_tiles; ++kt, ++it) {
-      const int s = static_cast<int>(it % kStages);
-      mbar_wait(smem_u32(&full_bar[s]), (it / kStages) & 1u);
-      __syncwarp();  // wgmma is .aligned: the warp must be converged after the spin
-      const uint64_t da = make_desc_sw128(stage_a(s) + static_cast<uint32_t>(wg * 64 * kBK * 2));
-      const uint64_t db = make_desc_sw128(stage_b(s));
-      wgmma_fence();
+    if constexpr (!kFp8) {
+      for (int kt = 0; kt < k_tiles; ++kt, ++it) {
+        const int s = static_cast<int>(it % kStages);
+        mbar_wait(smem_u32(&full_bar[s]), (it / kStages) & 1u);
+        __syncwarp();  // wgmma is .aligned: the warp must be converged after the spin
+        const uint64_t da = make_desc_sw128(stage_a(s) + static_cast<uint32_t>(wg * 64 * kRowBytes));
+        const uint64_t db = make_desc_sw128(stage_b(s));
+        wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < kBK / 16; ++kk) {
-        // +32 bytes per k16 step inside the 128-byte swizzle atom (descriptor address is in 16 B).
-        wgmma_m64n128k16(acc, da + static_cast<uint64_t>(2 * kk), db + static_cast<uint64_t>(2 * kk), 1);
+        for (int kk = 0; kk < BK / 16; ++kk) {
+          // +32 bytes per k16 step inside the 128-byte swizzle atom (descriptor address is in 16 B).
+          wgmma_m64n128k16(acc, da + static_cast<uint64_t>(2 * kk), db + static_cast<uint64_t>(2 * kk), 1);
+        }
+        wgmma_commit();
+        wgmma_wait<1>();  // the previous k-tile's wgmma group has finished reading its stage
+        fence_operands(acc);
+        if (kt > 0) {
+          __syncwarp();
+          if (lane == 0) mbar_arrive(smem_u32(&empty_bar[prev_stage]));
+        }
+        prev_stage = s;
       }
-      wgmma_commit();
-      wgmma_wait<1>();  // the previous k-tile's wgmma group has finished reading its stage
+      wgmma_wait<0>();
       fence_operands(acc);
-      if (kt > 0) {
+      if (k_tiles > 0) {
         __syncwarp();
         if (lane == 0) mbar_arrive(smem_u32(&empty_bar[prev_stage]));
       }
-      prev_stage = s;
-    }
-    wgmma_wait<0>();
-    fence_operands(acc);
-    if (k_tiles > 0) {
-      __syncwarp();
-      if (lane == 0) mbar_arrive(smem_u32(&empty_bar[prev_stage]));
+    } else {
+      // Block-scaled fp8: one k-tile = one 128-wide scale block. Rows past the expert's count (the
+      // next expert's rows or TMA's zero fill) get scale 0 and are never stored.
+      const bool lo_valid = r_lo < c.rows_valid, hi_valid = r_lo + 8 < c.rows_valid;
+      const float* sa = scales.a_scale + c.row0 + r_lo;
+      const float* sw = scales.w_scale + (static_cast<int64_t>(c.expert) * (args.n / kBN) + c.n_tile) * k_tiles;
+      float part[64];
+      for (int kt = 0; kt < k_tiles; ++kt, ++it) {
+        const int s = static_cast<int>(it % kStages);
+        // Scale loads first: their latency hides behind the barrier wait and the MMAs.
+        const float w_s = sw[kt];
+        const float a_lo = lo_valid ? sa[kt * scales.a_scale_ld] : 0.0f;
+        const float a_hi = hi_valid ? sa[kt * scales.a_scale_ld + 8] : 0.0f;
+        mbar_wait(smem_u32(&full_bar[s]), (it / kStages) & 1u);
+        __syncwarp();
+        const uint64_t da = make_desc_sw128(stage_a(s) + static_cast<uint32_t>(wg * 64 * kRowBytes));
+        const uint64_t db = make_desc_sw128(stage_b(s));
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BK / 32; ++kk)  // +32 bytes per k32 step, the first one overwrites part
+          wgmma_m64n128k32_e4m3(part, da + static_cast<uint64_t>(2 * kk), db + static_cast<uint64_t>(2 * kk),
+                                kk > 0 ? 1 : 0);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_operands(part);
+        __syncwarp();
+        if (lane == 0) mbar_arrive(smem_u32(&empty_bar[s]));  // this stage is read; the producer may refill it
+        const float s_lo = a_lo * w_s, s_hi = a_hi * w_s;
+#pragma unroll
+        for (int i = 0; i < 64; ++i) acc[i] = fmaf(part[i], (i & 2) ? s_hi : s_lo, acc[i]);
+      }
+      fence_operands(acc);
     }
 
     // Epilogue: fp32 -> bf16x2, direct stores; rows past this expert's count are not written.
-    const int r_lo = wg * 64 + wwarp * 16 + (lane >> 2);
     const int col0 = c.n_tile * kBN + (lane & 3) * 2;
     bf16* out_lo = args.out + static_cast<size_t>(c.row0 + r_lo) * args.n + col0;
     bf16* out_hi = out_lo + static_cast<size_t>(8) * args.n;
@@ -326,6 +406,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   (void)map_a;
   (void)map_w;
   (void)args;
+  (void)scales;
   __trap();
 #endif
 }
@@ -346,22 +427,23 @@ EncodeTiledFn encode_tiled_fn() {
   return fn;
 }
 
-/// 2-D bf16 map over [rows, k] (k contiguous), box = box_rows x kBK, 128B swizzle, zero fill.
-bool encode_2d(CUtensorMap* map, const void* base, uint64_t rows, uint64_t k, uint32_t box_rows) {
+/// 2-D map over [rows, k_elems] (k contiguous), box = box_rows x 128 bytes, 128B swizzle, zero fill.
+bool encode_2d(CUtensorMap* map, const void* base, uint64_t rows, uint64_t k_elems, uint32_t box_rows, bool fp8) {
   EncodeTiledFn fn = encode_tiled_fn();
   if (!fn) return false;
-  const cuuint64_t dims[2] = {k, rows};
-  const cuuint64_t strides[1] = {k * 2};  // bytes between consecutive rows
-  const cuuint32_t box[2] = {static_cast<cuuint32_t>(kBK), box_rows};
+  const uint64_t elem = fp8 ? 1 : 2;
+  const cuuint64_t dims[2] = {k_elems, rows};
+  const cuuint64_t strides[1] = {k_elems * elem};  // bytes between consecutive rows
+  const cuuint32_t box[2] = {static_cast<cuuint32_t>(kRowBytes / elem), box_rows};
   const cuuint32_t elem_strides[2] = {1, 1};
-  return fn(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(base), dims, strides, box, elem_strides,
-            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+  return fn(map, fp8 ? CU_TENSOR_MAP_DATA_TYPE_UINT8 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(base),
+            dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
 /// The last encoded pair of maps, reused while the operands are unchanged (the timing loops launch
 /// the same problem hundreds of times; encoding is host work that would otherwise sit in the
-/// batched measurements).
+/// batched measurements). One cache per element type.
 struct MapCache {
   const void* a = nullptr;
   const void* w = nullptr;
@@ -370,36 +452,41 @@ struct MapCache {
   bool valid = false;
 };
 
-}  // namespace
+bool runs_here() {
+  int device = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) return false;
+  return grouped_gemm_wgmma_runs_on(major, minor);
+}
 
-cudaError_t grouped_gemm_wgmma(const GroupedGemmArgs& args, int grid_blocks, cudaStream_t stream) {
+template <bool kFp8>
+cudaError_t launch_wgmma(const GroupedGemmArgs& args, const void* a, const void* w, const Fp8Scales& scales,
+                         int grid_blocks, cudaStream_t stream) {
+  constexpr int BK = kBK<kFp8>;
   const bool masked = args.cap > 0;
   if (args.experts < 1 || args.experts > kMaxExperts || args.n <= 0 || args.n % kBN != 0 || args.k <= 0 ||
-      args.k % kBK != 0 || grid_blocks < 1 || (masked ? args.counts == nullptr : args.row_offset == nullptr) ||
-      (!masked && args.total_rows < 0) || reinterpret_cast<uintptr_t>(args.a) % 16 != 0 ||
-      reinterpret_cast<uintptr_t>(args.w) % 16 != 0)
+      args.k % BK != 0 || grid_blocks < 1 || (masked ? args.counts == nullptr : args.row_offset == nullptr) ||
+      (!masked && args.total_rows < 0) || args.out == nullptr || reinterpret_cast<uintptr_t>(a) % 16 != 0 ||
+      reinterpret_cast<uintptr_t>(w) % 16 != 0)
     return cudaErrorInvalidValue;
-  int device = 0, major = 0, minor = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
-  if (err != cudaSuccess) return err;
-  if (!grouped_gemm_wgmma_runs_on(major, minor)) return cudaErrorNotSupported;
+  if (kFp8 && (scales.a_scale == nullptr || scales.w_scale == nullptr)) return cudaErrorInvalidValue;
+  if (!runs_here()) return cudaErrorNotSupported;
 
   static MapCache cache;
   const uint64_t rows = masked ? static_cast<uint64_t>(args.experts) * static_cast<uint64_t>(args.cap)
                                : static_cast<uint64_t>(args.total_rows);
+  if (kFp8 && static_cast<uint64_t>(scales.a_scale_ld) < rows) return cudaErrorInvalidValue;
   const uint64_t k = static_cast<uint64_t>(args.k);
   const uint64_t w_rows = static_cast<uint64_t>(args.experts) * static_cast<uint64_t>(args.n);
-  if (!cache.valid || cache.a != args.a || cache.w != args.w || cache.rows != rows || cache.k != k ||
-      cache.w_rows != w_rows) {
+  if (!cache.valid || cache.a != a || cache.w != w || cache.rows != rows || cache.k != k || cache.w_rows != w_rows) {
     cache.valid = false;
     // A map of at least one row: with no rows there are no tiles and TMA is never issued.
-    if (!encode_2d(&cache.map_a, args.a, rows > 0 ? rows : 1, k, kBM) ||
-        !encode_2d(&cache.map_w, args.w, w_rows, k, kBN))
+    if (!encode_2d(&cache.map_a, a, rows > 0 ? rows : 1, k, kBM, kFp8) ||
+        !encode_2d(&cache.map_w, w, w_rows, k, kBN, kFp8))
       return cudaErrorInvalidValue;
-    cache.a = args.a;
-    cache.w = args.w;
+    cache.a = a;
+    cache.w = w;
     cache.rows = rows;
     cache.k = k;
     cache.w_rows = w_rows;
@@ -407,12 +494,37 @@ cudaError_t grouped_gemm_wgmma(const GroupedGemmArgs& args, int grid_blocks, cud
   }
   static bool attr_set = false;
   if (!attr_set) {
-    err = cudaFuncSetAttribute(grouped_gemm_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
+    const cudaError_t err =
+        cudaFuncSetAttribute(grouped_gemm_wgmma_kernel<kFp8>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
     if (err != cudaSuccess) return err;
     attr_set = true;
   }
-  grouped_gemm_wgmma_kernel<<<grid_blocks, kThreads, kSmemBytes, stream>>>(cache.map_a, cache.map_w, args);
+  grouped_gemm_wgmma_kernel<kFp8>
+      <<<grid_blocks, kThreads, kSmemBytes, stream>>>(cache.map_a, cache.map_w, args, scales);
   return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t grouped_gemm_wgmma(const GroupedGemmArgs& args, int grid_blocks, cudaStream_t stream) {
+  return launch_wgmma<false>(args, args.a, args.w, Fp8Scales{}, grid_blocks, stream);
+}
+
+cudaError_t grouped_gemm_wgmma_fp8(const GroupedGemmFp8Args& f, int grid_blocks, cudaStream_t stream) {
+  GroupedGemmArgs g;
+  g.out = f.out;
+  g.row_offset = f.row_offset;
+  g.counts = f.counts;
+  g.experts = f.experts;
+  g.n = f.n;
+  g.k = f.k;
+  g.cap = f.cap;
+  g.total_rows = f.total_rows;
+  Fp8Scales s;
+  s.a_scale = f.a_scale;
+  s.a_scale_ld = f.a_scale_ld;
+  s.w_scale = f.w_scale;
+  return launch_wgmma<true>(g, f.a, f.w, s, grid_blocks, stream);
 }
 
 bool grouped_gemm_wgmma_implemented() { return true; }
@@ -420,9 +532,15 @@ bool grouped_gemm_wgmma_implemented() { return true; }
 bool grouped_gemm_wgmma_runs_on(int cc_major, int cc_minor) { return cc_major == 9 && cc_minor == 0; }
 
 std::string grouped_gemm_wgmma_config() {
-  return "wgmma_bf16_BM" + std::to_string(kBM) + "_BN" + std::to_string(kBN) + "_BK" + std::to_string(kBK) + "_S" +
-         std::to_string(kStages) + "_T" + std::to_string(kThreads) + "_cwg" + std::to_string(kConsumerWarpgroups) +
-         "_tma_sw128";
+  return "wgmma_bf16_BM" + std::to_string(kBM) + "_BN" + std::to_string(kBN) + "_BK" + std::to_string(kBK<false>) +
+         "_S" + std::to_string(kStages) + "_T" + std::to_string(kThreads) + "_cwg" +
+         std::to_string(kConsumerWarpgroups) + "_tma_sw128";
+}
+
+std::string grouped_gemm_wgmma_fp8_config() {
+  return "wgmma_e4m3_BM" + std::to_string(kBM) + "_BN" + std::to_string(kBN) + "_BK" + std::to_string(kBK<true>) +
+         "_S" + std::to_string(kStages) + "_T" + std::to_string(kThreads) + "_cwg" +
+         std::to_string(kConsumerWarpgroups) + "_tma_sw128_scales_a1x128_w128x128";
 }
 
 }  // namespace moesim::vk::gpu

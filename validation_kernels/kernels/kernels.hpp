@@ -70,13 +70,43 @@ bool grouped_gemm_wgmma_runs_on(int cc_major, int cc_minor);
 /// Tile configuration string recorded in impl_config.
 std::string grouped_gemm_wgmma_config();
 
+/// fp8 e4m3 grouped GEMM with DeepSeek-V3 / DeepGEMM-style block scaling (sm_90a wgmma):
+///   out[r, n] = sum_kb a_scale[kb, r] * w_scale[e, n/128, kb] * sum_{k in block kb} A[r, k] W_e[n, k]
+/// A [rows, K] and W [E, N, K] e4m3 (K contiguous); a_scale[kb * a_scale_ld + r] fp32, one per
+/// (row, 128 K-columns), stored K-block-major as the quantisation kernel writes it; w_scale
+/// [E, N/128, K/128] fp32, one per 128 x 128 weight block; out bf16. fp32 accumulation inside a
+/// 128-wide K block, promoted with the two scales into a second fp32 accumulator.
+struct GroupedGemmFp8Args {
+  const uint8_t* a = nullptr;
+  const float* a_scale = nullptr;
+  int64_t a_scale_ld = 0;  ///< >= rows of A
+  const uint8_t* w = nullptr;
+  const float* w_scale = nullptr;
+  bf16* out = nullptr;
+  const int* row_offset = nullptr;
+  const int* counts = nullptr;
+  int experts = 0, n = 0, k = 0, cap = 0, total_rows = -1;
+};
+/// Needs N % 128 == 0, K % 128 == 0, 16-byte aligned A and W; cc 9.0 only (cudaErrorNotSupported
+/// elsewhere). Same scheduler, ring and warp roles as grouped_gemm_wgmma. Never run yet.
+cudaError_t grouped_gemm_wgmma_fp8(const GroupedGemmFp8Args& args, int grid_blocks, cudaStream_t stream);
+std::string grouped_gemm_wgmma_fp8_config();
+
 /// Naive fp32 reference for a list of rows: ref[i, :] = A[rows[i], :] * W_{expert_of_row[i]}^T.
 cudaError_t reference_rows(const bf16* a, const bf16* w, const int* rows, const int* expert_of_row, int num_rows, int n,
                            int k, float* ref, cudaStream_t stream);
 
+/// The fp8 block-scaled version of reference_rows (same dequantisation as the kernel).
+cudaError_t reference_rows_fp8(const GroupedGemmFp8Args& args, const int* rows, const int* expert_of_row, int num_rows,
+                               float* ref, cudaStream_t stream);
+
 /// Fills buf[n] with bf16 N(0, scale^2) values from a counter-based hash of (seed, index).
 cudaError_t fill_normal_bf16(bf16* buf, size_t n, uint64_t seed, float scale, cudaStream_t stream);
 cudaError_t fill_normal_f32(float* buf, size_t n, uint64_t seed, float scale, cudaStream_t stream);
+/// e4m3 values of N(0, scale^2) samples (saturating at +-448).
+cudaError_t fill_normal_e4m3(uint8_t* buf, size_t n, uint64_t seed, float scale, cudaStream_t stream);
+/// Uniform fp32 values in [lo, hi).
+cudaError_t fill_uniform_f32(float* buf, size_t n, uint64_t seed, float lo, float hi, cudaStream_t stream);
 /// Writes every byte of buf (L2 flush between timed iterations).
 cudaError_t touch_buffer(void* buf, size_t bytes, uint32_t value, cudaStream_t stream);
 
@@ -141,6 +171,52 @@ cudaError_t pack_dedup(const bf16* x, const int* key, const int* rank, const int
 size_t radix_sort_scratch_bytes(int slots);
 cudaError_t radix_sort_by_expert(const int* expert, int slots, int experts, int* sorted_expert, int* sorted_slot,
                                  void* scratch, size_t scratch_bytes, cudaStream_t stream);
+
+// ----------------------------------------------------------------------------------------------
+// Attention (FlashAttention-2-style, mma.sync bf16, sm_80+). Layout BSHD: q [B, Sq, H, d],
+// k / v [B, Skv, H_kv, d], o [B, Sq, H, d]; head h reads K/V head h / (H / H_kv) (GQA).
+// Causal: query i (0-based among the Sq newest) sees keys j <= i + (Skv - Sq).
+// ----------------------------------------------------------------------------------------------
+struct AttentionArgs {
+  const bf16* q = nullptr;
+  const bf16* k = nullptr;
+  const bf16* v = nullptr;
+  bf16* o = nullptr;
+  int batch = 0, q_len = 0, kv_len = 0, heads = 0, kv_heads = 0, head_dim = 128;
+  bool causal = true;
+  float softmax_scale = 0;  ///< 0: 1/sqrt(head_dim)
+  /// Decode split-KV scratch: o_partial [B, H, splits, d] fp32, lse [B, H, splits] fp32.
+  float* o_partial = nullptr;
+  float* lse = nullptr;
+  int splits = 1;
+};
+/// Prefill: 64 query rows per CTA (4 warps x 16), 64-key K/V blocks double-buffered by cp.async,
+/// online softmax in registers, P reused from the S accumulators as the A operand of P.V.
+/// head_dim 128, H % H_kv == 0.
+cudaError_t flash_prefill(const AttentionArgs& args, cudaStream_t stream);
+std::string flash_prefill_config();
+/// Decode (q_len = 1): split-KV; one CTA per (split, K/V head, sequence) computes all H / H_kv
+/// query heads of the group (<= 16, padded to the 16 rows of an mma tile) over its key range,
+/// then a combine kernel merges the splits by their log-sum-exp.
+cudaError_t flash_decode(const AttentionArgs& args, cudaStream_t stream);
+/// Splits that give >= 2 CTAs per SM without a split shorter than 64 keys.
+int flash_decode_splits(int batch, int kv_heads, int kv_len, int sms);
+std::string flash_decode_config();
+
+// ----------------------------------------------------------------------------------------------
+// Elementwise / norm / activation (bf16, fp32 math). hidden % 8 == 0; quant: hidden % 128 == 0.
+// ----------------------------------------------------------------------------------------------
+/// y = x * rsqrt(mean(x^2) + eps) * w, one CTA per token.
+cudaError_t rmsnorm(const bf16* x, const bf16* w, bf16* y, int64_t tokens, int hidden, float eps, cudaStream_t stream);
+/// s = x + r (fp32); r = bf16(s); y = bf16(r) * rsqrt(mean(s^2) + eps) * w.
+cudaError_t add_rmsnorm(const bf16* x, bf16* residual, const bf16* w, bf16* y, int64_t tokens, int hidden, float eps,
+                        cudaStream_t stream);
+/// y[t, c] = silu(gu[t, c]) * gu[t, hidden + c] over gu [T, 2 hidden].
+cudaError_t swiglu(const bf16* gate_up, bf16* y, int64_t tokens, int hidden, cudaStream_t stream);
+/// Per (token t, group g of 128 columns): s = max(amax, 1e-10) / 448; q = e4m3(x / s) (satfinite);
+/// scale[g * scale_ld + t] = s (K-block-major, the layout grouped_gemm_wgmma_fp8 reads).
+cudaError_t quant_fp8_1x128(const bf16* x, uint8_t* q, float* scale, int64_t tokens, int hidden, int64_t scale_ld,
+                            cudaStream_t stream);
 
 // ----------------------------------------------------------------------------------------------
 // Probes.

@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 #include <string>
@@ -35,30 +36,54 @@ TEST_CASE("tiles and bytes follow the tile-quantisation formula") {
   CHECK(gemm_bytes_min(g, 2, 2) == Approx(1 * 4 * 8 * 2 + 2 * 4 * 2 + 2 * 8 * 2));
 }
 
-TEST_CASE("grids: ids are positions, held-out rows are marked, quick is small, full fits a 10-minute run") {
+TEST_CASE("grids: ids are positions, held-out rows are marked, quick is small, full is large") {
   GridOptions o;
   o.heldout = 20;
   const auto quick = build_grid(o);
   CHECK(quick.size() < 120);
-  int heldout = 0;
+  int heldout_grouped = 0;
+  std::map<Family, int> fam_quick;
   for (size_t i = 0; i < quick.size(); ++i) {
     CHECK(quick[i].config_id == static_cast<int64_t>(i));
-    heldout += quick[i].heldout;
+    ++fam_quick[quick[i].family];
+    if (quick[i].family == Family::kGroupedGemm && quick[i].gemm.dtype == GemmDtype::kBf16)
+      heldout_grouped += quick[i].heldout;
   }
-  CHECK(heldout == 20);
+  CHECK(heldout_grouped == 20);
+  CHECK(fam_quick.size() == static_cast<size_t>(kFamilyCount));  // every family in the smoke grid
   o.kind = GridKind::kFull;
   const auto full = build_grid(o);
-  CHECK(full.size() > 500);
-  CHECK(full.size() < 3500);
+  CHECK(full.size() > 1500);
+  CHECK(full.size() < 5000);
   std::set<std::string> shapes;
+  std::map<Family, std::pair<int, int>> held;  // family -> (held-out, all)
   for (const Config& c : full) {
-    if (c.family == Family::kRouting) continue;
+    ++held[c.family].second;
+    held[c.family].first += c.heldout;
+    if (!is_gemm(c.family)) continue;
     shapes.insert(c.gemm.shape.model);
-    CHECK(static_cast<double>(c.gemm.experts_local) * static_cast<double>(c.gemm.shape.k * c.gemm.shape.n) * 2 <=
+    const double bytes = c.gemm.dtype == GemmDtype::kFp8E4m3 ? 1 : 2;
+    CHECK(static_cast<double>(c.gemm.experts_local) * static_cast<double>(c.gemm.shape.k * c.gemm.shape.n) * bytes <=
           o.max_weight_bytes);
     if (c.family == Family::kGroupedGemmMasked) CHECK(count_stats(c.gemm.counts).m_max <= c.gemm.capacity);
+    if (c.gemm.dtype == GemmDtype::kFp8E4m3) CHECK(c.gemm.shape.k % 128 == 0);
+    CHECK(c.gemm.shape.n % 128 == 0);
   }
-  CHECK(shapes.size() == 3);
+  CHECK(shapes.size() == 4);  // + Llama 3 70B dense layers
+  for (const auto& [f, h] : held) {
+    if (f == Family::kGroupedGemm) continue;  // random held-out configurations instead
+    INFO(to_string(f));
+    CHECK(h.first >= 1);                // every family has held-out rows
+    CHECK(h.first <= h.second * 0.35);  // ... but is mostly fitted
+  }
+  for (const Config& c : full) {
+    if (c.family == Family::kAttentionDecode) {
+      CHECK(c.attention.q_len == 1);
+      CHECK(c.attention.heads / c.attention.kv_heads <= 16);
+    }
+    if (c.family == Family::kElementwise && c.elementwise.op == ElementwiseOp::kQuantFp8)
+      CHECK(c.elementwise.hidden % 128 == 0);
+  }
 }
 
 TEST_CASE("CSV schema: versioned, unique columns, rows addressed by name") {
@@ -99,4 +124,10 @@ TEST_CASE("README documents every CSV column") {
     quoted.append(col).push_back('`');
     CHECK(readme.find(quoted) != std::string::npos);
   }
+  for (auto col : kSelftestColumns) {
+    std::string quoted(1, '`');
+    quoted.append(col).push_back('`');
+    CHECK(readme.find(quoted) != std::string::npos);
+  }
+  CHECK(readme.find("schema_version " + std::to_string(kSchemaVersion)) != std::string::npos);
 }
