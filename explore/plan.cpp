@@ -8,6 +8,7 @@
 #include <iterator>
 #include <map>
 #include <memory>
+#include <sstream>
 #include <stdexcept>
 #include <tuple>
 
@@ -18,6 +19,7 @@
 #include "explore/csv.hpp"
 #include "explore/pool.hpp"
 #include "hardware/gpu_catalog.hpp"
+#include "sim/output_file.hpp"
 
 namespace moesim::explore {
 
@@ -731,22 +733,22 @@ std::vector<std::string> write_outputs(const PlanSpec& p, const PlanResult& r, c
   namespace fs = std::filesystem;
   fs::create_directories(dir);
   std::vector<std::string> written;
-  const auto open = [&](const std::string& name) {
+  // Each file is written whole and checked (every write, the flush and the close): a full disk
+  // is an error (exit 1), never a truncated plan.csv with exit 0.
+  const auto put = [&](const std::string& name, const std::string& content) {
     const std::string path = (fs::path(dir) / name).string();
-    auto f = std::make_unique<std::ofstream>(path);
-    if (!*f) throw std::runtime_error("cannot write " + path);
+    sim::write_file(path, content);
     written.push_back(path);
-    return f;
   };
   {
-    auto f = open("plan.csv");
-    write_plan_csv(p, r, *f);
-    if (!*f) throw std::runtime_error("cannot write " + written.back());
+    std::ostringstream f;
+    write_plan_csv(p, r, f);
+    put("plan.csv", f.str());
   }
   {
-    auto f = open("pareto.csv");
-    write_pareto_csv(p, r, *f);
-    if (!*f) throw std::runtime_error("cannot write " + written.back());
+    std::ostringstream f;
+    write_pareto_csv(p, r, f);
+    put("pareto.csv", f.str());
   }
   for (std::size_t i = 0; i < r.ranked.size() && i < static_cast<std::size_t>(p.top); ++i) {
     const Candidate& c = r.candidates[r.ranked[i]];
@@ -758,16 +760,10 @@ std::vector<std::string> write_outputs(const PlanSpec& p, const PlanResult& r, c
         fmt::format("# simulated: {} {:.3f} ms, {:.1f} tokens/s/GPU, {:.4f} per million tokens\n",
                     p.mode == engine::WorkloadMode::kTrain ? "step" : "TPOT", c.step_time_us / 1e3,
                     c.tokens_per_s_per_gpu, c.cost_per_mtok);
-    {
-      auto f = open(fmt::format("top-{:02}.yaml", i + 1));
-      *f << header << r.scenario_yaml[c.index];
-      if (!*f) throw std::runtime_error("cannot write " + written.back());
-    }
-    if (!r.prefill_yaml[c.index].empty()) {
-      auto f = open(fmt::format("top-{:02}-prefill.yaml", i + 1));
-      *f << header << "# the prefill run of the whole batch (TTFT)\n" << r.prefill_yaml[c.index];
-      if (!*f) throw std::runtime_error("cannot write " + written.back());
-    }
+    put(fmt::format("top-{:02}.yaml", i + 1), header + r.scenario_yaml[c.index]);
+    if (!r.prefill_yaml[c.index].empty())
+      put(fmt::format("top-{:02}-prefill.yaml", i + 1),
+          header + "# the prefill run of the whole batch (TTFT)\n" + r.prefill_yaml[c.index]);
   }
   return written;
 }

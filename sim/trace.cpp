@@ -1,5 +1,8 @@
 #include "sim/trace.hpp"
 
+#include <cerrno>
+#include <cstring>
+
 #include <fmt/format.h>
 
 #include <stdexcept>
@@ -42,8 +45,8 @@ std::string format_us(SimTime t) {
   return fmt::format("{}{}.{:06}", ps < 0 ? "-" : "", a / 1'000'000, a % 1'000'000);
 }
 
-TraceWriter::TraceWriter(const std::string& path) : out_(std::fopen(path.c_str(), "w")), owns_(true) {
-  if (out_ == nullptr) throw std::runtime_error("cannot open trace file " + path);
+TraceWriter::TraceWriter(const std::string& path) : out_(std::fopen(path.c_str(), "w")), owns_(true), path_(path) {
+  if (out_ == nullptr) throw std::runtime_error("cannot write " + path + ": " + std::strerror(errno));
   std::fputs("{\"displayTimeUnit\":\"ns\",\"traceEvents\":[\n", out_);
 }
 
@@ -62,9 +65,22 @@ void TraceWriter::close() {
   if (closed_) return;
   closed_ = true;
   std::fputs("\n]}\n", out_);
-  const bool bad = std::ferror(out_) != 0;
-  if (owns_) std::fclose(out_);
-  if (bad) throw std::runtime_error("error while writing the trace file");
+  // Every write is checked here, once: the stream's error flag is sticky, and the flush and the
+  // close are where a full disk shows up for the last buffered bytes.
+  errno = 0;
+  bool ok = std::fflush(out_) == 0 && std::ferror(out_) == 0;
+  int err = errno;
+  if (owns_) {
+    errno = 0;
+    if (std::fclose(out_) != 0 && ok) {
+      ok = false;
+      err = errno;
+    }
+  }
+  out_ = nullptr;
+  if (!ok)
+    throw std::runtime_error(fmt::format("cannot write {}: {}", path_.empty() ? std::string("the trace") : path_,
+                                         err != 0 ? std::strerror(err) : "write error"));
 }
 
 void TraceWriter::begin_event() {
