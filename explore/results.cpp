@@ -207,7 +207,7 @@ ResultsWriter::ResultsWriter(const Sweep& sweep, const Options& opts) : sweep_(s
 
   fs::create_directories(dir_, ec);
   if (ec) throw std::runtime_error(fmt::format("cannot create {}: {}", dir_, ec.message()));
-  if (lock_fd_ < 0) lock_directory();
+  if (lock_.fd < 0) lock_directory();
   if (fresh) {
     csv_ = std::make_unique<sim::OutputFile>(csv);
     csv_->write(sweep.header() + "\n");
@@ -241,21 +241,24 @@ ResultsWriter::ResultsWriter(const Sweep& sweep, const Options& opts) : sweep_(s
 ResultsWriter::~ResultsWriter() {
   csv_.reset();
   journal_.reset();
-  if (lock_fd_ >= 0) ::close(lock_fd_);  // releases the directory's lock
+}
+
+ResultsWriter::LockFd::~LockFd() {
+  if (fd >= 0) ::close(fd);  // releases the directory's lock
 }
 
 void ResultsWriter::lock_directory() {
   const std::string path = (fs::path(dir_) / "sweep.lock").string();
-  lock_fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (lock_fd_ < 0) throw std::runtime_error(fmt::format("cannot create {}: {}", path, std::strerror(errno)));
-  if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+  lock_.fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lock_.fd < 0) throw std::runtime_error(fmt::format("cannot create {}: {}", path, std::strerror(errno)));
+  if (::flock(lock_.fd, LOCK_EX | LOCK_NB) != 0) {
     const int err = errno;
     std::string holder;
     char buf[64] = {};
-    if (::pread(lock_fd_, buf, sizeof buf - 1, 0) > 0) holder = buf;
+    if (::pread(lock_.fd, buf, sizeof buf - 1, 0) > 0) holder = buf;
     while (!holder.empty() && (holder.back() == '\n' || holder.back() == ' ')) holder.pop_back();
-    ::close(lock_fd_);
-    lock_fd_ = -1;
+    ::close(lock_.fd);
+    lock_.fd = -1;
     if (err != EWOULDBLOCK) throw std::runtime_error(fmt::format("cannot lock {}: {}", path, std::strerror(err)));
     fail(path, 0, "",
          fmt::format("{} is in use by another moesim sweep{}; wait for it to finish, or use another -o DIR", dir_,
@@ -264,7 +267,7 @@ void ResultsWriter::lock_directory() {
   // Who holds it, for the message another sweep prints (the lock itself is the flock, which the
   // kernel releases when this process exits, however it exits).
   const std::string me = fmt::format("pid {}", ::getpid());
-  if (::ftruncate(lock_fd_, 0) != 0 || ::pwrite(lock_fd_, me.data(), me.size(), 0) != static_cast<ssize_t>(me.size()))
+  if (::ftruncate(lock_.fd, 0) != 0 || ::pwrite(lock_.fd, me.data(), me.size(), 0) != static_cast<ssize_t>(me.size()))
     throw std::runtime_error(fmt::format("cannot write {}: {}", path, std::strerror(errno)));
 }
 

@@ -111,10 +111,20 @@ class ResultsWriter {
   /// Takes dir/sweep.lock (flock, non-blocking); a held lock is a ConfigError (exit 2).
   void lock_directory();
 
+  /// The lock's descriptor, closed (lock released) on every way out, including a constructor
+  /// that throws after locking.
+  struct LockFd {
+    int fd = -1;
+    LockFd() = default;
+    LockFd(const LockFd&) = delete;
+    LockFd& operator=(const LockFd&) = delete;
+    ~LockFd();
+  };
+
+  LockFd lock_;
   std::unique_ptr<sim::OutputFile> csv_;
   std::unique_ptr<sim::OutputFile> journal_;
   std::mutex journal_mu_;
-  int lock_fd_ = -1;
 };
 
 }  // namespace moesim::explore

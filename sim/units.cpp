@@ -183,7 +183,7 @@ double parse_quantity(std::string_view text, UnitFamily family) {
   // A non-zero number written must not become 0 ("1e-400s" underflows strtod): a zero is only
   // ever a value someone wrote as zero.
   const bool nonzero_digits = number.find_first_of("123456789") < number.find_first_of("eE");
-  if (nonzero_digits && !(scaled >= std::numeric_limits<double>::min()))
+  if (nonzero_digits && !(v >= std::numeric_limits<double>::min() && scaled >= std::numeric_limits<double>::min()))
     throw fail("the number is too small (it underflows to 0)");
   return scaled;
 }
