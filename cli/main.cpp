@@ -122,8 +122,8 @@ void print_warnings(const Scenario& s) {
   for (const auto& w : s.warnings) fmt::print(stderr, "{}\n", w);
 }
 
-/// Resource bounds: prints the estimate for --dry-run (and returns true: nothing more to do),
-/// else refuses (config::ConfigError, exit 2) a run beyond --max-memory / --max-time.
+/// Resource bounds: refuses (config::ConfigError, exit 2) a run beyond --max-memory /
+/// --max-time; with --dry-run prints the estimate first and returns true (nothing more to do).
 bool check_resources(const Scenario& s, const std::string& file, const std::string& max_memory,
                      const std::string& max_time, bool dry_run) {
   namespace en = moesim::engine;
@@ -132,12 +132,12 @@ bool check_resources(const Scenario& s, const std::string& file, const std::stri
   if (dry_run) {
     fmt::print("{}: estimate for one run: {} (limits: {})\n", file, en::format_estimate(est),
                en::format_limits(limits));
-    return true;
+    std::fflush(stdout);
   }
   std::string key;
   const moesim::config::Location where = en::scale_location(file, &key);
-  en::check_limits(est.memory_bytes, est.cpu_s, limits, where, key, "this run");
-  return false;
+  en::check_limits(est.memory_bytes, est.cpu_s, limits, where, key, "this run");  // --dry-run too
+  return dry_run;
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include <stdexcept>
 #include <tuple>
 
+#include "config/input_file.hpp"
 #include "engine/memory_model.hpp"
 #include "engine/run.hpp"
 #include "engine/simulate.hpp"
@@ -109,6 +110,9 @@ PlanSpec parse_plan(config::Document& doc) {
     p.base_file = bp.lexically_normal().string();
     if (!rel.empty() && !std::filesystem::exists(p.base_file))
       base.error(fmt::format("file not found: {} (paths are relative to the plan file)", p.base_file));
+    else if (const std::string why = config::input_file_problem(p.base_file, config::kMaxYamlBytes);
+             !rel.empty() && !why.empty())
+      base.error(fmt::format("{}: {}", p.base_file, why));
   }
   const Node set = root.child("set");
   std::map<std::string, config::Location> set_locs;  // "--set a=b" -> where the plan wrote it
@@ -229,7 +233,8 @@ PlanSpec parse_plan(config::Document& doc) {
 
   // The base scenario: validated as `moesim run` would (its errors name the base file), and
   // reported together with the plan's own errors.
-  if (p.base_file.empty() || !std::filesystem::exists(p.base_file)) diags.throw_if_any();
+  if (p.base_file.empty() || !config::input_file_problem(p.base_file, config::kMaxYamlBytes).empty())
+    diags.throw_if_any();
   std::optional<engine::Scenario> b;
   try {
     b = engine::parse_scenario(load_base(p));

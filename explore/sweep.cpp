@@ -10,6 +10,7 @@
 #include <set>
 #include <utility>
 
+#include "config/input_file.hpp"
 #include "config/reader.hpp"
 #include "engine/run.hpp"
 #include "explore/csv.hpp"
@@ -156,7 +157,10 @@ Parsed read_sweep_file(const config::Document& doc, Sweep& sw) {
   } else if (scen.is_scalar()) {
     ps.base_file = resolve_relative(sw.file, scen.as_string());
     std::error_code ec;
-    if (!std::filesystem::is_regular_file(ps.base_file, ec)) scen.error("scenario file not found: " + ps.base_file);
+    if (!std::filesystem::exists(ps.base_file, ec))
+      scen.error("scenario file not found: " + ps.base_file);
+    else if (const std::string why = config::input_file_problem(ps.base_file, config::kMaxYamlBytes); !why.empty())
+      scen.error(fmt::format("{}: {}", ps.base_file, why));
     sw.base = ps.base_file;
   } else if (scen.is_map()) {
     sw.base = "<inline>";
