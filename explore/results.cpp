@@ -165,11 +165,15 @@ ResultsWriter::ResultsWriter(const Sweep& sweep, const Options& opts) : sweep_(s
   std::map<std::size_t, std::string> journaled;
   ExistingRows existing;
 
-  // A results.csv without even a complete header (a sweep that failed while writing it, e.g.
-  // on a full disk) holds nothing: it can be started over by --resume as well.
+  // A results.csv with no row and no manifest.json (a sweep that failed before its first row,
+  // e.g. on a full disk while writing the header or the manifest) holds nothing: it can be
+  // started over, by --resume as well.
   if (have_csv && !have_manifest && (opts.resume || !opts.force)) {
     std::string head;
-    if (read_text(csv, head) && head.find('\n') == std::string::npos) have_csv = false;
+    if (read_text(csv, head)) {
+      const std::size_t nl = head.find('\n');
+      if (nl == std::string::npos || nl + 1 == head.size()) have_csv = false;
+    }
   }
 
   if (opts.resume && !opts.force && (have_csv || have_manifest)) {
