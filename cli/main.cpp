@@ -9,12 +9,12 @@
 
 #include <algorithm>
 #include <charconv>
-#include <limits>
 #include <cstdio>
 #include <exception>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
@@ -160,7 +160,8 @@ int moesim_main(int argc, char** argv) {
   run->add_option("--seed", run_seed, "replace the scenario's seed (an integer in [0, 2^63-1])");
   bool run_dry = false;
   std::string run_max_memory, run_max_time;
-  run->add_flag("--dry-run", run_dry, "print the resource estimate (ops, flows, events, memory, CPU time); run nothing");
+  run->add_flag("--dry-run", run_dry,
+                "print the resource estimate (ops, flows, events, memory, CPU time); run nothing");
   run->add_option("--max-memory", run_max_memory,
                   "refuse (exit 2) a run whose estimated peak memory is larger (a size, e.g. 16GiB; default: "
                   "physical memory)");

@@ -89,7 +89,8 @@ std::string read_input_file(const std::string& path, std::uint64_t max_bytes, st
     }
     if (n == 0) break;
     if (out.size() + static_cast<std::size_t>(n) > max_bytes)  // it grew while being read
-      fail(path, key, role(fmt::format("is more than the {} an input file of this kind may have", size_text(max_bytes))));
+      fail(path, key,
+           role(fmt::format("is more than the {} an input file of this kind may have", size_text(max_bytes))));
     out.append(buf, static_cast<std::size_t>(n));
   }
   return out;

@@ -16,9 +16,9 @@
 namespace moesim::config {
 
 /// Size caps (bytes) per kind of input, documented in README "Hostile input".
-inline constexpr std::uint64_t kMaxYamlBytes = std::uint64_t{64} << 20;    ///< scenario, sweep, plan, profile
-inline constexpr std::uint64_t kMaxTraceBytes = std::uint64_t{2} << 30;    ///< routing trace CSV
-inline constexpr std::uint64_t kMaxCsvBytes = std::uint64_t{512} << 20;    ///< calibration CSVs
+inline constexpr std::uint64_t kMaxYamlBytes = std::uint64_t{64} << 20;  ///< scenario, sweep, plan, profile
+inline constexpr std::uint64_t kMaxTraceBytes = std::uint64_t{2} << 30;  ///< routing trace CSV
+inline constexpr std::uint64_t kMaxCsvBytes = std::uint64_t{512} << 20;  ///< calibration CSVs
 
 /// The whole content of `path`. Throws config::ConfigError located at `path` (key "" unless
 /// `key` is given) when the file is missing, unreadable, not a regular file, or larger than

@@ -627,7 +627,8 @@ class StructureCheck : public YAML::EventHandler {
       }
       return;
     }
-    fail_at(file_, m, "", fmt::format("YAML syntax error: unterminated quoted string (no closing {} before the end)", q));
+    fail_at(file_, m, "",
+            fmt::format("YAML syntax error: unterminated quoted string (no closing {} before the end)", q));
   }
   void named(YAML::anchor_t a) {
     if (a != YAML::NullAnchor) names_[a] = pending_name_;
@@ -704,9 +705,8 @@ void find_duplicates(const YAML::Node& n, const std::string& file, const std::st
       if (kv.first.IsNull()) {
         out.push_back(Diagnostic{at, p, "a null key: keys must be plain names"});
       } else if (!kv.first.IsScalar()) {
-        out.push_back(Diagnostic{at, p,
-                                 fmt::format("a key must be a plain name, not {}",
-                                             kv.first.IsSequence() ? "a list" : "a mapping")});
+        out.push_back(Diagnostic{
+            at, p, fmt::format("a key must be a plain name, not {}", kv.first.IsSequence() ? "a list" : "a mapping")});
       } else if (!seen.insert(key).second) {
         out.push_back(Diagnostic{at, p, "duplicate key"});
       }

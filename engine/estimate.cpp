@@ -92,12 +92,12 @@ ResourceEstimate estimate_resources(const Scenario& s) {
   const double tp_flows = tp > 1 ? layers * M * passes * 2 * 2 * (tp - 1) * S : 0;
   const double dp_flows = train && dp > 1 ? layers * 2 * 2 * (dp - 1) * S : 0;
   e.flows = a2a + tp_flows + dp_flows;
-  const double collectives = moe_layers * M * passes * 2 * (S / ep) + (tp > 1 ? layers * M * passes * 2 * (S / tp) : 0) +
-                             (train ? layers * 2 : 0);
+  const double collectives = moe_layers * M * passes * 2 * (S / ep) +
+                             (tp > 1 ? layers * M * passes * 2 * (S / tp) : 0) + (train ? layers * 2 : 0);
   const bool flow_model = s.network.model == NetworkModel::kFlow;
   e.events = e.compute_ops + collectives + (flow_model ? 1.8 * e.flows : 0);
-  e.cpu_s += e.compute_ops * kCpuPerOp +
-             (flow_model ? e.flows * kCpuPerFlowFanout * fanout : e.flows * kCpuPerAnalyticalFlow);
+  e.cpu_s +=
+      e.compute_ops * kCpuPerOp + (flow_model ? e.flows * kCpuPerFlowFanout * fanout : e.flows * kCpuPerAnalyticalFlow);
   e.memory_bytes += e.compute_ops * kBytesPerOp;
   return e;
 }
@@ -106,7 +106,8 @@ ResourceLimits ResourceLimits::defaults() {
   ResourceLimits l;
   const long pages = ::sysconf(_SC_PHYS_PAGES);
   const long page = ::sysconf(_SC_PAGE_SIZE);
-  l.max_memory_bytes = pages > 0 && page > 0 ? static_cast<double>(pages) * static_cast<double>(page) : 64.0 * (1 << 30);
+  l.max_memory_bytes =
+      pages > 0 && page > 0 ? static_cast<double>(pages) * static_cast<double>(page) : 64.0 * (1 << 30);
   l.max_seconds = 86400;
   return l;
 }

@@ -99,8 +99,8 @@ ParallelSpec parse_parallel(const Node& n) {
   // dp*tp*pp is a GPU count: bounded like the cluster's, so no product below overflows an int.
   const std::int64_t world = std::int64_t{p.dp} * p.tp * p.pp;
   if (world > hw::kMaxClusterGpus)
-    n.error(fmt::format("dp*tp*pp = {}*{}*{} = {} GPUs is more than the {} a cluster may have", p.dp, p.tp, p.pp,
-                        world, hw::kMaxClusterGpus));
+    n.error(fmt::format("dp*tp*pp = {}*{}*{} = {} GPUs is more than the {} a cluster may have", p.dp, p.tp, p.pp, world,
+                        hw::kMaxClusterGpus));
   // Megatron-Core forms expert-parallel groups out of the dp x tp ranks of one stage.
   if (p.ep > 0 && p.dp > 0 && p.tp > 0 && (std::int64_t{p.dp} * p.tp) % p.ep != 0)
     n.error_at("ep", fmt::format("ep={} must divide dp*tp={} (expert-parallel groups are carved out of the data- and "

@@ -97,8 +97,7 @@ void check_scenario_inputs(Scenario& s, const config::Node& root) {
       const models::cost::CostProfile p = models::cost::read_profile_file(s.execution.profile);
       if (s.has_cluster && p.sm_count != 0 && p.sm_count != s.cluster.gpu.sm_count)
         at.error(fmt::format("{}: the profile was measured on '{}' with {} SMs, but the cluster's GPU '{}' has {}",
-                             s.execution.profile, p.gpu_name, p.sm_count, s.cluster.gpu.name,
-                             s.cluster.gpu.sm_count));
+                             s.execution.profile, p.gpu_name, p.sm_count, s.cluster.gpu.name, s.cluster.gpu.sm_count));
     } catch (const config::ConfigError& e) {
       report(at, s.execution.profile, e.diagnostics());
     }

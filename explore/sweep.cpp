@@ -318,8 +318,8 @@ void check_sweep_limits(double cpu_s, double run_memory, std::size_t points, dou
                         const config::Location& where, const std::string& how) {
   const int jobs = std::max(1, opts.jobs);
   const double memory = run_memory * jobs + kBytesPerPoint * static_cast<double>(points);
-  const std::string what = fmt::format("the sweep's {} run(s) on {} thread(s){}", static_cast<std::uint64_t>(runs), jobs,
-                                       how.empty() ? "" : " " + how);
+  const std::string what = fmt::format("the sweep's {} run(s) on {} thread(s){}", static_cast<std::uint64_t>(runs),
+                                       jobs, how.empty() ? "" : " " + how);
   engine::check_limits(memory, cpu_s / jobs, *opts.limits, where, "axes", what);
 }
 

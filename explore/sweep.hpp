@@ -85,8 +85,8 @@ struct Sweep {
   std::uint64_t base_seed = 0;
   std::vector<SweepPoint> points;
   std::vector<SweepRun> runs;
-  std::vector<std::string> metrics;  ///< metric columns (depend on the workload modes swept)
-  std::uint64_t hash = 0;            ///< FNV-1a 64 over the expanded runs (see sweep_hash)
+  std::vector<std::string> metrics;   ///< metric columns (depend on the workload modes swept)
+  std::uint64_t hash = 0;             ///< FNV-1a 64 over the expanded runs (see sweep_hash)
   engine::ResourceEstimate estimate;  ///< all runs together (memory: the largest run)
 
   /// The CSV header line (without the newline).

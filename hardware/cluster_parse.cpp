@@ -12,8 +12,8 @@ namespace moesim::hw {
 namespace {
 using config::Range;
 
-constexpr std::size_t kMaxVertexHints = 8;         // unknown vertex names that get a did-you-mean
-constexpr std::size_t kMaxHintCandidates = 4096;   // names a did-you-mean compares against
+constexpr std::size_t kMaxVertexHints = 8;        // unknown vertex names that get a did-you-mean
+constexpr std::size_t kMaxHintCandidates = 4096;  // names a did-you-mean compares against
 
 /// g for "gpu<g>" with 0 <= g < gpus written without leading zeros, else -1.
 int gpu_vertex_index(const std::string& name, int gpus) {

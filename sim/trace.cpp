@@ -123,10 +123,9 @@ int TraceWriter::tid(int pid, int track, int lane) {
     const std::string name = lane == 0 ? info.name : fmt::format("{} #{}", info.name, lane);
     begin_event();
     emit(out_, R"({{"name":"thread_name","ph":"M","pid":{},"tid":{},"args":{{"name":"{}"}}}})", pid, id,
-               json_escape(name));
+         json_escape(name));
     begin_event();
-    emit(out_, R"({{"name":"thread_sort_index","ph":"M","pid":{},"tid":{},"args":{{"sort_index":{}}}}})", pid, id,
-               id);
+    emit(out_, R"({{"name":"thread_sort_index","ph":"M","pid":{},"tid":{},"args":{{"sort_index":{}}}}})", pid, id, id);
   }
   return id;
 }
@@ -152,8 +151,8 @@ void TraceWriter::slice(int pid, int track, int lane, std::string_view name, std
                         SimTime end, const std::vector<TraceArg>& args) {
   const int t = tid(pid, track, lane);
   begin_event();
-  emit(out_, R"({{"name":"{}","cat":"{}","ph":"X","pid":{},"tid":{},"ts":)", json_escape(name),
-             json_escape(category), pid, t);
+  emit(out_, R"({{"name":"{}","cat":"{}","ph":"X","pid":{},"tid":{},"ts":)", json_escape(name), json_escape(category),
+       pid, t);
   write_ts(start);
   std::fputs(",\"dur\":", out_);
   write_ts(end - start);
@@ -183,8 +182,7 @@ void TraceWriter::counter(int pid, std::string_view name, SimTime t, std::string
 void TraceWriter::flow_begin(int pid, int track, int lane, std::uint64_t id, std::string_view name, SimTime t) {
   const int th = tid(pid, track, lane);
   begin_event();
-  emit(out_, R"({{"name":"{}","cat":"flow","ph":"s","id":{},"pid":{},"tid":{},"ts":)", json_escape(name), id, pid,
-             th);
+  emit(out_, R"({{"name":"{}","cat":"flow","ph":"s","id":{},"pid":{},"tid":{},"ts":)", json_escape(name), id, pid, th);
   write_ts(t);
   std::fputc('}', out_);
 }
@@ -192,8 +190,8 @@ void TraceWriter::flow_begin(int pid, int track, int lane, std::uint64_t id, std
 void TraceWriter::flow_end(int pid, int track, int lane, std::uint64_t id, std::string_view name, SimTime t) {
   const int th = tid(pid, track, lane);
   begin_event();
-  emit(out_, R"({{"name":"{}","cat":"flow","ph":"f","bp":"e","id":{},"pid":{},"tid":{},"ts":)", json_escape(name),
-             id, pid, th);
+  emit(out_, R"({{"name":"{}","cat":"flow","ph":"f","bp":"e","id":{},"pid":{},"tid":{},"ts":)", json_escape(name), id,
+       pid, th);
   write_ts(t);
   std::fputc('}', out_);
 }

@@ -239,7 +239,9 @@ TEST_CASE("results.csv is the same bytes for any thread count; a failed run is a
   d.write("bad.csv", "layer,token,expert_0\n0,0,999\n");
   const std::string g =
       d.write("t.yaml", sweep_text("set: { routing.distribution: trace }\naxes: { routing.trace: [bad.csv] }\n"));
-  REQUIRE_THROWS_WITH(load_sweep(g), Catch::Contains("bad.csv:2:0: routing.trace: layer 0 of model 'switch-base-128' is not a MoE layer"));
+  REQUIRE_THROWS_WITH(
+      load_sweep(g),
+      Catch::Contains("bad.csv:2:0: routing.trace: layer 0 of model 'switch-base-128' is not a MoE layer"));
   const std::string missing =
       d.write("m.yaml", sweep_text("set: { routing.distribution: trace }\naxes: { routing.trace: [nope.csv] }\n"));
   REQUIRE_THROWS_WITH(load_sweep(missing), Catch::Contains("nope.csv: routing trace file not found"));
