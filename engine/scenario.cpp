@@ -362,7 +362,7 @@ Scenario parse_scenario(const config::Document& doc, std::optional<std::uint64_t
                                      "redundant (replicated) experts are supported in routing-only runs "
                                      "(workload.mode: routing); the step simulation does not place them yet");
   }
-  if (diags.empty()) check_scenario_inputs(s, root);  // the files it names, hardware bounds
+  check_scenario_inputs(s, root);  // the files it names, hardware bounds
   root.finish();
   diags.throw_if_any();
   return s;

@@ -79,7 +79,8 @@ void report(const config::Node& at, const std::string& file, const std::vector<c
 
 void check_scenario_inputs(Scenario& s, const config::Node& root) {
   // Routing trace: read and validated against the model now (the run reads it again).
-  if (s.has_model && s.routing.distribution == models::Distribution::kTrace && !s.routing.trace_file.empty()) {
+  if (s.has_model && s.routing.distribution == models::Distribution::kTrace && !s.routing.trace_file.empty() &&
+      s.routing.top_k >= 1 && s.routing.top_k <= s.model.experts) {
     const config::Node at = root.child("routing").child("trace");
     const TraceCheck c = check_trace(s.routing.trace_file, s.model, s.routing.top_k);
     report(at, s.routing.trace_file, c.problems);
