@@ -80,6 +80,7 @@ int run_sweep(const SweepArgs& a) {
     so.overrides = a.sets;
     so.limits = engine::ResourceLimits::parse(a.max_memory, a.max_time);
     so.jobs = ranks > 1 ? ranks - 1 : a.threads;
+    if (root && !a.quiet) so.on_estimate = [](const std::string& line) { fmt::print(stderr, "{}\n", line); };
     sweep = explore::load_sweep(a.file, so);
     if (root && !a.quiet) {
       std::set<std::string> seen;  // a warning shared by every point is printed once

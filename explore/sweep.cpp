@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <iterator>
@@ -309,9 +310,10 @@ Parsed read_sweep_file(const config::Document& doc, Sweep& sw) {
   return ps;
 }
 
-/// Memory a parsed point holds while the sweep runs (its Scenario), measured on the VM with a
-/// 100,000-point sweep of the default scenario: ~9 KiB; rounded up.
-constexpr double kBytesPerPoint = 16 * 1024;
+/// Memory a parsed point holds while the sweep runs (mostly its Scenario): 2.4 KiB per point for
+/// a routing-only switch-base-128 sweep on the development VM (max RSS of 200 and of 20,000
+/// points, /usr/bin/time); larger models and clusters hold more, so this is rounded up.
+constexpr double kBytesPerPoint = 8 * 1024;
 
 /// Refuses a sweep beyond its resource limits (see SweepOptions::limits).
 void check_sweep_limits(double cpu_s, double run_memory, std::size_t points, double runs, const SweepOptions& opts,
@@ -445,11 +447,13 @@ Sweep load_sweep(const std::string& file, const SweepOptions& opts) {
     return doc;
   };
 
-  // Resource bounds from a sample (first, middle, last point) before parsing them all.
+  // Resource bounds from a sample (first, middle, last point) before parsing them all: the runs'
+  // estimate, and the time parsing every point will take (measured on the sample).
   if (opts.limits && combos.size() > 3) {
     engine::ResourceEstimate one;
     double cpu = 0;
     int sampled = 0;
+    const auto t0 = std::chrono::steady_clock::now();
     for (std::size_t k : {std::size_t{0}, combos.size() / 2, combos.size() - 1}) {
       try {
         const engine::ResourceEstimate e = engine::estimate_resources(engine::parse_scenario(build(combos[k])));
@@ -459,11 +463,28 @@ Sweep load_sweep(const std::string& file, const SweepOptions& opts) {
       } catch (const config::ConfigError&) {  // reported with every point below
       }
     }
+    const double parse_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 3 *
+                           static_cast<double>(combos.size());
     if (sampled > 0) {
       const double runs = static_cast<double>(combos.size()) * sw.repeats;
+      if (opts.on_estimate)
+        opts.on_estimate(
+            fmt::format("sweep {}: {} points, {} runs; estimated from {} sampled points: {:.3g} s of CPU "
+                        "to run (on {} thread(s): {:.3g} s), {:.3g} s to check every point first",
+                        sw.name, combos.size(), static_cast<std::uint64_t>(runs), sampled, cpu / sampled * runs,
+                        std::max(1, opts.jobs), cpu / sampled * runs / std::max(1, opts.jobs), parse_s));
       check_sweep_limits(cpu / sampled * runs, one.memory_bytes, combos.size(), runs, opts, ps.axes_loc,
                          fmt::format("(from {} sampled points)", sampled));
     }
+    const double run_s =
+        sampled > 0 ? cpu / sampled * static_cast<double>(combos.size()) * sw.repeats / std::max(1, opts.jobs) : 0;
+    if (parse_s + run_s > opts.limits->max_seconds)
+      throw config::ConfigError({Diagnostic{
+          ps.axes_loc, "axes",
+          fmt::format("checking the sweep's {} points before running would take an estimated {:.0f} s (measured on 3 "
+                      "of them) and running them {:.0f} s, more than --max-time {:.0f} s together (refused before "
+                      "running; raise the limit or sweep fewer points)",
+                      combos.size(), parse_s, run_s, opts.limits->max_seconds)}});
   }
 
   // Parse every point; collect distinct problems with the first point that showed each.

@@ -27,6 +27,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -71,6 +72,8 @@ struct SweepOptions {
   /// then from every point; beyond them load_sweep throws config::ConfigError at `axes:`.
   std::optional<engine::ResourceLimits> limits;
   int jobs = 1;  ///< runs at a time (memory: one run's peak per job; time: total / jobs)
+  /// Told the sampled estimate (one line) before the points are parsed, when limits are set.
+  std::function<void(const std::string&)> on_estimate;
 };
 
 struct Sweep {

@@ -177,7 +177,12 @@ TEST_CASE("bad sweeps are reported with the sweep file's line, column and key", 
           file + ":9:1: repeat: unknown key 'repeat' (did you mean 'repeats'?)");
   // --set must not fight an axis.
   const std::string f = d.write("ok.yaml", sweep_text("axes: { routing.alpha: [0, 1] }\n"));
-  REQUIRE_THROWS_WITH(load_sweep(f, SweepOptions{{"routing.alpha=2"}, std::nullopt, 1}),
+  REQUIRE_THROWS_WITH(load_sweep(f,
+                                 [] {
+                                   SweepOptions o;
+                                   o.overrides = {"routing.alpha=2"};
+                                   return o;
+                                 }()),
                       "--set routing.alpha=2: routing.alpha: overlaps the swept path 'routing.alpha'");
 }
 
