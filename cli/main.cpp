@@ -258,7 +258,7 @@ int moesim_main(int argc, char** argv) {
         if (!s.has_cluster) throw std::runtime_error("--dump-topology needs a cluster section");
         std::ostringstream dot;
         moesim::hw::build_topology(s.cluster).write_dot(dot);
-        moesim::sim::write_file(run_dot, dot.str());
+        moesim::sim::write_file_atomic(run_dot, dot.str());
       }
       if (!run_dir.empty()) {  // fail before simulating, not after
         std::error_code ec;
@@ -272,7 +272,7 @@ int moesim_main(int argc, char** argv) {
       std::fputs(rr.text.c_str(), summary);
       const std::string text = rr.report.dump(2) + "\n";
       const auto write_file = [](const std::string& path, const std::string& content) {
-        moesim::sim::write_file(path, content);  // every write, the flush and the close checked
+        moesim::sim::write_file_atomic(path, content);  // checked; all or nothing
       };
       if (run_json == "-")
         std::fputs(text.c_str(), stdout);
@@ -306,7 +306,7 @@ int moesim_main(int argc, char** argv) {
       if (!cal_points.empty()) {
         std::ostringstream f;
         cost::write_points_csv(r.report, f);
-        moesim::sim::write_file(cal_points, f.str());
+        moesim::sim::write_file_atomic(cal_points, f.str());
       }
       return kExitOk;
     }

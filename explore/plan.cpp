@@ -738,11 +738,12 @@ std::vector<std::string> write_outputs(const PlanSpec& p, const PlanResult& r, c
   namespace fs = std::filesystem;
   fs::create_directories(dir);
   std::vector<std::string> written;
-  // Each file is written whole and checked (every write, the flush and the close): a full disk
-  // is an error (exit 1), never a truncated plan.csv with exit 0.
+  // Each file is written whole and checked (every write, the flush and the close), then renamed
+  // into place: a full disk is an error (exit 1), a kill leaves the previous version or none,
+  // never a truncated plan.csv.
   const auto put = [&](const std::string& name, const std::string& content) {
     const std::string path = (fs::path(dir) / name).string();
-    sim::write_file(path, content);
+    sim::write_file_atomic(path, content);
     written.push_back(path);
   };
   {

@@ -306,12 +306,7 @@ void ResultsWriter::flush_ready() {
 }
 
 void ResultsWriter::write_manifest(const ExecutionInfo& info) const {
-  const std::string path = manifest_path();
-  const std::string tmp = path + ".tmp";
-  sim::write_file(tmp, manifest_json(sweep_, info).dump(2) + "\n");
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) throw std::runtime_error(fmt::format("cannot write {}: {}", path, ec.message()));
+  sim::write_file_atomic(manifest_path(), manifest_json(sweep_, info).dump(2) + "\n");
 }
 
 void ResultsWriter::finish() {

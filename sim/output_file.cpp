@@ -1,6 +1,10 @@
 #include "sim/output_file.hpp"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <stdexcept>
 
@@ -52,6 +56,25 @@ void write_file(const std::string& path, std::string_view content) {
   OutputFile f(path);
   f.write(content);
   f.close();
+}
+
+void write_file_atomic(const std::string& path, std::string_view content) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) return write_file(path, content);
+  const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
+  try {
+    write_file(tmp, content);
+  } catch (const std::runtime_error& e) {
+    std::remove(tmp.c_str());
+    std::string msg = e.what();  // "cannot write TMP: reason": name the file the user asked for
+    if (const auto at = msg.find(tmp); at != std::string::npos) msg.replace(at, tmp.size(), path);
+    throw std::runtime_error(msg);
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    std::remove(tmp.c_str());
+    throw std::runtime_error("cannot write " + path + ": " + reason(err));
+  }
 }
 
 std::string stdout_problem() {

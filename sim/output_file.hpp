@@ -5,7 +5,8 @@
 /// I/O error is a `std::runtime_error` ("cannot write PATH: No space left on device"), which
 /// the CLI turns into exit code 1, never a silent truncation with exit 0. What reached the file
 /// before the error is a prefix of the intended content (writes are sequential, never
-/// reordered), so line-oriented outputs such as a sweep's results.csv can be resumed.
+/// reordered), so line-oriented outputs such as a sweep's results.csv can be resumed. Small
+/// whole-file outputs (reports, plans, profiles, manifests) use write_file_atomic: all or nothing.
 
 #include <cstdio>
 #include <string>
@@ -38,6 +39,12 @@ class OutputFile {
 
 /// Writes `content` to `path` (created or truncated), checking every step.
 void write_file(const std::string& path, std::string_view content);
+
+/// Like write_file, but all or nothing for a regular file: the content goes to PATH.tmp-PID in
+/// the same directory, which is renamed over PATH only once it is complete, so a kill or a full
+/// disk leaves PATH as it was (absent or the previous complete version). A PATH that exists and
+/// is not a regular file (/dev/stdout, a FIFO, /dev/full) is written directly.
+void write_file_atomic(const std::string& path, std::string_view content);
 
 /// Flushes stdout and reports whether everything written to it arrived ("" when it did, else
 /// the reason, e.g. "No space left on device" for `moesim describe gpus > /dev/full`).

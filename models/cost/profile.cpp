@@ -104,7 +104,7 @@ void write_profile(const CostProfile& p, std::ostream& out) {
 void write_profile_file(const CostProfile& p, const std::string& path) {
   std::ostringstream s;
   write_profile(p, s);
-  sim::write_file(path, s.str());  // every write, the flush and the close checked
+  sim::write_file_atomic(path, s.str());  // checked; all or nothing
 }
 
 namespace {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Robustness of moesim's outputs (issue 23):
 #  1. kill-safety: a sweep killed with SIGKILL at random moments and resumed (killed again while
-#     resuming, several times) ends with a results.csv byte-identical to an uninterrupted run
+#     resuming, several times) ends with a results.csv byte-identical to an uninterrupted run; a
+#     killed plan leaves each output absent or complete
 #  2. one sweep per directory: while a sweep runs, a second one on the same -o DIR (with
 #     --resume or --force) is refused with exit 2 and touches nothing; the first finishes intact
 #  3. a full disk: every output (a sweep's results.csv, journal and manifest; run -o DIR,
@@ -59,6 +60,29 @@ done
 cmp "$dir/results.csv" "$ref" || bad "results.csv after $killed kills and resumes differs from the uninterrupted run"
 grep -q '"complete": true' "$dir/manifest.json" || bad "manifest.json does not say complete after resuming"
 echo "kill-resume: $killed SIGKILLs at random moments (seed $seed, over ${span} ms), rows written at each kill: ${rows_at_kill[*]}; final results.csv byte-identical: $([[ $fail -eq 0 ]] && echo yes || echo NO)" >&2
+
+# A plan has no --resume: killed at random moments, each of its files is absent or complete (they
+# are written to a temporary file and renamed), and a rerun gives the same bytes.
+n=$((n + 1))
+plan_args=(scenarios/plans/mixtral-8x7b-train.yaml -q --set 'search.tp=[1]' --set 'search.capacity_factor=[1.25]')
+"$bin" plan "${plan_args[@]}" -o "$tmp/pref" >/dev/null || bad "reference plan failed"
+t0=$(date +%s%N); "$bin" plan "${plan_args[@]}" >/dev/null; pspan=$(( ($(date +%s%N) - t0) / 1000000 + 1 ))
+plan_kills=0
+for _ in 1 2 3 4; do
+  rm -rf "$tmp/pk"
+  "$bin" plan "${plan_args[@]}" -o "$tmp/pk" >/dev/null &
+  pid=$!
+  sleep "$(printf '0.%03d' $((RANDOM % pspan % 1000)))"
+  kill -9 "$pid" 2>/dev/null && plan_kills=$((plan_kills + 1))
+  wait "$pid" 2>/dev/null
+  for f in "$tmp/pref"/*; do
+    g="$tmp/pk/$(basename "$f")"
+    [[ ! -e "$g" ]] || cmp -s "$f" "$g" || bad "a killed plan left a partial $(basename "$f")"
+  done
+done
+"$bin" plan "${plan_args[@]}" -o "$tmp/pk" >/dev/null || bad "rerunning a killed plan failed"
+for f in "$tmp/pref"/*; do cmp -s "$f" "$tmp/pk/$(basename "$f")" || bad "plan rerun after kills: $(basename "$f") differs"; done
+echo "kill-plan: $plan_kills SIGKILLs over ${pspan} ms; every file absent or complete, rerun identical" >&2
 
 # ------------------------------------------------------------------ 2. one sweep per directory
 n=$((n + 1))
