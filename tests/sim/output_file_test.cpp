@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 #include <string>
 
@@ -47,4 +48,23 @@ TEST_CASE("checked writes reach the file, appends keep what was there", "[output
   ss << in.rdbuf();
   CHECK(ss.str() == "header\nrow 1\nrow 2\n");
   fs::remove(p);
+}
+
+TEST_CASE("atomic writes replace the file whole and leave no temporary behind", "[output]") {
+  const fs::path dir = fs::temp_directory_path() / ("moesim-atomic-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  const std::string p = (dir / "plan.csv").string();
+  write_file_atomic(p, "v1\n");
+  write_file_atomic(p, "v2 longer\n");
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  CHECK(ss.str() == "v2 longer\n");
+  CHECK(std::distance(fs::directory_iterator(dir), fs::directory_iterator{}) == 1);
+  // A target that is not a regular file is written directly (and a full one reported by name).
+  REQUIRE_THROWS_WITH(write_file_atomic("/dev/full", "x"), "cannot write /dev/full: No space left on device");
+  // A directory that does not exist: the error names the target, not the temporary file.
+  REQUIRE_THROWS_WITH(write_file_atomic((dir / "no" / "x").string(), "x"),
+                      "cannot write " + (dir / "no" / "x").string() + ": No such file or directory");
+  fs::remove_all(dir);
 }
