@@ -105,9 +105,15 @@ std::size_t edit_distance(std::string_view a, std::string_view b) {
 }  // namespace
 
 std::optional<std::string> did_you_mean(std::string_view word, const std::vector<std::string>& candidates) {
+  // Bounded work per hint: no hint for a word longer than any name moesim uses, and candidates
+  // whose length alone puts them out of reach are skipped before the quadratic distance.
+  constexpr std::size_t kMaxWord = 64;
+  if (word.size() > kMaxWord) return std::nullopt;
+  const std::size_t reach = std::max<std::size_t>(1, word.size() / 3);
   std::optional<std::string> best;
   std::size_t best_d = ~std::size_t{0};
   for (const auto& c : candidates) {
+    if (c.size() > word.size() + reach || c.size() + reach < word.size()) continue;
     const std::size_t d = edit_distance(word, c);
     if (d < best_d || (d == best_d && best && c < *best)) {
       best_d = d;

@@ -123,3 +123,14 @@ TEST_CASE("input files: regular files only, with a size cap", "[config][hostile]
   fs::create_symlink(fifo, s.dir / "fifolink");
   CHECK_THROWS_WITH(read_input_file((s.dir / "fifolink").string(), 100, ""), Catch::Contains("FIFO"));
 }
+
+TEST_CASE("did-you-mean hints do bounded work for long words", "[config][hostile]") {
+  const std::string long_word(200000, 'a');
+  const std::vector<std::string> candidates(100, std::string(200000, 'b'));
+  const auto t0 = std::chrono::steady_clock::now();
+  CHECK_FALSE(did_you_mean(long_word, candidates).has_value());
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(1));  // 100 x 200k^2 cells otherwise
+  CHECK(did_you_mean("trian", {"train", "decode", "t"}) == std::optional<std::string>("train"));
+  CHECK(did_you_mean("capacity_factr", {std::string(5000, 'c'), "capacity_factor"}) ==
+        std::optional<std::string>("capacity_factor"));
+}
