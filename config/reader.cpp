@@ -1,6 +1,8 @@
 #include "config/reader.hpp"
 
+#include <deque>
 #include <filesystem>
+#include <mutex>
 #include <sstream>
 
 #include <yaml-cpp/eventhandler.h>
@@ -676,12 +678,30 @@ YAML::Mark mark_or_start(const YAML::Mark& m) { return m.line < 0 ? YAML::Mark()
 
 /// Parses one YAML document from `text` with the structure checks above. Syntax errors become a
 /// located ConfigError.
+/// Texts that passed the structure check lately: a sweep re-reads its file and its base for
+/// every point, and the check is a second parse. Exact comparison, never a hash.
+bool recently_checked(const std::string& text, bool add) {
+  static std::mutex mu;
+  static std::deque<std::string> recent;
+  const std::lock_guard<std::mutex> lock(mu);
+  for (const auto& t : recent)
+    if (t == text) return true;
+  if (add && text.size() <= (std::size_t{1} << 20)) {
+    recent.push_front(text);
+    if (recent.size() > 8) recent.pop_back();
+  }
+  return false;
+}
+
 YAML::Node load_checked(const std::string& text, const std::string& name) {
   try {
-    std::istringstream in(text);
-    YAML::Parser parser(in);
-    StructureCheck check(name, text);
-    while (parser.HandleNextDocument(check)) {
+    if (!recently_checked(text, false)) {
+      std::istringstream in(text);
+      YAML::Parser parser(in);
+      StructureCheck check(name, text);
+      while (parser.HandleNextDocument(check)) {
+      }
+      recently_checked(text, true);
     }
     return YAML::Load(text);
   } catch (const YAML::Exception& e) {
