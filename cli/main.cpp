@@ -8,11 +8,13 @@
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
+#include <charconv>
 #include <cstdio>
 #include <exception>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
@@ -24,6 +26,7 @@
 #include "cli/plan_cmd.hpp"
 #include "cli/sweep_cmd.hpp"
 #include "config/reader.hpp"
+#include "engine/estimate.hpp"
 #include "engine/gpu_params.hpp"
 #include "engine/run.hpp"
 #include "engine/scenario.hpp"
@@ -35,6 +38,7 @@
 #include "models/cost/profile.hpp"
 #include "models/model_spec.hpp"
 #include "models/router.hpp"
+#include "sim/output_file.hpp"
 #include "sim/units.hpp"
 
 namespace {
@@ -122,9 +126,46 @@ int describe_command(const std::vector<std::string>& what) {
   return kExitOk;
 }
 
+/// `--seed N`: an integer in [0, 2^63-1] (the range of the scenario's `seed:`), written in
+/// decimal digits; anything else (-1, 2^64, 1e3) is a configuration error, not a wrapped value.
+std::optional<std::uint64_t> parse_seed_option(const std::string& text) {
+  if (text.empty()) return std::nullopt;
+  std::uint64_t v = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (ec != std::errc() || end != text.data() + text.size() || text[0] == '-' || text[0] == '+' ||
+      v > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
+    throw moesim::config::ConfigError({moesim::config::Diagnostic{
+        moesim::config::Location{"--seed " + text, 0, 0}, "seed",
+        fmt::format("must be an integer in [0, {}]", std::numeric_limits<std::int64_t>::max())}});
+  return v;
+}
+
+void print_warnings(const Scenario& s) {
+  for (const auto& w : s.warnings) fmt::print(stderr, "{}\n", w);
+}
+
+/// Resource bounds: refuses (config::ConfigError, exit 2) a run beyond --max-memory /
+/// --max-time; with --dry-run prints the estimate first and returns true (nothing more to do).
+bool check_resources(const Scenario& s, const std::string& file, const std::string& max_memory,
+                     const std::string& max_time, bool dry_run) {
+  namespace en = moesim::engine;
+  const en::ResourceLimits limits = en::ResourceLimits::parse(max_memory, max_time);
+  const en::ResourceEstimate est = en::estimate_resources(s);
+  if (dry_run) {
+    fmt::print("{}: estimate for one run: {} (limits: {})\n", file, en::format_estimate(est),
+               en::format_limits(limits));
+    std::fflush(stdout);
+  }
+  std::string key;
+  const moesim::config::Location where = en::scale_location(file, &key);
+  en::check_limits(est.memory_bytes, est.cpu_s, limits, where, key, "this run");  // --dry-run too
+  return dry_run;
+}
+
 }  // namespace
 
-int main(int argc, char** argv) {
+/// The `moesim` command proper; main() adds the check that stdout received everything.
+int moesim_main(int argc, char** argv) {
   CLI::App app{"moesim: discrete-event simulator and cost model for Mixture-of-Experts GPU systems"};
   app.require_subcommand(0, 1);
   bool show_version = false;
@@ -134,11 +175,20 @@ int main(int argc, char** argv) {
   auto* run = app.add_subcommand("run", "load a scenario, simulate it, print a summary");
   std::string run_file;
   std::vector<std::string> run_sets;
-  std::optional<std::uint64_t> run_seed;
+  std::string run_seed;  // parsed by parse_seed_option (CLI11 would wrap -1 and 2^64 into a uint64)
   std::string run_json;
   run->add_option("scenario", run_file, "scenario YAML")->required();
   run->add_option("--set", run_sets, "override a value: key.path=value (repeatable)");
-  run->add_option("--seed", run_seed, "replace the scenario's seed");
+  run->add_option("--seed", run_seed, "replace the scenario's seed (an integer in [0, 2^63-1])");
+  bool run_dry = false;
+  std::string run_max_memory, run_max_time;
+  run->add_flag("--dry-run", run_dry,
+                "print the resource estimate (ops, flows, events, memory, CPU time); run nothing");
+  run->add_option("--max-memory", run_max_memory,
+                  "refuse (exit 2) a run whose estimated peak memory is larger (a size, e.g. 16GiB; default: "
+                  "physical memory)");
+  run->add_option("--max-time", run_max_time,
+                  "refuse (exit 2) a run whose estimated CPU time is longer (a time, e.g. 600s; default 86400s)");
   run->add_option("--json", run_json,
                   "write the JSON report to this file ('-': to stdout, the summary then goes to stderr)");
   unsigned run_threads = std::max(1U, std::min(8U, std::thread::hardware_concurrency()));
@@ -221,7 +271,9 @@ int main(int argc, char** argv) {
 
   try {
     if (*run) {
-      const Scenario s = moesim::engine::load_scenario(run_file, {run_sets, run_seed});
+      const Scenario s = moesim::engine::load_scenario(run_file, {run_sets, parse_seed_option(run_seed)});
+      print_warnings(s);
+      if (check_resources(s, run_file, run_max_memory, run_max_time, run_dry)) return kExitOk;  // --dry-run
       // With the JSON report on stdout, the human summary goes to stderr so stdout stays JSON.
       std::FILE* summary = run_json == "-" ? stderr : stdout;
       const std::string header = moesim::engine::format_header(s);
@@ -229,9 +281,9 @@ int main(int argc, char** argv) {
       std::fflush(summary);
       if (!run_dot.empty()) {
         if (!s.has_cluster) throw std::runtime_error("--dump-topology needs a cluster section");
-        std::ofstream f(run_dot);
-        moesim::hw::build_topology(s.cluster).write_dot(f);
-        if (!f) throw std::runtime_error("cannot write " + run_dot);
+        std::ostringstream dot;
+        moesim::hw::build_topology(s.cluster).write_dot(dot);
+        moesim::sim::write_file_atomic(run_dot, dot.str());
       }
       if (!run_dir.empty()) {  // fail before simulating, not after
         std::error_code ec;
@@ -245,8 +297,7 @@ int main(int argc, char** argv) {
       std::fputs(rr.text.c_str(), summary);
       const std::string text = rr.report.dump(2) + "\n";
       const auto write_file = [](const std::string& path, const std::string& content) {
-        std::ofstream f(path);
-        if (!f || !(f << content)) throw std::runtime_error("cannot write " + path);
+        moesim::sim::write_file_atomic(path, content);  // checked; all or nothing
       };
       if (run_json == "-")
         std::fputs(text.c_str(), stdout);
@@ -260,6 +311,7 @@ int main(int argc, char** argv) {
     }
     if (*validate) {
       const Scenario s = moesim::engine::load_scenario(val_file, {val_sets, std::nullopt});
+      print_warnings(s);
       fmt::print("{}: ok (scenario '{}')\n", val_file, s.name);
       return kExitOk;
     }
@@ -277,9 +329,9 @@ int main(int argc, char** argv) {
         fmt::print(stderr, "moesim calibrate: wrote {}\n", cal_out);
       }
       if (!cal_points.empty()) {
-        std::ofstream f(cal_points);
+        std::ostringstream f;
         cost::write_points_csv(r.report, f);
-        if (!f) throw std::runtime_error("cannot write " + cal_points);
+        moesim::sim::write_file_atomic(cal_points, f.str());
       }
       return kExitOk;
     }
@@ -307,4 +359,14 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "moesim: error: {}\n", e.what());
     return kExitRuntime;
   }
+}
+
+int main(int argc, char** argv) {
+  const int rc = moesim_main(argc, argv);
+  // Results on stdout count as output too: `moesim describe gpus > /dev/full` is a failure.
+  if (const std::string why = moesim::sim::stdout_problem(); !why.empty()) {
+    fmt::print(stderr, "moesim: error: cannot write standard output: {}\n", why);
+    return rc == kExitOk ? kExitRuntime : rc;
+  }
+  return rc;
 }

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <filesystem>
 #include <memory>
+#include <set>
 
 #include "config/reader.hpp"
 #include "explore/executor.hpp"
@@ -35,9 +36,18 @@ void add_sweep_command(CLI::App& app, SweepArgs& a) {
       ->check(CLI::Range(1, 4096));
   a.command->add_option("-o,--output", a.out_dir, "results directory (default results/<sweep name>)");
   a.command->add_option("--set", a.sets, "override a value of the base scenario: key.path=value (repeatable)");
-  a.command->add_flag("--resume", a.resume, "continue the sweep in the results directory; skip finished runs");
-  a.command->add_flag("--force", a.force, "start over even if the results directory holds results");
+  auto* resume =
+      a.command->add_flag("--resume", a.resume, "continue the sweep in the results directory; skip finished runs");
+  a.command->add_flag("--force", a.force, "start over even if the results directory holds results")->excludes(resume);
   a.command->add_flag("-q,--quiet", a.quiet, "no progress or summary on stderr");
+  a.command->add_flag("--dry-run", a.dry_run,
+                      "validate every point, print the resource estimate of the whole sweep; run nothing");
+  a.command->add_option("--max-memory", a.max_memory,
+                        "refuse (exit 2) a sweep whose estimated peak memory (the largest run x -j, plus the points) "
+                        "is larger (default: physical memory)");
+  a.command->add_option("--max-time", a.max_time,
+                        "refuse (exit 2) a sweep whose estimated time (CPU time of all runs / -j) is longer (default "
+                        "86400s)");
 }
 
 void add_plot_command(CLI::App& app, PlotArgs& a) {
@@ -66,7 +76,25 @@ int run_sweep(const SweepArgs& a) {
   // Every rank loads and validates the sweep (the same result everywhere); rank 0 reports.
   explore::Sweep sweep;
   try {
-    sweep = explore::load_sweep(a.file, explore::SweepOptions{a.sets});
+    explore::SweepOptions so;
+    so.overrides = a.sets;
+    so.limits = engine::ResourceLimits::parse(a.max_memory, a.max_time);
+    so.jobs = ranks > 1 ? ranks - 1 : a.threads;
+    if (root && !a.quiet) so.on_estimate = [](const std::string& line) { fmt::print(stderr, "{}\n", line); };
+    sweep = explore::load_sweep(a.file, so);
+    if (root && !a.quiet) {
+      std::set<std::string> seen;  // a warning shared by every point is printed once
+      for (const auto& p : sweep.points)
+        for (const auto& w : p.scenario.warnings)
+          if (seen.insert(w).second) fmt::print(stderr, "{}\n", w);
+    }
+    if (a.dry_run) {
+      if (root)
+        fmt::print("{}: {} points, {} runs; estimate: {} (memory: the largest run; limits: {})\n", a.file,
+                   sweep.points.size(), sweep.runs.size(), engine::format_estimate(sweep.estimate),
+                   engine::format_limits(*so.limits));
+      return kExitOk;
+    }
   } catch (const config::ConfigError& e) {
     if (root) fmt::print(stderr, "{}\n", e.what());
     return kExitConfig;

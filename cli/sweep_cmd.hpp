@@ -19,6 +19,9 @@ struct SweepArgs {
   bool resume = false;
   bool force = false;
   bool quiet = false;
+  bool dry_run = false;    ///< validate, print the resource estimate, run nothing
+  std::string max_memory;  ///< --max-memory SIZE ("" = default)
+  std::string max_time;    ///< --max-time TIME ("" = default)
 };
 
 struct PlotArgs {

@@ -1,7 +1,11 @@
 #include "config/reader.hpp"
 
+#include <deque>
 #include <filesystem>
+#include <mutex>
+#include <sstream>
 
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <fmt/format.h>
@@ -11,6 +15,7 @@
 #include <cmath>
 #include <cstdlib>
 
+#include "config/input_file.hpp"
 #include "sim/units.hpp"
 
 namespace moesim::config {
@@ -102,9 +107,15 @@ std::size_t edit_distance(std::string_view a, std::string_view b) {
 }  // namespace
 
 std::optional<std::string> did_you_mean(std::string_view word, const std::vector<std::string>& candidates) {
+  // Bounded work per hint: no hint for a word longer than any name moesim uses, and candidates
+  // whose length alone puts them out of reach are skipped before the quadratic distance.
+  constexpr std::size_t kMaxWord = 64;
+  if (word.size() > kMaxWord) return std::nullopt;
+  const std::size_t reach = std::max<std::size_t>(1, word.size() / 3);
   std::optional<std::string> best;
   std::size_t best_d = ~std::size_t{0};
   for (const auto& c : candidates) {
+    if (c.size() > word.size() + reach || c.size() + reach < word.size()) continue;
     const std::size_t d = edit_distance(word, c);
     if (d < best_d || (d == best_d && best && c < *best)) {
       best_d = d;
@@ -542,18 +553,188 @@ Document& Document::operator=(Document&&) noexcept = default;
 Document::~Document() = default;
 
 namespace {
+
+/// Aliases may add at most this many nodes to a document (an alias counts as the size of the
+/// node it copies), so "billion laughs" documents are refused before anything walks them.
+constexpr std::size_t kMaxAliasNodes = 1'000'000;
+
+[[noreturn]] void fail_at(const std::string& file, const YAML::Mark& m, std::string key, std::string message) {
+  throw ConfigError({Diagnostic{Location{file, m.line + 1, m.column + 1}, std::move(key), std::move(message)}});
+}
+
+/// A pass over the parser's events before the tree is built: rejects an alias inside the node it
+/// names (a cycle: yaml-cpp would build a self-containing node that every walk follows forever),
+/// alias expansion beyond kMaxAliasNodes, and a second document (yaml-cpp's Load reads the first
+/// one only, so the rest would be ignored silently).
+class StructureCheck : public YAML::EventHandler {
+ public:
+  StructureCheck(std::string file, const std::string& text) : file_(std::move(file)), text_(text) {}
+
+  void OnDocumentStart(const YAML::Mark& m) override {
+    if (++documents_ > 1)
+      fail_at(file_, m, "",
+              "a second YAML document starts here (after '---'); a moesim input file holds exactly one document");
+  }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark& m, YAML::anchor_t a) override { leaf(m, a); }
+  void OnScalar(const YAML::Mark& m, const std::string& tag, YAML::anchor_t a, const std::string&) override {
+    if (tag == "!") check_quote(m);  // "!" marks a non-plain scalar: quoted or block
+    leaf(m, a);
+  }
+  void OnAlias(const YAML::Mark& m, YAML::anchor_t a) override {
+    for (const Open& o : open_)
+      if (o.anchor == a)
+        fail_at(file_, m, "",
+                fmt::format("alias '*{}' refers to the node that contains it (a recursive alias)", name_of(a)));
+    const auto it = size_.find(a);
+    const std::size_t n = it == size_.end() ? 1 : it->second;
+    aliased_ += n;
+    if (aliased_ > kMaxAliasNodes)
+      fail_at(file_, m, "",
+              fmt::format("aliases expand this document by more than {} nodes (alias '*{}' copies {} nodes); "
+                          "write the values out or use fewer nested aliases",
+                          kMaxAliasNodes, name_of(a), n));
+    count(m, n);
+  }
+  void OnSequenceStart(const YAML::Mark& m, const std::string&, YAML::anchor_t a, YAML::EmitterStyle::value) override {
+    open(m, a);
+  }
+  void OnSequenceEnd() override { close(); }
+  void OnMapStart(const YAML::Mark& m, const std::string&, YAML::anchor_t a, YAML::EmitterStyle::value) override {
+    open(m, a);
+  }
+  void OnMapEnd() override { close(); }
+  void OnAnchor(const YAML::Mark&, const std::string& name) override { pending_name_ = name; }
+
+ private:
+  struct Open {
+    YAML::anchor_t anchor;
+    std::size_t start;  // nodes counted before this one
+  };
+  /// yaml-cpp takes a quoted scalar without its closing quote to the end of the file, silently
+  /// swallowing every key after it; such a scalar is a syntax error here.
+  void check_quote(const YAML::Mark& m) {
+    if (m.pos < 0) return;
+    std::size_t i = static_cast<std::size_t>(m.pos);
+    const std::size_t n = text_.size();
+    while (i < n && (text_[i] == '&' || text_[i] == '!')) {  // skip an anchor or a tag
+      while (i < n && text_[i] != ' ' && text_[i] != '\t' && text_[i] != '\n') ++i;
+      while (i < n && (text_[i] == ' ' || text_[i] == '\t')) ++i;
+    }
+    if (i >= n || (text_[i] != '"' && text_[i] != '\'')) return;
+    const char q = text_[i];
+    for (++i; i < n; ++i) {
+      if (q == '"' && text_[i] == '\\') {
+        ++i;
+        continue;
+      }
+      if (text_[i] != q) continue;
+      if (q == '\'' && i + 1 < n && text_[i + 1] == '\'') {  // '' is a quote inside '...'
+        ++i;
+        continue;
+      }
+      return;
+    }
+    fail_at(file_, m, "",
+            fmt::format("YAML syntax error: unterminated quoted string (no closing {} before the end)", q));
+  }
+  void named(YAML::anchor_t a) {
+    if (a != YAML::NullAnchor) names_[a] = pending_name_;
+    pending_name_.clear();
+  }
+  std::string name_of(YAML::anchor_t a) const {
+    const auto it = names_.find(a);
+    return it == names_.end() ? std::string("?") : it->second;
+  }
+  void count(const YAML::Mark&, std::size_t n) { nodes_ += n; }
+  void leaf(const YAML::Mark& m, YAML::anchor_t a) {
+    named(a);
+    count(m, 1);
+    if (a != YAML::NullAnchor) size_[a] = 1;
+  }
+  void open(const YAML::Mark& m, YAML::anchor_t a) {
+    named(a);
+    open_.push_back(Open{a, nodes_});
+    count(m, 1);
+  }
+  void close() {
+    const Open o = open_.back();
+    open_.pop_back();
+    if (o.anchor != YAML::NullAnchor) size_[o.anchor] = nodes_ - o.start;
+  }
+
+  std::string file_;
+  const std::string& text_;
+  int documents_ = 0;
+  std::size_t nodes_ = 0;    // nodes of the expanded document so far
+  std::size_t aliased_ = 0;  // of those, nodes added by aliases
+  std::vector<Open> open_;
+  std::map<YAML::anchor_t, std::size_t> size_;
+  std::map<YAML::anchor_t, std::string> names_;
+  std::string pending_name_;
+};
+
+YAML::Mark mark_or_start(const YAML::Mark& m) { return m.line < 0 ? YAML::Mark() : m; }
+
+/// Parses one YAML document from `text` with the structure checks above. Syntax errors become a
+/// located ConfigError.
+/// Texts that passed the structure check lately: a sweep re-reads its file and its base for
+/// every point, and the check is a second parse. Exact comparison, never a hash.
+bool recently_checked(const std::string& text, bool add) {
+  static std::mutex mu;
+  static std::deque<std::string> recent;
+  const std::lock_guard<std::mutex> lock(mu);
+  for (const auto& t : recent)
+    if (t == text) return true;
+  if (add && text.size() <= (std::size_t{1} << 20)) {
+    recent.push_front(text);
+    if (recent.size() > 8) recent.pop_back();
+  }
+  return false;
+}
+
+YAML::Node load_checked(const std::string& text, const std::string& name) {
+  try {
+    if (!recently_checked(text, false)) {
+      std::istringstream in(text);
+      YAML::Parser parser(in);
+      StructureCheck check(name, text);
+      while (parser.HandleNextDocument(check)) {
+      }
+      recently_checked(text, true);
+    }
+    return YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    fail_at(name, mark_or_start(e.mark), "", "YAML syntax error: " + e.msg);
+  }
+}
+
+/// A key as written, for paths in messages.
+std::string key_text(const YAML::Node& k) {
+  if (k.IsScalar()) return k.Scalar();
+  if (k.IsNull()) return "~";
+  return "?";
+}
+
 // yaml-cpp keeps the last of duplicate keys silently; a user's setting would be lost, so
-// duplicates are errors.
+// duplicates are errors. Keys must be plain names: a null key, or a list or mapping used as a
+// key (`? [a, b]: 1`), is never a moesim setting and would otherwise be skipped silently.
 void find_duplicates(const YAML::Node& n, const std::string& file, const std::string& path,
                      std::vector<Diagnostic>& out) {
   if (n.IsMap()) {
     std::set<std::string> seen;
     for (const auto& kv : n) {
-      const std::string key = kv.first.IsScalar() ? kv.first.Scalar() : std::string("?");
+      const std::string key = key_text(kv.first);
       const std::string p = path.empty() ? key : path + "." + key;
-      if (!seen.insert(key).second) {
-        const YAML::Mark m = kv.first.Mark();
-        out.push_back(Diagnostic{Location{file, m.line + 1, m.column + 1}, p, "duplicate key"});
+      const YAML::Mark m = kv.first.Mark();
+      const Location at{file, m.line + 1, m.column + 1};
+      if (kv.first.IsNull()) {
+        out.push_back(Diagnostic{at, p, "a null key: keys must be plain names"});
+      } else if (!kv.first.IsScalar()) {
+        out.push_back(Diagnostic{
+            at, p, fmt::format("a key must be a plain name, not {}", kv.first.IsSequence() ? "a list" : "a mapping")});
+      } else if (!seen.insert(key).second) {
+        out.push_back(Diagnostic{at, p, "duplicate key"});
       }
       find_duplicates(kv.second, file, p, out);
     }
@@ -563,46 +744,27 @@ void find_duplicates(const YAML::Node& n, const std::string& file, const std::st
   }
 }
 
+YAML::Node load_document(const std::string& text, const std::string& name) {
+  YAML::Node root = load_checked(text, name);
+  std::vector<Diagnostic> dups;
+  find_duplicates(root, name, "", dups);
+  if (!dups.empty()) throw ConfigError(dups);
+  return root;
+}
+
 }  // namespace
 
 Document Document::load_file(const std::string& path) {
   Document d;
   d.file_ = path;
-  YAML::Node root;
-  std::error_code ec;
-  if (std::filesystem::is_directory(path, ec))
-    throw ConfigError({Diagnostic{Location{path, 0, 0}, "", "is a directory, not a YAML file"}});
-  try {
-    root = YAML::LoadFile(path);
-  } catch (const YAML::BadFile&) {
-    throw ConfigError({Diagnostic{Location{path, 0, 0}, "", "cannot open file"}});
-  } catch (const YAML::Exception& e) {
-    throw ConfigError(
-        {Diagnostic{Location{path, e.mark.line + 1, e.mark.column + 1}, "", "YAML syntax error: " + e.msg}});
-  } catch (const std::ios_base::failure& e) {  // a FIFO, a device, a read error
-    throw ConfigError({Diagnostic{Location{path, 0, 0}, "", std::string("cannot read file: ") + e.what()}});
-  }
-  std::vector<Diagnostic> dups;
-  find_duplicates(root, path, "", dups);
-  if (!dups.empty()) throw ConfigError(dups);
-  *d.root_ = root;
+  *d.root_ = load_document(read_input_file(path, kMaxYamlBytes, ""), path);
   return d;
 }
 
 Document Document::load_string(const std::string& text, const std::string& name) {
   Document d;
   d.file_ = name;
-  YAML::Node root;
-  try {
-    root = YAML::Load(text);
-  } catch (const YAML::Exception& e) {
-    throw ConfigError(
-        {Diagnostic{Location{name, e.mark.line + 1, e.mark.column + 1}, "", "YAML syntax error: " + e.msg}});
-  }
-  std::vector<Diagnostic> dups;
-  find_duplicates(root, name, "", dups);
-  if (!dups.empty()) throw ConfigError(dups);
-  *d.root_ = root;
+  *d.root_ = load_document(text, name);
   return d;
 }
 
@@ -670,13 +832,15 @@ void Document::set(std::string_view path, std::string_view yaml_value) {
   const Location where{"--set " + assignment, 0, 0};
   YAML::Node value;
   try {
-    value = YAML::Load(std::string(yaml_value));
-  } catch (const YAML::Exception& e) {
+    value = load_document(std::string(yaml_value), where.file);
+  } catch (const ConfigError& e) {
     std::vector<Segment> segs;
     if (!split_path(path, segs))
       throw ConfigError({Diagnostic{where, std::string(path),
                                     "malformed key path (expected names separated by '.', e.g. routing.alpha)"}});
-    throw ConfigError({Diagnostic{where, std::string(path), "the value is not valid YAML: " + e.msg}});
+    std::string why = e.diagnostics().front().message;
+    if (why.rfind("YAML syntax error: ", 0) == 0) why = "the value is not valid YAML: " + why.substr(19);
+    throw ConfigError({Diagnostic{where, std::string(path), why}});
   }
   set_node(path, value, OverrideOrigin{assignment, nullptr, std::nullopt}, where);
 }

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 
+#include "engine/scenario_checks.hpp"
 #include "hardware/gpu_catalog.hpp"
 #include "models/model_spec.hpp"
 #include "models/routing_spec.hpp"
@@ -100,11 +101,16 @@ ParallelSpec parse_parallel(const Node& n) {
   p.pp = static_cast<int>(n.opt_int("pp", 1, r));
   p.micro_batches = static_cast<int>(n.opt_int("micro_batches", 1, r));
   n.finish();
+  // dp*tp*pp is a GPU count: bounded like the cluster's, so no product below overflows an int.
+  const std::int64_t world = std::int64_t{p.dp} * p.tp * p.pp;
+  if (world > hw::kMaxClusterGpus)
+    n.error(fmt::format("dp*tp*pp = {}*{}*{} = {} GPUs is more than the {} a cluster may have", p.dp, p.tp, p.pp, world,
+                        hw::kMaxClusterGpus));
   // Megatron-Core forms expert-parallel groups out of the dp x tp ranks of one stage.
-  if (p.ep > 0 && p.dp > 0 && p.tp > 0 && (p.dp * p.tp) % p.ep != 0)
+  if (p.ep > 0 && p.dp > 0 && p.tp > 0 && (std::int64_t{p.dp} * p.tp) % p.ep != 0)
     n.error_at("ep", fmt::format("ep={} must divide dp*tp={} (expert-parallel groups are carved out of the data- and "
                                  "tensor-parallel ranks of a pipeline stage)",
-                                 p.ep, p.dp * p.tp));
+                                 p.ep, std::int64_t{p.dp} * p.tp));
   if (p.pp > 1 && p.micro_batches < p.pp)
     n.error_at(
         "micro_batches",
@@ -227,8 +233,7 @@ ExecutionSpec parse_execution(const Node& n, const std::string& scenario_file) {
     const std::filesystem::path beside = std::filesystem::path(scenario_file).parent_path() / e.profile;
     if (std::filesystem::exists(beside)) e.profile = beside.lexically_normal().string();
   }
-  if (!e.profile.empty() && !std::filesystem::exists(e.profile)) n.error_at("profile", "file not found: " + e.profile);
-  n.finish();
+  n.finish();  // the profile file itself is read and checked by check_scenario_inputs
   return e;
 }
 
@@ -297,7 +302,8 @@ Scenario parse_scenario(const config::Document& doc, std::optional<std::uint64_t
     const std::size_t before = diags.size();
     s.cluster = hw::parse_cluster(cluster, gpus);
     s.has_cluster = diags.size() == before;
-    if (s.has_cluster && s.workload.mode != WorkloadMode::kCollective && s.parallel.world() != s.cluster.total_gpus())
+    if (s.has_cluster && s.workload.mode != WorkloadMode::kCollective && s.parallel.world() <= hw::kMaxClusterGpus &&
+        s.parallel.world() != s.cluster.total_gpus())
       root.child("parallel")
           .error(fmt::format("dp*tp*pp = {}*{}*{} = {} GPUs, but the cluster has {} (nodes {} x gpus_per_node {})",
                              s.parallel.dp, s.parallel.tp, s.parallel.pp, s.parallel.world(), s.cluster.total_gpus(),
@@ -352,7 +358,7 @@ Scenario parse_scenario(const config::Document& doc, std::optional<std::uint64_t
     // Hierarchical all-to-all stages traffic on the same-rail GPU of each node, so an EP group
     // must be whole nodes, or lie inside one node (then it is the direct exchange).
     const int gpn = s.has_cluster ? s.cluster.gpus_per_node : 0;
-    const int ss = p.dp * p.tp;
+    const std::int64_t ss = std::int64_t{p.dp} * p.tp;
     if (s.execution.all_to_all == "hierarchical" && gpn > 0 && ss % p.ep == 0 &&
         !((p.ep % gpn == 0 && ss % gpn == 0) || gpn % p.ep == 0))
       root.child("execution")
@@ -389,6 +395,7 @@ Scenario parse_scenario(const config::Document& doc, std::optional<std::uint64_t
                                               "gpus_per_node={}",
                                               p.ep, gpn));
   }
+  check_scenario_inputs(s, root);  // the files it names, hardware bounds
   root.finish();
   diags.throw_if_any();
   return s;

@@ -26,7 +26,7 @@ struct ParallelSpec {
   int ep = 1;  ///< expert-parallel width; carved out of dp x tp as in Megatron-Core
   int pp = 1;  ///< pipeline stages
   int micro_batches = 1;
-  int world() const { return dp * tp * pp; }
+  std::int64_t world() const { return std::int64_t{dp} * tp * pp; }
 };
 
 enum class WorkloadMode { kTrain, kPrefill, kDecode, kRouting, kCollective, kDispatch };
@@ -94,6 +94,9 @@ struct Scenario {
   WorkloadSpec workload;
   NetworkSpec network;
   ExecutionSpec execution;
+  /// Non-fatal notes found while parsing, each "file:line:col: key: warning: ..." (printed on
+  /// stderr by the CLI), e.g. a routing trace shorter than a step.
+  std::vector<std::string> warnings;
 
   /// Routing groups of one step and tokens per group: by default the tokens of one data-
   /// parallel rank's micro-batch (as Megatron-Core and DeepSpeed route before dispatch).

@@ -8,9 +8,11 @@
 #include <iterator>
 #include <map>
 #include <memory>
+#include <sstream>
 #include <stdexcept>
 #include <tuple>
 
+#include "config/input_file.hpp"
 #include "engine/memory_model.hpp"
 #include "engine/run.hpp"
 #include "engine/simulate.hpp"
@@ -18,6 +20,7 @@
 #include "explore/csv.hpp"
 #include "explore/pool.hpp"
 #include "hardware/gpu_catalog.hpp"
+#include "sim/output_file.hpp"
 
 namespace moesim::explore {
 
@@ -107,6 +110,9 @@ PlanSpec parse_plan(config::Document& doc) {
     p.base_file = bp.lexically_normal().string();
     if (!rel.empty() && !std::filesystem::exists(p.base_file))
       base.error(fmt::format("file not found: {} (paths are relative to the plan file)", p.base_file));
+    else if (const std::string why = config::input_file_problem(p.base_file, config::kMaxYamlBytes);
+             !rel.empty() && !why.empty())
+      base.error(fmt::format("{}: {}", p.base_file, why));
   }
   const Node set = root.child("set");
   std::map<std::string, config::Location> set_locs;  // "--set a=b" -> where the plan wrote it
@@ -227,7 +233,8 @@ PlanSpec parse_plan(config::Document& doc) {
 
   // The base scenario: validated as `moesim run` would (its errors name the base file), and
   // reported together with the plan's own errors.
-  if (p.base_file.empty() || !std::filesystem::exists(p.base_file)) diags.throw_if_any();
+  if (p.base_file.empty() || !config::input_file_problem(p.base_file, config::kMaxYamlBytes).empty())
+    diags.throw_if_any();
   std::optional<engine::Scenario> b;
   try {
     b = engine::parse_scenario(load_base(p));
@@ -731,22 +738,23 @@ std::vector<std::string> write_outputs(const PlanSpec& p, const PlanResult& r, c
   namespace fs = std::filesystem;
   fs::create_directories(dir);
   std::vector<std::string> written;
-  const auto open = [&](const std::string& name) {
+  // Each file is written whole and checked (every write, the flush and the close), then renamed
+  // into place: a full disk is an error (exit 1), a kill leaves the previous version or none,
+  // never a truncated plan.csv.
+  const auto put = [&](const std::string& name, const std::string& content) {
     const std::string path = (fs::path(dir) / name).string();
-    auto f = std::make_unique<std::ofstream>(path);
-    if (!*f) throw std::runtime_error("cannot write " + path);
+    sim::write_file_atomic(path, content);
     written.push_back(path);
-    return f;
   };
   {
-    auto f = open("plan.csv");
-    write_plan_csv(p, r, *f);
-    if (!*f) throw std::runtime_error("cannot write " + written.back());
+    std::ostringstream f;
+    write_plan_csv(p, r, f);
+    put("plan.csv", f.str());
   }
   {
-    auto f = open("pareto.csv");
-    write_pareto_csv(p, r, *f);
-    if (!*f) throw std::runtime_error("cannot write " + written.back());
+    std::ostringstream f;
+    write_pareto_csv(p, r, f);
+    put("pareto.csv", f.str());
   }
   for (std::size_t i = 0; i < r.ranked.size() && i < static_cast<std::size_t>(p.top); ++i) {
     const Candidate& c = r.candidates[r.ranked[i]];
@@ -758,16 +766,10 @@ std::vector<std::string> write_outputs(const PlanSpec& p, const PlanResult& r, c
         fmt::format("# simulated: {} {:.3f} ms, {:.1f} tokens/s/GPU, {:.4f} per million tokens\n",
                     p.mode == engine::WorkloadMode::kTrain ? "step" : "TPOT", c.step_time_us / 1e3,
                     c.tokens_per_s_per_gpu, c.cost_per_mtok);
-    {
-      auto f = open(fmt::format("top-{:02}.yaml", i + 1));
-      *f << header << r.scenario_yaml[c.index];
-      if (!*f) throw std::runtime_error("cannot write " + written.back());
-    }
-    if (!r.prefill_yaml[c.index].empty()) {
-      auto f = open(fmt::format("top-{:02}-prefill.yaml", i + 1));
-      *f << header << "# the prefill run of the whole batch (TTFT)\n" << r.prefill_yaml[c.index];
-      if (!*f) throw std::runtime_error("cannot write " + written.back());
-    }
+    put(fmt::format("top-{:02}.yaml", i + 1), header + r.scenario_yaml[c.index]);
+    if (!r.prefill_yaml[c.index].empty())
+      put(fmt::format("top-{:02}-prefill.yaml", i + 1),
+          header + "# the prefill run of the whole batch (TTFT)\n" + r.prefill_yaml[c.index]);
   }
   return written;
 }

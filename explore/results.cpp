@@ -1,7 +1,12 @@
 #include "explore/results.hpp"
 
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <sys/file.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <chrono>
 #include <ctime>
@@ -11,9 +16,11 @@
 #include <stdexcept>
 #include <system_error>
 
+#include "config/input_file.hpp"
 #include "config/reader.hpp"
 #include "engine/run.hpp"
 #include "explore/csv.hpp"
+#include "sim/output_file.hpp"
 
 namespace moesim::explore {
 
@@ -28,12 +35,12 @@ using config::Location;
   throw ConfigError({Diagnostic{Location{file, line, line > 0 ? 1 : 0}, std::move(key), std::move(message)}});
 }
 
+/// A results directory's own file, if it exists (through the capped regular-file reader: a FIFO
+/// or a device put there is refused rather than blocking or reading without end).
 bool read_text(const std::string& path, std::string& out) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) return false;
-  std::ostringstream os;
-  os << f.rdbuf();
-  out = os.str();
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return false;
+  out = config::read_input_file(path, std::uint64_t{16} << 30, "");
   return true;
 }
 
@@ -148,12 +155,26 @@ ResultsWriter::ResultsWriter(const Sweep& sweep, const Options& opts) : sweep_(s
   const std::string csv = results_path();
   const std::string journal = (fs::path(dir_) / "journal.csv").string();
   const std::string manifest = manifest_path();
-  const bool have_csv = fs::exists(csv, ec);
+  // One sweep at a time per directory: the lock is taken before anything is read or written
+  // (so a resume never reads rows another sweep is still appending) and held until exit.
+  if (fs::is_directory(dir_, ec)) lock_directory();
+  bool have_csv = fs::exists(csv, ec);
   const bool have_manifest = fs::exists(manifest, ec);
   bool fresh = true;
   std::string csv_text;
   std::map<std::size_t, std::string> journaled;
   ExistingRows existing;
+
+  // A results.csv with no row and no manifest.json (a sweep that failed before its first row,
+  // e.g. on a full disk while writing the header or the manifest) holds nothing: it can be
+  // started over, by --resume as well.
+  if (have_csv && !have_manifest && (opts.resume || !opts.force)) {
+    std::string head;
+    if (read_text(csv, head)) {
+      const std::size_t nl = head.find('\n');
+      if (nl == std::string::npos || nl + 1 == head.size()) have_csv = false;
+    }
+  }
 
   if (opts.resume && !opts.force && (have_csv || have_manifest)) {
     if (!have_manifest)
@@ -190,44 +211,68 @@ ResultsWriter::ResultsWriter(const Sweep& sweep, const Options& opts) : sweep_(s
 
   fs::create_directories(dir_, ec);
   if (ec) throw std::runtime_error(fmt::format("cannot create {}: {}", dir_, ec.message()));
+  if (lock_.fd < 0) lock_directory();
   if (fresh) {
-    csv_ = std::fopen(csv.c_str(), "wb");
-    if (csv_ == nullptr) throw std::runtime_error("cannot write " + csv);
-    const std::string header = sweep.header() + "\n";
-    std::fwrite(header.data(), 1, header.size(), csv_);
+    csv_ = std::make_unique<sim::OutputFile>(csv);
+    csv_->write(sweep.header() + "\n");
   } else {
     fs::resize_file(csv, existing.keep_bytes, ec);  // cut a torn final line
     if (ec) throw std::runtime_error(fmt::format("cannot truncate {}: {}", csv, ec.message()));
-    csv_ = std::fopen(csv.c_str(), "ab");
-    if (csv_ == nullptr) throw std::runtime_error("cannot write " + csv);
+    csv_ = std::make_unique<sim::OutputFile>(csv, sim::OutputFile::Mode::kAppend);
   }
-  std::fflush(csv_);
+  csv_->flush();
   next_ = existing.rows;
   failed_ = existing.failed;
   received_ = existing.rows;
   resumed_ = existing.rows;
 
   // The journal is rewritten with the finished rows it still needs (a torn line is dropped).
-  journal_ = std::fopen(journal.c_str(), "wb");
-  if (journal_ == nullptr) throw std::runtime_error("cannot write " + journal);
+  journal_ = std::make_unique<sim::OutputFile>(journal);
   for (auto& [i, row] : journaled) {
     if (i < next_) continue;
-    const std::string line = row + "\n";
-    std::fwrite(line.data(), 1, line.size(), journal_);
+    journal_->write(row + "\n");
     if (row_failed(row)) ++failed_;
     ++received_;
     ++resumed_;
     pending_.emplace(i, std::move(row));
   }
-  std::fflush(journal_);
+  journal_->flush();
   for (std::size_t i = next_; i < sweep.runs.size(); ++i)
     if (pending_.count(i) == 0) todo_.push_back(i);
   flush_ready();
 }
 
 ResultsWriter::~ResultsWriter() {
-  if (csv_ != nullptr) std::fclose(csv_);
-  if (journal_ != nullptr) std::fclose(journal_);
+  csv_.reset();
+  journal_.reset();
+}
+
+ResultsWriter::LockFd::~LockFd() {
+  if (fd >= 0) ::close(fd);  // releases the directory's lock
+}
+
+void ResultsWriter::lock_directory() {
+  const std::string path = (fs::path(dir_) / "sweep.lock").string();
+  lock_.fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lock_.fd < 0) throw std::runtime_error(fmt::format("cannot create {}: {}", path, std::strerror(errno)));
+  if (::flock(lock_.fd, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    std::string holder;
+    char buf[64] = {};
+    if (::pread(lock_.fd, buf, sizeof buf - 1, 0) > 0) holder = buf;
+    while (!holder.empty() && (holder.back() == '\n' || holder.back() == ' ')) holder.pop_back();
+    ::close(lock_.fd);
+    lock_.fd = -1;
+    if (err != EWOULDBLOCK) throw std::runtime_error(fmt::format("cannot lock {}: {}", path, std::strerror(err)));
+    fail(path, 0, "",
+         fmt::format("{} is in use by another moesim sweep{}; wait for it to finish, or use another -o DIR", dir_,
+                     holder.empty() ? std::string() : " (" + holder + ")"));
+  }
+  // Who holds it, for the message another sweep prints (the lock itself is the flock, which the
+  // kernel releases when this process exits, however it exits).
+  const std::string me = fmt::format("pid {}", ::getpid());
+  if (::ftruncate(lock_.fd, 0) != 0 || ::pwrite(lock_.fd, me.data(), me.size(), 0) != static_cast<ssize_t>(me.size()))
+    throw std::runtime_error(fmt::format("cannot write {}: {}", path, std::strerror(errno)));
 }
 
 std::string ResultsWriter::results_path() const { return (fs::path(dir_) / "results.csv").string(); }
@@ -237,8 +282,8 @@ void ResultsWriter::journal(std::size_t run_index, const std::string& row) {
   (void)run_index;
   const std::string line = row + "\n";
   std::lock_guard<std::mutex> lock(journal_mu_);
-  std::fwrite(line.data(), 1, line.size(), journal_);
-  std::fflush(journal_);
+  journal_->write(line);
+  journal_->flush();
 }
 
 void ResultsWriter::put(std::size_t run_index, std::string row) {
@@ -252,38 +297,25 @@ void ResultsWriter::put(std::size_t run_index, std::string row) {
 void ResultsWriter::flush_ready() {
   bool wrote = false;
   for (auto it = pending_.find(next_); it != pending_.end(); it = pending_.find(next_)) {
-    const std::string line = it->second + "\n";
-    if (std::fwrite(line.data(), 1, line.size(), csv_) != line.size())
-      throw std::runtime_error("cannot write " + results_path());
+    csv_->write(it->second + "\n");
     pending_.erase(it);
     ++next_;
     wrote = true;
   }
-  if (wrote && std::fflush(csv_) != 0) throw std::runtime_error("cannot write " + results_path());
+  if (wrote) csv_->flush();
 }
 
 void ResultsWriter::write_manifest(const ExecutionInfo& info) const {
-  const std::string path = manifest_path();
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary);
-    f << manifest_json(sweep_, info).dump(2) << "\n";
-    if (!f) throw std::runtime_error("cannot write " + tmp);
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) throw std::runtime_error(fmt::format("cannot write {}: {}", path, ec.message()));
+  sim::write_file_atomic(manifest_path(), manifest_json(sweep_, info).dump(2) + "\n");
 }
 
 void ResultsWriter::finish() {
   if (next_ != sweep_.runs.size())
     throw std::logic_error(fmt::format("sweep finished with {} of {} rows written", next_, sweep_.runs.size()));
-  std::fclose(journal_);
-  journal_ = nullptr;
+  csv_->close();  // results.csv is complete and on disk before the journal goes
+  journal_->close();
   std::error_code ec;
   fs::remove(fs::path(dir_) / "journal.csv", ec);
-  std::fclose(csv_);
-  csv_ = nullptr;
 }
 
 }  // namespace moesim::explore

@@ -4,17 +4,22 @@
 /// they become ready, so a killed sweep leaves a valid prefix), journal.csv (every finished row
 /// as soon as it finishes, in any order, so that `--resume` redoes nothing that finished), and
 /// manifest.json (the sweep's identity and the only place for host and wall-clock facts).
+/// sweep.lock is flock()ed by the sweep writing the directory: a second sweep on the same
+/// directory (resumed or forced) is refused with exit 2 while the first runs; the kernel drops
+/// the lock when the first exits, even by SIGKILL.
 
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "explore/sweep.hpp"
+#include "sim/output_file.hpp"
 
 namespace moesim::explore {
 
@@ -103,8 +108,22 @@ class ResultsWriter {
   std::size_t received_ = 0;                    // rows known (written or pending)
   std::size_t failed_ = 0;
   std::size_t resumed_ = 0;
-  std::FILE* csv_ = nullptr;
-  std::FILE* journal_ = nullptr;
+  /// Takes dir/sweep.lock (flock, non-blocking); a held lock is a ConfigError (exit 2).
+  void lock_directory();
+
+  /// The lock's descriptor, closed (lock released) on every way out, including a constructor
+  /// that throws after locking.
+  struct LockFd {
+    int fd = -1;
+    LockFd() = default;
+    LockFd(const LockFd&) = delete;
+    LockFd& operator=(const LockFd&) = delete;
+    ~LockFd();
+  };
+
+  LockFd lock_;
+  std::unique_ptr<sim::OutputFile> csv_;
+  std::unique_ptr<sim::OutputFile> journal_;
   std::mutex journal_mu_;
 };
 

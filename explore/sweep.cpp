@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <iterator>
@@ -10,6 +11,7 @@
 #include <set>
 #include <utility>
 
+#include "config/input_file.hpp"
 #include "config/reader.hpp"
 #include "engine/run.hpp"
 #include "explore/csv.hpp"
@@ -74,6 +76,22 @@ struct Parsed {
   std::vector<config::Location> column_locs;  // each swept path's value list
 };
 
+bool safe_name_char(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
+}
+
+bool safe_name(const std::string& n) {
+  return !n.empty() && n.size() <= 100 && n[0] != '.' && std::all_of(n.begin(), n.end(), safe_name_char);
+}
+
+std::string sanitized_name(std::string n) {
+  for (char& c : n)
+    if (!safe_name_char(c)) c = '_';
+  if (n.empty() || n[0] == '.') n.insert(n.begin(), '_');
+  if (n.size() > 100) n.resize(100);
+  return n;
+}
+
 std::string resolve_relative(const std::string& sweep_file, const std::string& path) {
   const std::filesystem::path p(path);
   if (p.is_absolute()) return path;
@@ -119,7 +137,18 @@ Parsed read_sweep_file(const config::Document& doc, Sweep& sw) {
         "a sweep must be a mapping with keys scenario and axes (optional: name, set, exclude, repeats, seed, seeds)");
     diags.throw_if_any();
   }
-  sw.name = root.opt_string("name", std::filesystem::path(sw.file).stem().string());
+  // The name is the default results directory (results/<name>): a name that could leave it
+  // (`../x`, `/abs`) is refused; one taken from the file name is made safe.
+  if (root.has("name")) {
+    sw.name = root.req_string("name");
+    if (!sw.name.empty() && !safe_name(sw.name))
+      root.child("name").error(fmt::format(
+          "'{}' cannot name a results directory: use at most 100 letters, digits, '.', '_' or '-', not starting "
+          "with '.'",
+          one_line(sw.name)));
+  } else {
+    sw.name = sanitized_name(std::filesystem::path(sw.file).stem().string());
+  }
 
   const Node scen = root.child("scenario");
   if (!scen.defined()) {
@@ -129,7 +158,10 @@ Parsed read_sweep_file(const config::Document& doc, Sweep& sw) {
   } else if (scen.is_scalar()) {
     ps.base_file = resolve_relative(sw.file, scen.as_string());
     std::error_code ec;
-    if (!std::filesystem::is_regular_file(ps.base_file, ec)) scen.error("scenario file not found: " + ps.base_file);
+    if (!std::filesystem::exists(ps.base_file, ec))
+      scen.error("scenario file not found: " + ps.base_file);
+    else if (const std::string why = config::input_file_problem(ps.base_file, config::kMaxYamlBytes); !why.empty())
+      scen.error(fmt::format("{}: {}", ps.base_file, why));
     sw.base = ps.base_file;
   } else if (scen.is_map()) {
     sw.base = "<inline>";
@@ -278,6 +310,21 @@ Parsed read_sweep_file(const config::Document& doc, Sweep& sw) {
   return ps;
 }
 
+/// Memory a parsed point holds while the sweep runs (mostly its Scenario): 2.4 KiB per point for
+/// a routing-only switch-base-128 sweep on the development VM (max RSS of 200 and of 20,000
+/// points, /usr/bin/time); larger models and clusters hold more, so this is rounded up.
+constexpr double kBytesPerPoint = 8 * 1024;
+
+/// Refuses a sweep beyond its resource limits (see SweepOptions::limits).
+void check_sweep_limits(double cpu_s, double run_memory, std::size_t points, double runs, const SweepOptions& opts,
+                        const config::Location& where, const std::string& how) {
+  const int jobs = std::max(1, opts.jobs);
+  const double memory = run_memory * jobs + kBytesPerPoint * static_cast<double>(points);
+  const std::string what = fmt::format("the sweep's {} run(s) on {} thread(s){}", static_cast<std::uint64_t>(runs),
+                                       jobs, how.empty() ? "" : " " + how);
+  engine::check_limits(memory, cpu_s / jobs, *opts.limits, where, "axes", what);
+}
+
 /// The value node of column `k` of axis `a` for value `i`, read from a fresh parse of the
 /// sweep file (so that every point owns its nodes).
 Node axis_value(const Node& root, const AxisSource& src, const Axis& axis, std::size_t k, std::size_t i) {
@@ -400,6 +447,46 @@ Sweep load_sweep(const std::string& file, const SweepOptions& opts) {
     return doc;
   };
 
+  // Resource bounds from a sample (first, middle, last point) before parsing them all: the runs'
+  // estimate, and the time parsing every point will take (measured on the sample).
+  if (opts.limits && combos.size() > 3) {
+    engine::ResourceEstimate one;
+    double cpu = 0;
+    int sampled = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+    for (std::size_t k : {std::size_t{0}, combos.size() / 2, combos.size() - 1}) {
+      try {
+        const engine::ResourceEstimate e = engine::estimate_resources(engine::parse_scenario(build(combos[k])));
+        one.memory_bytes = std::max(one.memory_bytes, e.memory_bytes);
+        cpu += e.cpu_s;
+        ++sampled;
+      } catch (const config::ConfigError&) {  // reported with every point below
+      }
+    }
+    const double parse_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 3 *
+                           static_cast<double>(combos.size());
+    if (sampled > 0) {
+      const double runs = static_cast<double>(combos.size()) * sw.repeats;
+      if (opts.on_estimate)
+        opts.on_estimate(
+            fmt::format("sweep {}: {} points, {} runs; estimated from {} sampled points: {:.3g} s of CPU "
+                        "to run (on {} thread(s): {:.3g} s), {:.3g} s to check every point first",
+                        sw.name, combos.size(), static_cast<std::uint64_t>(runs), sampled, cpu / sampled * runs,
+                        std::max(1, opts.jobs), cpu / sampled * runs / std::max(1, opts.jobs), parse_s));
+      check_sweep_limits(cpu / sampled * runs, one.memory_bytes, combos.size(), runs, opts, ps.axes_loc,
+                         fmt::format("(from {} sampled points)", sampled));
+    }
+    const double run_s =
+        sampled > 0 ? cpu / sampled * static_cast<double>(combos.size()) * sw.repeats / std::max(1, opts.jobs) : 0;
+    if (parse_s + run_s > opts.limits->max_seconds)
+      throw config::ConfigError({Diagnostic{
+          ps.axes_loc, "axes",
+          fmt::format("checking the sweep's {} points before running would take an estimated {:.0f} s (measured on 3 "
+                      "of them) and running them {:.0f} s, more than --max-time {:.0f} s together (refused before "
+                      "running; raise the limit or sweep fewer points)",
+                      combos.size(), parse_s, run_s, opts.limits->max_seconds)}});
+  }
+
   // Parse every point; collect distinct problems with the first point that showed each.
   std::vector<Diagnostic> problems;
   std::set<std::string> seen;
@@ -434,6 +521,18 @@ Sweep load_sweep(const std::string& file, const SweepOptions& opts) {
       problems.push_back(Diagnostic{config::Location{file, 0, 0}, "", fmt::format("... and {} more problem(s)", more)});
     throw config::ConfigError(problems);
   }
+
+  for (const auto& p : sw.points) {
+    engine::ResourceEstimate e = engine::estimate_resources(p.scenario);
+    e.compute_ops *= sw.repeats;
+    e.flows *= sw.repeats;
+    e.events *= sw.repeats;
+    e.cpu_s *= sw.repeats;
+    sw.estimate += e;
+  }
+  if (opts.limits)
+    check_sweep_limits(sw.estimate.cpu_s, sw.estimate.memory_bytes, sw.points.size(),
+                       static_cast<double>(sw.points.size()) * sw.repeats, opts, ps.axes_loc, "");
 
   sw.base_seed = ps.seed ? *ps.seed : sw.points.front().scenario.seed;
   std::vector<engine::WorkloadMode> modes;

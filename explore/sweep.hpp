@@ -27,9 +27,13 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
+#include <optional>
+
+#include "engine/estimate.hpp"
 #include "engine/scenario.hpp"
 
 namespace moesim::explore {
@@ -63,6 +67,13 @@ enum class SeedMode {
 
 struct SweepOptions {
   std::vector<std::string> overrides;  ///< `moesim sweep --set key=value`, applied to the base
+  /// Resource bounds (engine/estimate.hpp): checked from three sampled points before the other
+  /// points are parsed (so a million-point sweep is refused in a second, not after parsing it),
+  /// then from every point; beyond them load_sweep throws config::ConfigError at `axes:`.
+  std::optional<engine::ResourceLimits> limits;
+  int jobs = 1;  ///< runs at a time (memory: one run's peak per job; time: total / jobs)
+  /// Told the sampled estimate (one line) before the points are parsed, when limits are set.
+  std::function<void(const std::string&)> on_estimate;
 };
 
 struct Sweep {
@@ -77,8 +88,9 @@ struct Sweep {
   std::uint64_t base_seed = 0;
   std::vector<SweepPoint> points;
   std::vector<SweepRun> runs;
-  std::vector<std::string> metrics;  ///< metric columns (depend on the workload modes swept)
-  std::uint64_t hash = 0;            ///< FNV-1a 64 over the expanded runs (see sweep_hash)
+  std::vector<std::string> metrics;   ///< metric columns (depend on the workload modes swept)
+  std::uint64_t hash = 0;             ///< FNV-1a 64 over the expanded runs (see sweep_hash)
+  engine::ResourceEstimate estimate;  ///< all runs together (memory: the largest run)
 
   /// The CSV header line (without the newline).
   std::string header() const;

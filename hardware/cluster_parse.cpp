@@ -1,6 +1,8 @@
 // parse_cluster: the scenario's `cluster:` section -> ClusterSpec, with located errors.
 #include <fmt/format.h>
 #include <algorithm>
+#include <cstdint>
+#include <unordered_set>
 
 #include "config/reader.hpp"
 #include "hardware/topology.hpp"
@@ -9,6 +11,21 @@ namespace moesim::hw {
 
 namespace {
 using config::Range;
+
+constexpr std::size_t kMaxVertexHints = 8;        // unknown vertex names that get a did-you-mean
+constexpr std::size_t kMaxHintCandidates = 4096;  // names a did-you-mean compares against
+
+/// g for "gpu<g>" with 0 <= g < gpus written without leading zeros, else -1.
+int gpu_vertex_index(const std::string& name, int gpus) {
+  if (name.size() < 4 || name.compare(0, 3, "gpu") != 0 || name.size() > 13) return -1;
+  if (name[3] == '0' && name.size() > 4) return -1;
+  std::int64_t v = 0;
+  for (std::size_t i = 3; i < name.size(); ++i) {
+    if (name[i] < '0' || name[i] > '9') return -1;
+    v = v * 10 + (name[i] - '0');
+  }
+  return v < gpus ? static_cast<int>(v) : -1;
+}
 
 std::string join(const std::vector<std::string>& v) {
   std::string s;
@@ -126,11 +143,32 @@ ClusterSpec parse_cluster(const config::Node& c, const GpuCatalog& catalog) {
       c.error_at("topology", "inter_node.fabric: explicit needs a `topology:` map with `switches` and `links`");
     } else {
       const config::Node sw = topo.child("switches");
+      // Vertex names: gpu0..gpu{N-1} and the listed switches. Looked up in a hash set (a
+      // 131,072-GPU graph has that many names), with an edit-distance hint for the first few
+      // unknown names only, over candidates of bounded number.
+      std::unordered_set<std::string> switches;
       if (sw.defined())
-        for (const auto& n : sw.items()) s.explicit_switches.push_back(n.as_string());
-      std::vector<std::string> known;
-      for (int g = 0; g < s.total_gpus(); ++g) known.push_back(fmt::format("gpu{}", g));
-      known.insert(known.end(), s.explicit_switches.begin(), s.explicit_switches.end());
+        for (const auto& n : sw.items()) {
+          const std::string name = n.as_string();
+          if (name.empty()) continue;
+          if (gpu_vertex_index(name, s.total_gpus()) >= 0)
+            n.error(fmt::format("switch '{}' has the name of a GPU (GPUs are gpu0..gpu{}); give it another name", name,
+                                s.total_gpus() - 1));
+          else if (!switches.insert(name).second)
+            n.error(fmt::format("duplicate switch '{}' (each switch is listed once)", name));
+          else
+            s.explicit_switches.push_back(name);
+        }
+      std::size_t unknown_hints = 0;
+      const auto hint = [&](const std::string& name) -> std::string {
+        if (unknown_hints++ >= kMaxVertexHints) return {};
+        std::vector<std::string> candidates(s.explicit_switches.begin(), s.explicit_switches.end());
+        if (candidates.size() > kMaxHintCandidates) candidates.resize(kMaxHintCandidates);
+        if (s.total_gpus() <= static_cast<int>(kMaxHintCandidates))
+          for (int g = 0; g < s.total_gpus(); ++g) candidates.push_back(fmt::format("gpu{}", g));
+        const auto guess = config::did_you_mean(name, candidates);
+        return guess ? fmt::format(" (did you mean '{}'?)", *guess) : std::string();
+      };
       const config::Node links = topo.child("links");
       if (!links.defined())
         topo.error_at("links", "missing required key (list of {from, to, bandwidth, latency})");
@@ -140,14 +178,13 @@ ClusterSpec parse_cluster(const config::Node& c, const GpuCatalog& catalog) {
           l.from = ln.req_string("from");
           l.to = ln.req_string("to");
           for (const auto* end : {&l.from, &l.to})
-            if (!end->empty() && std::find(known.begin(), known.end(), *end) == known.end()) {
-              const auto guess = config::did_you_mean(*end, known);
+            if (!end->empty() && gpu_vertex_index(*end, s.total_gpus()) < 0 && switches.count(*end) == 0)
               ln.error_at(end == &l.from ? "from" : "to",
                           fmt::format("unknown vertex '{}'{} (GPUs are gpu0..gpu{}; switches must be listed in "
                                       "topology.switches)",
-                                      *end, guess ? fmt::format(" (did you mean '{}'?)", *guess) : std::string(),
-                                      s.total_gpus() - 1));
-            }
+                                      *end, hint(*end), s.total_gpus() - 1));
+          if (!l.from.empty() && l.from == l.to)
+            ln.error_at("to", fmt::format("a link from '{}' to itself (a self-loop carries no traffic)", l.from));
           l.bandwidth = ln.req_bandwidth("bandwidth").bytes_per_s;
           l.latency = ln.opt_time("latency", sim::SimTime{});
           l.duplex = ln.opt_bool("duplex", true);

@@ -17,6 +17,7 @@
 #include <emmintrin.h>
 #endif
 
+#include "config/input_file.hpp"
 #include "config/reader.hpp"
 #include "sim/rng.hpp"
 
@@ -168,8 +169,9 @@ bool parse_int(const std::string& s, long long& v) {
 }  // namespace
 
 RoutingTrace load_routing_trace(const std::string& file, const ModelSpec& model, int top_k) {
-  std::ifstream in(file);
-  if (!in) trace_error(file, 0, "cannot open the routing trace file");
+  // A regular file of at most kMaxTraceBytes (a FIFO, /dev/zero or a directory is refused with
+  // what it is, instead of blocking, reading without end or looking like an empty trace).
+  std::istringstream in(config::read_input_file(file, config::kMaxTraceBytes, "routing trace", "routing.trace"));
   RoutingTrace t;
   t.file = file;
   t.top_k = top_k;

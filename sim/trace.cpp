@@ -1,8 +1,12 @@
 #include "sim/trace.hpp"
 
+#include <cerrno>
+#include <cstring>
+
 #include <fmt/format.h>
 
 #include <stdexcept>
+#include <utility>
 
 namespace moesim::sim {
 
@@ -36,14 +40,24 @@ std::string json_escape(std::string_view s) {
   return out;
 }
 
+namespace {
+/// fmt::print throws a message without the file's name on a failed write; errors are checked
+/// per event and at close() instead (with the name).
+template <class... T>
+void emit(std::FILE* f, fmt::format_string<T...> format, T&&... args) {
+  const std::string text = fmt::format(format, std::forward<T>(args)...);
+  std::fwrite(text.data(), 1, text.size(), f);
+}
+}  // namespace
+
 std::string format_us(SimTime t) {
   const std::int64_t ps = t.ps();
   const std::int64_t a = ps < 0 ? -ps : ps;
   return fmt::format("{}{}.{:06}", ps < 0 ? "-" : "", a / 1'000'000, a % 1'000'000);
 }
 
-TraceWriter::TraceWriter(const std::string& path) : out_(std::fopen(path.c_str(), "w")), owns_(true) {
-  if (out_ == nullptr) throw std::runtime_error("cannot open trace file " + path);
+TraceWriter::TraceWriter(const std::string& path) : out_(std::fopen(path.c_str(), "w")), owns_(true), path_(path) {
+  if (out_ == nullptr) throw std::runtime_error("cannot write " + path + ": " + std::strerror(errno));
   std::fputs("{\"displayTimeUnit\":\"ns\",\"traceEvents\":[\n", out_);
 }
 
@@ -62,12 +76,29 @@ void TraceWriter::close() {
   if (closed_) return;
   closed_ = true;
   std::fputs("\n]}\n", out_);
-  const bool bad = std::ferror(out_) != 0;
-  if (owns_) std::fclose(out_);
-  if (bad) throw std::runtime_error("error while writing the trace file");
+  // Every write is checked here, once: the stream's error flag is sticky, and the flush and the
+  // close are where a full disk shows up for the last buffered bytes.
+  errno = 0;
+  bool ok = std::fflush(out_) == 0 && std::ferror(out_) == 0;
+  int err = errno;
+  if (owns_) {
+    errno = 0;
+    if (std::fclose(out_) != 0 && ok) {
+      ok = false;
+      err = errno;
+    }
+  }
+  out_ = nullptr;
+  if (!ok)
+    throw std::runtime_error(fmt::format("cannot write {}: {}", path_.empty() ? std::string("the trace") : path_,
+                                         err != 0 ? std::strerror(err) : "write error"));
 }
 
 void TraceWriter::begin_event() {
+  // A write error (a full disk) ends the run at once rather than after simulating the rest.
+  if ((events_ & 255) == 0 && std::ferror(out_) != 0)
+    throw std::runtime_error(fmt::format("cannot write {}: {}", path_.empty() ? std::string("the trace") : path_,
+                                         errno != 0 ? std::strerror(errno) : "write error"));
   if (events_++ > 0) std::fputs(",\n", out_);
 }
 
@@ -75,9 +106,9 @@ void TraceWriter::write_ts(SimTime t) { std::fputs(format_us(t).c_str(), out_); 
 
 void TraceWriter::process(int pid, std::string_view name) {
   begin_event();
-  fmt::print(out_, R"({{"name":"process_name","ph":"M","pid":{},"args":{{"name":"{}"}}}})", pid, json_escape(name));
+  emit(out_, R"({{"name":"process_name","ph":"M","pid":{},"args":{{"name":"{}"}}}})", pid, json_escape(name));
   begin_event();
-  fmt::print(out_, R"({{"name":"process_sort_index","ph":"M","pid":{},"args":{{"sort_index":{}}}}})", pid, pid);
+  emit(out_, R"({{"name":"process_sort_index","ph":"M","pid":{},"args":{{"sort_index":{}}}}})", pid, pid);
 }
 
 void TraceWriter::track(int pid, int track, std::string_view name) { tracks_[{pid, track}].name = std::string(name); }
@@ -91,11 +122,10 @@ int TraceWriter::tid(int pid, int track, int lane) {
     info.declared[l] = true;
     const std::string name = lane == 0 ? info.name : fmt::format("{} #{}", info.name, lane);
     begin_event();
-    fmt::print(out_, R"({{"name":"thread_name","ph":"M","pid":{},"tid":{},"args":{{"name":"{}"}}}})", pid, id,
-               json_escape(name));
+    emit(out_, R"({{"name":"thread_name","ph":"M","pid":{},"tid":{},"args":{{"name":"{}"}}}})", pid, id,
+         json_escape(name));
     begin_event();
-    fmt::print(out_, R"({{"name":"thread_sort_index","ph":"M","pid":{},"tid":{},"args":{{"sort_index":{}}}}})", pid, id,
-               id);
+    emit(out_, R"({{"name":"thread_sort_index","ph":"M","pid":{},"tid":{},"args":{{"sort_index":{}}}}})", pid, id, id);
   }
   return id;
 }
@@ -121,8 +151,8 @@ void TraceWriter::slice(int pid, int track, int lane, std::string_view name, std
                         SimTime end, const std::vector<TraceArg>& args) {
   const int t = tid(pid, track, lane);
   begin_event();
-  fmt::print(out_, R"({{"name":"{}","cat":"{}","ph":"X","pid":{},"tid":{},"ts":)", json_escape(name),
-             json_escape(category), pid, t);
+  emit(out_, R"({{"name":"{}","cat":"{}","ph":"X","pid":{},"tid":{},"ts":)", json_escape(name), json_escape(category),
+       pid, t);
   write_ts(start);
   std::fputs(",\"dur\":", out_);
   write_ts(end - start);
@@ -133,9 +163,9 @@ void TraceWriter::slice(int pid, int track, int lane, std::string_view name, std
       if (!first) std::fputc(',', out_);
       first = false;
       if (a.is_number)
-        fmt::print(out_, R"("{}":{})", json_escape(a.key), a.num);
+        emit(out_, R"("{}":{})", json_escape(a.key), a.num);
       else
-        fmt::print(out_, R"("{}":"{}")", json_escape(a.key), json_escape(a.str));
+        emit(out_, R"("{}":"{}")", json_escape(a.key), json_escape(a.str));
     }
     std::fputc('}', out_);
   }
@@ -144,16 +174,15 @@ void TraceWriter::slice(int pid, int track, int lane, std::string_view name, std
 
 void TraceWriter::counter(int pid, std::string_view name, SimTime t, std::string_view series, double value) {
   begin_event();
-  fmt::print(out_, R"({{"name":"{}","ph":"C","pid":{},"ts":)", json_escape(name), pid);
+  emit(out_, R"({{"name":"{}","ph":"C","pid":{},"ts":)", json_escape(name), pid);
   write_ts(t);
-  fmt::print(out_, R"(,"args":{{"{}":{}}}}})", json_escape(series), value);
+  emit(out_, R"(,"args":{{"{}":{}}}}})", json_escape(series), value);
 }
 
 void TraceWriter::flow_begin(int pid, int track, int lane, std::uint64_t id, std::string_view name, SimTime t) {
   const int th = tid(pid, track, lane);
   begin_event();
-  fmt::print(out_, R"({{"name":"{}","cat":"flow","ph":"s","id":{},"pid":{},"tid":{},"ts":)", json_escape(name), id, pid,
-             th);
+  emit(out_, R"({{"name":"{}","cat":"flow","ph":"s","id":{},"pid":{},"tid":{},"ts":)", json_escape(name), id, pid, th);
   write_ts(t);
   std::fputc('}', out_);
 }
@@ -161,8 +190,8 @@ void TraceWriter::flow_begin(int pid, int track, int lane, std::uint64_t id, std
 void TraceWriter::flow_end(int pid, int track, int lane, std::uint64_t id, std::string_view name, SimTime t) {
   const int th = tid(pid, track, lane);
   begin_event();
-  fmt::print(out_, R"({{"name":"{}","cat":"flow","ph":"f","bp":"e","id":{},"pid":{},"tid":{},"ts":)", json_escape(name),
-             id, pid, th);
+  emit(out_, R"({{"name":"{}","cat":"flow","ph":"f","bp":"e","id":{},"pid":{},"tid":{},"ts":)", json_escape(name), id,
+       pid, th);
   write_ts(t);
   std::fputc('}', out_);
 }

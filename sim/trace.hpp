@@ -79,6 +79,7 @@ class TraceWriter {
   std::FILE* out_ = nullptr;
   bool owns_ = false;
   bool closed_ = false;
+  std::string path_;  ///< for error messages ("" for a caller's stream)
   std::uint64_t events_ = 0;
   struct TrackInfo {
     std::string name;

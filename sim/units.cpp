@@ -6,6 +6,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 
 namespace moesim::sim {
 
@@ -179,6 +180,11 @@ double parse_quantity(std::string_view text, UnitFamily family) {
   if (errno == ERANGE && std::isinf(v)) throw fail("the number is out of range");
   const double scaled = v * def->scale;
   if (!std::isfinite(scaled) || scaled > 1e300) throw fail("the value is out of range");
+  // A non-zero number written must not become 0 ("1e-400s" underflows strtod): a zero is only
+  // ever a value someone wrote as zero.
+  const bool nonzero_digits = number.find_first_of("123456789") < number.find_first_of("eE");
+  if (nonzero_digits && !(v >= std::numeric_limits<double>::min() && scaled >= std::numeric_limits<double>::min()))
+    throw fail("the number is too small (it underflows to 0)");
   return scaled;
 }
 
@@ -187,6 +193,9 @@ SimTime parse_time(std::string_view t) {
   const double rounded = std::nearbyint(ps);
   if (!(rounded < 9223372036854775807.0))
     throw UnitError(fmt::format("'{}' is not a time: it exceeds the simulator's range (about 106 days)", t));
+  if (ps > 0 && rounded == 0)
+    throw UnitError(fmt::format(
+        "'{}' is not a time: it rounds to 0 ps (the simulator counts whole picoseconds; write 0 or at least 1ps)", t));
   return SimTime::from_ps(static_cast<std::int64_t>(rounded));
 }
 

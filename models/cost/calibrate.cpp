@@ -292,6 +292,11 @@ MeasurementSet load_impl(const std::string& dir, const CalibrateOptions& opt) {
     }
     m.family = mt.str(r, "kernel_family");
     if (kind_of(m.family) == ModelKind::kNone) {
+      if (opt.strict)
+        mt.fail(r, "kernel_family",
+                fmt::format("kernel family '{}' has no cost model to fit (--strict: every usable row must be "
+                            "fitted; without --strict such rows are skipped and counted)",
+                            m.family));
       ++set.skipped[fmt::format("kernel_family={} (no cost model)", m.family)];
       continue;
     }
@@ -334,6 +339,17 @@ MeasurementSet load_impl(const std::string& dir, const CalibrateOptions& opt) {
       if (c == counts.end())
         mt.fail(r, "config_id", fmt::format("no counts.csv row for run_id '{}' config_id {}", m.run_id, m.config_id));
       m.counts = c->second;
+      // The count vector has one entry per local expert; a short or long row would silently
+      // describe another GEMM (the harness writes num_experts_local next to every GEMM row).
+      if (mt.has_column("num_experts_local") && !mt.str(r, "num_experts_local").empty()) {
+        const std::int64_t experts = mt.integer(r, "num_experts_local");
+        if (experts < 1) mt.fail(r, "num_experts_local", fmt::format("{} experts: must be >= 1", experts));
+        if (static_cast<std::int64_t>(m.counts.size()) != experts)
+          mt.fail(r, "num_experts_local",
+                  fmt::format("{} local experts, but the counts.csv row for run_id '{}' config_id {} has {} "
+                              "value(s) (one row count per local expert)",
+                              experts, m.run_id, m.config_id, m.counts.size()));
+      }
     } else {
       m.bytes_min = mt.num(r, "bytes_min");
       if (!(m.bytes_min > 0)) mt.fail(r, "bytes_min", "bytes_min must be positive for a bandwidth-model row");
@@ -557,12 +573,28 @@ CalibrationResult fit_measurements(const MeasurementSet& set, const CalibrateOpt
     LmResult best;
     bool have = false;
     for (const ModelParams& s : starts) {
-      LmResult lm = levenberg_marquardt(residuals, to_theta(s, kind));
+      LmResult lm;
+      try {
+        lm = levenberg_marquardt(residuals, to_theta(s, kind));
+      } catch (const std::invalid_argument&) {  // the model is not finite at this start
+        continue;
+      }
       if (!have || lm.cost < best.cost) {
         best = std::move(lm);
         have = true;
       }
     }
+    if (!have || !std::isfinite(best.cost)) {
+      const std::string msg =
+          fmt::format("{}: cannot be fitted (the cost model gives no finite time for these rows); not fitted", key);
+      if (opt.strict) fail_at(first.file, first.line, "", msg);
+      too_few.push_back(msg);
+      continue;
+    }
+    if (opt.strict && !best.converged)
+      fail_at(first.file, first.line, "",
+              fmt::format("{}: the fit did not converge in {} iterations (--strict: every group must fit)", key,
+                          best.iterations));
     ProfileEntry e;
     e.family = first.family;
     e.impl = first.impl;

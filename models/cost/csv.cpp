@@ -1,5 +1,7 @@
 #include "models/cost/csv.hpp"
 
+#include "config/input_file.hpp"
+
 #include <fmt/format.h>
 
 #include <cerrno>
@@ -123,11 +125,7 @@ CsvTable CsvTable::parse(std::string_view text, const std::string& name) {
 }
 
 CsvTable CsvTable::load(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw_at(path, 0, 0, "", "cannot open file");
-  std::ostringstream s;
-  s << f.rdbuf();
-  return parse(s.str(), path);
+  return parse(config::read_input_file(path, config::kMaxCsvBytes, ""), path);
 }
 
 std::optional<std::size_t> CsvTable::index_of(std::string_view name) const {

@@ -9,6 +9,7 @@
 #include <stdexcept>
 
 #include "config/reader.hpp"
+#include "sim/output_file.hpp"
 
 namespace moesim::models::cost {
 
@@ -103,10 +104,7 @@ void write_profile(const CostProfile& p, std::ostream& out) {
 void write_profile_file(const CostProfile& p, const std::string& path) {
   std::ostringstream s;
   write_profile(p, s);
-  std::ofstream f(path, std::ios::binary);
-  if (!f) throw std::runtime_error(fmt::format("{}: cannot open for writing", path));
-  f << s.str();
-  if (!f) throw std::runtime_error(fmt::format("{}: write failed", path));
+  sim::write_file_atomic(path, s.str());  // checked; all or nothing
 }
 
 namespace {

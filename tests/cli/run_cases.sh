@@ -1,19 +1,49 @@
 #!/usr/bin/env bash
-# Golden CLI cases: each tests/cli/bad/NAME.yaml must fail with exit code 2 and print exactly
-# tests/cli/bad/NAME.expected on stderr. An optional NAME.args holds extra arguments.
+# Golden CLI cases. Each tests/cli/bad/NAME.yaml (or NAME.cmd alone) is one case:
+#   NAME.cmd       the moesim arguments (default: "validate @FILE@"); @FILE@ is NAME.yaml, @TMP@ a
+#                  scratch directory holding fifo (a FIFO with no writer), dir/ (a directory),
+#                  fifodir/ (a calibration run whose runs.csv is a FIFO) and lines.csv (a valid
+#                  header-only CSV); @CASE@ is tests/cli/bad/NAME (for case directories)
+#   NAME.args      extra arguments (appended)
+#   NAME.rc        the expected exit code (default 2)
+#   NAME.expected  exactly what stderr must say (the scratch path written as @TMP@)
+#   NAME.stdout    if present, exactly what stdout must say
+#   NAME.stdout_to if present, the file stdout goes to (e.g. /dev/full)
 # Regenerate the expectations (then review the diff!) with: REGEN=1 tests/cli/run_cases.sh BIN
 set -uo pipefail
 bin="$1"
 cd "$(dirname "$0")/../.."
 fail=0; n=0
-for y in tests/cli/bad/*.yaml; do
-  base="${y%.yaml}"; n=$((n + 1))
-  args=()
-  [[ -f "$base.args" ]] && read -r -a args <"$base.args"
-  out=$("$bin" validate "$y" "${args[@]}" 2>&1 >/dev/null); rc=$?
-  if [[ "${REGEN:-0}" == 1 ]]; then printf '%s\n' "$out" >"$base.expected"; continue; fi
-  if [[ $rc -ne 2 ]]; then echo "FAIL $y: exit code $rc, expected 2" >&2; fail=$((fail + 1)); continue; fi
-  if ! diff -u "$base.expected" <(printf '%s\n' "$out") >&2; then echo "FAIL $y: stderr differs" >&2; fail=$((fail + 1)); continue; fi
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+mkfifo "$tmp/fifo"; mkdir -p "$tmp/dir" "$tmp/fifodir"; mkfifo "$tmp/fifodir/runs.csv"
+printf 'a,b\n' >"$tmp/lines.csv"
+for c in tests/cli/bad/*.yaml tests/cli/bad/*.cmd; do
+  base="${c%.*}"
+  [[ "$c" == *.cmd && -f "$base.yaml" ]] && continue  # counted with its .yaml
+  n=$((n + 1))
+  cmd="validate @FILE@"
+  [[ -f "$base.cmd" ]] && cmd=$(<"$base.cmd")
+  [[ -f "$base.args" ]] && cmd="$cmd $(<"$base.args")"
+  cmd=${cmd//@FILE@/$base.yaml}; cmd=${cmd//@TMP@/$tmp}; cmd=${cmd//@CASE@/$base}
+  want_rc=2
+  [[ -f "$base.rc" ]] && want_rc=$(<"$base.rc")
+  read -r -a args <<<"$cmd"
+  out_to="$tmp/stdout"
+  [[ -f "$base.stdout_to" ]] && out_to=$(<"$base.stdout_to")  # e.g. /dev/full
+  : >"$tmp/stdout"
+  timeout 60 "$bin" "${args[@]}" 2>"$tmp/stderr" >"$out_to"; rc=$?
+  err=$(<"$tmp/stderr"); err=${err//$tmp/@TMP@}
+  sout=$(<"$tmp/stdout"); sout=${sout//$tmp/@TMP@}
+  if [[ "${REGEN:-0}" == 1 ]]; then
+    printf '%s\n' "$err" >"$base.expected"
+    [[ -f "$base.stdout" ]] && printf '%s\n' "$sout" >"$base.stdout"
+    continue
+  fi
+  if [[ $rc -ne $want_rc ]]; then echo "FAIL $c: exit code $rc, expected $want_rc" >&2; fail=$((fail + 1)); continue; fi
+  if ! diff -u "$base.expected" <(printf '%s\n' "$err") >&2; then echo "FAIL $c: stderr differs" >&2; fail=$((fail + 1)); continue; fi
+  if [[ -f "$base.stdout" ]] && ! diff -u "$base.stdout" <(printf '%s\n' "$sout") >&2; then
+    echo "FAIL $c: stdout differs" >&2; fail=$((fail + 1)); continue
+  fi
 done
 # Every scenario shipped in scenarios/ must validate.
 for y in scenarios/*.yaml; do
@@ -40,7 +70,6 @@ out=$("$bin" describe model mixtrl-8x7b 2>&1 >/dev/null); rc=$?
 # run --json - keeps stdout pure JSON (summary on stderr); -o DIR writes report.json + summary.txt
 # with the same report.
 n=$((n + 2))
-tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 "$bin" run scenarios/all-to-all-2x8-h100.yaml --json - 2>"$tmp/err" >"$tmp/stdout.json" &&
   "$bin" run scenarios/all-to-all-2x8-h100.yaml -o "$tmp/out" >/dev/null
 rc=$?

@@ -177,7 +177,12 @@ TEST_CASE("bad sweeps are reported with the sweep file's line, column and key", 
           file + ":9:1: repeat: unknown key 'repeat' (did you mean 'repeats'?)");
   // --set must not fight an axis.
   const std::string f = d.write("ok.yaml", sweep_text("axes: { routing.alpha: [0, 1] }\n"));
-  REQUIRE_THROWS_WITH(load_sweep(f, SweepOptions{{"routing.alpha=2"}}),
+  REQUIRE_THROWS_WITH(load_sweep(f,
+                                 [] {
+                                   SweepOptions o;
+                                   o.overrides = {"routing.alpha=2"};
+                                   return o;
+                                 }()),
                       "--set routing.alpha=2: routing.alpha: overlaps the swept path 'routing.alpha'");
 }
 
@@ -234,14 +239,30 @@ TEST_CASE("results.csv is the same bytes for any thread count; a failed run is a
   REQUIRE(std::count(files[0].begin(), files[0].end(), '\n') == 13);
   REQUIRE(run_row(sw, 5) == run_row(sw, 5));
 
-  // A run that fails while simulating (a missing trace file is only read then).
+  // Trace files are read when the sweep is loaded, like every other input: a bad or missing one
+  // is a configuration error naming the file (and its line), not a failed run.
+  d.write("bad.csv", "layer,token,expert_0\n0,0,999\n");
   const std::string g =
-      d.write("t.yaml", sweep_text("set: { routing.distribution: trace }\naxes: { routing.trace: [nope.csv] }\n"));
-  const Sweep bad = load_sweep(g);
+      d.write("t.yaml", sweep_text("set: { routing.distribution: trace }\naxes: { routing.trace: [bad.csv] }\n"));
+  REQUIRE_THROWS_WITH(
+      load_sweep(g),
+      Catch::Contains("bad.csv:2:0: routing.trace: layer 0 of model 'switch-base-128' is not a MoE layer"));
+  const std::string missing =
+      d.write("m.yaml", sweep_text("set: { routing.distribution: trace }\naxes: { routing.trace: [nope.csv] }\n"));
+  REQUIRE_THROWS_WITH(load_sweep(missing), Catch::Contains("nope.csv: routing trace file not found"));
+  // A run whose simulated time leaves the simulator's range fails while running.
+  const std::string o = d.write("o.yaml", R"(name: overflow
+scenario:
+  name: c
+  cluster: { gpu: h100-sxm, nodes: 1, gpus_per_node: 2, intra_node: { bandwidth: 1B/s } }
+  workload: { mode: collective, collective: { op: all_to_all, bytes: 1MB } }
+axes: { workload.collective.bytes: [1TB] }
+)");
+  const Sweep bad = load_sweep(o);
   const std::string row = run_row(bad, 0);
   REQUIRE(row_failed(row));
-  REQUIRE(row.rfind("0," + std::to_string(bad.runs[0].seed) + ",error,nope.csv,", 0) == 0);
-  REQUIRE(row.find("nope.csv", 30) != std::string::npos);  // the message names the file
+  REQUIRE(row.rfind("0," + std::to_string(bad.runs[0].seed) + ",error,1TB,", 0) == 0);
+  REQUIRE(row.find("overflows", 20) != std::string::npos);  // the message says why
 }
 
 TEST_CASE("resume keeps complete rows, drops a torn last line, and rejects other sweeps' rows", "[sweep][resume]") {

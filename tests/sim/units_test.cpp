@@ -36,9 +36,28 @@ TEST_CASE("time: ps to s, rounded to the picosecond", "[units]") {
   REQUIRE(parse_time("2\xC2\xB5s").ps() == 2'000'000);
   REQUIRE(parse_time("1.5ms").ps() == 1'500'000'000);
   REQUIRE(parse_time("3s").ps() == 3'000'000'000'000);
-  REQUIRE(parse_time("0.0004ns").ps() == 0);  // rounds to nearest
-  REQUIRE(parse_time("0.0006ns").ps() == 1);
+  REQUIRE(parse_time("0.0006ns").ps() == 1);  // rounds to nearest
+  REQUIRE(parse_time("1.4ps").ps() == 1);
+  REQUIRE(parse_time("0ps").ps() == 0);
+  REQUIRE(parse_time("0.0e5s").ps() == 0);
   REQUIRE_THROWS_AS(parse_time("1e9s"), UnitError);  // beyond ~106 days
+  // A non-zero time never becomes 0: below half a picosecond, or below the smallest double.
+  REQUIRE_THROWS_WITH(parse_time("0.0004ns"), Catch::Contains("rounds to 0 ps"));
+  REQUIRE_THROWS_WITH(parse_time("0.4ps"), Catch::Contains("rounds to 0 ps"));
+  REQUIRE_THROWS_WITH(parse_time("1e-400s"), Catch::Contains("underflows to 0"));
+}
+
+TEST_CASE("a non-zero quantity that underflows to 0 is an error, in every family", "[units]") {
+  for (auto f : {UnitFamily::kBytes, UnitFamily::kBandwidth, UnitFamily::kTime, UnitFamily::kFlopRate}) {
+    const std::string unit = f == UnitFamily::kBytes       ? "B"
+                             : f == UnitFamily::kBandwidth ? "B/s"
+                             : f == UnitFamily::kTime      ? "s"
+                                                           : "FLOPS";
+    REQUIRE_THROWS_WITH(parse_quantity("1e-400" + unit, f), Catch::Contains("underflows to 0"));
+    REQUIRE_THROWS_WITH(parse_quantity("2.5e-310" + unit, f), Catch::Contains("underflows to 0"));  // subnormal
+    REQUIRE(parse_quantity("0" + unit, f) == 0.0);
+    REQUIRE(parse_quantity("0.000e-400" + unit, f) == 0.0);  // written as zero
+  }
 }
 
 TEST_CASE("FLOP rates", "[units]") {

@@ -1,0 +1,1 @@
+calibrate @TMP@/fifodir

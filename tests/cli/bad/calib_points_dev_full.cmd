@@ -1,0 +1,1 @@
+calibrate tests/cli/bad/calib_ok --points /dev/full

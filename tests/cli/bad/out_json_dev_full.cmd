@@ -1,0 +1,1 @@
+run scenarios/all-to-all-2x8-h100.yaml --json /dev/full

@@ -1,0 +1,1 @@
+run scenarios/mixtral-8x7b-decode.yaml --trace /dev/full

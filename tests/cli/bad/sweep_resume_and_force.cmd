@@ -1,0 +1,1 @@
+sweep tests/cli/sweep/small.yaml -o @TMP@/s --resume --force

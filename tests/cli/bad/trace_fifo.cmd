@@ -1,0 +1,1 @@
+validate @FILE@ --set routing.trace=@TMP@/fifo

@@ -1,0 +1,1 @@
+validate-model tests/cli/bad/profiles/garbage.yaml tests/cli/bad/calib_ok
