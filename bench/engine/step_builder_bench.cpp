@@ -49,8 +49,8 @@ int main(int argc, char** argv) {
   std::printf("graph: %zu edges, %.1f MB\n", b.graph.edges(), b.graph.memory_bytes() / 1e6);
   std::printf("CPU: build %.3f s (routing %.3f, graph %.3f, memory %.5f), play %.3f s\n", c1 - c0, b.host_route_s,
               b.host_graph_s, b.host_memory_s, c2 - c1);
-  std::printf("%s on %d GPUs: %llu compute ops, %llu collectives (graph size %zu)\n", m->name.c_str(),
-              s.parallel.world(), static_cast<unsigned long long>(b.compute_ops),
+  std::printf("%s on %lld GPUs: %llu compute ops, %llu collectives (graph size %zu)\n", m->name.c_str(),
+              static_cast<long long>(s.parallel.world()), static_cast<unsigned long long>(b.compute_ops),
               static_cast<unsigned long long>(b.collective_ops), b.graph.size());
   std::printf("build %.3f s, play %.3f s, step %.3f ms, MFU(model FLOPs / 989.4 TF / GPU) %.3f\n",
               std::chrono::duration<double>(t1 - t0).count(), std::chrono::duration<double>(t2 - t1).count(),
