@@ -160,15 +160,16 @@ TokenChoicePlan make_token_choice_plan(const RoutingSpec& spec, const std::vecto
 namespace {
 
 /// Routes the group on the small-E path (the caller checked small_e_path), in the widest variant
-/// the CPU supports. MOESIM_ROUTER_NO_AVX512 (any value) rules out the AVX-512 variant, so that
-/// tests can compare both widths on one machine.
+/// the CPU supports. For tests that compare the variants on one machine, MOESIM_ROUTER_NO_AVX512
+/// (any value) rules out the AVX-512 variant and MOESIM_ROUTER_NO_AVX2 both SIMD-extension variants
+/// (the small-E path then runs on the baseline instruction set).
 void route_small_e_group(const RoutingSpec& spec, const TokenChoicePlan& plan, sim::Rng& rng, sim::Rng& aux_rng,
                          GroupRouting& g, bool fused_position) {
 #ifdef MOESIM_ROUTER_X86_VARIANTS
-  static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+  static const bool avx2 = __builtin_cpu_supports("avx2") && std::getenv("MOESIM_ROUTER_NO_AVX2") == nullptr;
+  static const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
                              __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") &&
                              std::getenv("MOESIM_ROUTER_NO_AVX512") == nullptr;
-  static const bool avx2 = __builtin_cpu_supports("avx2");
   if (avx512) return route_small_e_avx512(spec, plan, rng, aux_rng, g, fused_position);
   if (avx2) return route_small_e_avx2(spec, plan, rng, aux_rng, g, fused_position);
 #endif
