@@ -75,12 +75,11 @@ class LaneRng {
     s_[3] = s3;
   }
 
-  /// The state vectors, for a caller that runs xoshiro128p_next in registers.
-  void get_state(Vec& s0, Vec& s1, Vec& s2, Vec& s3) const {
-    s0 = s_[0];
-    s1 = s_[1];
-    s2 = s_[2];
-    s3 = s_[3];
+  /// The four state words of every lane, for a caller that runs xoshiro128p_next in registers
+  /// (copied out rather than handed over by reference, so that the caller's state vectors never
+  /// have their address taken and stay in registers).
+  void get_state(std::uint32_t (&s)[4][kLanes]) const {
+    for (int i = 0; i < 4; ++i) std::memcpy(s[i], &s_[i], sizeof s_[i]);
   }
 
  private:

@@ -5,13 +5,25 @@
 namespace moesim::models::detail {
 
 #ifdef MOESIM_ROUTER_X86_VARIANTS
-__attribute__((target("avx2"))) void route_small_e_avx2(const RoutingSpec& spec, const TokenChoicePlan& plan,
-                                                        sim::Rng& rng, sim::Rng& aux_rng, GroupRouting& g,
-                                                        bool fused_position) {
+namespace {
+
+template <int E, int K>
+struct Variant {
+  [[gnu::noinline, gnu::target("avx2")]] static void run(const RoutingSpec& spec, const TokenChoicePlan& plan,
+                                                         sim::Rng& rng, sim::Rng& aux_rng, GroupRouting& g,
+                                                         bool fused_position) {
+    small_e::route_small_e<8, E, K>(spec, plan, rng, aux_rng, g, fused_position);
+  }
+};
+
+}  // namespace
+
+[[gnu::target("avx2")]] void route_small_e_avx2(const RoutingSpec& spec, const TokenChoicePlan& plan, sim::Rng& rng,
+                                                sim::Rng& aux_rng, GroupRouting& g, bool fused_position) {
   if (spec.experts == 8)
-    small_e::route_small_e_any_k<8, 8>(spec, plan, rng, aux_rng, g, fused_position);
+    small_e::route_for_k<8, Variant>(spec, plan, rng, aux_rng, g, fused_position);
   else
-    small_e::route_small_e_any_k<8, 16>(spec, plan, rng, aux_rng, g, fused_position);
+    small_e::route_for_k<16, Variant>(spec, plan, rng, aux_rng, g, fused_position);
 }
 #endif
 

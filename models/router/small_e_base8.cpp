@@ -4,10 +4,21 @@
 #include "models/router/small_e_impl.hpp"
 
 namespace moesim::models::detail {
+namespace {
+
+template <int E, int K>
+struct Variant {
+  [[gnu::noinline]] static void run(const RoutingSpec& spec, const TokenChoicePlan& plan, sim::Rng& rng,
+                                    sim::Rng& aux_rng, GroupRouting& g, bool fused_position) {
+    small_e::route_small_e<8, E, K>(spec, plan, rng, aux_rng, g, fused_position);
+  }
+};
+
+}  // namespace
 
 void route_small_e_base8(const RoutingSpec& spec, const TokenChoicePlan& plan, sim::Rng& rng, sim::Rng& aux_rng,
                          GroupRouting& g, bool fused_position) {
-  small_e::route_small_e_any_k<8, 8>(spec, plan, rng, aux_rng, g, fused_position);
+  small_e::route_for_k<8, Variant>(spec, plan, rng, aux_rng, g, fused_position);
 }
 
 }  // namespace moesim::models::detail

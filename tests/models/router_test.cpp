@@ -673,8 +673,9 @@ TEST_CASE("capacity applied while routing equals capacity applied afterwards", "
 namespace {
 
 /// FNV-1a over every output of token-choice routing for small-E configurations (E = 8 and 16, the
-/// SIMD path of router.cpp), both gates, k = 1..4, with and without per-slot arrays, GShard,
-/// renormalisation, dropless and padded capacity, group sizes that are not a multiple of 16.
+/// SIMD path, models/router/small_e_*.cpp), both gates, k = 1..4, with and without per-slot
+/// arrays, GShard, renormalisation, dropless and padded capacity, group sizes that are not a
+/// multiple of 16.
 std::uint64_t small_e_fingerprint() {
   std::uint64_t h = 1469598103934665603ULL;
   const auto mix = [&](const void* p, std::size_t n) {
@@ -745,10 +746,11 @@ void require_same_groups(const LayerRouting& a, const LayerRouting& b) {
 
 }  // namespace
 
-// E = 8 and 16 take a SIMD path (router.cpp, "Small-E fast path") that must reproduce the
+// E = 8 and 16 take a SIMD path (models/router/small_e_impl.hpp) that must reproduce the
 // generic per-token loop bit for bit. The fingerprint below was computed with the generic loop
 // alone (commit ae703e6, before the SIMD path existed); ctest also runs these tests with
-// MOESIM_ROUTER_NO_AVX512=1, so on AVX-512 machines both vector widths are checked.
+// MOESIM_ROUTER_NO_AVX512=1 and with MOESIM_ROUTER_NO_AVX2=1, so on AVX-512 machines all three
+// variants (16-wide, 8-wide AVX2, 8-wide baseline) are checked.
 TEST_CASE("small-E SIMD routing path: the bits of the generic loop", "[models][router]") {
   REQUIRE(small_e_fingerprint() == 0x8ae69e842a7d227dULL);
 }
