@@ -1,10 +1,12 @@
 #pragma once
 /// \file
 /// Token-level MoE router simulation: popularity model -> logits -> gate -> top-k -> capacity.
+/// The implementation is split by role in models/router/ (models/README.md lists the files).
 ///
-/// Semantics are those of CONVENTIONS.md and of validation_kernels/reference/routing_ref.hpp
-/// (ties go to the lower expert / token index; `position` keeps the earliest tokens, `probs`
-/// the highest weights; capacity per routing group). Results are deterministic functions of
+/// Semantics are those of validation_kernels/reference/routing_ref.hpp (ties go to the lower
+/// expert / token index; `position` keeps the earliest tokens, `probs` the highest weights;
+/// capacity per routing group), against which tests/models/routing_oracle_test.cpp checks every
+/// routing path on the same scores. Results are deterministic functions of
 /// (seed, step, layer, group): each group draws from its own named stream
 /// "routing/step/<s>/layer/<l>/group/<g>", so the thread count or the order in which groups
 /// are routed never changes a result.

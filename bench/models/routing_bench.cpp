@@ -1,9 +1,11 @@
 // Router throughput, one core: 1M tokens x top-8 over 256 experts (DeepSeek-V3 shape), small-E
-// shapes (8 and 16 experts, the SIMD path of router.cpp) and, as in scenarios/default.yaml, one
-// Mixtral 8x7B training step (32 MoE layers x 32 groups x 8192 tokens = 8.4M token-layers).
+// shapes (8 and 16 experts, the SIMD path in models/router/small_e_*.cpp) and, as in
+// scenarios/default.yaml, one Mixtral 8x7B training step (32 MoE layers x 32 groups x 8192
+// tokens = 8.4M token-layers).
 // Prints wall and CPU seconds per configuration; run from a Release build:
 //   ./bench/models/routing_bench [tokens]
-// MOESIM_ROUTER_NO_AVX512=1 measures the 8-wide (AVX2) small-E path on AVX-512 machines.
+// MOESIM_ROUTER_NO_AVX512=1 measures the 8-wide (AVX2) small-E path on AVX-512 machines,
+// MOESIM_ROUTER_NO_AVX2=1 its baseline (SSE2) variant.
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>

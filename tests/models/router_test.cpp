@@ -14,6 +14,7 @@
 #include "models/placement.hpp"
 #include "models/router.hpp"
 #include "sim/rng.hpp"
+#include "validation_kernels/reference/routing_ref.hpp"
 
 using namespace moesim;
 using namespace moesim::models;
@@ -469,9 +470,10 @@ TEST_CASE("metrics on a hand-made load", "[models][router]") {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The vectorised token-choice sampler against a plain reference: double-precision Gumbel logits
-// from sim::Rng, the gate written out, a full sort. Same distribution, different random stream,
-// so the comparison is statistical (chi-square), with a negative control that must fail.
+// The vectorised token-choice sampler against a plain reference: Gumbel logits drawn in double
+// from sim::Rng, gated and selected by the validation-kernel reference (ref::gate_topk). Same
+// distribution, different random stream, so the comparison is statistical (chi-square), with a
+// negative control that must fail.
 // ---------------------------------------------------------------------------------------------
 
 namespace {
@@ -484,41 +486,40 @@ struct RefCounts {
 RefCounts reference_route(const RoutingSpec& s, const std::vector<double>& p, std::int64_t tokens, std::uint64_t seed) {
   const int E = s.experts, k = s.top_k;
   const bool sigmoid = s.gate == GateFunction::kSigmoid;
-  const int gsize = E / s.n_groups;
+  vk::ref::GateConfig cfg;
+  cfg.kind = sigmoid ? vk::ref::GateKind::kSigmoidBias : vk::ref::GateKind::kSoftmax;
+  cfg.num_experts = E;
+  cfg.topk = k;
+  cfg.num_groups = s.n_groups;
+  cfg.topk_group = s.n_groups > 1 ? s.topk_group : 1;
+  std::vector<float> bias;
+  for (double b : s.gate_bias) bias.push_back(static_cast<float>(b));
   sim::Rng rng(seed, "reference-router");
   RefCounts c{std::vector<double>(E, 0.0), std::vector<double>(E, 0.0), std::vector<double>(E, 0.0),
               std::vector<double>(E, 0.0)};
-  std::vector<double> score(E), key(E);
-  std::vector<int> order(E);
-  for (std::int64_t t = 0; t < tokens; ++t) {
-    double sum = 0;
-    for (int e = 0; e < E; ++e) {
-      const double logit = std::log(sigmoid ? E * p[e] : p[e]) + rng.gumbel();
-      score[e] = sigmoid ? 1.0 / (1.0 + std::exp(-logit)) : std::exp(logit);
-      key[e] = score[e] + (s.gate_bias.empty() ? 0.0 : s.gate_bias[e]);
-      sum += score[e];
-    }
-    for (int e = 0; e < E; ++e) {
-      c.prob[e] += score[e] / sum;
-      c.prob2[e] += (score[e] / sum) * (score[e] / sum);
-    }
-    if (s.n_groups > 1 && s.topk_group < s.n_groups) {
-      std::vector<std::pair<double, int>> gs;
-      for (int g = 0; g < s.n_groups; ++g) {
-        std::vector<double> v(key.begin() + g * gsize, key.begin() + (g + 1) * gsize);
-        std::sort(v.rbegin(), v.rend());
-        gs.push_back({-(sigmoid ? v[0] + v[1] : v[0]), g});
+  constexpr std::int64_t kChunk = 1024;
+  std::vector<float> logits(static_cast<std::size_t>(kChunk * E));
+  std::vector<double> score(E);
+  for (std::int64_t t0 = 0; t0 < tokens; t0 += kChunk) {
+    const std::int64_t n = std::min(kChunk, tokens - t0);
+    for (std::int64_t t = 0; t < n; ++t) {
+      double sum = 0;
+      for (int e = 0; e < E; ++e) {
+        const double logit = std::log(sigmoid ? E * p[e] : p[e]) + rng.gumbel();
+        logits[static_cast<std::size_t>(t * E + e)] = static_cast<float>(logit);
+        score[e] = sigmoid ? 1.0 / (1.0 + std::exp(-logit)) : std::exp(logit);
+        sum += score[e];
       }
-      std::sort(gs.begin(), gs.end());
-      std::vector<bool> ok(s.n_groups, false);
-      for (int j = 0; j < s.topk_group; ++j) ok[gs[j].second] = true;
-      for (int e = 0; e < E; ++e)
-        if (!ok[e / gsize]) key[e] = -1e300;
+      for (int e = 0; e < E; ++e) {
+        c.prob[e] += score[e] / sum;
+        c.prob2[e] += (score[e] / sum) * (score[e] / sum);
+      }
     }
-    std::iota(order.begin(), order.end(), 0);
-    std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int a, int b) { return key[a] > key[b]; });
-    c.first[order[0]] += 1;
-    for (int j = 0; j < k; ++j) c.inclusion[order[j]] += 1;
+    const vk::ref::Routing r = vk::ref::gate_topk(logits.data(), n, cfg, bias.empty() ? nullptr : bias.data());
+    for (std::int64_t t = 0; t < n; ++t) {
+      c.first[r.expert[static_cast<std::size_t>(t * k)]] += 1;
+      for (int j = 0; j < k; ++j) c.inclusion[r.expert[static_cast<std::size_t>(t * k + j)]] += 1;
+    }
   }
   return c;
 }
@@ -672,8 +673,9 @@ TEST_CASE("capacity applied while routing equals capacity applied afterwards", "
 namespace {
 
 /// FNV-1a over every output of token-choice routing for small-E configurations (E = 8 and 16, the
-/// SIMD path of router.cpp), both gates, k = 1..4, with and without per-slot arrays, GShard,
-/// renormalisation, dropless and padded capacity, group sizes that are not a multiple of 16.
+/// SIMD path, models/router/small_e_*.cpp), both gates, k = 1..4, with and without per-slot
+/// arrays, GShard, renormalisation, dropless and padded capacity, group sizes that are not a
+/// multiple of 16.
 std::uint64_t small_e_fingerprint() {
   std::uint64_t h = 1469598103934665603ULL;
   const auto mix = [&](const void* p, std::size_t n) {
@@ -744,10 +746,11 @@ void require_same_groups(const LayerRouting& a, const LayerRouting& b) {
 
 }  // namespace
 
-// E = 8 and 16 take a SIMD path (router.cpp, "Small-E fast path") that must reproduce the
+// E = 8 and 16 take a SIMD path (models/router/small_e_impl.hpp) that must reproduce the
 // generic per-token loop bit for bit. The fingerprint below was computed with the generic loop
 // alone (commit ae703e6, before the SIMD path existed); ctest also runs these tests with
-// MOESIM_ROUTER_NO_AVX512=1, so on AVX-512 machines both vector widths are checked.
+// MOESIM_ROUTER_NO_AVX512=1 and with MOESIM_ROUTER_NO_AVX2=1, so on AVX-512 machines all three
+// variants (16-wide, 8-wide AVX2, 8-wide baseline) are checked.
 TEST_CASE("small-E SIMD routing path: the bits of the generic loop", "[models][router]") {
   REQUIRE(small_e_fingerprint() == 0x8ae69e842a7d227dULL);
 }

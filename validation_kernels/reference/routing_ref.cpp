@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
+#include <functional>
 #include <numeric>
 #include <stdexcept>
 #include <string>
@@ -15,7 +17,8 @@ void require(bool ok, const char* what) {
 
 /// Indices 0..n-1 ordered by descending score, ties by lower index: the one ordering rule used by
 /// every top-k in this file, so GPU kernels have a single rule to match.
-std::vector<int> order_desc(const std::vector<double>& score, const std::vector<uint8_t>& allowed) {
+template <class T>
+std::vector<int> order_desc(const std::vector<T>& score, const std::vector<uint8_t>& allowed) {
   std::vector<int> idx;
   for (int i = 0; i < static_cast<int>(score.size()); ++i)
     if (allowed[static_cast<size_t>(i)]) idx.push_back(i);
@@ -26,7 +29,7 @@ std::vector<int> order_desc(const std::vector<double>& score, const std::vector<
 
 }  // namespace
 
-Routing gate_topk(const float* logits, int64_t tokens, const GateConfig& config, const float* bias) {
+void check_gate_config(const GateConfig& config) {
   const int e_count = config.num_experts;
   const int k = config.topk;
   require(e_count > 0, "num_experts must be > 0");
@@ -38,8 +41,56 @@ Routing gate_topk(const float* logits, int64_t tokens, const GateConfig& config,
     require(config.topk_group * group_size >= k, "topk_group groups hold fewer than topk experts");
     if (config.kind == GateKind::kSigmoidBias) require(group_size >= 2, "sigmoid group score needs >= 2 per group");
   }
-  require(tokens >= 0, "tokens must be >= 0");
+}
 
+template <class T>
+void select_experts(const T* score, const T* weight, const float* bias, const GateConfig& config, int32_t* expert,
+                    float* out_weight, float* out_score) {
+  const auto E = static_cast<size_t>(config.num_experts);
+  const int k = config.topk;
+  const bool sigmoid = config.kind == GateKind::kSigmoidBias;
+  std::vector<T> key(E);
+  for (size_t e = 0; e < E; ++e) key[e] = sigmoid ? score[e] + (bias ? static_cast<T>(bias[e]) : T(0)) : score[e];
+  std::vector<uint8_t> allowed(E, 1);
+  if (config.num_groups > 1) {
+    // Group score: sum of the top-2 keys (DeepSeek-V3, sigmoid) or the max (DeepSeek-V2, softmax).
+    const auto G = static_cast<size_t>(config.num_groups);
+    const size_t group_size = E / G;
+    std::vector<T> gscore(G);
+    for (size_t g = 0; g < G; ++g) {
+      std::vector<T> s(key.begin() + static_cast<std::ptrdiff_t>(g * group_size),
+                       key.begin() + static_cast<std::ptrdiff_t>((g + 1) * group_size));
+      std::sort(s.begin(), s.end(), std::greater<T>());
+      gscore[g] = sigmoid ? s[0] + s[1] : s[0];
+    }
+    const std::vector<int> gorder = order_desc(gscore, std::vector<uint8_t>(G, 1));
+    std::vector<uint8_t> gkeep(G, 0);
+    for (int i = 0; i < config.topk_group; ++i) gkeep[static_cast<size_t>(gorder[static_cast<size_t>(i)])] = 1;
+    for (size_t e = 0; e < E; ++e) allowed[e] = gkeep[e / group_size];
+  }
+  const std::vector<int> order = order_desc(key, allowed);
+  double wsum = 0;
+  for (int j = 0; j < k; ++j) wsum += static_cast<double>(weight[static_cast<size_t>(order[static_cast<size_t>(j)])]);
+  for (int j = 0; j < k; ++j) {
+    const auto e = static_cast<size_t>(order[static_cast<size_t>(j)]);
+    double w = static_cast<double>(weight[e]);
+    if (config.renormalize) w /= wsum;
+    w *= config.weight_scale;
+    expert[j] = static_cast<int32_t>(e);
+    out_weight[j] = static_cast<float>(w);
+    out_score[j] = static_cast<float>(key[e]);
+  }
+}
+
+template void select_experts<float>(const float*, const float*, const float*, const GateConfig&, int32_t*, float*,
+                                    float*);
+template void select_experts<double>(const double*, const double*, const float*, const GateConfig&, int32_t*, float*,
+                                     float*);
+
+Routing gate_topk(const float* logits, int64_t tokens, const GateConfig& config, const float* bias) {
+  check_gate_config(config);
+  require(tokens >= 0, "tokens must be >= 0");
+  const int k = config.topk;
   Routing r;
   r.tokens = tokens;
   r.topk = k;
@@ -47,9 +98,8 @@ Routing gate_topk(const float* logits, int64_t tokens, const GateConfig& config,
   r.weight.resize(r.expert.size());
   r.score.resize(r.expert.size());
 
-  const auto E = static_cast<size_t>(e_count);
-  std::vector<double> weight(E), select(E);
-  std::vector<uint8_t> allowed(E);
+  const auto E = static_cast<size_t>(config.num_experts);
+  std::vector<double> weight(E);
   for (int64_t t = 0; t < tokens; ++t) {
     const float* row = logits + static_cast<size_t>(t) * E;
     if (config.kind == GateKind::kSoftmax) {
@@ -57,42 +107,13 @@ Routing gate_topk(const float* logits, int64_t tokens, const GateConfig& config,
       for (size_t e = 1; e < E; ++e) mx = std::max(mx, static_cast<double>(row[e]));
       double sum = 0;
       for (size_t e = 0; e < E; ++e) sum += (weight[e] = std::exp(static_cast<double>(row[e]) - mx));
-      for (size_t e = 0; e < E; ++e) select[e] = (weight[e] /= sum);
+      for (size_t e = 0; e < E; ++e) weight[e] /= sum;
     } else {
-      for (size_t e = 0; e < E; ++e) {
-        weight[e] = 1.0 / (1.0 + std::exp(-static_cast<double>(row[e])));
-        select[e] = weight[e] + (bias ? static_cast<double>(bias[e]) : 0.0);
-      }
+      for (size_t e = 0; e < E; ++e) weight[e] = 1.0 / (1.0 + std::exp(-static_cast<double>(row[e])));
     }
-    std::fill(allowed.begin(), allowed.end(), uint8_t{1});
-    if (config.num_groups > 1) {
-      // Group score: sum of the top-2 selection scores (DeepSeek-V3, sigmoid) or the max (DeepSeek-V2, softmax).
-      const auto G = static_cast<size_t>(config.num_groups);
-      std::vector<double> gscore(G);
-      for (size_t g = 0; g < G; ++g) {
-        std::vector<double> s(select.begin() + static_cast<std::ptrdiff_t>(g * group_size),
-                              select.begin() + static_cast<std::ptrdiff_t>((g + 1) * group_size));
-        std::sort(s.begin(), s.end(), std::greater<double>());
-        gscore[g] = config.kind == GateKind::kSigmoidBias ? s[0] + s[1] : s[0];
-      }
-      const std::vector<int> gorder = order_desc(gscore, std::vector<uint8_t>(G, 1));
-      std::vector<uint8_t> gkeep(G, 0);
-      for (int i = 0; i < config.topk_group; ++i) gkeep[static_cast<size_t>(gorder[static_cast<size_t>(i)])] = 1;
-      for (size_t e = 0; e < E; ++e) allowed[e] = gkeep[e / static_cast<size_t>(group_size)];
-    }
-    const std::vector<int> order = order_desc(select, allowed);
-    double wsum = 0;
-    for (int j = 0; j < k; ++j) wsum += weight[static_cast<size_t>(order[static_cast<size_t>(j)])];
-    for (int j = 0; j < k; ++j) {
-      const auto e = static_cast<size_t>(order[static_cast<size_t>(j)]);
-      const auto slot = static_cast<size_t>(t * k + j);
-      double w = weight[e];
-      if (config.renormalize) w /= wsum;
-      w *= config.weight_scale;
-      r.expert[slot] = static_cast<int32_t>(e);
-      r.weight[slot] = static_cast<float>(w);
-      r.score[slot] = static_cast<float>(select[e]);
-    }
+    const auto slot = static_cast<size_t>(t * k);
+    select_experts<double>(weight.data(), weight.data(), bias, config, &r.expert[slot], &r.weight[slot],
+                           &r.score[slot]);
   }
   return r;
 }
@@ -155,6 +176,7 @@ Capacity enforce_capacity(const Routing& routing, int num_experts, int64_t capac
   std::vector<std::vector<size_t>> by_expert(E);
   for (size_t s = 0; s < n; ++s) {
     const int32_t e = routing.expert[s];
+    if (e == kNoExpert) continue;
     require(e >= 0 && e < num_experts, "expert id out of range");
     by_expert[static_cast<size_t>(e)].push_back(s);
   }

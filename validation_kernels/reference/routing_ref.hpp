@@ -58,10 +58,34 @@ struct Routing {
   std::vector<float> score;     ///< [T*k] selection score per slot (biased for kSigmoidBias).
 };
 
-/// Gating + (group-limited) top-k over logits[T * E] (row-major, one row per token).
+/// Gating + (group-limited) top-k over logits[T * E] (row-major, one row per token): per token the
+/// gate (softmax, or sigmoid) in double, then select_experts<double>.
 /// bias may be null for kSoftmax; for kSigmoidBias a null bias means zero bias.
 /// Computed in double and stored as float, so it is the accurate side of any GPU comparison.
 Routing gate_topk(const float* logits, int64_t tokens, const GateConfig& config, const float* bias = nullptr);
+
+/// Throws std::invalid_argument when `config` is not a valid gate (the checks of gate_topk).
+void check_gate_config(const GateConfig& config);
+
+/// The selection rule of gate_topk for one token, in the arithmetic T (float or double):
+///  * key_e = score_e + bias_e for kSigmoidBias (a null bias adds 0), key_e = score_e for kSoftmax;
+///  * group-limited routing (num_groups > 1): a group's score is the sum of its two largest keys
+///    (kSigmoidBias, DeepSeek-V3) or its largest key (kSoftmax, DeepSeek-V2), formed in T; the
+///    topk_group best groups stay, ties to the lower group index;
+///  * the k largest keys among the experts that stay, in descending order, ties to the lower index;
+///  * weight of slot j: weight[e_j] as double, divided by the sum of the k weights (summed in slot
+///    order, in double) when renormalize, times weight_scale, stored as float; score of slot j:
+///    key[e_j] as float.
+/// score[E]: the gate's scores (kSoftmax: the probabilities or any positive multiple of them, such
+/// as exp(logit); kSigmoidBias: sigmoid(logit)); weight[E]: the combine weights before
+/// renormalisation (kSoftmax: the probabilities; kSigmoidBias: the same as score). expert, out_weight
+/// and out_score receive topk entries. `config` must pass check_gate_config. gate_topk uses
+/// T = double; the simulator's router (models/router) draws its scores in float and is checked
+/// against select_experts<float> on those same scores, on every routing path it has
+/// (tests/models/routing_oracle_test.cpp). Instantiated for float and double.
+template <class T>
+void select_experts(const T* score, const T* weight, const float* bias, const GateConfig& config, int32_t* expert,
+                    float* out_weight, float* out_score);
 
 /// Expert capacity for one routing group of `tokens` tokens:
 ///   C = max(min_capacity, ceil(capacity_factor * tokens * topk / num_experts)).
@@ -84,6 +108,10 @@ struct Scan {
 };
 Scan exclusive_scan(const std::vector<int64_t>& counts, int64_t block_rows = 1);
 
+/// Expert id of a slot that holds no assignment (GShard's skipped second expert): never routed,
+/// never kept, and not counted by histogram.
+inline constexpr int32_t kNoExpert = -1;
+
 /// Result of capacity enforcement. Index conventions follow Routing (slot t * topk + j).
 struct Capacity {
   int64_t capacity = kNoCapacityLimit;      ///< C used (kNoCapacityLimit = dropless).
@@ -96,7 +124,7 @@ struct Capacity {
   int64_t fully_dropped_tokens = 0;
 };
 
-/// Applies capacity C to a routing decision.
+/// Applies capacity C to a routing decision (expert ids in [0, E), or kNoExpert).
 /// Under both policies a kept assignment's position_in_expert is its rank among the expert's *kept*
 /// assignments in token-index order (Megatron permutes by the routing mask, which is token-ordered),
 /// so positions are 0..kept_count-1 without holes. The policies differ only in which are kept.
