@@ -1,9 +1,8 @@
 // Trace replay: reading a recorded routing CSV (errors at file:line) and replaying its tokens.
 #include "models/router/trace.hpp"
 
-#include <fstream>
-#include <stdexcept>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
