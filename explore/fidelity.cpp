@@ -635,7 +635,9 @@ FidelityReport run_fidelity(const FidelityMatrix& m, const FidelityOptions& opts
   for (std::size_t i = 0; i < n; ++i)
     if (rep.selected[i] && !m.points[i].layout_group.empty() && ran(rep.results[i].status))
       groups[{m.points[i].layout_group, m.points[i].metric}].push_back(i);
-  for (const auto& [key, idx] : groups) {
+  for (const auto& entry : groups) {
+    const auto& key = entry.first;
+    const std::vector<std::size_t>& idx = entry.second;  // a plain reference: clang 14 cannot capture bindings
     GroupStats g;
     g.group = key.first;
     g.metric = key.second;
