@@ -27,6 +27,7 @@ DispatchOpReport play(const Scenario& s, const hw::Topology& topo, const std::ve
   req.kind = CollectiveKind::kAllToAllV;
   for (int r = 0; r < ranks; ++r) req.gpus.push_back(r);
   req.matrix = std::make_shared<const std::vector<double>>(matrix.begin(), matrix.end());
+  if (s.execution.dispatcher == "deepep_normal") req.wire_inflation = 1.0 / kDeepepNormalEfficiency;
   const hw::CollectivePlan plan = plan_collective(topo, req, hw::collective_algo(s.execution.all_to_all),
                                                   hw::CollectiveAlgo::kRing, s.execution.all_to_all_chunks);
   hw::CollectiveOptions opts;
@@ -37,7 +38,7 @@ DispatchOpReport play(const Scenario& s, const hw::Topology& topo, const std::ve
   r.time_us = cr.time.to_us();
   r.phases = cr.phases;
   for (double b : *req.matrix) r.payload_bytes += b;
-  for (double b : cr.per_link_bytes) r.network_bytes += b;
+  for (double b : cr.per_link_bytes) r.network_bytes += b / req.wire_inflation;
   return r;
 }
 
@@ -69,17 +70,33 @@ DispatchReport simulate_dispatch(const Scenario& s) {
   std::optional<models::RoutingTrace> trace;
   if (s.routing.distribution == models::Distribution::kTrace)
     trace = models::load_routing_trace(s.routing.trace_file, m, s.routing.top_k);
+  const models::Placement placement = models::place_contiguous(m.experts, ranks);
+  const int gpn = s.cluster.gpus_per_node;
+  const bool deepep_normal = s.execution.dispatcher == "deepep_normal";
+  models::DestinationMap dest;
+  std::vector<int> local_of_rank;
+  if (deepep_normal) {
+    const bool spans = ranks > gpn;
+    dest.replicas = &placement.replicas;
+    dest.nodes = spans ? ranks / gpn : 1;
+    for (int r = 0; r < ranks; ++r) {
+      dest.node_of_rank.push_back(spans ? r / gpn : 0);
+      local_of_rank.push_back(spans ? r % gpn : r);
+    }
+    req.dest = &dest;
+  }
   const models::LayerRouting lr = models::route_layer(s.routing, layer, req, trace ? &*trace : nullptr);
   rep.drop_fraction = lr.stats.drop_fraction;
   rep.max_over_mean_load = lr.stats.max_over_mean;
 
-  const models::Placement placement = models::place_contiguous(m.experts, ranks);
   models::ByteMatrixOptions bo;
   bo.hidden = m.hidden;
   bo.dispatch = wire(s.execution.dispatch_dtype);
   bo.combine = models::WireFormat::kBf16;
   bo.pad_to_capacity = s.routing.pad_to_capacity;
-  const models::DispatchMatrices dm = models::build_dispatch_matrices(lr, placement, bo);
+  const models::DispatchMatrices dm =
+      deepep_normal ? models::build_deepep_normal_matrices(lr, placement, bo, dest.node_of_rank, local_of_rank)
+                    : models::build_dispatch_matrices(lr, placement, bo);
 
   const hw::Topology topo = hw::build_topology(s.cluster);
   rep.dispatch = play(s, topo, dm.dispatch_bytes, ranks);
@@ -90,7 +107,6 @@ DispatchReport simulate_dispatch(const Scenario& s) {
   const double row_c = static_cast<double>(models::row_bytes(m.hidden, models::WireFormat::kBf16));
   const models::GroupRouting& g0 = lr.groups.front();
   const int k = g0.top_k;
-  const int gpn = s.cluster.gpus_per_node;
   std::int64_t dest_ranks = 0, dest_nodes = 0, selections = 0;
   std::vector<std::int64_t> rank_seen(static_cast<std::size_t>(ranks), -1),
       node_seen(static_cast<std::size_t>(rep.nodes), -1);

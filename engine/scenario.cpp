@@ -222,6 +222,11 @@ ExecutionSpec parse_execution(const Node& n, const std::string& scenario_file) {
   e.profile = n.opt_string("profile", "");
   e.all_to_all = n.opt_choice("all_to_all", {"direct", "hierarchical"}, "direct");
   e.all_to_all_chunks = static_cast<int>(n.opt_int("all_to_all_chunks", 1, Range::between(1, 64)));
+  e.dispatcher = n.opt_choice("dispatcher", {"nccl_a2a", "deepep_normal", "deepep_ll"}, "nccl_a2a");
+  if (e.dispatcher != "nccl_a2a" && e.all_to_all != "direct")
+    n.error_at("all_to_all", fmt::format("all_to_all: {} is the path of the nccl_a2a dispatcher; {} sets its own "
+                                         "(remove all_to_all or set dispatcher: nccl_a2a)",
+                                         e.all_to_all, e.dispatcher));
   if (e.all_to_all_chunks > 1 && e.all_to_all != "hierarchical")
     n.error_at("all_to_all_chunks",
                fmt::format("all_to_all_chunks={} pipelines the phases of the hierarchical all-to-all; set "
@@ -366,6 +371,15 @@ Scenario parse_scenario(const config::Document& doc, std::optional<std::uint64_t
                     fmt::format("hierarchical all-to-all needs expert-parallel groups of whole nodes or inside one "
                                 "node: ep={} and dp*tp={} with gpus_per_node={}",
                                 p.ep, ss, gpn));
+    // DeepEP normal relays a token through the same-index GPU of each destination node.
+    if (s.execution.dispatcher == "deepep_normal" && gpn > 0 && ss % p.ep == 0 &&
+        !((p.ep % gpn == 0 && ss % gpn == 0) || gpn % p.ep == 0))
+      root.child("execution")
+          .error_at("dispatcher",
+                    fmt::format("deepep_normal forwards through the same-index GPU of every destination node, so "
+                                "expert-parallel groups must be whole nodes or lie inside one node: ep={} and "
+                                "dp*tp={} with gpus_per_node={}",
+                                p.ep, ss, gpn));
     if (m.num_moe_layers() > 0 && s.routing.redundant_experts > 0)
       root.child("routing").error_at("redundant_experts",
                                      "redundant (replicated) experts are supported in routing-only runs "
@@ -393,6 +407,12 @@ Scenario parse_scenario(const config::Document& doc, std::optional<std::uint64_t
       root.child("execution")
           .error_at("all_to_all", fmt::format("hierarchical all-to-all needs whole nodes or one node: ep={} with "
                                               "gpus_per_node={}",
+                                              p.ep, gpn));
+    if (s.execution.dispatcher == "deepep_normal" && gpn > 0 && !(p.ep % gpn == 0 || gpn % p.ep == 0))
+      root.child("execution")
+          .error_at("dispatcher", fmt::format("deepep_normal forwards through the same-index GPU of every "
+                                              "destination node: ep={} must be whole nodes or inside one node "
+                                              "(gpus_per_node={})",
                                               p.ep, gpn));
   }
   check_scenario_inputs(s, root);  // the files it names, hardware bounds

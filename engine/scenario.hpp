@@ -73,6 +73,17 @@ struct ExecutionSpec {
   /// scheme, DeepSeek-V3 report section 3.2.2). Hierarchical needs EP groups of whole nodes (or
   /// inside one node, where it is the direct exchange).
   std::string all_to_all = "direct";
+  /// Who moves the tokens of dispatch and combine (names from the runtimes):
+  ///  nccl_a2a       Megatron-Core's alltoall dispatcher: one row per kept (token, expert) to the
+  ///                 expert's rank, as an all-to-allv (`all_to_all` picks direct or hierarchical);
+  ///  deepep_normal  DeepEP's normal kernels: one RDMA transfer per (token, destination node) to
+  ///                 the same-index GPU there, NVLink forwarding with one row per (token, rank),
+  ///                 the two stages pipelined (models::build_deepep_normal_matrices);
+  ///  deepep_ll      DeepEP's low-latency kernels: one message per kept (token, expert) straight
+  ///                 from the source GPU (no dedup, no forwarding); same-node peers over NVLink
+  ///                 unless the node has no intra-node fabric (`intra_node.fabric: none`, DeepEP's
+  ///                 NVSHMEM_DISABLE_P2P pure-RDMA mode).
+  std::string dispatcher = "nccl_a2a";
   /// Hierarchical only: pipelining degree of its NVLink and rail phases (DeepEP overlaps them);
   /// 1 = the phases back to back. See hw::plan_all_to_allv.
   int all_to_all_chunks = 1;

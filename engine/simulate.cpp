@@ -130,7 +130,8 @@ hw::CollectivePlan plan_collective(const hw::Topology& topo, const CollectiveReq
       const int g = r.group_size();
       hw::ByteMatrix m(g);
       for (int i = 0; i < g; ++i)
-        for (int j = 0; j < g; ++j) m.at(i, j) = i == j ? 0.0 : r.at(i, j);  // the diagonal is a local copy
+        for (int j = 0; j < g; ++j)
+          m.at(i, j) = i == j ? 0.0 : r.at(i, j) * r.wire_inflation;  // the diagonal is a local copy
       return hw::plan_all_to_allv(topo, r.gpus, m, a2a_algo,
                                   a2a_algo == hw::CollectiveAlgo::kHierarchical ? a2a_chunks : 1);
     }
@@ -227,15 +228,17 @@ void NetworkCommBackend::next_phase(std::uint32_t slot) {
   });
 }
 
+// Totals count bytes moved: a collective's wire_inflation (an implementation slower than the
+// links) is timing, not traffic.
 double NetworkCommBackend::total_sent() const {
   double t = 0;
-  for (double b : sent_) t += b;
+  for (std::size_t i = 0; i < sent_.size(); ++i) t += sent_[i] / reqs_[i].wire_inflation;
   return t;
 }
 
 double NetworkCommBackend::total_received() const {
   double t = 0;
-  for (double b : received_) t += b;
+  for (std::size_t i = 0; i < received_.size(); ++i) t += received_[i] / reqs_[i].wire_inflation;
   return t;
 }
 
@@ -303,6 +306,10 @@ SimulateOptions simulate_options(const Scenario& s) {
   o.build.overlap_chunks = s.execution.overlap_chunks;
   o.build.a2a_sm_count = s.execution.comm_sms;
   if (s.execution.dispatch_dtype == "fp8") o.build.dispatch_format = models::WireFormat::kFp8;
+  o.build.dispatcher = s.execution.dispatcher == "deepep_normal" ? Dispatcher::kDeepepNormal
+                       : s.execution.dispatcher == "deepep_ll"   ? Dispatcher::kDeepepLl
+                                                                 : Dispatcher::kNcclA2a;
+  if (s.has_cluster) o.build.gpus_per_node = s.cluster.gpus_per_node;
   if (s.has_cluster) o.build.memory_capacity_bytes = s.cluster.gpu.hbm_bytes;
   return o;
 }

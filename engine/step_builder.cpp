@@ -86,6 +86,18 @@ class Builder {
     out_.flops.per_gpu_executed.assign(static_cast<std::size_t>(W), 0.0);
     out_.compute_ops_per_gpu.assign(static_cast<std::size_t>(W), 0);
     placement_ = m_.num_moe_layers() > 0 ? models::place_contiguous(m_.experts, lay_.ep) : models::Placement{};
+    if (o_.dispatcher == Dispatcher::kDeepepNormal && m_.num_moe_layers() > 0) {
+      // EP group j of a stage is GPUs first..first+ep-1 with first a multiple of gpus_per_node
+      // (or the group lies inside one node): the checks of parse_scenario.
+      const int gpn = std::max(1, o_.gpus_per_node);
+      const bool spans = lay_.ep > gpn;
+      dest_map_.replicas = &placement_.replicas;
+      dest_map_.nodes = spans ? lay_.ep / gpn : 1;
+      for (int r = 0; r < lay_.ep; ++r) {
+        dest_map_.node_of_rank.push_back(spans ? r / gpn : 0);
+        local_of_rank_.push_back(spans ? r % gpn : r);
+      }
+    }
     gated_ = m_.is_gated() ? 2 : 1;
     tokens_ = mb_.tokens;
     moe_tokens_ = mb_.moe_tokens;
@@ -183,7 +195,10 @@ class Builder {
           sub.layer = l;
           for (int r = 0; r < ep; ++r)
             sub.groups.push_back(std::move(lr.groups[static_cast<std::size_t>(mb * S + j * ep + r)]));
-          const models::DispatchMatrices dm = models::build_dispatch_matrices(sub, placement_, bo);
+          const models::DispatchMatrices dm =
+              dest_map_.replicas != nullptr
+                  ? models::build_deepep_normal_matrices(sub, placement_, bo, dest_map_.node_of_rank, local_of_rank_)
+                  : models::build_dispatch_matrices(sub, placement_, bo);
           EpSlice sl;
           sl.dispatch = std::make_shared<const std::vector<double>>(dm.dispatch_bytes.begin(), dm.dispatch_bytes.end());
           sl.combine = std::make_shared<const std::vector<double>>(dm.combine_bytes.begin(), dm.combine_bytes.end());
@@ -240,6 +255,7 @@ class Builder {
           req.ep_ranks = ep;
           req.keep_assignments = false;
           req.share_cache = &share_cache;
+          req.dest = dest_map_.replicas != nullptr ? &dest_map_ : nullptr;
           out[i] = models::route_layer(spec, layers[i], req, trace);
         } catch (...) {
           errors[i] = std::current_exception();
@@ -528,6 +544,7 @@ class Builder {
     r.matrix = std::move(m);
     r.transpose = transpose;
     r.scale = 1.0 / o_.overlap_chunks;
+    if (o_.dispatcher == Dispatcher::kDeepepNormal) r.wire_inflation = 1.0 / kDeepepNormalEfficiency;
     r.category = cat;
     r.layer = l;
     r.micro_batch = mb;
@@ -878,6 +895,8 @@ class Builder {
   MicroBatchShape mb_;
   std::vector<std::pair<int, int>> ranges_;
   models::Placement placement_;
+  models::DestinationMap dest_map_;  ///< deepep_normal only (replicas == nullptr otherwise)
+  std::vector<int> local_of_rank_;
   std::vector<std::vector<EpSlice>> slices_;  // [layer][mb * ep_groups + j]
   std::vector<OpId> last_;
   std::vector<std::vector<OpId>> pending_;
@@ -947,6 +966,7 @@ SimTime SimpleCommBackend::duration(const CollectiveRequest& r) const {
         }
         amount = std::max({amount, sent, recv});
       }
+      amount *= r.wire_inflation;
       break;
     }
     case CollectiveKind::kAllReduce:

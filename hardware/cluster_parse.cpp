@@ -88,6 +88,10 @@ ClusterSpec parse_cluster(const config::Node& c, const GpuCatalog& catalog) {
     const double dflt = s.intra.fabric == IntraFabric::kPcie ? s.gpu.pcie_bandwidth : s.gpu.nvlink_bandwidth;
     s.intra.bandwidth = dflt;
     s.intra.latency = sim::SimTime::from_ps(1'000'000);  // 1us, see hardware/README.md
+    // NVLink payload rate: ~80% of the line rate (DeepEP README: H800 "~160 GB/s NVLink maximum
+    // bandwidth" of 200 GB/s per direction; NCCL maintainer, nccl-tests issue #212: 450 GB/s line
+    // rate, ~20% protocol overhead, ~370 GB/s effective). See hardware/README.md.
+    s.intra.efficiency = s.intra.fabric == IntraFabric::kPcie ? 1.0 : 0.8;
     if (intra.defined()) {
       if (auto bw = intra.opt_bandwidth("bandwidth")) s.intra.bandwidth = bw->bytes_per_s;
       s.intra.latency = intra.opt_time("latency", s.intra.latency);
@@ -130,6 +134,10 @@ ClusterSpec parse_cluster(const config::Node& c, const GpuCatalog& catalog) {
     s.inter.latency = inter.opt_time("latency", s.inter.latency);
     s.inter.efficiency = inter.opt_double("efficiency", s.inter.efficiency, {0, 1, true});
     inter.finish();
+  } else if (s.nodes == 1 && s.gpus_per_node > 1 && s.intra.fabric == IntraFabric::kNone) {
+    intra.error_at("fabric",
+                   "fabric: none leaves the GPUs of a node only their NICs: declare inter_node (e.g. {fabric: "
+                   "rail-fat-tree, nic_bandwidth: 400Gb/s}), also for one node");
   } else if (s.nodes > 1) {
     c.error_at("inter_node",
                "missing required key for a multi-node cluster ({fabric: rail-fat-tree, nic_bandwidth: "

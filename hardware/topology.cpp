@@ -509,7 +509,9 @@ Topology build_topology(const ClusterSpec& s) {
       t.add_link(a->second, b->second, l.bandwidth, l.latency);
       if (l.duplex) t.add_link(b->second, a->second, l.bandwidth, l.latency);
     }
-  } else if (s.nodes > 1) {
+  } else if (s.nodes > 1 || s.intra.fabric == IntraFabric::kNone) {
+    // One node without intra-node links still has its NICs (pure-RDMA runs: DeepEP low-latency
+    // with NVSHMEM P2P disabled sends to same-node peers through the NIC and the leaf switch).
     const int nics = s.inter.nics_per_node;
     if (nics < 1 || nics > gpn)
       throw std::invalid_argument("build_topology: nics_per_node must be in 1..gpus_per_node");
@@ -575,12 +577,13 @@ Topology build_topology(const ClusterSpec& s) {
 
 void describe_fabrics(std::ostream& os) {
   os << R"(Intra-node fabrics (cluster.intra_node.fabric; keys: bandwidth per GPU per direction [the GPU's
-NVLink figure, PCIe for pcie], latency [1us], efficiency [1.0]):
+NVLink figure, PCIe for pcie], latency [1us], efficiency [0.8 for NVLink, 1.0 for pcie]):
   nvswitch      every GPU has one duplex link to a node switch at `bandwidth` (H100/H200/B200 HGX)
   nvlink-mesh   a direct duplex link between every GPU pair, `bandwidth` split over the gpus_per_node-1
                 peers (e.g. 4-GPU NVLink boards)
   pcie          like nvswitch, through a PCIe switch at the GPU's PCIe rate
-  none          no intra-node links: GPUs of one node talk through their NICs
+  none          no intra-node links: GPUs of one node talk through their NICs (declare inter_node,
+                also for one node: DeepEP low-latency with NVSHMEM P2P disabled)
 
 Inter-node fabrics (cluster.inter_node.fabric; required for nodes > 1):
   rail-fat-tree  rail-optimised two-level fat tree: NIC k of every node sits on the rail-k leaves

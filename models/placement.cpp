@@ -159,6 +159,76 @@ DispatchMatrices build_dispatch_matrices(const LayerRouting& layer, const Placem
   return m;
 }
 
+DispatchMatrices build_deepep_normal_matrices(const LayerRouting& layer, const Placement& pl,
+                                              const ByteMatrixOptions& opt, const std::vector<int>& node_of_rank,
+                                              const std::vector<int>& local_of_rank) {
+  const int R = pl.ranks;
+  const auto Ru = static_cast<std::size_t>(R);
+  if (node_of_rank.size() != Ru || local_of_rank.size() != Ru)
+    throw std::invalid_argument("build_deepep_normal_matrices: node_of_rank/local_of_rank need one entry per rank");
+  int nodes = 0, locals = 0;
+  for (std::size_t r = 0; r < Ru; ++r) {
+    nodes = std::max(nodes, node_of_rank[r] + 1);
+    locals = std::max(locals, local_of_rank[r] + 1);
+  }
+  std::vector<int> rank_at(static_cast<std::size_t>(nodes) * static_cast<std::size_t>(locals), -1);
+  for (std::size_t r = 0; r < Ru; ++r)
+    rank_at[static_cast<std::size_t>(node_of_rank[r]) * static_cast<std::size_t>(locals) +
+            static_cast<std::size_t>(local_of_rank[r])] = static_cast<int>(r);
+  DispatchMatrices m;
+  m.ranks = R;
+  m.dispatch_rows.assign(Ru * Ru, 0);
+  m.rank_rows.assign(Ru, 0);
+  const auto row = [&](int s, int d) -> std::int64_t& {
+    return m.dispatch_rows[static_cast<std::size_t>(s) * Ru + static_cast<std::size_t>(d)];
+  };
+  for (std::size_t gi = 0; gi < layer.groups.size(); ++gi) {
+    const GroupRouting& g = layer.groups[gi];
+    const int src = static_cast<int>(gi % Ru);
+    if (g.dest_rank_tokens.size() != Ru || g.dest_node_tokens.size() != static_cast<std::size_t>(nodes))
+      throw std::invalid_argument("build_deepep_normal_matrices: the layer was routed without a DestinationMap");
+    const int sn = node_of_rank[static_cast<std::size_t>(src)];
+    const int sl = local_of_rank[static_cast<std::size_t>(src)];
+    for (int n = 0; n < nodes; ++n) {
+      const std::int64_t node_tok = g.dest_node_tokens[static_cast<std::size_t>(n)];
+      if (node_tok == 0) continue;
+      int relay = src;
+      if (n != sn) {
+        relay = rank_at[static_cast<std::size_t>(n) * static_cast<std::size_t>(locals) + static_cast<std::size_t>(sl)];
+        if (relay < 0)
+          throw std::invalid_argument(
+              "build_deepep_normal_matrices: no relay rank with the source's local index on a destination node");
+        row(src, relay) += node_tok;  // RDMA
+      }
+      for (std::size_t d = 0; d < Ru; ++d)
+        if (node_of_rank[d] == n && static_cast<int>(d) != relay)
+          row(relay, static_cast<int>(d)) += g.dest_rank_tokens[d];
+    }
+    // The relay's own rows arrive with its RDMA transfer; inside the source node the source
+    // "sends" its own rows to itself (the diagonal, as in build_dispatch_matrices).
+    row(src, src) += g.dest_rank_tokens[static_cast<std::size_t>(src)];
+    for (int e = 0; e < pl.experts; ++e) {
+      const std::int64_t n =
+          opt.pad_to_capacity && g.capacity != kDropless ? g.capacity : g.kept[static_cast<std::size_t>(e)];
+      const auto& reps = pl.replicas[static_cast<std::size_t>(e)];
+      const int mrep = static_cast<int>(reps.size());
+      for (int i = 0; i < mrep; ++i)
+        m.rank_rows[static_cast<std::size_t>(reps[static_cast<std::size_t>(i)])] += share_of(n, mrep, i, src);
+    }
+  }
+  const auto db = static_cast<std::uint64_t>(row_bytes(opt.hidden, opt.dispatch));
+  const auto cb = static_cast<std::uint64_t>(row_bytes(opt.hidden, opt.combine));
+  m.dispatch_bytes.assign(Ru * Ru, 0);
+  m.combine_bytes.assign(Ru * Ru, 0);
+  for (std::size_t s = 0; s < Ru; ++s)
+    for (std::size_t d = 0; d < Ru; ++d) {
+      const auto rows = static_cast<std::uint64_t>(m.dispatch_rows[s * Ru + d]);
+      m.dispatch_bytes[s * Ru + d] = rows * db;
+      m.combine_bytes[d * Ru + s] = rows * cb;
+    }
+  return m;
+}
+
 std::vector<std::int64_t> rank_loads(const LayerRouting& layer, const Placement& pl) {
   std::vector<std::int64_t> out(static_cast<std::size_t>(pl.ranks), 0);
   for (std::size_t gi = 0; gi < layer.groups.size(); ++gi) {

@@ -74,6 +74,22 @@ struct DispatchMatrices {
 DispatchMatrices build_dispatch_matrices(const LayerRouting& layer, const Placement& placement,
                                          const ByteMatrixOptions& opt);
 
+/// DeepEP's normal (high-throughput) dispatch (deepseek-ai/DeepEP csrc/kernels/internode.cu):
+/// a token goes once to every destination node over RDMA, to the GPU of that node with the
+/// source's local index (the relay), which forwards it over NVLink to each destination rank of
+/// its node that holds one of the token's experts (one row per (token, rank)); inside the
+/// source's own node the token goes straight to each destination rank. Needs the layer routed
+/// with a DestinationMap (GroupRouting::dest_rank_tokens / dest_node_tokens).
+/// Matrix entries between ranks of different nodes are the RDMA bytes (src -> relay); entries
+/// inside a node are NVLink bytes (direct sends plus the relay's forwarding), so one direct
+/// all-to-allv of the matrix is the kernel with its RDMA and NVLink stages fully pipelined.
+/// Combine is the reverse (reduced in the node before the RDMA send: one row per (token,
+/// node)). node_of_rank / local_of_rank place EP ranks; every (node, local index) pair a relay
+/// needs must be an EP rank (whole nodes), else std::invalid_argument.
+DispatchMatrices build_deepep_normal_matrices(const LayerRouting& layer, const Placement& placement,
+                                              const ByteMatrixOptions& opt, const std::vector<int>& node_of_rank,
+                                              const std::vector<int>& local_of_rank);
+
 /// Per-rank routed rows and max/mean over ranks (how unevenly EP ranks are loaded).
 std::vector<std::int64_t> rank_loads(const LayerRouting& layer, const Placement& placement);
 

@@ -74,6 +74,12 @@ struct GroupRouting {
   std::vector<double> prob_sum;           ///< [E] sum over tokens of the router probability (aux loss P_i)
   std::int64_t fully_dropped_tokens = 0;  ///< -1 when unknown (counts mode)
   std::int64_t unrouted_slots = 0;        ///< GShard skipped seconds, expert-choice leftovers
+  /// Only when RouteRequest::dest asks for them (DeepEP-style dispatchers): per destination EP
+  /// rank, the tokens with at least one kept expert there (one row per (token, rank)); per
+  /// destination node, the tokens with at least one kept expert on one of its ranks (one RDMA
+  /// transfer per (token, node)). Counts mode estimates both (see DestinationMap).
+  std::vector<std::int64_t> dest_rank_tokens;  ///< [ranks]
+  std::vector<std::int64_t> dest_node_tokens;  ///< [nodes]
 };
 
 /// Load-balance and capacity statistics of one MoE layer, summed over its routing groups.
@@ -128,6 +134,20 @@ struct InclusionShareCache {
   std::vector<Entry> entries;
 };
 
+/// Where experts live, for the per-destination token counts of GroupRouting. Routing group g is
+/// EP rank g % ranks; a token's assignment to expert e goes to replicas[e][(t + src) % m] (the
+/// rule of models::build_dispatch_matrices), and rank r sits on node node_of_rank[r].
+/// Token mode counts exactly. Counts mode has no per-token data and estimates: with q the share
+/// of the group's kept assignments that land on a destination, the probability that a token has
+/// none of its k choices there is taken as prod_{i<k} (1 - qE / (E - i)) (k draws without
+/// replacement from E experts of which qE are "there": exact for uniform routing), and the count
+/// is clamped between the largest single-expert share and min(tokens, kept assignments there).
+struct DestinationMap {
+  const std::vector<std::vector<int>>* replicas = nullptr;  ///< [E] ranks holding a copy
+  std::vector<int> node_of_rank;                            ///< [ranks]
+  int nodes = 1;
+};
+
 struct RouteRequest {
   std::int64_t tokens_per_group = 0;
   int groups = 1;
@@ -138,6 +158,8 @@ struct RouteRequest {
   /// Counts mode: optional per-step cache of the shape pilot (nullptr: computed per call, same
   /// bits). route_step supplies its own.
   InclusionShareCache* share_cache = nullptr;
+  /// Non-null: fill GroupRouting::dest_rank_tokens / dest_node_tokens (ranks = ep_ranks).
+  const DestinationMap* dest = nullptr;
 };
 
 /// Popularity vector p[E] (sums to 1) of layer `layer` at step `step`.

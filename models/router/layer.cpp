@@ -7,6 +7,7 @@
 
 #include "models/router.hpp"
 #include "models/router/counts.hpp"
+#include "models/router/destinations.hpp"
 #include "models/router/expert_choice.hpp"
 #include "models/router/popularity.hpp"
 #include "models/router/random.hpp"
@@ -54,9 +55,10 @@ LayerRouting route_layer(const RoutingSpec& spec, int layer, const RouteRequest&
     sim::Rng rng(req.seed, stream);
     if (counts) {
       detail::route_group_counts(spec, shares, p, rng, g);
+      if (req.dest) detail::estimate_destinations(*req.dest, req.ep_ranks, gi, g, E);
       continue;
     }
-    if (token_choice && !req.keep_assignments && spec.drop_policy == DropPolicy::kPosition) {
+    if (token_choice && !req.keep_assignments && spec.drop_policy == DropPolicy::kPosition && !req.dest) {
       // Capacity applied while routing; no per-slot arrays.
       sim::Rng aux(req.seed, stream + "/gshard");
       detail::route_group_token_choice(spec, plan, rng, aux, g, true);
@@ -77,6 +79,7 @@ LayerRouting route_layer(const RoutingSpec& spec, int layer, const RouteRequest&
       detail::route_group_token_choice(spec, plan, rng, aux, g, false);
     }
     enforce_capacity(g, spec);
+    if (req.dest) detail::count_destinations(*req.dest, req.ep_ranks, gi, g);
     if (!req.keep_assignments) {
       swap_scratch(g);
       g.expert.clear();

@@ -5,7 +5,10 @@
 #include <memory>
 #include <string>
 
+#include <fmt/format.h>
+
 #include "config/reader.hpp"
+#include "engine/dispatch_run.hpp"
 #include "engine/simulate.hpp"
 #include "hardware/flow_network.hpp"
 #include "hardware/topology.hpp"
@@ -256,8 +259,9 @@ TEST_CASE("hierarchical all-to-all: same payload, staged bytes sent twice, conse
     REQUIRE(b.exec.step_time != a.exec.step_time);
   }
   // Pipelining the two phases (DeepEP-style) moves the same bytes in more, smaller flows. Here
-  // the messages are small (a 256-token micro-batch), so the latencies that every chunk pays
-  // again outweigh the overlap and the step gets slower; the closed-form case in
+  // the messages are small (a 256-token micro-batch): the overlap and the latencies that every
+  // chunk pays again nearly cancel (with NVLink at 0.8 of its line rate the overlap wins by
+  // ~0.01%), so the step changes but by less than the extra latencies; the closed-form case in
   // tests/hardware/collectives_test.cpp shows the gain for MiB messages.
   Scenario piped = small_train("execution: { all_to_all: hierarchical, all_to_all_chunks: 4 }\n", layout);
   REQUIRE(piped.execution.all_to_all_chunks == 4);
@@ -269,7 +273,7 @@ TEST_CASE("hierarchical all-to-all: same payload, staged bytes sent twice, conse
   REQUIRE(c.bytes_sent == c.bytes_received);
   REQUIRE(c.flows > b.flows);
   INFO("back to back " << b.exec.step_time.to_us() << " us, 4 chunks " << c.exec.step_time.to_us() << " us");
-  REQUIRE(c.exec.step_time > b.exec.step_time);
+  REQUIRE(c.exec.step_time != b.exec.step_time);
   REQUIRE(c.exec.step_time <
           b.exec.step_time + SimTime::from_ps(static_cast<std::int64_t>(c.built.collective_ops) * 3 * 3'000'000));
 }
@@ -289,4 +293,77 @@ TEST_CASE("execution.all_reduce picks the tensor-parallel all-reduce algorithm",
   REQUIRE(b.flows < a.flows);
   REQUIRE(b.bytes_sent == b.bytes_received);
   REQUIRE(b.exec.step_time != a.exec.step_time);
+}
+
+namespace {
+
+Scenario dispatch_scenario(const std::string& cluster, const std::string& execution, int ep) {
+  const std::string yaml = "name: d\nmodel: deepseek-v3\ncluster:\n" + cluster +
+                           fmt::format("parallel: {{ dp: {0}, ep: {0} }}\n", ep) +
+                           "workload: { mode: dispatch, tokens_per_rank: 1024 }\n"
+                           "routing: { distribution: uniform, capacity_factor: none, n_groups: 1, topk_group: 1 }\n"
+                           "execution: { dispatch_dtype: fp8, " +
+                           execution + " }\nseed: 5\n";
+  return parse_scenario(config::Document::load_string(yaml, "d.yaml"));
+}
+
+const char* kTwoNodes =
+    "  gpu: h800\n  nodes: 2\n  gpus_per_node: 8\n"
+    "  intra_node: { fabric: nvswitch, bandwidth: 200GB/s }\n"
+    "  inter_node: { fabric: rail-fat-tree, nic_bandwidth: 400Gb/s }\n";
+
+}  // namespace
+
+TEST_CASE("deepep_normal sends a token once per destination node: fewer NIC bytes, faster than nccl_a2a",
+          "[simulate][dispatcher]") {
+  const DispatchReport a2a = simulate_dispatch(dispatch_scenario(kTwoNodes, "dispatcher: nccl_a2a", 16));
+  const DispatchReport dn = simulate_dispatch(dispatch_scenario(kTwoNodes, "dispatcher: deepep_normal", 16));
+  // Same routing (same seed and streams): the logical DeepEP byte counts agree.
+  REQUIRE(dn.mean_dest_nodes == a2a.mean_dest_nodes);
+  REQUIRE(dn.dispatch.rdma_logical_bytes == a2a.dispatch.rdma_logical_bytes);
+  // 8 of 256 experts uniformly: ~6.5 distinct ranks and ~2 nodes per token vs 8 rows.
+  REQUIRE(dn.mean_dest_ranks == Approx(6.52).margin(0.1));
+  REQUIRE(dn.mean_dest_nodes == Approx(1.99).margin(0.05));
+  // The matrix keeps one row per (token, rank) inside nodes and per (token, node) across them.
+  REQUIRE(dn.dispatch.payload_bytes < a2a.dispatch.payload_bytes);
+  REQUIRE(dn.dispatch.time_us < a2a.dispatch.time_us);
+  REQUIRE(dn.combine.time_us < a2a.combine.time_us);
+  // Bytes moved are reported without the kernel-efficiency inflation of the timing.
+  REQUIRE(dn.dispatch.network_bytes < a2a.dispatch.network_bytes);
+}
+
+TEST_CASE("pure-RDMA low latency: one node without NVLink talks through its NICs", "[simulate][dispatcher]") {
+  const std::string nvl = "  gpu: h800\n  nodes: 1\n  gpus_per_node: 8\n  intra_node: { fabric: nvswitch }\n";
+  const std::string rdma =
+      "  gpu: h800\n  nodes: 1\n  gpus_per_node: 8\n  intra_node: { fabric: none }\n"
+      "  inter_node: { fabric: rail-fat-tree, nic_bandwidth: 400Gb/s }\n";
+  const DispatchReport over_nvl = simulate_dispatch(dispatch_scenario(nvl, "dispatcher: deepep_ll", 8));
+  const DispatchReport over_nic = simulate_dispatch(dispatch_scenario(rdma, "dispatcher: deepep_ll", 8));
+  // NVLink 200 GB/s x 0.8 vs one 50 GB/s NIC x 0.97 per GPU: about 3.3x slower.
+  REQUIRE(over_nic.dispatch.time_us > 3.0 * over_nvl.dispatch.time_us);
+  REQUIRE(over_nic.dispatch.time_us < 3.6 * over_nvl.dispatch.time_us);
+}
+
+TEST_CASE("a training step with deepep_normal: conserved, fewer dispatch bytes with top-8 routing",
+          "[simulate][dispatcher]") {
+  const std::string par = "parallel: { dp: 8, tp: 1, ep: 8, pp: 1, micro_batches: 2 }\n";
+  const auto mk = [&](const std::string& d) {
+    const std::string yaml = std::string("name: t\nmodel: qwen3-30b-a3b\ncluster:\n") +
+                             "  gpu: h100-sxm\n  nodes: 2\n  gpus_per_node: 4\n"
+                             "  inter_node: { fabric: rail-fat-tree, nic_bandwidth: 400Gb/s, nics_per_node: 4 }\n" +
+                             par +
+                             "workload: { mode: train, seq_len: 512, global_batch: 16 }\n"
+                             "routing: { distribution: uniform, capacity_factor: none }\n"
+                             "execution: { dispatcher: " +
+                             d + " }\nseed: 3\n";
+    return parse_scenario(config::Document::load_string(yaml, "t.yaml"));
+  };
+  const Scenario sa = mk("nccl_a2a"), sd = mk("deepep_normal");
+  const StepReport a = simulate_step(sa, simulate_options(sa));
+  const StepReport d = simulate_step(sd, simulate_options(sd));  // throws if bytes or rows are not conserved
+  // Same routing and the same expert rows computed; top-8 of 128 experts on 8 ranks puts ~5.3
+  // of a token's 8 rows on distinct ranks, so the per-(token, rank) rows are fewer.
+  REQUIRE(d.built.kept == a.built.kept);
+  REQUIRE(d.payload_bytes < a.payload_bytes);
+  REQUIRE(d.dispatch_us != a.dispatch_us);
 }
