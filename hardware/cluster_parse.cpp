@@ -154,8 +154,12 @@ ClusterSpec parse_cluster(const config::Node& c, const GpuCatalog& catalog) {
     s.inter.nic_tier = false;  // one scale-up domain holds every GPU: no NIC tier is needed
   } else if (s.nodes > 1) {
     c.error_at("inter_node",
-               "missing required key for a multi-node cluster ({fabric: rail-fat-tree, nic_bandwidth: "
-               "400Gb/s, ...})");
+               fmt::format("missing required key for a multi-node cluster ({{fabric: rail-fat-tree, nic_bandwidth: "
+                           "400Gb/s, ...}}){}",
+                           s.domain_size() > s.gpus_per_node
+                               ? fmt::format("; its {} scale-up domains of {} GPUs talk over NICs",
+                                             s.total_gpus() / s.domain_size(), s.domain_size())
+                               : std::string()));
   }
 
   // Explicit graph: cluster.topology {switches: [...], links: [{from, to, bandwidth, latency, duplex}]}.
