@@ -26,12 +26,13 @@ std::string parse_errors(const std::string& yaml, const GpuCatalog& cat) {
 
 TEST_CASE("default GPU catalog loads with the required SKUs") {
   const GpuCatalog cat = load_default_gpu_catalog();
-  for (const char* n : {"h100-sxm", "h200", "h800", "a100-80gb-sxm", "b200"}) {
+  for (const char* n : {"h100-sxm", "h200", "h800", "a100-80gb-sxm", "b200", "gb200", "gb300"}) {
     INFO(n);
     REQUIRE(cat.find(n));
     CHECK(cat.find(n)->bf16_flops > 0);
     CHECK(cat.find(n)->hbm_bytes > 0);
     CHECK_FALSE(cat.find(n)->source.empty());
+    CHECK(cat.find(n)->tensor_clock_hz > 0);  // the cost model needs it (engine/gpu_params.cpp)
   }
   CHECK(cat.find("h100-sxm")->bf16_flops == 989e12);
   CHECK(cat.find("h100-sxm")->nvlink_bandwidth == 450e9);
