@@ -601,7 +601,7 @@ gpus_per_node 4, domain_gpus 72); NICs stay per node and carry only traffic betw
 domain_gpus must be a multiple of gpus_per_node and divide nodes x gpus_per_node. A cluster that
 is a single domain needs no inter_node.
 
-Inter-node fabrics (cluster.inter_node.fabric; required for nodes > 1):
+Inter-node fabrics (cluster.inter_node.fabric; required for nodes > 1 unless one domain holds every GPU):
   rail-fat-tree  rail-optimised two-level fat tree: NIC k of every node sits on the rail-k leaves
                  (leaf_down_ports NICs per leaf); leaves connect to every spine
   fat-tree       the same two-level tree with nodes' NICs packed onto leaves in order
