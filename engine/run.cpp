@@ -113,9 +113,12 @@ void run_collective(const Scenario& s, const hw::Topology& topo, nlohmann::order
   }
   // One `algorithm` key serves both: all-to-all reads direct | hierarchical, all-reduce ring | tree.
   const bool a2a = req.kind == CollectiveKind::kAllToAllV;
+  // execution.all_to_all_chunks pipelines a hierarchical all-to-all (the scenario reader rejects it
+  // for any other collective).
   const hw::CollectivePlan plan = plan_collective(
       topo, req, a2a ? hw::collective_algo(c.algorithm) : hw::CollectiveAlgo::kDirect,
-      req.kind == CollectiveKind::kAllReduce ? hw::collective_algo(c.algorithm) : hw::CollectiveAlgo::kRing);
+      req.kind == CollectiveKind::kAllReduce ? hw::collective_algo(c.algorithm) : hw::CollectiveAlgo::kRing,
+      a2a && c.algorithm == "hierarchical" ? s.execution.all_to_all_chunks : 1);
   hw::CollectiveOptions opts;
   opts.launch_overhead = s.cluster.gpu.kernel_launch_overhead;
   const auto model = s.network.model == NetworkModel::kFlow ? hw::NetworkModel::kFlow : hw::NetworkModel::kAnalytical;

@@ -260,6 +260,16 @@ Scenario parse_scenario(const config::Document& doc, std::optional<std::uint64_t
   s.workload = parse_workload(root.child("workload"));
   s.network = parse_network(root.child("network"));
   s.execution = parse_execution(root.child("execution"), s.file);
+  // mode: collective runs collective.algorithm; execution.all_to_all_chunks pipelines it only when
+  // that is the hierarchical all-to-all (engine/run.cpp), and is an error anywhere else.
+  if (s.workload.collective && s.execution.all_to_all_chunks > 1 &&
+      !(s.workload.collective->op == CollectiveOp::kAllToAll && s.workload.collective->algorithm == "hierarchical"))
+    root.child("execution")
+        .error_at("all_to_all_chunks",
+                  fmt::format("all_to_all_chunks={} pipelines the hierarchical all-to-all, but this collective is {} "
+                              "({}); use collective: {{op: all_to_all, algorithm: hierarchical}} or drop the key",
+                              s.execution.all_to_all_chunks, to_string(s.workload.collective->op),
+                              s.workload.collective->algorithm));
 
   // model: a catalog name or an inline block (parsed by models/).
   const Node model = root.child("model");

@@ -130,8 +130,9 @@ hw::CollectivePlan plan_collective(const hw::Topology& topo, const CollectiveReq
       const int g = r.group_size();
       hw::ByteMatrix m(g);
       for (int i = 0; i < g; ++i)
-        for (int j = 0; j < g; ++j)
-          m.at(i, j) = i == j ? 0.0 : r.at(i, j) * r.wire_inflation;  // the diagonal is a local copy
+        // The diagonal is a rank's own chunk: a local copy that no flow carries (the planner
+        // skips src == dst), but part of nccl-tests' all-to-all `size` (hardware/collectives.hpp).
+        for (int j = 0; j < g; ++j) m.at(i, j) = r.at(i, j) * r.wire_inflation;
       return hw::plan_all_to_allv(topo, r.gpus, m, a2a_algo,
                                   a2a_algo == hw::CollectiveAlgo::kHierarchical ? a2a_chunks : 1);
     }

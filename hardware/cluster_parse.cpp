@@ -96,9 +96,29 @@ ClusterSpec parse_cluster(const config::Node& c, const GpuCatalog& catalog) {
       if (auto bw = intra.opt_bandwidth("bandwidth")) s.intra.bandwidth = bw->bytes_per_s;
       s.intra.latency = intra.opt_time("latency", s.intra.latency);
       s.intra.efficiency = intra.opt_double("efficiency", s.intra.efficiency, {0, 1, true});
+      if (intra.has("domain_gpus")) {
+        // A scale-up domain: whole nodes on one NVSwitch fabric (hardware/README.md).
+        const auto d = intra.child("domain_gpus").as_int(Range::between(1, kMaxClusterGpus));
+        const std::int64_t total = static_cast<std::int64_t>(s.nodes) * s.gpus_per_node;
+        if (d < 1 || s.gpus_per_node < 1) {
+          // out of range: already reported
+        } else if (d % s.gpus_per_node != 0)
+          intra.error_at("domain_gpus", fmt::format("a scale-up domain of {} GPUs is not a whole number of nodes of "
+                                                    "{} GPUs (gpus_per_node)",
+                                                    d, s.gpus_per_node));
+        else if (total % d != 0)
+          intra.error_at("domain_gpus", fmt::format("scale-up domains of {} GPUs do not divide the cluster's {} GPUs "
+                                                    "(nodes x gpus_per_node = {} x {})",
+                                                    d, total, s.nodes, s.gpus_per_node));
+        else if (d != s.gpus_per_node && s.intra.fabric != IntraFabric::kNvswitch)
+          intra.error_at("domain_gpus",
+                         fmt::format("a scale-up domain of {} GPUs (more than one node) needs fabric: nvswitch", d));
+        else
+          s.intra.domain_gpus = static_cast<int>(d);
+      }
       intra.finish();
     }
-    if (s.gpus_per_node > 1 && s.intra.fabric != IntraFabric::kNone && !(s.intra.bandwidth > 0) &&
+    if (s.domain_size() > 1 && s.intra.fabric != IntraFabric::kNone && !(s.intra.bandwidth > 0) &&
         diags.size() == errors_before)
       c.error_at("intra_node", fmt::format("GPU '{}' has no {} bandwidth in the catalog: set intra_node.bandwidth",
                                            s.gpu.name, s.intra.fabric == IntraFabric::kPcie ? "PCIe" : "NVLink"));
@@ -138,10 +158,16 @@ ClusterSpec parse_cluster(const config::Node& c, const GpuCatalog& catalog) {
     intra.error_at("fabric",
                    "fabric: none leaves the GPUs of a node only their NICs: declare inter_node (e.g. {fabric: "
                    "rail-fat-tree, nic_bandwidth: 400Gb/s}), also for one node");
+  } else if (s.nodes > 1 && s.domain_size() == s.total_gpus()) {
+    s.inter.nic_tier = false;  // one scale-up domain holds every GPU: no NIC tier is needed
   } else if (s.nodes > 1) {
     c.error_at("inter_node",
-               "missing required key for a multi-node cluster ({fabric: rail-fat-tree, nic_bandwidth: "
-               "400Gb/s, ...})");
+               fmt::format("missing required key for a multi-node cluster ({{fabric: rail-fat-tree, nic_bandwidth: "
+                           "400Gb/s, ...}}){}",
+                           s.domain_size() > s.gpus_per_node
+                               ? fmt::format("; its {} scale-up domains of {} GPUs talk over NICs",
+                                             s.total_gpus() / s.domain_size(), s.domain_size())
+                               : std::string()));
   }
 
   // Explicit graph: cluster.topology {switches: [...], links: [{from, to, bandwidth, latency, duplex}]}.

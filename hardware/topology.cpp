@@ -477,10 +477,16 @@ Topology build_topology(const ClusterSpec& s) {
   t.gpus_ = s.total_gpus();
   t.gpus_per_node_ = s.gpus_per_node;
   const int gpn = s.gpus_per_node;
+  const int dom = s.domain_size();
+  if (dom < gpn || dom % gpn != 0 || t.gpus_ % dom != 0)
+    throw std::invalid_argument("build_topology: domain_gpus must be a multiple of gpus_per_node dividing the cluster");
+  if (dom != gpn && s.intra.fabric != IntraFabric::kNvswitch)
+    throw std::invalid_argument("build_topology: a scale-up domain larger than a node needs the nvswitch fabric");
+  t.domain_gpus_ = dom;
   for (int g = 0; g < t.gpus_; ++g) t.add_vertex(VertexKind::kGpu, fmt::format("gpu{}", g), g / gpn);
 
   // Inside each node.
-  if (gpn > 1 && s.intra.fabric != IntraFabric::kNone) {
+  if ((gpn > 1 || dom > 1) && s.intra.fabric != IntraFabric::kNone) {
     const double bw = s.intra.bandwidth * s.intra.efficiency;
     for (int n = 0; n < s.nodes; ++n) {
       const int g0 = n * gpn;
@@ -489,6 +495,14 @@ Topology build_topology(const ClusterSpec& s) {
         for (int i = 0; i < gpn; ++i)
           for (int j = i + 1; j < gpn; ++j)
             t.add_duplex(g0 + i, g0 + j, bw / (gpn - 1), s.intra.latency, s.intra.latency);
+      } else if (dom != gpn) {
+        // A scale-up domain of several nodes: one NVSwitch fabric for all its GPUs (built once,
+        // at the domain's first node), non-blocking like the node switch of an HGX board.
+        if (n % (dom / gpn) == 0) {
+          const int d = n / (dom / gpn);
+          const int sw = t.add_vertex(VertexKind::kSwitch, fmt::format("domain{}.nvswitch", d), -1);
+          for (int i = 0; i < dom; ++i) t.add_duplex(d * dom + i, sw, bw, s.intra.latency, sim::SimTime{});
+        }
       } else {
         const char* what = s.intra.fabric == IntraFabric::kNvswitch ? "nvswitch" : "pcie";
         const int sw = t.add_vertex(VertexKind::kSwitch, fmt::format("node{}.{}", n, what), n);
@@ -509,7 +523,7 @@ Topology build_topology(const ClusterSpec& s) {
       t.add_link(a->second, b->second, l.bandwidth, l.latency);
       if (l.duplex) t.add_link(b->second, a->second, l.bandwidth, l.latency);
     }
-  } else if (s.nodes > 1 || s.intra.fabric == IntraFabric::kNone) {
+  } else if ((s.nodes > 1 || s.intra.fabric == IntraFabric::kNone) && s.inter.nic_tier) {
     // One node without intra-node links still has its NICs (pure-RDMA runs: DeepEP low-latency
     // with NVSHMEM P2P disabled sends to same-node peers through the NIC and the leaf switch).
     const int nics = s.inter.nics_per_node;
@@ -584,8 +598,13 @@ NVLink figure, PCIe for pcie], latency [1us], efficiency [0.8 for NVLink, 1.0 fo
   pcie          like nvswitch, through a PCIe switch at the GPU's PCIe rate
   none          no intra-node links: GPUs of one node talk through their NICs (declare inter_node,
                 also for one node: DeepEP low-latency with NVSHMEM P2P disabled)
+Scale-up domains (cluster.intra_node.domain_gpus [gpus_per_node], nvswitch only): domain_gpus /
+gpus_per_node consecutive nodes share one NVSwitch fabric at `bandwidth` (GB200/GB300 NVL72:
+gpus_per_node 4, domain_gpus 72); NICs stay per node and carry only traffic between domains.
+domain_gpus must be a multiple of gpus_per_node and divide nodes x gpus_per_node. A cluster that
+is a single domain needs no inter_node.
 
-Inter-node fabrics (cluster.inter_node.fabric; required for nodes > 1):
+Inter-node fabrics (cluster.inter_node.fabric; required for nodes > 1 unless one domain holds every GPU):
   rail-fat-tree  rail-optimised two-level fat tree: NIC k of every node sits on the rail-k leaves
                  (leaf_down_ports NICs per leaf); leaves connect to every spine
   fat-tree       the same two-level tree with nodes' NICs packed onto leaves in order

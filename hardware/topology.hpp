@@ -56,6 +56,10 @@ struct ClusterSpec {
     double bandwidth = 0;  ///< bytes/s per GPU per direction (default: the GPU's NVLink figure)
     sim::SimTime latency{};
     double efficiency = 1.0;
+    /// GPUs on one NVSwitch fabric (a scale-up domain): 0 or gpus_per_node is one fabric per
+    /// node (HGX); larger values join domain_gpus / gpus_per_node consecutive nodes on one
+    /// fabric at `bandwidth` (GB200/GB300 NVL72: 72 GPUs, 4 per compute tray). nvswitch only.
+    int domain_gpus = 0;
   } intra;
   struct Inter {
     InterFabric fabric = InterFabric::kRailFatTree;
@@ -67,11 +71,16 @@ struct ClusterSpec {
     int spines = 0;                 ///< 0: one uplink per leaf down port / oversubscription
     double pcie_bandwidth = 0;      ///< GPU <-> NIC, bytes/s per direction (default: GPU's PCIe)
     double efficiency = 1.0;
+    /// false: no NIC tier (a multi-node cluster that is one scale-up domain and names no
+    /// inter_node; its GPUs talk over the domain's NVSwitch fabric only).
+    bool nic_tier = true;
   } inter;
   std::vector<std::string> explicit_switches;
   std::vector<ExplicitLink> explicit_links;
 
   int total_gpus() const { return nodes * gpus_per_node; }
+  /// GPUs per scale-up (NVLink) domain: intra.domain_gpus, or gpus_per_node when unset.
+  int domain_size() const { return intra.domain_gpus > 0 ? intra.domain_gpus : gpus_per_node; }
 };
 
 /// Size limits parse_cluster enforces (located config errors beyond them), so every count of
@@ -106,6 +115,10 @@ class Topology {
   int gpu_count() const { return gpus_; }
   int gpus_per_node() const { return gpus_per_node_; }
   int node_of(int gpu) const { return gpu / gpus_per_node_; }
+  /// GPUs per scale-up domain (one NVSwitch fabric; gpus_per_node unless the cluster sets
+  /// intra_node.domain_gpus) and the domain of a GPU (domains are consecutive GPU ranges).
+  int domain_gpus() const { return domain_gpus_; }
+  int domain_of(int gpu) const { return gpu / domain_gpus_; }
   const Graph& graph() const { return g_; }
   std::size_t vertex_count() const { return boost::num_vertices(g_); }
   std::size_t link_count() const { return link_src_.size(); }
@@ -158,6 +171,7 @@ class Topology {
   Graph g_;
   int gpus_ = 0;
   int gpus_per_node_ = 1;
+  int domain_gpus_ = 1;
   std::vector<int> link_src_, link_dst_;
   std::vector<double> link_bw_;
   std::vector<sim::SimTime> link_lat_;

@@ -26,12 +26,13 @@ std::string parse_errors(const std::string& yaml, const GpuCatalog& cat) {
 
 TEST_CASE("default GPU catalog loads with the required SKUs") {
   const GpuCatalog cat = load_default_gpu_catalog();
-  for (const char* n : {"h100-sxm", "h200", "h800", "a100-80gb-sxm", "b200"}) {
+  for (const char* n : {"h100-sxm", "h200", "h800", "a100-80gb-sxm", "b200", "gb200", "gb300"}) {
     INFO(n);
     REQUIRE(cat.find(n));
     CHECK(cat.find(n)->bf16_flops > 0);
     CHECK(cat.find(n)->hbm_bytes > 0);
     CHECK_FALSE(cat.find(n)->source.empty());
+    CHECK(cat.find(n)->tensor_clock_hz > 0);  // the cost model needs it (engine/gpu_params.cpp)
   }
   CHECK(cat.find("h100-sxm")->bf16_flops == 989e12);
   CHECK(cat.find("h100-sxm")->nvlink_bandwidth == 450e9);
@@ -151,4 +152,55 @@ TEST_CASE("explicit graphs: self-loops, duplicate switches and switches named li
   CHECK(e.find("switches[1]: duplicate switch 's'") != std::string::npos);
   CHECK(e.find("switches[2]: switch 'gpu0' has the name of a GPU") != std::string::npos);
   CHECK(e.find("links[2].to: a link from 's' to itself") != std::string::npos);
+}
+
+TEST_CASE(
+    "scale-up domains: domain_gpus parses, and a domain that is not whole nodes or does not divide the "
+    "cluster is a located error",
+    "[parse]") {
+  const GpuCatalog cat = load_default_gpu_catalog();
+  const auto yaml = [](const std::string& nodes, const std::string& intra, bool nics) {
+    return "cluster:\n  gpu: gb200\n  nodes: " + nodes + "\n  gpus_per_node: 4\n  intra_node: " + intra + "\n" +
+           (nics ? "  inter_node: { fabric: rail-fat-tree, nic_bandwidth: 400Gb/s }\n" : "");
+  };
+  SECTION("two NVL72 racks") {
+    const auto doc =
+        config::Document::load_string(yaml("36", "{ fabric: nvswitch, domain_gpus: 72 }", true), "ok.yaml");
+    config::Diagnostics diags;
+    const ClusterSpec s = parse_cluster(doc.root(diags).child("cluster"), cat);
+    REQUIRE(diags.empty());
+    CHECK(s.domain_size() == 72);
+    CHECK(s.intra.bandwidth == 900e9);  // the catalog's NVLink 5 figure per direction
+    const Topology t = build_topology(s);
+    CHECK(t.domain_gpus() == 72);
+    CHECK(t.find_vertex("domain1.nvswitch"));
+    CHECK_FALSE(t.find_vertex("node0.nvswitch"));
+  }
+  SECTION("one rack without inter_node: no NIC tier") {
+    const auto doc = config::Document::load_string(yaml("18", "{ domain_gpus: 72 }", false), "ok.yaml");
+    config::Diagnostics diags;
+    const ClusterSpec s = parse_cluster(doc.root(diags).child("cluster"), cat);
+    REQUIRE(diags.empty());
+    CHECK_FALSE(s.inter.nic_tier);
+    CHECK_FALSE(build_topology(s).find_vertex("node0.nic0"));
+  }
+  SECTION("errors") {
+    struct Case {
+      std::string nodes, intra;
+      bool nics;
+      const char* says;
+    };
+    for (const Case& c : {Case{"18", "{ fabric: nvswitch, domain_gpus: 6 }", true, "not a whole number of nodes"},
+                          Case{"20", "{ fabric: nvswitch, domain_gpus: 72 }", true, "do not divide the cluster"},
+                          Case{"4", "{ fabric: nvlink-mesh, domain_gpus: 8 }", true, "needs fabric: nvswitch"},
+                          Case{"36", "{ domain_gpus: 72 }", false, "inter_node"}}) {
+      INFO(c.intra << " nodes " << c.nodes);
+      const auto e = parse_errors(yaml(c.nodes, c.intra, c.nics), cat);
+      CHECK(e.find(c.says) != std::string::npos);
+      if (c.nics) {
+        CHECK(e.find("scenario.yaml:5:") != std::string::npos);
+        CHECK(e.find("domain_gpus") != std::string::npos);
+      }
+    }
+  }
 }
