@@ -9,7 +9,8 @@
 //
 // Usage:
 //   scaling_bench [--gpus 64,128,...] [--network analytical,flow] [--limit SECONDS]
-//                 [--micro-batches N] [--recompute] [--all-to-all direct|hierarchical]
+//                 [--micro-batches N] [--recompute] [--all-to-all direct|hierarchical|deepep_normal]
+//       (deepep_normal: execution.dispatcher deepep_normal, whose plan is a direct exchange)
 //   scaling_bench --scenario FILE [--set key=value ...] [--repeat N]
 //       phase split of one scenario (load, routing, graph, memory, topology, play, checks, report)
 #include <sys/resource.h>
@@ -65,14 +66,15 @@ cluster:
 parallel: {{ dp: {dp}, tp: 1, ep: {ep}, pp: {pp}, micro_batches: {mb} }}
 workload: {{ mode: train, seq_len: 4096, global_batch: {gb}, recompute: {rc} }}
 routing: {{ sampling: counts, capacity_factor: none }}
-execution: {{ comm_sms: 20, dispatch_dtype: fp8, all_to_all: {a2a} }}
+execution: {{ comm_sms: 20, dispatch_dtype: fp8, {a2a} }}
 network: {{ model: {net} }}
 seed: 5
 )",
                      fmt::arg("gpus", gpus), fmt::arg("nodes", gpus / 8), fmt::arg("dp", dp), fmt::arg("ep", ep),
                      fmt::arg("pp", pp), fmt::arg("mb", micro_batches), fmt::arg("gb", dp * micro_batches),
                      fmt::arg("rc", recompute ? "true" : "false"), fmt::arg("net", network),
-                     fmt::arg("a2a", g_all_to_all));
+                     fmt::arg("a2a", g_all_to_all == "deepep_normal" ? std::string("dispatcher: deepep_normal")
+                                                                    : "all_to_all: " + g_all_to_all));
 }
 
 /// One point in this process: prints one result line (without the RSS/CPU columns) to `out`.
@@ -231,7 +233,7 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: %s [--gpus 64,128,...] [--network analytical,flow] [--limit S] [--micro-batches N] "
-                   "[--recompute] [--all-to-all direct|hierarchical] | --scenario FILE [--set k=v ...] [--repeat N]\n",
+                   "[--recompute] [--all-to-all direct|hierarchical|deepep_normal] | --scenario FILE [--set k=v ...] [--repeat N]\n",
                    argv[0]);
       return 2;
     }
