@@ -74,7 +74,7 @@ seed: 5
                      fmt::arg("pp", pp), fmt::arg("mb", micro_batches), fmt::arg("gb", dp * micro_batches),
                      fmt::arg("rc", recompute ? "true" : "false"), fmt::arg("net", network),
                      fmt::arg("a2a", g_all_to_all == "deepep_normal" ? std::string("dispatcher: deepep_normal")
-                                                                    : "all_to_all: " + g_all_to_all));
+                                                                     : "all_to_all: " + g_all_to_all));
 }
 
 /// One point in this process: prints one result line (without the RSS/CPU columns) to `out`.
@@ -233,7 +233,8 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: %s [--gpus 64,128,...] [--network analytical,flow] [--limit S] [--micro-batches N] "
-                   "[--recompute] [--all-to-all direct|hierarchical|deepep_normal] | --scenario FILE [--set k=v ...] [--repeat N]\n",
+                   "[--recompute] [--all-to-all direct|hierarchical|deepep_normal] | --scenario FILE [--set k=v ...] "
+                   "[--repeat N]\n",
                    argv[0]);
       return 2;
     }
