@@ -203,6 +203,20 @@ class Builder {
               rank_rows[static_cast<std::size_t>(dst)] += rows;
             }
           }
+          // Dropless: each local expert's rows, gathered from every source, are padded up to a
+          // multiple of routing.block_size before the grouped GEMM (the block-aligned layout of
+          // dropless kernels: MegaBlocks blocks, DeepGEMM's contiguous M alignment), so the
+          // padding is executed (FLOPs and activation bytes) but is no useful work.
+          if (!sub.groups.empty() && sub.groups.front().capacity == models::kDropless && spec.block_size > 1) {
+            const std::int64_t b = spec.block_size;
+            for (std::size_t dst = 0; dst < sl.rows.size(); ++dst)
+              for (std::int64_t& r : sl.rows[dst]) {
+                const std::int64_t padded = (r + b - 1) / b * b;
+                rank_rows[dst] += padded - r;
+                rep.rows_block_padded += padded - r;
+                r = padded;
+              }
+          }
           per[static_cast<std::size_t>(mb * G + j)] = std::move(sl);
         }
       std::int64_t mx = 0, sum = 0;
@@ -212,7 +226,7 @@ class Builder {
       }
       rep.rank_max_over_mean = sum > 0 ? static_cast<double>(mx) * ep / static_cast<double>(sum) : 0.0;
       const bool padded = spec.pad_to_capacity && !lr.groups.empty() && lr.groups.front().capacity != models::kDropless;
-      rep.rows_expected = rep.stats.kept + (padded ? rep.stats.padded : 0);
+      rep.rows_expected = rep.stats.kept + (padded ? rep.stats.padded : 0) + rep.rows_block_padded;
       moe_index_[static_cast<std::size_t>(l)] = static_cast<int>(out_.moe_layers.size());
       out_.moe_layers.push_back(std::move(rep));
     }

@@ -92,7 +92,8 @@ TEST_CASE("roofline: tile and wave quantisation", "[step_builder]") {
 }
 
 TEST_CASE("tiny prefill: op counts, closed-form FLOPs, conserved bytes", "[step_builder]") {
-  const Scenario s = tiny_scenario(WorkloadMode::kPrefill);
+  Scenario s = tiny_scenario(WorkloadMode::kPrefill);
+  s.routing.block_size = 1;  // no dropless block padding: executed FLOPs = model FLOPs
   const RooflineCosts costs(small_gpu());
   BuiltStep b = build_step(s, costs, {});
   // Per GPU: embed + 2 x (qkv, attn, o_proj, router, permute, fc1, fc2, unpermute) + lm_head.
@@ -134,6 +135,36 @@ TEST_CASE("build is deterministic", "[step_builder]") {
   BuiltStep a = build_step(s, costs, {}), b = build_step(s, costs, {});
   REQUIRE(a.flops.executed == b.flops.executed);
   REQUIRE(play(a).step == play(b).step);
+}
+
+TEST_CASE("dropless block padding is executed: more padding, more expert FLOPs and a longer step", "[step_builder]") {
+  // Issue 17: block 1, 128, 1024 used to give the same step time. Each local expert's rows
+  // (gathered from all sources) are now padded to the block before the grouped GEMM.
+  Scenario s = tiny_scenario(WorkloadMode::kPrefill);
+  s.routing.distribution = models::Distribution::kPowerLaw;  // uneven rows: not block multiples
+  s.routing.alpha = 1.2;
+  const RooflineCosts costs(small_gpu());
+  std::vector<BuiltStep> b;
+  std::vector<Run> r;
+  for (std::int64_t block : {1, 128, 1024}) {
+    s.routing.block_size = block;
+    b.push_back(build_step(s, costs, {}));
+    r.push_back(play(b.back()));
+  }
+  // Same useful work; executed FLOPs = model + padding, growing with the block.
+  REQUIRE(b[1].flops.model == Approx(b[0].flops.model));
+  REQUIRE(b[2].flops.model == Approx(b[0].flops.model));
+  REQUIRE(b[0].flops.executed == Approx(b[0].flops.model));  // block 1: nothing padded
+  REQUIRE(b[1].flops.executed > b[0].flops.executed);
+  REQUIRE(b[2].flops.executed > b[1].flops.executed);
+  // The roofline's GEMM tile is 128 rows, so padding to 128 is already inside its tile
+  // quantisation (no slower, as on a real GPU); padding to 1024 adds whole tiles.
+  REQUIRE(b[1].kernels.at("expert_fc1").time >= b[0].kernels.at("expert_fc1").time);
+  REQUIRE(b[2].kernels.at("expert_fc1").time > b[1].kernels.at("expert_fc1").time);
+  REQUIRE(r[1].step >= r[0].step);
+  REQUIRE(r[2].step > r[1].step);
+  // Rows fed to the GEMMs are block multiples per expert: 4 experts x >= 1 block per micro-batch.
+  REQUIRE(b[2].moe_layers.at(0).rows_fed_fwd % 1024 == 0);
 }
 
 TEST_CASE("skewed routing is slower than balanced", "[step_builder]") {
