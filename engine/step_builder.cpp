@@ -389,24 +389,26 @@ class Builder {
     return {c_.dense_gemm(M, N, K), 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K)};
   }
 
-  /// Attention projections as one list of GEMMs [M, N, K] on one GPU.
-  std::vector<std::array<std::int64_t, 3>> qkv_gemms() const {
+  /// Attention projections as one list of GEMMs [M, N, K, replicated] on one GPU. `replicated`
+  /// (1) marks a GEMM every TP rank computes in full (MLA's q_a / kv_a down-projections, whose
+  /// outputs every head needs): executed on each rank, but one GEMM of model work per TP group.
+  std::vector<std::array<std::int64_t, 4>> qkv_gemms() const {
     const std::int64_t T = tokens_, h = m_.hidden, tp = lay_.tp;
     if (m_.attention == models::AttentionKind::kMla) {
       const auto& a = m_.mla;
       const std::int64_t qk = a.qk_nope_head_dim + a.qk_rope_head_dim;
-      std::vector<std::array<std::int64_t, 3>> v;
+      std::vector<std::array<std::int64_t, 4>> v;
       if (a.q_lora_rank > 0) {
-        v.push_back({T, a.q_lora_rank, h});
-        v.push_back({T, m_.heads * qk / tp, a.q_lora_rank});
+        v.push_back({T, a.q_lora_rank, h, 1});
+        v.push_back({T, m_.heads * qk / tp, a.q_lora_rank, 0});
       } else {
-        v.push_back({T, m_.heads * qk / tp, h});
+        v.push_back({T, m_.heads * qk / tp, h, 0});
       }
-      v.push_back({T, a.kv_lora_rank + a.qk_rope_head_dim, h});
-      v.push_back({T, std::int64_t{m_.heads} * (a.qk_nope_head_dim + a.v_head_dim) / tp, a.kv_lora_rank});
+      v.push_back({T, a.kv_lora_rank + a.qk_rope_head_dim, h, 1});
+      v.push_back({T, std::int64_t{m_.heads} * (a.qk_nope_head_dim + a.v_head_dim) / tp, a.kv_lora_rank, 0});
       return v;
     }
-    return {{T, (std::int64_t{m_.heads} + 2 * std::int64_t{m_.kv_heads}) * m_.head_dim / tp, h}};
+    return {{T, (std::int64_t{m_.heads} + 2 * std::int64_t{m_.kv_heads}) * m_.head_dim / tp, h, 0}};
   }
   std::int64_t attn_out_dim() const {
     const std::int64_t v = m_.attention == models::AttentionKind::kMla ? m_.mla.v_head_dim : m_.head_dim;
@@ -442,11 +444,12 @@ class Builder {
     const auto model_flops = [&](double f) { out_.flops.model += mult * f; };
     // attention
     SimTime tq{};
-    double fq = 0;
+    double fq = 0, fq_replicated = 0;
     for (const auto& g : qkv_gemms()) {
       const Gemm x = gemm(g[0], g[1], g[2]);
       tq += x.t;
       fq += x.flops;
+      if (g[3] != 0) fq_replicated += x.flops;
     }
     const AttentionShape as = attn_shape();
     const SimTime ta = c_.attention(as);
@@ -457,7 +460,9 @@ class Builder {
       comp(g, "attn", l, mb, ta, fa, attention_bytes(as));
       comp(g, "o_proj", l, mb, go.t, go.flops);
     }
-    model_flops((fq + fa + go.flops) * static_cast<double>(gpus.size()));
+    // Model FLOPs are a property of the model: a replicated projection counts once per TP group.
+    const double n_gpus = static_cast<double>(gpus.size());
+    model_flops((fq - fq_replicated + fa + go.flops) * n_gpus + fq_replicated * n_gpus / static_cast<double>(lay_.tp));
     tp_collective(st, CollectiveKind::kAllReduce, act_bytes, "tp_allreduce", l, mb, false);
     if (!m_.moe_layer[static_cast<std::size_t>(l)]) {
       const std::int64_t F = m_.dense_ffn / lay_.tp;

@@ -167,6 +167,33 @@ TEST_CASE("dropless block padding is executed: more padding, more expert FLOPs a
   REQUIRE(b[2].moe_layers.at(0).rows_fed_fwd % 1024 == 0);
 }
 
+TEST_CASE("MLA model FLOPs do not depend on TP; the replicated down-projections are executed", "[step_builder]") {
+  // Issue 17: DeepSeek-V3's model FLOPs grew with TP (+2.2% at TP2, +6.6% at TP4) because the
+  // q_a / kv_a down-projections, which every TP rank computes in full, were counted per rank.
+  Scenario s = tiny_scenario(WorkloadMode::kTrain);
+  s.model.attention = models::AttentionKind::kMla;
+  s.model.mla.q_lora_rank = 256;
+  s.model.mla.kv_lora_rank = 128;
+  s.model.mla.qk_nope_head_dim = 64;
+  s.model.mla.qk_rope_head_dim = 32;
+  s.model.mla.v_head_dim = 64;
+  s.routing.block_size = 1;
+  const RooflineCosts costs(small_gpu());
+  s.parallel.dp = 4;
+  s.parallel.tp = 1;
+  const BuiltStep tp1 = build_step(s, costs, {});
+  s.parallel.dp = 1;
+  s.parallel.tp = 4;
+  s.parallel.ep = 4;
+  const BuiltStep tp4 = build_step(s, costs, {});
+  REQUIRE(tp4.flops.model == Approx(tp1.flops.model).epsilon(1e-12));
+  // Executed FLOPs do grow: each of the 4 TP ranks runs the down-projections in full
+  // (forward, dgrad and wgrad: 3x): 3 extra copies of 2*T*h*(q_lora + kv_lora + rope) per layer.
+  const double T = 16 * 256, h = 512;
+  const double extra = 3.0 * 3 * 2 * T * h * (256 + 128 + 32) * 2;  // 3 extra ranks, 3 passes, 2 layers
+  REQUIRE(tp4.flops.executed - tp1.flops.executed == Approx(extra).epsilon(1e-9));
+}
+
 TEST_CASE("skewed routing is slower than balanced", "[step_builder]") {
   Scenario s = tiny_scenario(WorkloadMode::kPrefill);
   const RooflineCosts costs(small_gpu());
