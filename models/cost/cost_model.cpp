@@ -3,8 +3,11 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <cmath>
+#include <cstdint>
+#include <iterator>
 #include <stdexcept>
 
 #include "models/cost/profile.hpp"
@@ -230,33 +233,26 @@ double harness_routing_size(const RoutingOp& op) {
 
 std::int64_t gemm_block_k(DType d) { return static_cast<std::int64_t>(128 / dtype_bytes(d)); }
 
-TileChoice choose_gemm_tile(const std::vector<std::int64_t>& rows, std::int64_t n, const GpuParams& gpu,
-                            GemmLayout layout) {
-  // Candidate sets, in the order the libraries try them (the order matters for the ties).
-  static constexpr int kHopperBm[] = {64, 128, 256};
-  static constexpr int kHopperBmContiguous[] = {128};
-  static constexpr int kHopperBn[] = {16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120, 128, 144, 160};
-  static constexpr int kAmpereBm[] = {64, 128, 256};
-  static constexpr int kAmpereBn[] = {64, 128, 256};
-  const bool hopper = gpu.peak_flops_fp8 > 0;  // FP8 tensor cores <=> WGMMA/UMMA generation
-  const int* bms = hopper ? (layout == GemmLayout::kContiguous ? kHopperBmContiguous : kHopperBm) : kAmpereBm;
-  const std::size_t n_bm = hopper ? (layout == GemmLayout::kContiguous ? 1 : 3) : 3;
-  const int* bns = hopper ? kHopperBn : kAmpereBn;
-  const std::size_t n_bn = hopper ? std::size(kHopperBn) : std::size(kAmpereBn);
-  const std::int64_t sms = gpu.sm_count;
-  auto ceil_div = [](std::int64_t a, std::int64_t b) { return (a + b - 1) / b; };
+namespace {
+/// The wave rule of choose_gemm_tile over given M-tile counts (one per BM candidate).
+TileChoice choose_from_m_tiles(const int* bms, const std::int64_t* m_tiles, std::size_t n_bm, const int* bns,
+                               std::size_t n_bn, std::int64_t n, std::int64_t sms, bool hopper) {
+  std::int64_t n_tiles[32];
+  for (std::size_t j = 0; j < n_bn; ++j) n_tiles[j] = (n + bns[j] - 1) / bns[j];
+  const double inv_sms = 1.0 / static_cast<double>(sms);
   std::int64_t best_bm = 0, best_bn = 0, best_tiles = 0, best_waves = 0, best_util = 0;
   for (std::size_t i = 0; i < n_bm; ++i) {
     const int bm = bms[i];
-    std::int64_t m_tiles = 0;
-    for (std::int64_t m : rows) m_tiles += ceil_div(std::max<std::int64_t>(m, 0), bm);
     for (std::size_t j = 0; j < n_bn; ++j) {
       const int bn = bns[j];
       if (hopper ? (bm > 128 && bn > 128) : (bm * bn > 128 * 256)) continue;
-      const std::int64_t tiles = m_tiles * ceil_div(n, bn);
-      const std::int64_t waves = ceil_div(tiles, sms);
-      const std::int64_t rem = tiles % sms;
-      const std::int64_t util = rem == 0 ? sms : rem;
+      const std::int64_t tiles = m_tiles[i] * n_tiles[j];
+      // ceil(tiles / sms) in double: exact for tiles < 2^40 (a non-multiple is >= 1/sms away
+      // from an integer), and much cheaper than a 64-bit division in this hot loop.
+      std::int64_t waves = static_cast<std::int64_t>(std::ceil(static_cast<double>(tiles) * inv_sms));
+      if (waves * sms < tiles) ++waves;  // guard the rounding of the reciprocal
+      if (waves > 0 && (waves - 1) * sms >= tiles) --waves;
+      const std::int64_t util = tiles - (waves - 1) * sms;  // last wave (a full one when divisible)
       bool take = false;
       if (best_bm == 0 || waves < best_waves) {
         take = true;
@@ -280,7 +276,47 @@ TileChoice choose_gemm_tile(const std::vector<std::int64_t>& rows, std::int64_t 
   c.tile = TileConfig{static_cast<int>(best_bm), static_cast<int>(best_bn)};
   c.tiles = static_cast<double>(best_tiles);
   c.waves = static_cast<double>(best_waves);
-  c.sms = best_waves > 0 ? static_cast<double>(ceil_div(best_tiles, best_waves)) : 0;
+  c.sms = best_waves > 0 ? static_cast<double>((best_tiles + best_waves - 1) / best_waves) : 0;
+  return c;
+}
+}  // namespace
+
+TileChoice choose_gemm_tile(const std::vector<std::int64_t>& rows, std::int64_t n, const GpuParams& gpu,
+                            GemmLayout layout) {
+  // Candidate sets, in the order the libraries try them (the order matters for the ties).
+  static constexpr int kHopperBm[] = {64, 128, 256};
+  static constexpr int kHopperBmContiguous[] = {128};
+  static constexpr int kHopperBn[] = {16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120, 128, 144, 160};
+  static constexpr int kAmpereBm[] = {64, 128, 256};
+  static constexpr int kAmpereBn[] = {64, 128, 256};
+  const bool hopper = gpu.peak_flops_fp8 > 0;  // FP8 tensor cores <=> WGMMA/UMMA generation
+  const bool contiguous = hopper && layout == GemmLayout::kContiguous;
+  const int* bms = hopper ? (contiguous ? kHopperBmContiguous : kHopperBm) : kAmpereBm;
+  const std::size_t n_bm = contiguous ? 1 : 3;
+  const int* bns = hopper ? kHopperBn : kAmpereBn;
+  const std::size_t n_bn = hopper ? std::size(kHopperBn) : std::size(kAmpereBn);
+  std::int64_t m_tiles[3] = {0, 0, 0};
+  for (std::int64_t m : rows) {
+    if (m <= 0) continue;
+    for (std::size_t i = 0; i < n_bm; ++i) m_tiles[i] += (m + bms[i] - 1) / bms[i];
+  }
+  // The choice depends only on (M tiles per BM, N, SMs, generation, layout); a simulation asks
+  // for the same few shapes millions of times, so a small per-thread memo keeps it cheap. A
+  // pure function of its key: results do not depend on the thread or the call order.
+  struct Entry {
+    std::int64_t key[6] = {-1, -1, -1, -1, -1, -1};
+    TileChoice value;
+  };
+  thread_local std::array<Entry, 512> memo;
+  const std::int64_t key[6] = {m_tiles[0], m_tiles[1],   m_tiles[2],
+                               n,          gpu.sm_count, (hopper ? 2 : 0) + (contiguous ? 1 : 0)};
+  std::uint64_t h = 1469598103934665603ull;
+  for (std::int64_t k : key) h = (h ^ static_cast<std::uint64_t>(k)) * 1099511628211ull;
+  Entry& e = memo[static_cast<std::size_t>(h >> 32) % memo.size()];
+  if (std::equal(std::begin(key), std::end(key), std::begin(e.key))) return e.value;
+  const TileChoice c = choose_from_m_tiles(bms, m_tiles, n_bm, bns, n_bn, n, gpu.sm_count, hopper);
+  std::copy(std::begin(key), std::end(key), std::begin(e.key));
+  e.value = c;
   return c;
 }
 
