@@ -572,8 +572,12 @@ class Builder {
 
   /// dgrad + wgrad of a GEMM [M x K] * [K x N] on gpu g.
   void gemm_bwd(int g, const char* dname, const char* wname, int l, int mb, std::int64_t M, std::int64_t N,
-                std::int64_t K) {
-    const Gemm d = gemm(M, K, N), w = gemm(K, N, M);
+                std::int64_t K, bool head = false) {
+    const auto f = [](std::int64_t a, std::int64_t b, std::int64_t c) {
+      return 2.0 * static_cast<double>(a) * static_cast<double>(b) * static_cast<double>(c);
+    };
+    const Gemm d = head ? Gemm{c_.head_gemm(M, K, N), f(M, K, N)} : gemm(M, K, N);
+    const Gemm w = head ? Gemm{c_.head_gemm(K, N, M), f(K, N, M)} : gemm(K, N, M);
     comp(g, dname, l, mb, d.t, d.flops);
     comp(g, wname, l, mb, w.t, w.flops);
   }
@@ -685,7 +689,9 @@ class Builder {
       comp(g, "embed", -1, mb, c_.elementwise(2.0 * static_cast<double>(tokens_ * m_.hidden * bpe_)), 0);
   }
   void head_fwd(int st, int mb) {
-    const Gemm x = gemm(head_rows(), m_.vocab / lay_.tp, m_.hidden);
+    const Gemm x{c_.head_gemm(head_rows(), m_.vocab / lay_.tp, m_.hidden), 2.0 * static_cast<double>(head_rows()) *
+                                                                               static_cast<double>(m_.vocab / lay_.tp) *
+                                                                               static_cast<double>(m_.hidden)};
     const double logits = 4.0 * static_cast<double>(head_rows() * (m_.vocab / lay_.tp));
     for (int g : stage_gpus(st)) {
       comp(g, "lm_head", -1, mb, x.t, x.flops);
@@ -697,7 +703,7 @@ class Builder {
     const double logits = 4.0 * static_cast<double>(tokens_ * (m_.vocab / lay_.tp));
     for (int g : stage_gpus(st)) {
       comp(g, "loss.bwd", -1, mb, c_.elementwise(2.0 * logits), 0);
-      gemm_bwd(g, "lm_head.dgrad", "lm_head.wgrad", -1, mb, tokens_, m_.vocab / lay_.tp, m_.hidden);
+      gemm_bwd(g, "lm_head.dgrad", "lm_head.wgrad", -1, mb, tokens_, m_.vocab / lay_.tp, m_.hidden, true);
     }
   }
   void embed_bwd(int st, int mb) {
