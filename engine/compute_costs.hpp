@@ -46,6 +46,8 @@ class ComputeCosts {
   virtual ~ComputeCosts() = default;
   /// C[M x N] = A[M x K] * B[K x N].
   virtual sim::SimTime dense_gemm(std::int64_t m, std::int64_t n, std::int64_t k) const = 0;
+  /// The LM head GEMM (kept in high precision when the linear layers run in fp8); default: as dense_gemm.
+  virtual sim::SimTime head_gemm(std::int64_t m, std::int64_t n, std::int64_t k) const { return dense_gemm(m, n, k); }
   /// One kernel computing rows[e] x K times K x N for every local expert e (forward and dgrad).
   virtual sim::SimTime grouped_gemm(const std::vector<std::int64_t>& rows, std::int64_t k, std::int64_t n) const = 0;
   /// Weight gradient of a grouped GEMM: per expert [K x rows[e]] * [rows[e] x N] (reduction over

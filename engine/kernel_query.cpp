@@ -120,14 +120,13 @@ KernelPrediction predict_kernel(const KernelQuery& q) {
     term("t0", r.params.t0_s * 1e6, "us");
     term("blend_p", r.params.p, "");
     term("total", p.seconds * 1e6, "us");
+    p.device_seconds = p.seconds;
     return p;
   }
-  cost::CostModel::Resolved r;
-  cost::GemmFeatures f;
+  cost::CostModel::GemmBreakdown b;
   if (q.op == KernelOp::kGemm) {
     cost::DenseGemmShape s{q.m, q.n, q.k, q.dtype, q.out_dtype, q.tile};
-    r = cm.resolve_dense_gemm(s);
-    f = cost::gemm_features({q.m}, q.k, q.n, q.dtype, q.out_dtype, r.params.tile);
+    b = cm.dense_gemm_breakdown(s);
     p.seconds = cm.dense_gemm(s).to_s();
   } else {
     cost::GroupedGemmShape s;
@@ -138,27 +137,37 @@ KernelPrediction predict_kernel(const KernelQuery& q) {
     s.dtype_out = q.out_dtype;
     s.tile = q.tile;
     s.masked = q.masked;
-    r = cm.resolve_grouped_gemm(s);
-    f = cost::gemm_features(q.rows, q.k, q.n, q.dtype, q.out_dtype, r.params.tile);
+    b = cm.grouped_gemm_breakdown(s);
     p.seconds = cm.grouped_gemm(s).to_s();
   }
-  const cost::GemmTerms t = cost::gemm_terms(f, r.params, gp, q.dtype, cm.clock_hz());
+  const cost::GemmFeatures& f = b.features;
+  const cost::GemmTerms& t = b.terms;
+  const cost::ModelParams& prm = b.resolved.params;
   p.flops = 2.0 * f.rows * static_cast<double>(q.n) * static_cast<double>(q.k);
   p.bytes = f.weight_bytes + f.act_bytes;
-  p.params_source = r.source;
-  term("tile_bm", r.params.tile.bm, "rows");
-  term("tile_bn", r.params.tile.bn, "cols");
+  p.params_source = b.resolved.source;
+  p.device_seconds = t.device_s;
+  term("tile_bm", b.choice.tile.bm, "rows");
+  term("tile_bn", b.choice.tile.bn, "cols");
+  term("tile_chosen", prm.choose_tile ? 1 : 0, "1: chosen per problem, 0: fixed");
   term("tiles", f.tiles, "");
   term("sms", gp.sm_count, "");
+  term("sms_launched", b.choice.sms, "");
   term("waves", t.waves, "");
-  term("eta", r.params.eta, "of peak");
+  term("k_blocks", f.k_blocks, "per tile");
+  term("eta", prm.eta, "of peak");
+  term("tile_math", t.tile_math_s * 1e6, "us");
+  term("tile_kblock_latency", t.tile_latency_s * 1e6, "us");
+  term("tile_overhead", t.tile_overhead_s * 1e6, "us");
   term("compute", t.compute_s * 1e6, "us");
   term("bytes", p.bytes, "B");
   term("busy_sms", t.busy_sms, "");
   term("bandwidth", t.bandwidth / 1e9, "GB/s");
   term("memory", t.memory_s * 1e6, "us");
   term("t0", t.t0_s * 1e6, "us");
-  term("blend_p", r.params.p, "");
+  term("launch", t.launch_s * 1e6, "us");
+  term("blend_p", prm.p, "");
+  term("device", t.device_s * 1e6, "us");
   term("total", p.seconds * 1e6, "us");
   return p;
 }

@@ -55,7 +55,10 @@ struct KernelTerm {
 };
 
 struct KernelPrediction {
-  double seconds = 0;         ///< the duration the simulator would charge (rounded to whole ps)
+  double seconds = 0;  ///< the duration the simulator would charge (rounded to whole ps)
+  /// The kernel's time on the device, as a profiler measures it: `seconds` less the host launch
+  /// part of the fixed cost (GEMMs with the default model; attention: equal to `seconds`).
+  double device_seconds = 0;
   double flops = 0;           ///< useful FLOPs of the kernel (2 M N K; attention: 4 x pairs x heads x d)
   double bytes = 0;           ///< minimum HBM traffic the model charges
   std::string params_source;  ///< "default" or the profile entry

@@ -219,6 +219,7 @@ ExecutionSpec parse_execution(const Node& n, const std::string& scenario_file) {
   e.overlap_chunks = static_cast<int>(n.opt_int("overlap_chunks", 1, Range::between(1, 64)));
   e.comm_sms = static_cast<int>(n.opt_int("comm_sms", 0, Range::between(0, 1024)));
   e.dispatch_dtype = n.opt_choice("dispatch_dtype", {"bf16", "fp8"}, "bf16");
+  e.weights_dtype = n.opt_choice("weights_dtype", {"bf16", "fp8"}, "bf16");
   e.profile = n.opt_string("profile", "");
   e.all_to_all = n.opt_choice("all_to_all", {"direct", "hierarchical"}, "direct");
   e.all_to_all_chunks = static_cast<int>(n.opt_int("all_to_all_chunks", 1, Range::between(1, 64)));
@@ -323,6 +324,11 @@ Scenario parse_scenario(const config::Document& doc, std::optional<std::uint64_t
           .error(fmt::format("dp*tp*pp = {}*{}*{} = {} GPUs, but the cluster has {} (nodes {} x gpus_per_node {})",
                              s.parallel.dp, s.parallel.tp, s.parallel.pp, s.parallel.world(), s.cluster.total_gpus(),
                              s.cluster.nodes, s.cluster.gpus_per_node));
+    if (s.has_cluster && s.execution.weights_dtype == "fp8" && !(s.cluster.gpu.fp8_flops > 0))
+      root.child("execution")
+          .error_at("weights_dtype",
+                    fmt::format("fp8 GEMMs need FP8 tensor cores; GPU '{}' has no fp8 peak in the catalog",
+                                s.cluster.gpu.name));
   } else if (s.workload.mode != WorkloadMode::kRouting) {
     root.error_at("cluster", "required key is missing (e.g. cluster: {gpu: h100-sxm, nodes: 1, gpus_per_node: 8})");
   }

@@ -67,7 +67,13 @@ struct ExecutionSpec {
   int overlap_chunks = 1;               ///< dispatch/GEMM/combine pipelining degree (Tutel/FSMoE)
   int comm_sms = 0;                     ///< SMs an all-to-all kernel takes from compute (DeepEP ~20)
   std::string dispatch_dtype = "bf16";  ///< bf16 | fp8 (DeepEP fp8 dispatch)
-  std::string profile;                  ///< fitted kernel cost profile YAML ("" = catalog defaults)
+  /// bf16 | fp8: element type of the linear layers' weights and GEMM inputs (attention
+  /// projections, dense FFN, shared and routed experts). fp8: the GEMMs read 1-byte weights and
+  /// run at the FP8 tensor-core peak (FP8 deployments: DeepGEMM W8A8, block scales); the router
+  /// gate and the LM head stay bf16 (DeepSeek-V3 report section 3.3.1 keeps them in high
+  /// precision). Memory footprints are not changed by it.
+  std::string weights_dtype = "bf16";
+  std::string profile;  ///< fitted kernel cost profile YAML ("" = catalog defaults)
   /// All-to-allv algorithm of dispatch and combine: direct (every rank pair is one flow) or
   /// hierarchical (NVLink to the same-rail GPU, then one exchange per rail: DeepEP's internode
   /// scheme, DeepSeek-V3 report section 3.2.2). Hierarchical needs EP groups of whole nodes (or

@@ -19,13 +19,22 @@ using sim::SimTime;
 // Cost-model adapter
 // ---------------------------------------------------------------------------------------------
 
-SimTime CostModelCosts::dense_gemm(std::int64_t m, std::int64_t n, std::int64_t k) const {
+SimTime CostModelCosts::gemm_in(std::int64_t m, std::int64_t n, std::int64_t k, cost::DType d) const {
   if (m <= 0 || n <= 0 || k <= 0) return SimTime::zero();
   cost::DenseGemmShape s;
   s.m = m;
   s.n = n;
   s.k = k;
+  s.dtype = d;
   return m_.dense_gemm(s);
+}
+
+SimTime CostModelCosts::dense_gemm(std::int64_t m, std::int64_t n, std::int64_t k) const {
+  return gemm_in(m, n, k, linear_);
+}
+
+SimTime CostModelCosts::head_gemm(std::int64_t m, std::int64_t n, std::int64_t k) const {
+  return gemm_in(m, n, k, cost::DType::kBf16);
 }
 
 SimTime CostModelCosts::grouped_gemm(const std::vector<std::int64_t>& rows, std::int64_t k, std::int64_t n) const {
@@ -36,6 +45,7 @@ SimTime CostModelCosts::grouped_gemm(const std::vector<std::int64_t>& rows, std:
   s.rows_per_expert = rows;
   s.k = k;
   s.n = n;
+  s.dtype = linear_;
   return m_.grouped_gemm(s);
 }
 
@@ -50,10 +60,12 @@ SimTime CostModelCosts::grouped_gemm_wgrad(const std::vector<std::int64_t>& rows
     s.m = k;
     s.n = n;
     s.k = r;
+    s.dtype = linear_;
     const SimTime one = m_.dense_gemm(s);
     if (first) {
       cost::DenseGemmShape tiny;
       tiny.m = tiny.n = tiny.k = 1;
+      tiny.dtype = linear_;
       launch = m_.dense_gemm(tiny);  // ~ the fixed per-kernel cost
       first = false;
       t += one;
@@ -91,7 +103,7 @@ SimTime CostModelCosts::router_topk(std::int64_t tokens, std::int64_t hidden, in
   op.experts = experts;
   op.topk = top_k;
   op.hidden = hidden;
-  return dense_gemm(tokens, experts, hidden) + m_.routing(op);
+  return gemm_in(tokens, experts, hidden, cost::DType::kBf16) + m_.routing(op);  // gate GEMM in bf16
 }
 
 SimTime CostModelCosts::permute(std::int64_t rows, std::int64_t row_bytes) const {
@@ -320,10 +332,11 @@ StepReport simulate_step(const Scenario& s, const SimulateOptions& opts) {
   if (!s.has_model) throw std::invalid_argument("simulate_step: the scenario has no model");
   const cost::GpuParams gp = gpu_params(s.cluster.gpu);
   std::optional<CostModelCosts> costs;
+  const cost::DType linear = s.execution.weights_dtype == "fp8" ? cost::DType::kFp8 : cost::DType::kBf16;
   if (!opts.profile_file.empty())
-    costs.emplace(cost::CostModel(gp, cost::read_profile_file(opts.profile_file)));
+    costs.emplace(cost::CostModel(gp, cost::read_profile_file(opts.profile_file)), linear);
   else
-    costs.emplace(cost::CostModel(gp));
+    costs.emplace(cost::CostModel(gp), linear);
 
   StepBuildOptions bopt = opts.build;
   bopt.memory_capacity_bytes = s.cluster.gpu.hbm_bytes;

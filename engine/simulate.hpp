@@ -21,7 +21,11 @@ namespace moesim::engine {
 /// ComputeCosts backed by the calibrated/default kernel cost models (models/cost).
 class CostModelCosts : public ComputeCosts {
  public:
-  explicit CostModelCosts(models::cost::CostModel m) : m_(std::move(m)) {}
+  /// `linear`: element type of the linear layers' GEMMs (execution.weights_dtype); the router
+  /// gate and the LM head (head_gemm) stay bf16.
+  explicit CostModelCosts(models::cost::CostModel m, models::cost::DType linear = models::cost::DType::kBf16)
+      : m_(std::move(m)), linear_(linear) {}
+  sim::SimTime head_gemm(std::int64_t m, std::int64_t n, std::int64_t k) const override;
   sim::SimTime dense_gemm(std::int64_t m, std::int64_t n, std::int64_t k) const override;
   sim::SimTime grouped_gemm(const std::vector<std::int64_t>& rows, std::int64_t k, std::int64_t n) const override;
   /// Weight gradient dW_e[K,N] = X_e^T dY_e: one GEMM per active expert with inner size m_e,
@@ -34,7 +38,9 @@ class CostModelCosts : public ComputeCosts {
   sim::SimTime elementwise(double bytes) const override;
 
  private:
+  sim::SimTime gemm_in(std::int64_t m, std::int64_t n, std::int64_t k, models::cost::DType d) const;
   models::cost::CostModel m_;
+  models::cost::DType linear_ = models::cost::DType::kBf16;
 };
 
 struct SimulateOptions {

@@ -218,6 +218,20 @@ class Builder {
               rank_rows[static_cast<std::size_t>(dst)] += rows;
             }
           }
+          // Dropless: each local expert's rows, gathered from every source, are padded up to a
+          // multiple of routing.block_size before the grouped GEMM (the block-aligned layout of
+          // dropless kernels: MegaBlocks blocks, DeepGEMM's contiguous M alignment), so the
+          // padding is executed (FLOPs and activation bytes) but is no useful work.
+          if (!sub.groups.empty() && sub.groups.front().capacity == models::kDropless && spec.block_size > 1) {
+            const std::int64_t b = spec.block_size;
+            for (std::size_t dst = 0; dst < sl.rows.size(); ++dst)
+              for (std::int64_t& r : sl.rows[dst]) {
+                const std::int64_t padded = (r + b - 1) / b * b;
+                rank_rows[dst] += padded - r;
+                rep.rows_block_padded += padded - r;
+                r = padded;
+              }
+          }
           per[static_cast<std::size_t>(mb * G + j)] = std::move(sl);
         }
       std::int64_t mx = 0, sum = 0;
@@ -227,7 +241,7 @@ class Builder {
       }
       rep.rank_max_over_mean = sum > 0 ? static_cast<double>(mx) * ep / static_cast<double>(sum) : 0.0;
       const bool padded = spec.pad_to_capacity && !lr.groups.empty() && lr.groups.front().capacity != models::kDropless;
-      rep.rows_expected = rep.stats.kept + (padded ? rep.stats.padded : 0);
+      rep.rows_expected = rep.stats.kept + (padded ? rep.stats.padded : 0) + rep.rows_block_padded;
       moe_index_[static_cast<std::size_t>(l)] = static_cast<int>(out_.moe_layers.size());
       out_.moe_layers.push_back(std::move(rep));
     }
@@ -391,24 +405,26 @@ class Builder {
     return {c_.dense_gemm(M, N, K), 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K)};
   }
 
-  /// Attention projections as one list of GEMMs [M, N, K] on one GPU.
-  std::vector<std::array<std::int64_t, 3>> qkv_gemms() const {
+  /// Attention projections as one list of GEMMs [M, N, K, replicated] on one GPU. `replicated`
+  /// (1) marks a GEMM every TP rank computes in full (MLA's q_a / kv_a down-projections, whose
+  /// outputs every head needs): executed on each rank, but one GEMM of model work per TP group.
+  std::vector<std::array<std::int64_t, 4>> qkv_gemms() const {
     const std::int64_t T = tokens_, h = m_.hidden, tp = lay_.tp;
     if (m_.attention == models::AttentionKind::kMla) {
       const auto& a = m_.mla;
       const std::int64_t qk = a.qk_nope_head_dim + a.qk_rope_head_dim;
-      std::vector<std::array<std::int64_t, 3>> v;
+      std::vector<std::array<std::int64_t, 4>> v;
       if (a.q_lora_rank > 0) {
-        v.push_back({T, a.q_lora_rank, h});
-        v.push_back({T, m_.heads * qk / tp, a.q_lora_rank});
+        v.push_back({T, a.q_lora_rank, h, 1});
+        v.push_back({T, m_.heads * qk / tp, a.q_lora_rank, 0});
       } else {
-        v.push_back({T, m_.heads * qk / tp, h});
+        v.push_back({T, m_.heads * qk / tp, h, 0});
       }
-      v.push_back({T, a.kv_lora_rank + a.qk_rope_head_dim, h});
-      v.push_back({T, std::int64_t{m_.heads} * (a.qk_nope_head_dim + a.v_head_dim) / tp, a.kv_lora_rank});
+      v.push_back({T, a.kv_lora_rank + a.qk_rope_head_dim, h, 1});
+      v.push_back({T, std::int64_t{m_.heads} * (a.qk_nope_head_dim + a.v_head_dim) / tp, a.kv_lora_rank, 0});
       return v;
     }
-    return {{T, (std::int64_t{m_.heads} + 2 * std::int64_t{m_.kv_heads}) * m_.head_dim / tp, h}};
+    return {{T, (std::int64_t{m_.heads} + 2 * std::int64_t{m_.kv_heads}) * m_.head_dim / tp, h, 0}};
   }
   std::int64_t attn_out_dim() const {
     const std::int64_t v = m_.attention == models::AttentionKind::kMla ? m_.mla.v_head_dim : m_.head_dim;
@@ -444,11 +460,12 @@ class Builder {
     const auto model_flops = [&](double f) { out_.flops.model += mult * f; };
     // attention
     SimTime tq{};
-    double fq = 0;
+    double fq = 0, fq_replicated = 0;
     for (const auto& g : qkv_gemms()) {
       const Gemm x = gemm(g[0], g[1], g[2]);
       tq += x.t;
       fq += x.flops;
+      if (g[3] != 0) fq_replicated += x.flops;
     }
     const AttentionShape as = attn_shape();
     const SimTime ta = c_.attention(as);
@@ -459,7 +476,9 @@ class Builder {
       comp(g, "attn", l, mb, ta, fa, attention_bytes(as));
       comp(g, "o_proj", l, mb, go.t, go.flops);
     }
-    model_flops((fq + fa + go.flops) * static_cast<double>(gpus.size()));
+    // Model FLOPs are a property of the model: a replicated projection counts once per TP group.
+    const double n_gpus = static_cast<double>(gpus.size());
+    model_flops((fq - fq_replicated + fa + go.flops) * n_gpus + fq_replicated * n_gpus / static_cast<double>(lay_.tp));
     tp_collective(st, CollectiveKind::kAllReduce, act_bytes, "tp_allreduce", l, mb, false);
     if (!m_.moe_layer[static_cast<std::size_t>(l)]) {
       const std::int64_t F = m_.dense_ffn / lay_.tp;
@@ -570,8 +589,12 @@ class Builder {
 
   /// dgrad + wgrad of a GEMM [M x K] * [K x N] on gpu g.
   void gemm_bwd(int g, const char* dname, const char* wname, int l, int mb, std::int64_t M, std::int64_t N,
-                std::int64_t K) {
-    const Gemm d = gemm(M, K, N), w = gemm(K, N, M);
+                std::int64_t K, bool head = false) {
+    const auto f = [](std::int64_t a, std::int64_t b, std::int64_t c) {
+      return 2.0 * static_cast<double>(a) * static_cast<double>(b) * static_cast<double>(c);
+    };
+    const Gemm d = head ? Gemm{c_.head_gemm(M, K, N), f(M, K, N)} : gemm(M, K, N);
+    const Gemm w = head ? Gemm{c_.head_gemm(K, N, M), f(K, N, M)} : gemm(K, N, M);
     comp(g, dname, l, mb, d.t, d.flops);
     comp(g, wname, l, mb, w.t, w.flops);
   }
@@ -683,7 +706,9 @@ class Builder {
       comp(g, "embed", -1, mb, c_.elementwise(2.0 * static_cast<double>(tokens_ * m_.hidden * bpe_)), 0);
   }
   void head_fwd(int st, int mb) {
-    const Gemm x = gemm(head_rows(), m_.vocab / lay_.tp, m_.hidden);
+    const Gemm x{c_.head_gemm(head_rows(), m_.vocab / lay_.tp, m_.hidden), 2.0 * static_cast<double>(head_rows()) *
+                                                                               static_cast<double>(m_.vocab / lay_.tp) *
+                                                                               static_cast<double>(m_.hidden)};
     const double logits = 4.0 * static_cast<double>(head_rows() * (m_.vocab / lay_.tp));
     for (int g : stage_gpus(st)) {
       comp(g, "lm_head", -1, mb, x.t, x.flops);
@@ -695,7 +720,7 @@ class Builder {
     const double logits = 4.0 * static_cast<double>(tokens_ * (m_.vocab / lay_.tp));
     for (int g : stage_gpus(st)) {
       comp(g, "loss.bwd", -1, mb, c_.elementwise(2.0 * logits), 0);
-      gemm_bwd(g, "lm_head.dgrad", "lm_head.wgrad", -1, mb, tokens_, m_.vocab / lay_.tp, m_.hidden);
+      gemm_bwd(g, "lm_head.dgrad", "lm_head.wgrad", -1, mb, tokens_, m_.vocab / lay_.tp, m_.hidden, true);
     }
   }
   void embed_bwd(int st, int mb) {

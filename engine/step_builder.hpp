@@ -127,8 +127,11 @@ struct MoeLayerReport {
   int stage = 0;
   models::LayerStats stats;       ///< over every micro-batch and GPU of the step
   double rank_max_over_mean = 0;  ///< expert rows computed per EP rank, max / mean (all groups)
+  /// Dropless: rows added to round each local expert's rows (all sources, per micro-batch and EP
+  /// group) up to routing.block_size; computed by the grouped GEMMs, no useful work.
+  std::int64_t rows_block_padded = 0;
   /// Token conservation: rows the routing says the expert GEMMs must compute (kept, plus the
-  /// padding rows when buffers are padded to capacity) and the rows actually given to the
+  /// padding rows when buffers are padded to capacity, plus rows_block_padded) and the rows actually given to the
   /// forward fc1 and backward fc2-dgrad grouped GEMMs of the graph (all chunks, micro-batches
   /// and ranks; recomputation not counted).
   std::int64_t rows_expected = 0;

@@ -3,8 +3,11 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <cmath>
+#include <cstdint>
+#include <iterator>
 #include <stdexcept>
 
 #include "models/cost/profile.hpp"
@@ -15,9 +18,30 @@ namespace moesim::models::cost {
 // Default constants. Each one is replaced by a fitted value when a profile entry exists.
 // ---------------------------------------------------------------------------------------------
 namespace {
-/// Tensor-core efficiency of a good Hopper GEMM on full waves: CALIBRATION.md ("good Hopper
-/// kernels plateau at roughly 0.6-0.75 of nominal peak"); we take the upper-middle value.
-constexpr double kGemmEta = 0.70;
+// GEMM tile model (models/README.md, "GEMM tile model"). The five constants below were fitted
+// ONCE, globally, by tools/fit_gemm_tile_model.py on the 9 points of validation/published/
+// deepgemm.yaml marked `subset: calibration` (DeepGEMM README, H800, FP8; log-error least
+// squares); the 19 held-out points are reported separately by `moesim fidelity`. They are
+// physical quantities of a Hopper GEMM main loop, not per-shape factors.
+/// Tensor-core efficiency of a tile's main loop (CALIBRATION.md: good Hopper kernels plateau at
+/// roughly 0.6-0.75 of nominal peak; the fit gives the top of that range).
+constexpr double kGemmEta = 0.749;
+/// HBM efficiency of a GEMM's streaming loads (TMA, deep pipelines); the fit: 0.90 of datasheet.
+constexpr double kGemmMemEff = 0.900;
+/// Latency floor of one 128-byte K block, SM cycles (fit: 231). DeepGEMM's math warpgroups issue
+/// the block's WGMMAs, wait for them (warpgroup_wait<0>) and promote the FP32 partial sums on the
+/// CUDA cores before the next block (deep_gemm/include/deep_gemm/fp8_gemm.cuh @a9967bc), so a
+/// block takes at least this round trip even when its tile is thin (BN = 16 .. 64).
+constexpr double kKBlockLatencyCycles = 231;
+/// Per-tile prologue/epilogue, SM cycles (fit: 3080, 1.7 us at 1.83 GHz): the accumulator
+/// write-back (registers -> shared memory -> TMA store) and the scheduler's next-tile step, not
+/// overlapped with the main loop in the a9967bc kernels. It decides short-K shapes (K = 512).
+constexpr double kTileOverheadCycles = 3080;
+/// Device-side fixed cost of one GEMM kernel (fit: 0.41 us): ramp-up of the first tile's
+/// pipeline and the tail, as a device profiler sees it (the host launch is separate).
+constexpr double kGemmDeviceFixedS = 0.41e-6;
+/// Blend exponent of the GEMM compute and memory paths (fit: 1.84).
+constexpr double kGemmBlendP = 1.84;
 /// Achieved fraction of datasheet HBM bandwidth for streaming reads/writes. Assumption: copy
 /// kernels on HBM GPUs typically reach 80-90% of the datasheet figure; the harness's HBM probe
 /// (runs.csv hbm_gbps_probed) and the fit replace it.
@@ -207,6 +231,95 @@ double harness_routing_size(const RoutingOp& op) {
   return static_cast<double>(op.tokens) * static_cast<double>(op.hidden) * 2.0;
 }
 
+std::int64_t gemm_block_k(DType d) { return static_cast<std::int64_t>(128 / dtype_bytes(d)); }
+
+namespace {
+/// The wave rule of choose_gemm_tile over given M-tile counts (one per BM candidate).
+TileChoice choose_from_m_tiles(const int* bms, const std::int64_t* m_tiles, std::size_t n_bm, const int* bns,
+                               std::size_t n_bn, std::int64_t n, std::int64_t sms, bool hopper) {
+  std::int64_t n_tiles[32];
+  for (std::size_t j = 0; j < n_bn; ++j) n_tiles[j] = (n + bns[j] - 1) / bns[j];
+  const double inv_sms = 1.0 / static_cast<double>(sms);
+  std::int64_t best_bm = 0, best_bn = 0, best_tiles = 0, best_waves = 0, best_util = 0;
+  for (std::size_t i = 0; i < n_bm; ++i) {
+    const int bm = bms[i];
+    for (std::size_t j = 0; j < n_bn; ++j) {
+      const int bn = bns[j];
+      if (hopper ? (bm > 128 && bn > 128) : (bm * bn > 128 * 256)) continue;
+      const std::int64_t tiles = m_tiles[i] * n_tiles[j];
+      // ceil(tiles / sms) in double: exact for tiles < 2^40 (a non-multiple is >= 1/sms away
+      // from an integer), and much cheaper than a 64-bit division in this hot loop.
+      std::int64_t waves = static_cast<std::int64_t>(std::ceil(static_cast<double>(tiles) * inv_sms));
+      if (waves * sms < tiles) ++waves;  // guard the rounding of the reciprocal
+      if (waves > 0 && (waves - 1) * sms >= tiles) --waves;
+      const std::int64_t util = tiles - (waves - 1) * sms;  // last wave (a full one when divisible)
+      bool take = false;
+      if (best_bm == 0 || waves < best_waves) {
+        take = true;
+      } else if (waves == best_waves) {
+        // gemm.py @a9967bc: fuller last wave; on a tie a smaller BM or BN with the other equal
+        // (less waste), or a larger BN when both differ.
+        take = util > best_util;
+        if (util == best_util)
+          take = (bm == best_bm && bn < best_bn) || (bn == best_bn && bm < best_bm) || (bm != best_bm && bn > best_bn);
+      }
+      if (take) {
+        best_bm = bm;
+        best_bn = bn;
+        best_tiles = tiles;
+        best_waves = waves;
+        best_util = util;
+      }
+    }
+  }
+  TileChoice c;
+  c.tile = TileConfig{static_cast<int>(best_bm), static_cast<int>(best_bn)};
+  c.tiles = static_cast<double>(best_tiles);
+  c.waves = static_cast<double>(best_waves);
+  c.sms = best_waves > 0 ? static_cast<double>((best_tiles + best_waves - 1) / best_waves) : 0;
+  return c;
+}
+}  // namespace
+
+TileChoice choose_gemm_tile(const std::vector<std::int64_t>& rows, std::int64_t n, const GpuParams& gpu,
+                            GemmLayout layout) {
+  // Candidate sets, in the order the libraries try them (the order matters for the ties).
+  static constexpr int kHopperBm[] = {64, 128, 256};
+  static constexpr int kHopperBmContiguous[] = {128};
+  static constexpr int kHopperBn[] = {16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120, 128, 144, 160};
+  static constexpr int kAmpereBm[] = {64, 128, 256};
+  static constexpr int kAmpereBn[] = {64, 128, 256};
+  const bool hopper = gpu.peak_flops_fp8 > 0;  // FP8 tensor cores <=> WGMMA/UMMA generation
+  const bool contiguous = hopper && layout == GemmLayout::kContiguous;
+  const int* bms = hopper ? (contiguous ? kHopperBmContiguous : kHopperBm) : kAmpereBm;
+  const std::size_t n_bm = contiguous ? 1 : 3;
+  const int* bns = hopper ? kHopperBn : kAmpereBn;
+  const std::size_t n_bn = hopper ? std::size(kHopperBn) : std::size(kAmpereBn);
+  std::int64_t m_tiles[3] = {0, 0, 0};
+  for (std::int64_t m : rows) {
+    if (m <= 0) continue;
+    for (std::size_t i = 0; i < n_bm; ++i) m_tiles[i] += (m + bms[i] - 1) / bms[i];
+  }
+  // The choice depends only on (M tiles per BM, N, SMs, generation, layout); a simulation asks
+  // for the same few shapes millions of times, so a small per-thread memo keeps it cheap. A
+  // pure function of its key: results do not depend on the thread or the call order.
+  struct Entry {
+    std::int64_t key[6] = {-1, -1, -1, -1, -1, -1};
+    TileChoice value;
+  };
+  thread_local std::array<Entry, 512> memo;
+  const std::int64_t key[6] = {m_tiles[0], m_tiles[1],   m_tiles[2],
+                               n,          gpu.sm_count, (hopper ? 2 : 0) + (contiguous ? 1 : 0)};
+  std::uint64_t h = 1469598103934665603ull;
+  for (std::int64_t k : key) h = (h ^ static_cast<std::uint64_t>(k)) * 1099511628211ull;
+  Entry& e = memo[static_cast<std::size_t>(h >> 32) % memo.size()];
+  if (std::equal(std::begin(key), std::end(key), std::begin(e.key))) return e.value;
+  const TileChoice c = choose_from_m_tiles(bms, m_tiles, n_bm, bns, n_bn, n, gpu.sm_count, hopper);
+  std::copy(std::begin(key), std::end(key), std::begin(e.key));
+  e.value = c;
+  return c;
+}
+
 GemmFeatures gemm_features(const std::vector<std::int64_t>& rows, std::int64_t k, std::int64_t n, DType in, DType out,
                            TileConfig tile) {
   if (k <= 0 || n <= 0) throw std::invalid_argument(fmt::format("GEMM shape needs K, N > 0 (K={}, N={})", k, n));
@@ -222,6 +335,7 @@ GemmFeatures gemm_features(const std::vector<std::int64_t>& rows, std::int64_t k
   const std::int64_t n_tiles = (n + tile.bn - 1) / tile.bn;
   f.tiles = static_cast<double>(m_tiles) * static_cast<double>(n_tiles);
   f.k = static_cast<double>(k);
+  f.k_blocks = static_cast<double>((k + gemm_block_k(in) - 1) / gemm_block_k(in));
   const double kd = static_cast<double>(k), nd = static_cast<double>(n);
   f.weight_bytes = f.active * kd * nd * dtype_bytes(in);
   f.act_bytes = f.rows * (kd * dtype_bytes(in) + nd * dtype_bytes(out));
@@ -232,17 +346,23 @@ GemmTerms gemm_terms(const GemmFeatures& f, const ModelParams& prm, const GpuPar
                      double clock_hz) {
   GemmTerms t;
   t.t0_s = prm.t0_s;
+  t.launch_s = std::min(prm.launch_s, prm.t0_s);
   t.total_s = prm.t0_s;
+  t.device_s = t.total_s - t.launch_s;
   if (f.tiles <= 0) return t;
   const double sms = static_cast<double>(gpu.sm_count);
   const double f_sm = gpu.peak_flops(dtype) / sms * (clock_hz / gpu.sm_clock_hz);
   t.waves = std::ceil(f.tiles / sms);
   const double tile_flops = 2.0 * prm.tile.bm * prm.tile.bn * f.k;
-  t.compute_s = t.waves * tile_flops / (prm.eta * f_sm);
+  t.tile_math_s = tile_flops / (prm.eta * f_sm);
+  t.tile_latency_s = f.k_blocks * prm.kblock_latency_cycles / clock_hz;
+  t.tile_overhead_s = prm.tile_overhead_cycles / clock_hz;
+  t.compute_s = t.waves * (t.tile_overhead_s + std::max(t.tile_math_s, t.tile_latency_s));
   t.busy_sms = std::min(f.tiles, sms);
   t.bandwidth = prm.mem_eff * gpu.hbm_bytes_per_s * std::min(1.0, t.busy_sms / (prm.sat_frac * sms));
   t.memory_s = (f.weight_bytes + f.act_bytes) / t.bandwidth;
   t.total_s = prm.t0_s + blend(t.compute_s, t.memory_s, prm.p);
+  t.device_s = t.total_s - t.launch_s;
   return t;
 }
 
@@ -279,11 +399,15 @@ double attention_bytes(const AttentionShape& s) {
 ModelParams default_gemm_params(const GpuParams& gpu) {
   ModelParams p;
   p.eta = kGemmEta;
-  p.mem_eff = kStreamMemEff;
-  p.t0_s = gpu.launch_overhead.to_s();
-  p.p = kBlendP;
+  p.mem_eff = kGemmMemEff;
+  p.launch_s = gpu.launch_overhead.to_s();
+  p.t0_s = p.launch_s + kGemmDeviceFixedS;
+  p.p = kGemmBlendP;
   p.sat_frac = kSatFrac;
   p.tile = TileConfig{128, 128};
+  p.kblock_latency_cycles = kKBlockLatencyCycles;
+  p.tile_overhead_cycles = kTileOverheadCycles;
+  p.choose_tile = true;
   return p;
 }
 
@@ -362,33 +486,70 @@ CostModel::Resolved CostModel::resolve_grouped_gemm(const GroupedGemmShape& s) c
   const std::string& impl = s.impl.empty() ? options_.gemm_impl : s.impl;
   if (const ProfileEntry* e = find(family, impl, s.dtype, s.tile)) return {e->params, true, "profile: " + e->key()};
   Resolved r{default_gemm_params(gpu_), false, "default"};
-  if (s.tile) r.params.tile = *s.tile;
+  if (s.tile) {
+    r.params.tile = *s.tile;
+    r.params.choose_tile = false;
+  }
   return r;
 }
 
-sim::SimTime CostModel::grouped_gemm(const GroupedGemmShape& s) const {
-  const Resolved r = resolve_grouped_gemm(s);
-  const GemmFeatures f = gemm_features(s.rows_per_expert, s.k, s.n, s.dtype, s.dtype_out, r.params.tile);
-  double t = gemm_seconds(f, r.params, gpu_, s.dtype, clock_hz_);
-  if (r.fitted && options_.use_residual && f.active > 0) {
+namespace {
+CostModel::GemmBreakdown gemm_breakdown(CostModel::Resolved r, const std::vector<std::int64_t>& rows, std::int64_t k,
+                                        std::int64_t n, DType in, DType out, GemmLayout layout, const GpuParams& gpu,
+                                        double clock_hz) {
+  if (k <= 0 || n <= 0) throw std::invalid_argument(fmt::format("GEMM shape needs K, N > 0 (K={}, N={})", k, n));
+  CostModel::GemmBreakdown b;
+  if (r.params.choose_tile) {
+    b.choice = choose_gemm_tile(rows, n, gpu, layout);
+    if (b.choice.tiles > 0) r.params.tile = b.choice.tile;
+  }
+  b.features = gemm_features(rows, k, n, in, out, r.params.tile);
+  if (!r.params.choose_tile || b.choice.tiles <= 0) {
+    b.choice.tile = r.params.tile;
+    b.choice.tiles = b.features.tiles;
+    b.choice.waves = std::ceil(b.features.tiles / gpu.sm_count);
+    b.choice.sms = b.choice.waves > 0 ? std::ceil(b.features.tiles / b.choice.waves) : 0;
+  }
+  b.terms = gemm_terms(b.features, r.params, gpu, in, clock_hz);
+  b.resolved = std::move(r);
+  return b;
+}
+}  // namespace
+
+CostModel::GemmBreakdown CostModel::grouped_gemm_breakdown(const GroupedGemmShape& s) const {
+  GemmBreakdown b = gemm_breakdown(resolve_grouped_gemm(s), s.rows_per_expert, s.k, s.n, s.dtype, s.dtype_out,
+                                   s.masked ? GemmLayout::kMasked : GemmLayout::kContiguous, gpu_, clock_hz_);
+  if (b.resolved.fitted && options_.use_residual && b.features.active > 0) {
     const std::string_view family = s.masked ? "grouped_gemm_masked" : "grouped_gemm";
     const std::string& impl = s.impl.empty() ? options_.gemm_impl : s.impl;
-    t *= find(family, impl, s.dtype, s.tile)->residual_factor(f.rows / f.active);
+    const double factor = find(family, impl, s.dtype, s.tile)->residual_factor(b.features.rows / b.features.active);
+    b.terms.total_s *= factor;
+    b.terms.device_s = b.terms.total_s - b.terms.launch_s;
   }
-  return to_sim_time(t);
+  return b;
+}
+
+sim::SimTime CostModel::grouped_gemm(const GroupedGemmShape& s) const {
+  return to_sim_time(grouped_gemm_breakdown(s).terms.total_s);
 }
 
 CostModel::Resolved CostModel::resolve_dense_gemm(const DenseGemmShape& s) const {
   if (const ProfileEntry* e = find("dense_gemm", "", s.dtype, s.tile)) return {e->params, true, "profile: " + e->key()};
   Resolved r{default_gemm_params(gpu_), false, "default"};
-  if (s.tile) r.params.tile = *s.tile;
+  if (s.tile) {
+    r.params.tile = *s.tile;
+    r.params.choose_tile = false;
+  }
   return r;
 }
 
+CostModel::GemmBreakdown CostModel::dense_gemm_breakdown(const DenseGemmShape& s) const {
+  return gemm_breakdown(resolve_dense_gemm(s), {s.m}, s.k, s.n, s.dtype, s.dtype_out, GemmLayout::kDense, gpu_,
+                        clock_hz_);
+}
+
 sim::SimTime CostModel::dense_gemm(const DenseGemmShape& s) const {
-  const ModelParams prm = resolve_dense_gemm(s).params;
-  const GemmFeatures f = gemm_features({s.m}, s.k, s.n, s.dtype, s.dtype_out, prm.tile);
-  return to_sim_time(gemm_seconds(f, prm, gpu_, s.dtype, clock_hz_));
+  return to_sim_time(dense_gemm_breakdown(s).terms.total_s);
 }
 
 CostModel::Resolved CostModel::resolve_attention(const AttentionShape& s) const {

@@ -152,7 +152,46 @@ struct ModelParams {
   double p = 0;         ///< blend exponent: T = t0 + (Tc^p + Tm^p)^(1/p); p -> inf is max()
   double sat_frac = 0;  ///< fraction of SMs that must be busy to reach mem_eff x HBM
   TileConfig tile;
+  /// GEMM tile model (models/README.md, "GEMM tile model"); 0 in fitted profile entries, whose
+  /// skeleton has no such terms. Latency floor of one K block (BK = 128 bytes of K) of a tile's
+  /// main loop, SM clock cycles: the WGMMA issue -> wait -> promote round trip that small tiles
+  /// cannot hide behind tensor-core work.
+  double kblock_latency_cycles = 0;
+  /// Per-output-tile prologue/epilogue (accumulator write-back through shared memory, TMA store,
+  /// scheduler step), SM clock cycles; charged once per tile and wave.
+  double tile_overhead_cycles = 0;
+  /// The part of t0_s that is the host-side launch (in the charged duration, not in the kernel's
+  /// device time, which profilers such as DeepGEMM's bench_kineto measure). 0 for fitted entries.
+  double launch_s = 0;
+  /// Choose the tile per problem (choose_gemm_tile) instead of using `tile`: the defaults do,
+  /// fitted entries (measured with one tile) and explicit tiles do not.
+  bool choose_tile = false;
 };
+
+/// The GEMM layout a tile is chosen for: DeepGEMM's normal (dense), contiguous grouped (rows of
+/// every expert padded to the M block) and masked grouped (decode) kernels choose differently.
+enum class GemmLayout { kDense, kContiguous, kMasked };
+
+/// The tile configuration a library picks for one problem (see choose_gemm_tile).
+struct TileChoice {
+  TileConfig tile;
+  double tiles = 0;  ///< output tiles over all experts
+  double waves = 0;  ///< ceil(tiles / SMs)
+  double sms = 0;    ///< SMs actually launched: ceil(tiles / waves) (DeepGEMM's num_min_sms)
+};
+/// Picks the output tile the way the libraries do for this GPU generation (models/README.md):
+///  - GPUs with FP8 tensor cores (Hopper and later, WGMMA/UMMA: N any multiple of 8): DeepGEMM's
+///    get_best_configs (deep_gemm/jit_kernels/gemm.py:72-120 @a9967bc): BM in {64, 128, 256}
+///    (contiguous layout: 128 only), BN in {16, 24, ..., 128, 144, 160} (BM 256 only with
+///    BN <= 128); fewest waves, then the fullest last wave, then the tie rules of that code.
+///  - older GPUs (mma.sync, CUTLASS 2.x): the CUTLASS SM80 tile set (BM x BN in {64, 128, 256}^2,
+///    BM x BN <= 128 x 256) by the same wave rule.
+/// Cost: one pass over the experts per BM candidate.
+TileChoice choose_gemm_tile(const std::vector<std::int64_t>& rows_per_expert, std::int64_t n, const GpuParams& gpu,
+                            GemmLayout layout);
+/// Elements of K per main-loop block: 128 bytes of K (the TMA 128-byte swizzle; DeepGEMM's
+/// BLOCK_K = 128 for fp8, CUTLASS SM90 bf16 kernels use K = 64).
+std::int64_t gemm_block_k(DType d);
 
 /// The per-row quantities a GEMM cost depends on; computed once per shape (and once per
 /// measurement row while fitting).
@@ -162,26 +201,33 @@ struct GemmFeatures {
   double weight_bytes = 0;  ///< active experts x K x N x bytes(dtype)
   double act_bytes = 0;     ///< rows x (K x bytes(in) + N x bytes(out))
   double rows = 0;
-  double active = 0;  ///< experts with m_e > 0
+  double active = 0;    ///< experts with m_e > 0
+  double k_blocks = 0;  ///< ceil(K / gemm_block_k(in))
 };
 GemmFeatures gemm_features(const std::vector<std::int64_t>& rows_per_expert, std::int64_t k, std::int64_t n, DType in,
                            DType out, TileConfig tile);
 
 /// The GEMM skeleton in seconds at SM clock `clock_hz`:
-///   T_c = ceil(tiles / SMs) * 2*BM*BN*K / (eta * F_SM(clock))
+///   T_c = ceil(tiles / SMs) * (tile_overhead + max(2*BM*BN*K / (eta * F_SM), k_blocks * kblock_latency))
+///         (F_SM per cycle; both cycle terms at `clock_hz`)
 ///   T_m = bytes / (mem_eff * HBM * min(1, min(tiles, SMs) / (sat_frac * SMs)))
 ///   T   = t0 + (T_c^p + T_m^p)^(1/p)
 /// Zero rows cost t0 (the kernel is still launched).
 double gemm_seconds(const GemmFeatures& f, const ModelParams& prm, const GpuParams& gpu, DType dtype, double clock_hz);
 /// Every intermediate term of gemm_seconds (what `moesim cost` prints), in seconds and counts.
 struct GemmTerms {
-  double waves = 0;      ///< ceil(tiles / SMs)
-  double busy_sms = 0;   ///< min(tiles, SMs)
-  double compute_s = 0;  ///< T_c
-  double bandwidth = 0;  ///< bytes/s the memory term assumes (mem_eff x HBM x saturation)
-  double memory_s = 0;   ///< T_m
-  double t0_s = 0;       ///< fixed overhead
-  double total_s = 0;    ///< t0 + blend(T_c, T_m)
+  double waves = 0;            ///< ceil(tiles / SMs)
+  double busy_sms = 0;         ///< min(tiles, SMs)
+  double tile_math_s = 0;      ///< one tile's main loop at eta x peak
+  double tile_latency_s = 0;   ///< one tile's K-block latency floor (k_blocks x kblock_latency)
+  double tile_overhead_s = 0;  ///< one tile's prologue/epilogue
+  double compute_s = 0;        ///< T_c
+  double bandwidth = 0;        ///< bytes/s the memory term assumes (mem_eff x HBM x saturation)
+  double memory_s = 0;         ///< T_m
+  double t0_s = 0;             ///< fixed overhead (launch_s + device-side fixed cost)
+  double launch_s = 0;         ///< host launch part of t0 (not device time)
+  double device_s = 0;         ///< total - launch: what a device profiler measures
+  double total_s = 0;          ///< t0 + blend(T_c, T_m)
 };
 GemmTerms gemm_terms(const GemmFeatures& f, const ModelParams& prm, const GpuParams& gpu, DType dtype, double clock_hz);
 /// Roofline blend for attention: t0 + ((flops/(eta*peak))^p + (bytes/(mem_eff*HBM))^p)^(1/p).
@@ -245,6 +291,16 @@ class CostModel {
   };
   Resolved resolve_grouped_gemm(const GroupedGemmShape& s) const;
   Resolved resolve_dense_gemm(const DenseGemmShape& s) const;
+  /// Every term of grouped_gemm() / dense_gemm() for a shape (the tile they use, chosen or
+  /// fixed, is in params.tile of resolve_*); total_s equals their result before rounding.
+  struct GemmBreakdown {
+    Resolved resolved;
+    TileChoice choice;  ///< the tile used (chosen, explicit or the profile's)
+    GemmFeatures features;
+    GemmTerms terms;
+  };
+  GemmBreakdown grouped_gemm_breakdown(const GroupedGemmShape& s) const;
+  GemmBreakdown dense_gemm_breakdown(const DenseGemmShape& s) const;
   Resolved resolve_attention(const AttentionShape& s) const;
 
   const GpuParams& gpu() const { return gpu_; }

@@ -366,4 +366,57 @@ TEST_CASE("a training step with deepep_normal: conserved, fewer dispatch bytes w
   REQUIRE(d.built.kept == a.built.kept);
   REQUIRE(d.payload_bytes < a.payload_bytes);
   REQUIRE(d.dispatch_us != a.dispatch_us);
+TEST_CASE("execution.weights_dtype fp8: linear-layer GEMMs read 1-byte weights at the FP8 peak", "[simulate][fp8]") {
+  // Issue 17 (d): decode always read bf16 weights. fp8 halves the weight bytes and doubles the
+  // tensor peak of the attention projections, FFNs and experts; the LM head stays bf16.
+  const std::string layout = "parallel: { dp: 8, tp: 1, ep: 8, pp: 1 }\n";
+  auto decode = [&](const std::string& extra) {
+    std::string y = R"(name: small
+model: mixtral-8x7b
+cluster:
+  gpu: h100-sxm
+  nodes: 2
+  gpus_per_node: 4
+  intra_node: { fabric: nvswitch, bandwidth: 450GB/s, latency: 1us }
+  inter_node: { fabric: rail-fat-tree, nic_bandwidth: 400Gb/s, nics_per_node: 4, latency: 2us }
+)" + layout + R"(workload: { mode: decode, batch: 64, context_len: 2048 }
+routing: { sampling: counts }
+network: { model: analytical }
+seed: 3
+)" + extra;
+    return parse_scenario(config::Document::load_string(y, "small.yaml"));
+  };
+  const Scenario bf = decode("");
+  const Scenario f8 = decode("execution: { weights_dtype: fp8 }\n");
+  REQUIRE(bf.execution.weights_dtype == "bf16");
+  REQUIRE(f8.execution.weights_dtype == "fp8");
+  const StepReport a = simulate_step(bf, {});
+  const StepReport b = simulate_step(f8, {});
+  const auto& ka = a.built.kernels;
+  const auto& kb = b.built.kernels;
+  // Memory-bound decode GEMMs: close to half the time (the fixed launch cost stays).
+  for (const char* name : {"qkv", "o_proj", "expert_fc1", "expert_fc2"}) {
+    INFO(name);
+    REQUIRE(kb.at(name).time < ka.at(name).time);
+    REQUIRE(kb.at(name).time.to_s() > 0.4 * ka.at(name).time.to_s());
+  }
+  REQUIRE(kb.at("expert_fc1").time.to_s() < 0.75 * ka.at("expert_fc1").time.to_s());
+  REQUIRE(kb.at("lm_head").time == ka.at("lm_head").time);      // kept in bf16
+  REQUIRE(b.built.flops.model == Approx(a.built.flops.model));  // same work
+  REQUIRE(b.exec.step_time < a.exec.step_time);
+  // A GPU without FP8 tensor cores is a located error.
+  std::string y =
+      "name: x\nmodel: mixtral-8x7b\ncluster: { gpu: a100-80gb-sxm, nodes: 1, gpus_per_node: 8,\n"
+      "  intra_node: { fabric: nvswitch, bandwidth: 300GB/s, latency: 1us } }\n"
+      "parallel: { dp: 8, tp: 1, ep: 8, pp: 1 }\nworkload: { mode: decode, batch: 64, context_len: 2048 }\n"
+      "execution: { weights_dtype: fp8 }\n";
+  try {
+    parse_scenario(config::Document::load_string(y, "a100.yaml"));
+    FAIL("expected an error");
+  } catch (const config::ConfigError& e) {
+    const std::string m = e.what();
+    INFO(m);
+    REQUIRE(m.find("a100.yaml:7") != std::string::npos);
+    REQUIRE(m.find("weights_dtype") != std::string::npos);
+  }
 }

@@ -92,7 +92,8 @@ TEST_CASE("roofline: tile and wave quantisation", "[step_builder]") {
 }
 
 TEST_CASE("tiny prefill: op counts, closed-form FLOPs, conserved bytes", "[step_builder]") {
-  const Scenario s = tiny_scenario(WorkloadMode::kPrefill);
+  Scenario s = tiny_scenario(WorkloadMode::kPrefill);
+  s.routing.block_size = 1;  // no dropless block padding: executed FLOPs = model FLOPs
   const RooflineCosts costs(small_gpu());
   BuiltStep b = build_step(s, costs, {});
   // Per GPU: embed + 2 x (qkv, attn, o_proj, router, permute, fc1, fc2, unpermute) + lm_head.
@@ -134,6 +135,63 @@ TEST_CASE("build is deterministic", "[step_builder]") {
   BuiltStep a = build_step(s, costs, {}), b = build_step(s, costs, {});
   REQUIRE(a.flops.executed == b.flops.executed);
   REQUIRE(play(a).step == play(b).step);
+}
+
+TEST_CASE("dropless block padding is executed: more padding, more expert FLOPs and a longer step", "[step_builder]") {
+  // Issue 17: block 1, 128, 1024 used to give the same step time. Each local expert's rows
+  // (gathered from all sources) are now padded to the block before the grouped GEMM.
+  Scenario s = tiny_scenario(WorkloadMode::kPrefill);
+  s.routing.distribution = models::Distribution::kPowerLaw;  // uneven rows: not block multiples
+  s.routing.alpha = 1.2;
+  const RooflineCosts costs(small_gpu());
+  std::vector<BuiltStep> b;
+  std::vector<Run> r;
+  for (std::int64_t block : {1, 128, 1024}) {
+    s.routing.block_size = block;
+    b.push_back(build_step(s, costs, {}));
+    r.push_back(play(b.back()));
+  }
+  // Same useful work; executed FLOPs = model + padding, growing with the block.
+  REQUIRE(b[1].flops.model == Approx(b[0].flops.model));
+  REQUIRE(b[2].flops.model == Approx(b[0].flops.model));
+  REQUIRE(b[0].flops.executed == Approx(b[0].flops.model));  // block 1: nothing padded
+  REQUIRE(b[1].flops.executed > b[0].flops.executed);
+  REQUIRE(b[2].flops.executed > b[1].flops.executed);
+  // The roofline's GEMM tile is 128 rows, so padding to 128 is already inside its tile
+  // quantisation (no slower, as on a real GPU); padding to 1024 adds whole tiles.
+  REQUIRE(b[1].kernels.at("expert_fc1").time >= b[0].kernels.at("expert_fc1").time);
+  REQUIRE(b[2].kernels.at("expert_fc1").time > b[1].kernels.at("expert_fc1").time);
+  REQUIRE(r[1].step >= r[0].step);
+  REQUIRE(r[2].step > r[1].step);
+  // Rows fed to the GEMMs are block multiples per expert: 4 experts x >= 1 block per micro-batch.
+  REQUIRE(b[2].moe_layers.at(0).rows_fed_fwd % 1024 == 0);
+}
+
+TEST_CASE("MLA model FLOPs do not depend on TP; the replicated down-projections are executed", "[step_builder]") {
+  // Issue 17: DeepSeek-V3's model FLOPs grew with TP (+2.2% at TP2, +6.6% at TP4) because the
+  // q_a / kv_a down-projections, which every TP rank computes in full, were counted per rank.
+  Scenario s = tiny_scenario(WorkloadMode::kTrain);
+  s.model.attention = models::AttentionKind::kMla;
+  s.model.mla.q_lora_rank = 256;
+  s.model.mla.kv_lora_rank = 128;
+  s.model.mla.qk_nope_head_dim = 64;
+  s.model.mla.qk_rope_head_dim = 32;
+  s.model.mla.v_head_dim = 64;
+  s.routing.block_size = 1;
+  const RooflineCosts costs(small_gpu());
+  s.parallel.dp = 4;
+  s.parallel.tp = 1;
+  const BuiltStep tp1 = build_step(s, costs, {});
+  s.parallel.dp = 1;
+  s.parallel.tp = 4;
+  s.parallel.ep = 4;
+  const BuiltStep tp4 = build_step(s, costs, {});
+  REQUIRE(tp4.flops.model == Approx(tp1.flops.model).epsilon(1e-12));
+  // Executed FLOPs do grow: each of the 4 TP ranks runs the down-projections in full
+  // (forward, dgrad and wgrad: 3x): 3 extra copies of 2*T*h*(q_lora + kv_lora + rope) per layer.
+  const double T = 16 * 256, h = 512;
+  const double extra = 3.0 * 3 * 2 * T * h * (256 + 128 + 32) * 2;  // 3 extra ranks, 3 passes, 2 layers
+  REQUIRE(tp4.flops.executed - tp1.flops.executed == Approx(extra).epsilon(1e-9));
 }
 
 TEST_CASE("skewed routing is slower than balanced", "[step_builder]") {
