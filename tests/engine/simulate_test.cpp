@@ -366,6 +366,8 @@ TEST_CASE("a training step with deepep_normal: conserved, fewer dispatch bytes w
   REQUIRE(d.built.kept == a.built.kept);
   REQUIRE(d.payload_bytes < a.payload_bytes);
   REQUIRE(d.dispatch_us != a.dispatch_us);
+}
+
 TEST_CASE("execution.weights_dtype fp8: linear-layer GEMMs read 1-byte weights at the FP8 peak", "[simulate][fp8]") {
   // Issue 17 (d): decode always read bf16 weights. fp8 halves the weight bytes and doubles the
   // tensor peak of the attention projections, FFNs and experts; the LM head stays bf16.
