@@ -93,6 +93,7 @@ OpId StepGraph::compute(int gpu, const OpInfo& info, SimTime duration, const std
   Op& op = ops_[id];
   op.duration = duration;
   op.gpu_count = 1;
+  op.ordered = 1;
   op.stream = Stream::kCompute;
   gpus_.push_back(gpu);
   OpId& last = last_[static_cast<std::size_t>(gpu)];
@@ -103,7 +104,7 @@ OpId StepGraph::compute(int gpu, const OpInfo& info, SimTime duration, const std
 }
 
 OpId StepGraph::collective(const std::vector<int>& gpus, const OpInfo& info, std::uint32_t collective_index,
-                           Stream stream, const std::vector<OpId>& deps, int sm_count) {
+                           Stream stream, const std::vector<OpId>& deps, int sm_count, int ordered_gpus) {
   if (gpus.empty()) throw std::invalid_argument("StepGraph: collective without participants");
   if (stream == Stream::kCompute) throw std::invalid_argument("StepGraph: a collective needs a communication stream");
   if (sm_count < 0 || sm_count > std::numeric_limits<std::uint16_t>::max())
@@ -120,8 +121,13 @@ OpId StepGraph::collective(const std::vector<int>& gpus, const OpInfo& info, std
   }
   gpus_.insert(gpus_.end(), gpus.begin(), gpus.end());
   const std::size_t base = static_cast<std::size_t>(stream) * static_cast<std::size_t>(num_gpus_);
-  for (int g : gpus) {
-    OpId& last = last_[base + static_cast<std::size_t>(g)];
+  const std::size_t ordered =
+      ordered_gpus < 0 ? gpus.size() : std::min(gpus.size(), static_cast<std::size_t>(ordered_gpus));
+  ops_[id].ordered = static_cast<std::uint32_t>(ordered);
+  ops_[id].recv_lane = static_cast<std::uint8_t>(info.recv_lane == 0 ? 0 : 1);
+  if (ordered < gpus.size()) has_unordered_ = true;
+  for (std::size_t k = 0; k < ordered; ++k) {
+    OpId& last = last_[base + static_cast<std::size_t>(gpus[k])];
     add_edge(last, id);
     last = id;
   }
@@ -186,6 +192,10 @@ ExecutionResult Executor::run() {
       const auto gs = static_cast<std::size_t>(gi);
       opts_.trace->process(gi, gs < opts_.gpu_names.size() ? opts_.gpu_names[gs] : fmt::format("GPU {}", gi));
       for (int s = 0; s < kNumStreams; ++s) opts_.trace->track(gi, s, to_string(static_cast<Stream>(s)));
+      if (g_.has_unordered_) {
+        opts_.trace->track(gi, kNumStreams, "comm PP recv fwd");
+        opts_.trace->track(gi, kNumStreams + 1, "comm PP recv bwd");
+      }
     }
     // Flow predecessors by op, in the order flow() was called.
     flow_begin_.assign(n + 1, 0);
@@ -374,7 +384,12 @@ void Executor::record(OpId id, SimTime start, SimTime end) {
   if (op.bytes > 0) args.emplace_back("bytes", op.bytes);
   const int track = static_cast<int>(op.stream);
   const std::string& name = g_.names_[op.name];
-  for (int gi : g_.gpus(op)) opts_.trace->slice(gi, track, 0, name, to_string(op.category), start, end, args);
+  {
+    const auto gs = g_.gpus(op);
+    for (std::size_t k = 0; k < gs.size(); ++k)
+      opts_.trace->slice(gs[k], k < op.ordered ? track : kNumStreams + op.recv_lane, 0, name, to_string(op.category),
+                         start, end, args);
+  }
   // Arrows from flow predecessors (e.g. dispatch -> expert GEMM): drawn on a GPU both share,
   // starting inside the predecessor's slice and ending inside this one.
   const int here = g_.gpus_[op.gpu_begin];

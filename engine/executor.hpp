@@ -73,6 +73,9 @@ struct OpInfo {
   int micro_batch = -1;
   double flops = 0;  ///< for MFU and trace args
   double bytes = 0;  ///< for trace args
+  /// Trace lane of the participants outside a collective's stream order (see `ordered_gpus`):
+  /// they draw it on the track "comm PP recv fwd" (0) or "comm PP recv bwd" (1).
+  int recv_lane = 0;
 };
 
 class StepGraph {
@@ -81,9 +84,12 @@ class StepGraph {
 
   /// A kernel on `gpu`'s compute stream taking `duration` at full SM availability.
   OpId compute(int gpu, const OpInfo& info, sim::SimTime duration, const std::vector<OpId>& deps = {});
-  /// A collective among `gpus` (queued on `stream` of each), timed by the backend.
+  /// A collective among `gpus` (queued on `stream` of each), timed by the backend. With
+  /// `ordered_gpus` = n >= 0 only the first n participants queue it in their stream order; the
+  /// others take part whenever it starts (a receive posted ahead of time, as Megatron's
+  /// overlapped pipeline p2p does with irecv), so it never waits behind their other transfers.
   OpId collective(const std::vector<int>& gpus, const OpInfo& info, std::uint32_t collective_index, Stream stream,
-                  const std::vector<OpId>& deps = {}, int sm_count = 0);
+                  const std::vector<OpId>& deps = {}, int sm_count = 0, int ordered_gpus = -1);
   /// A pure dependency edge: `after` waits for `before`.
   void depend(OpId after, OpId before);
   /// Like depend(), and draws a flow arrow in the trace (dispatch -> GEMM -> combine).
@@ -122,6 +128,8 @@ class StepGraph {
     std::uint16_t sm_count = 0;
     Category category = Category::kCompute;
     Stream stream = Stream::kCompute;
+    std::uint32_t ordered = 0;  // participants [0, ordered) queue it in their stream order
+    std::uint8_t recv_lane = 0;
   };
   OpId add_op(const OpInfo& info);
   void add_edge(OpId before, OpId after);
@@ -142,6 +150,7 @@ class StepGraph {
   std::vector<std::uint32_t> succ_begin_;          // CSR once frozen: succ_[succ_begin_[i] ..]
   std::vector<OpId> succ_;
   bool frozen_ = false;
+  bool has_unordered_ = false;  // some collective has participants outside its stream order
   std::vector<std::string> names_;
   std::unordered_map<std::string, std::uint16_t, NameHash, std::equal_to<>> name_ids_;
   std::vector<OpId> last_;  // [stream * num_gpus + gpu]

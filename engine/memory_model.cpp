@@ -5,6 +5,8 @@
 
 #include <fmt/format.h>
 
+#include "engine/pipeline.hpp"
+
 namespace moesim::engine {
 
 std::vector<std::pair<int, int>> stage_layer_ranges(int layers, int pp) {
@@ -123,7 +125,7 @@ MemoryEstimate estimate_memory(const Scenario& s, const MemoryOptions& opt) {
   const models::ModelSpec& m = s.model;
   const RankLayout lay(s.parallel);
   const MicroBatchShape mb = micro_batch_shape(s);
-  const auto ranges = stage_layer_ranges(m.num_layers(), lay.pp);
+  const auto vranges = virtual_stage_ranges(pipeline_stage_layers(s.parallel, m.num_layers()));
   const double tp = lay.tp, dp = lay.dp, ep = lay.ep;
   const double edp = lay.expert_dp();
   const double bpp = m.bytes_per_param;
@@ -133,19 +135,43 @@ MemoryEstimate estimate_memory(const Scenario& s, const MemoryOptions& opt) {
   const double ffn_mats = m.is_gated() ? 2.0 : 1.0;  // GEMM1 output width multiplier
   const double k = m.top_k;
 
-  // Activation bytes of one layer for one micro-batch (bf16 tensors kept for backward).
+  // Activation bytes one layer keeps for its backward, per micro-batch (bf16 tensors, fp32 router
+  // probabilities and attention log-sum-exp), by the module that produces them so that
+  // selective recomputation can drop exactly what it re-creates:
+  //   always    the layer input and the post-attention residual (2 x T/tp x h), the router
+  //             probabilities, the attention-input latents of MLA
+  //   layernorm the two norm outputs (2 x T/tp x h)
+  //   q, k, v   after the projections (dropped by mla_up_proj: MLA keeps only its latents)
+  //   core_attn the attention output and log-sum-exp
+  //   moe       permuted rows, fc1 output, activation output, fc2 output (moe_act: the
+  //             activation output); shared experts' intermediates (shared_experts)
+  //   mlp       dense layers' fc1 output and activation output
+  const WorkloadSpec& w = s.workload;
+  const auto drop = [&](RecomputeModule mod) { return w.recomputes(mod); };
+  const bool mla = m.attention == models::AttentionKind::kMla;
   const auto layer_act = [&](int l) {
-    double a = 2.0 * (2.0 * Tr * h + T * (ad.q + ad.k + ad.v) / tp + T * ad.out / tp) + 4.0 * T * m.heads / tp;
+    double a = 2.0 * 2.0 * Tr * h;                                    // input and post-attention residual
+    if (!drop(RecomputeModule::kLayernorm)) a += 2.0 * 2.0 * Tr * h;  // the two norm outputs
+    if (mla) {
+      a += 2.0 * T * static_cast<double>(m.mla.q_lora_rank + m.mla.kv_lora_rank + m.mla.qk_rope_head_dim);
+      if (!drop(RecomputeModule::kMlaUpProj)) a += 2.0 * T * (ad.q + ad.k + ad.v) / tp;
+    } else {
+      a += 2.0 * T * (ad.q + ad.k + ad.v) / tp;
+    }
+    if (!drop(RecomputeModule::kCoreAttn)) a += 2.0 * T * ad.out / tp + 4.0 * T * m.heads / tp;
     if (m.moe_layer[static_cast<std::size_t>(l)]) {
+      if (drop(RecomputeModule::kMoe)) return a;
       const double F = static_cast<double>(m.expert_ffn);
       const double rows = Tr * k;
-      a += 2.0 * Tr * h + 4.0 * Tr * m.experts;
-      a += rows * (2.0 * h + 2.0 * ffn_mats * F + 2.0 * F + 2.0 * h);
+      a += 4.0 * Tr * m.experts;
+      a += rows * (2.0 * h + 2.0 * ffn_mats * F + 2.0 * h);
+      if (!drop(RecomputeModule::kMoeAct)) a += rows * 2.0 * F;
       const double Fs = static_cast<double>(m.shared_expert_ffn) * m.shared_experts;
-      a += m.shared_experts > 0 ? T * (2.0 * h / tp + (2.0 * ffn_mats * Fs + 2.0 * Fs) / tp) : 0.0;
-    } else {
+      if (m.shared_experts > 0 && !drop(RecomputeModule::kSharedExperts))
+        a += T * (2.0 * h / tp + (2.0 * ffn_mats * Fs + 2.0 * Fs) / tp);
+    } else if (!drop(RecomputeModule::kMlp)) {
       const double F = static_cast<double>(m.dense_ffn);
-      a += 2.0 * Tr * h + T * (2.0 * ffn_mats * F + 2.0 * F) / tp;
+      a += T * (2.0 * ffn_mats * F + 2.0 * F) / tp;
     }
     return a;
   };
@@ -158,15 +184,18 @@ MemoryEstimate estimate_memory(const Scenario& s, const MemoryOptions& opt) {
     StageMemory sm;
     sm.stage = st;
     double dense = 0, expert = 0, act_full = 0, act_inputs = 0, act_max_layer = 0;
-    for (int l = ranges[static_cast<std::size_t>(st)].first; l < ranges[static_cast<std::size_t>(st)].second; ++l) {
-      const LayerParams p = layer_params(m, l);
-      dense += static_cast<double>(p.dense_local(lay.tp));
-      expert += static_cast<double>(p.per_expert) * p.experts / ep;
-      const double a = layer_act(l);
-      act_full += a;
-      act_inputs += 2.0 * Tr * h;
-      act_max_layer = std::max(act_max_layer, a);
-    }
+    double layers = 0;
+    for (std::size_t v = static_cast<std::size_t>(st); v < vranges.size(); v += static_cast<std::size_t>(lay.pp))
+      for (int l = vranges[v].first; l < vranges[v].second; ++l) {
+        ++layers;
+        const LayerParams p = layer_params(m, l);
+        dense += static_cast<double>(p.dense_local(lay.tp));
+        expert += static_cast<double>(p.per_expert) * p.experts / ep;
+        const double a = layer_act(l);
+        act_full += a;
+        act_inputs += 2.0 * Tr * h;
+        act_max_layer = std::max(act_max_layer, a);
+      }
     if (st == 0) dense += static_cast<double>(m.vocab) * h / tp;
     if (st == lay.pp - 1) {
       if (!m.tied_embeddings || lay.pp > 1) dense += static_cast<double>(m.vocab) * h / tp;
@@ -184,14 +213,16 @@ MemoryEstimate estimate_memory(const Scenario& s, const MemoryOptions& opt) {
     if (mb.train) {
       sm.grads = (dense + expert) * opt.grad_bytes;
       sm.optimizer = 12.0 * (dense / dense_shard + expert / expert_shard);
-      const double inflight = std::min(lay.pp - st, mb.micro_batches);
+      // Forward (micro-batch, chunk) pairs stashed at the peak (pipeline_inflight_chunks), each
+      // holding 1/vpp of the stage's layers (the average chunk).
+      const double inflight =
+          static_cast<double>(pipeline_inflight_chunks(lay.pp, s.parallel.vpp, mb.micro_batches, st)) / s.parallel.vpp;
       sm.activations_no_recompute = inflight * act_full;
       sm.activations_recompute = inflight * act_inputs + act_max_layer;
       sm.activations = s.workload.recompute ? sm.activations_recompute : sm.activations_no_recompute;
     } else {
       sm.activations = act_max_layer;  // inference keeps no stash, one layer's working set
       sm.activations_no_recompute = sm.activations_recompute = sm.activations;
-      const double layers = ranges[static_cast<std::size_t>(st)].second - ranges[static_cast<std::size_t>(st)].first;
       sm.kv_cache = static_cast<double>(mb.seqs) * static_cast<double>(mb.kv_len) * layers *
                     static_cast<double>(kv_bytes_per_token(m, lay.tp));
     }

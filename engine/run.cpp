@@ -26,11 +26,26 @@ void append_header(const Scenario& s, std::string& out) {
   const auto& w = s.workload;
   fmt::format_to(std::back_inserter(out), "scenario   {} ({})\n", s.name, s.file);
   fmt::format_to(std::back_inserter(out), "seed       {}\n", s.seed);
-  if (w.mode != WorkloadMode::kCollective)
-    fmt::format_to(std::back_inserter(out), "parallel   dp={} tp={} ep={} pp={} micro_batches={} (world {})\n", p.dp,
-                   p.tp, p.ep, p.pp, p.micro_batches, p.world());
+  if (w.mode != WorkloadMode::kCollective) {
+    fmt::format_to(std::back_inserter(out), "parallel   dp={} tp={} ep={} pp={}", p.dp, p.tp, p.ep, p.pp);
+    if (p.vpp > 1) fmt::format_to(std::back_inserter(out), " vpp={}", p.vpp);
+    fmt::format_to(std::back_inserter(out), " micro_batches={} (world {})\n", p.micro_batches, p.world());
+    if (!p.pipeline_layout.empty())
+      fmt::format_to(std::back_inserter(out), "layout     {}\n", p.pipeline_layout);
+    else if (p.account_for_embedding || p.account_for_loss)
+      fmt::format_to(std::back_inserter(out), "layout     even split, {}{}{} counted as layers\n",
+                     p.account_for_embedding ? "embedding" : "",
+                     p.account_for_embedding && p.account_for_loss ? " and " : "", p.account_for_loss ? "loss" : "");
+  }
   fmt::format_to(std::back_inserter(out), "workload   {}", to_string(w.mode));
   if (w.tokens_per_step() > 0) fmt::format_to(std::back_inserter(out), ", {} tokens/step", w.tokens_per_step());
+  if (w.mode == WorkloadMode::kTrain && w.recompute) out += ", full recomputation";
+  if (w.mode == WorkloadMode::kTrain && w.recompute_modules != 0) {
+    out += ", recomputes";
+    for (int i = 0; i < kRecomputeModules; ++i)
+      if (w.recomputes(static_cast<RecomputeModule>(i)))
+        fmt::format_to(std::back_inserter(out), " {}", to_string(static_cast<RecomputeModule>(i)));
+  }
   if (w.collective)
     fmt::format_to(std::back_inserter(out), ", {} of {} ({})", to_string(w.collective->op),
                    sim::format_bytes(w.collective->bytes), w.collective->algorithm);
@@ -287,8 +302,22 @@ nlohmann::ordered_json summary_json(const Scenario& s) {
                    {"tp", s.parallel.tp},
                    {"ep", s.parallel.ep},
                    {"pp", s.parallel.pp},
-                   {"micro_batches", s.parallel.micro_batches}};
+                   {"vpp", s.parallel.vpp},
+                   {"micro_batches", s.parallel.micro_batches},
+                   {"stage_layers", s.parallel.stage_layers}};
+  if (!s.parallel.pipeline_layout.empty()) j["parallel"]["pipeline_layout"] = s.parallel.pipeline_layout;
   j["workload"] = {{"mode", to_string(s.workload.mode)}, {"tokens_per_step", s.workload.tokens_per_step()}};
+  if (s.workload.mode == WorkloadMode::kTrain) {
+    if (s.workload.recompute_modules != 0) {
+      auto mods = nlohmann::ordered_json::array();
+      for (int i = 0; i < kRecomputeModules; ++i)
+        if (s.workload.recomputes(static_cast<RecomputeModule>(i)))
+          mods.push_back(to_string(static_cast<RecomputeModule>(i)));
+      j["workload"]["recompute"] = mods;
+    } else {
+      j["workload"]["recompute"] = s.workload.recompute;
+    }
+  }
   if (s.has_model) {
     const auto pc = models::count_params(s.model);
     j["model"] = {{"name", s.model.name}, {"params_total", pc.params_total()}, {"params_active", pc.params_active()}};

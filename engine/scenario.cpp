@@ -4,6 +4,7 @@
 
 #include <filesystem>
 
+#include "engine/pipeline.hpp"
 #include "engine/scenario_checks.hpp"
 #include "hardware/gpu_catalog.hpp"
 #include "models/model_spec.hpp"
@@ -44,6 +45,26 @@ const char* to_string(CollectiveOp op) {
       return "reduce_scatter";
     case CollectiveOp::kSendRecv:
       return "send_recv";
+  }
+  return "?";
+}
+
+const char* to_string(RecomputeModule m) {
+  switch (m) {
+    case RecomputeModule::kCoreAttn:
+      return "core_attn";
+    case RecomputeModule::kMoeAct:
+      return "moe_act";
+    case RecomputeModule::kLayernorm:
+      return "layernorm";
+    case RecomputeModule::kMlaUpProj:
+      return "mla_up_proj";
+    case RecomputeModule::kMlp:
+      return "mlp";
+    case RecomputeModule::kMoe:
+      return "moe";
+    case RecomputeModule::kSharedExperts:
+      return "shared_experts";
   }
   return "?";
 }
@@ -100,7 +121,23 @@ ParallelSpec parse_parallel(const Node& n) {
   p.ep = static_cast<int>(n.opt_int("ep", 1, r));
   p.pp = static_cast<int>(n.opt_int("pp", 1, r));
   p.micro_batches = static_cast<int>(n.opt_int("micro_batches", 1, r));
+  p.vpp = static_cast<int>(n.opt_int("vpp", 1, Range::between(1, 1024)));
+  p.pipeline_layout = n.opt_string("pipeline_layout", "");
+  p.account_for_embedding = n.opt_bool("account_for_embedding", false);
+  p.account_for_loss = n.opt_bool("account_for_loss", false);
   n.finish();
+  if (!p.pipeline_layout.empty() && (p.account_for_embedding || p.account_for_loss))
+    n.error_at("pipeline_layout",
+               "a pipeline_layout places the embedding and the loss itself: drop account_for_embedding / "
+               "account_for_loss");
+  if (p.vpp > 1 && p.pp < 2)
+    n.error_at("vpp",
+               fmt::format("vpp={} needs a pipeline (pp >= 2): virtual stages interleave pipeline ranks", p.vpp));
+  if (p.vpp > 1 && p.pp > 1 && p.micro_batches % p.pp != 0)
+    n.error_at("micro_batches",
+               fmt::format("micro_batches={} is not a multiple of pp={}: the interleaved schedule (vpp={}) runs "
+                           "micro-batches in groups of pp",
+                           p.micro_batches, p.pp, p.vpp));
   // dp*tp*pp is a GPU count: bounded like the cluster's, so no product below overflows an int.
   const std::int64_t world = std::int64_t{p.dp} * p.tp * p.pp;
   if (world > hw::kMaxClusterGpus)
@@ -146,6 +183,27 @@ CollectiveSpec parse_collective(const Node& n) {
   return c;
 }
 
+/// recompute: false | true (full) | [module, ...] (selective, Megatron-Core module names).
+void parse_recompute(const Node& n, WorkloadSpec& w) {
+  const Node r = n.child("recompute");
+  if (!r.defined() || r.is_null()) return;
+  if (!r.is_sequence()) {
+    w.recompute = r.as_bool();
+    return;
+  }
+  std::vector<std::string> names;
+  for (int i = 0; i < kRecomputeModules; ++i) names.emplace_back(to_string(static_cast<RecomputeModule>(i)));
+  for (const Node& item : r.items()) {
+    const std::string v = item.as_choice(names);
+    for (int i = 0; i < kRecomputeModules; ++i)
+      if (v == names[static_cast<std::size_t>(i)]) {
+        if ((w.recompute_modules >> i) & 1U) item.error(fmt::format("'{}' is listed twice", v));
+        w.recompute_modules |= 1U << i;
+      }
+  }
+  if (r.items().empty()) r.error("an empty list recomputes nothing: write recompute: false");
+}
+
 WorkloadSpec parse_workload(const Node& n) {
   WorkloadSpec w;
   if (!n.defined()) {
@@ -158,7 +216,7 @@ WorkloadSpec parse_workload(const Node& n) {
     w.mode = mode == "train" ? WorkloadMode::kTrain : WorkloadMode::kRouting;
     w.seq_len = n.req_int("seq_len", count);
     w.global_batch = n.req_int("global_batch", count);
-    if (mode == "train") w.recompute = n.opt_bool("recompute", false);
+    if (mode == "train") parse_recompute(n, w);
   } else if (mode == "prefill") {
     w.mode = WorkloadMode::kPrefill;
     w.batch = n.req_int("batch", count);
@@ -357,10 +415,27 @@ Scenario parse_scenario(const config::Document& doc, std::optional<std::uint64_t
     const Node par = root.child("parallel");
     const auto& p = s.parallel;
     const auto& m = s.model;
-    if (p.pp > m.num_layers())
+    if (p.vpp > 1 && s.workload.mode != WorkloadMode::kTrain)
+      par.error_at("vpp",
+                   "virtual pipeline stages (vpp > 1) schedule training micro-batches: use vpp: 1 for "
+                   "prefill and decode");
+    if (!p.pipeline_layout.empty()) {
+      try {
+        s.parallel.stage_layers = parse_pipeline_layout(p.pipeline_layout, p.virtual_stages(), m.num_layers());
+      } catch (const std::invalid_argument& e) {
+        par.error_at("pipeline_layout", e.what());
+      }
+    } else if (p.vpp > 1 || p.account_for_embedding || p.account_for_loss) {
+      try {
+        s.parallel.stage_layers = pipeline_stage_layers(p, m.num_layers());
+      } catch (const std::invalid_argument& e) {
+        par.error_at(p.vpp > 1 ? "vpp" : "pp", e.what());
+      }
+    } else if (p.pp > m.num_layers()) {
       par.error_at(
           "pp", fmt::format("pp={} pipeline stages but the model has {} layers (each stage needs at least one)", p.pp,
                             m.num_layers()));
+    }
     // Megatron-Core splits attention heads and FFN columns evenly over TP ranks.
     if (p.tp > 1 && m.heads % p.tp != 0)
       par.error_at("tp", fmt::format("tp={} does not divide the model's {} attention heads", p.tp, m.heads));
@@ -371,6 +446,21 @@ Scenario parse_scenario(const config::Document& doc, std::optional<std::uint64_t
     const std::int64_t shared = m.shared_expert_ffn * m.shared_experts;
     if (p.tp > 1 && m.num_moe_layers() > 0 && shared % p.tp != 0)
       par.error_at("tp", fmt::format("tp={} does not divide the shared-expert FFN width {}", p.tp, shared));
+    // Selective recomputation of a module the model does not have would silently do nothing.
+    const auto recompute_missing = [&](RecomputeModule mod, bool has, const char* what) {
+      if (s.workload.recomputes(mod) && !has)
+        root.child("workload")
+            .error_at("recompute",
+                      fmt::format("recompute lists '{}' but model '{}' has no {}", to_string(mod), m.name, what));
+    };
+    bool has_moe = false;
+    for (bool moe : m.moe_layer) has_moe = has_moe || moe;
+    recompute_missing(RecomputeModule::kMlaUpProj, m.attention == models::AttentionKind::kMla,
+                      "MLA attention (mla_up_proj recomputes MLA's up-projections)");
+    recompute_missing(RecomputeModule::kSharedExperts, has_moe && m.shared_experts > 0, "shared experts");
+    recompute_missing(RecomputeModule::kMlp, dense_layers, "dense FFN layers");
+    recompute_missing(RecomputeModule::kMoe, has_moe, "MoE layers");
+    recompute_missing(RecomputeModule::kMoeAct, has_moe, "MoE layers");
     if ((s.workload.mode == WorkloadMode::kPrefill || s.workload.mode == WorkloadMode::kDecode) &&
         s.workload.batch % p.dp != 0)
       root.child("workload")

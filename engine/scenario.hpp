@@ -26,7 +26,19 @@ struct ParallelSpec {
   int ep = 1;  ///< expert-parallel width; carved out of dp x tp as in Megatron-Core
   int pp = 1;  ///< pipeline stages
   int micro_batches = 1;
+  /// Virtual pipeline stages per rank (Megatron's interleaved 1F1B): the layers are split into
+  /// pp * vpp model chunks; rank p holds chunks p, p + pp, p + 2pp, ... (1 = plain 1F1B).
+  int vpp = 1;
+  /// Layers per virtual stage (pp * vpp entries, in pipeline order), from `pipeline_layout`
+  /// (Megatron's layout string, e.g. "Et*3|(tttt|)*14tL") or, when it is absent, the even split
+  /// (first stages get the remainder). Empty until the scenario is validated against its model.
+  std::vector<int> stage_layers;
+  /// The source of stage_layers when given: the layout string as written ("" = even split).
+  std::string pipeline_layout;
+  bool account_for_embedding = false;  ///< the embedding counts as a layer of the first virtual stage
+  bool account_for_loss = false;       ///< the loss counts as a layer of the last virtual stage
   std::int64_t world() const { return std::int64_t{dp} * tp * pp; }
+  int virtual_stages() const { return pp * vpp; }
 };
 
 enum class WorkloadMode { kTrain, kPrefill, kDecode, kRouting, kCollective, kDispatch };
@@ -41,6 +53,28 @@ struct CollectiveSpec {
   std::string algorithm;  ///< direct | hierarchical (all-to-all); ring | tree (all-reduce)
 };
 
+/// Modules of Megatron-Core's selective recomputation (names as in `--recompute-modules`).
+///   core_attn       the attention kernel (flash attention forward re-run; its output and
+///                   log-sum-exp are not kept)
+///   moe_act         the routed experts' activation (SwiGLU/GELU between fc1 and fc2)
+///   layernorm       the two norms of each layer (their outputs are not kept)
+///   mla_up_proj     MLA's up-projections (q_b, kv_b GEMMs; only the latents are kept)
+///   mlp             the dense FFN of dense layers
+///   moe             the whole MoE block (router, dispatch, experts, combine: re-run with its
+///                   communication)
+///   shared_experts  the shared experts of MoE layers
+enum class RecomputeModule : std::uint8_t {
+  kCoreAttn,
+  kMoeAct,
+  kLayernorm,
+  kMlaUpProj,
+  kMlp,
+  kMoe,
+  kSharedExperts,
+};
+inline constexpr int kRecomputeModules = 7;
+const char* to_string(RecomputeModule m);
+
 struct WorkloadSpec {
   WorkloadMode mode = WorkloadMode::kTrain;
   std::int64_t seq_len = 0;          ///< train / routing: tokens per sequence
@@ -49,7 +83,12 @@ struct WorkloadSpec {
   std::int64_t prompt_len = 0;       ///< prefill
   std::int64_t context_len = 0;      ///< decode: tokens already in the KV cache
   std::int64_t tokens_per_rank = 0;  ///< dispatch: tokens each EP rank dispatches
-  bool recompute = false;            ///< train: activation recomputation
+  bool recompute = false;            ///< train: full activation recomputation (every layer's forward)
+  /// train: selective recomputation (Megatron-Core `--recompute-granularity selective
+  /// --recompute-modules ...`): the modules whose forward is re-run before their backward
+  /// instead of keeping their activations. Bit i = RecomputeModule i. Exclusive with `recompute`.
+  std::uint32_t recompute_modules = 0;
+  bool recomputes(RecomputeModule m) const { return (recompute_modules >> static_cast<unsigned>(m)) & 1U; }
   std::optional<CollectiveSpec> collective;
   /// Tokens processed by one step across the whole cluster.
   std::int64_t tokens_per_step() const;

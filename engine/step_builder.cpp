@@ -11,6 +11,8 @@
 
 #include <fmt/format.h>
 
+#include "engine/pipeline.hpp"
+
 namespace moesim::engine {
 
 using sim::SimTime;
@@ -76,8 +78,14 @@ class Builder {
       if (s.routing.redundant_experts > 0)
         throw std::invalid_argument("the step builder does not support redundant (replicated) experts yet");
     }
-    ranges_ = stage_layer_ranges(m_.num_layers(), lay_.pp);
-    out_.stage_layers = ranges_;
+    vranges_ = virtual_stage_ranges(pipeline_stage_layers(s.parallel, m_.num_layers()));
+    vpp_ = s.parallel.vpp;
+    if (vpp_ > 1 && !mb_.train) throw std::invalid_argument("vpp > 1 needs a training workload");
+    stage_of_layer_.assign(static_cast<std::size_t>(m_.num_layers()), 0);
+    for (std::size_t v = 0; v < vranges_.size(); ++v)
+      for (int l = vranges_[v].first; l < vranges_[v].second; ++l)
+        stage_of_layer_[static_cast<std::size_t>(l)] = static_cast<int>(v) % lay_.pp;
+    out_.stage_layers = vranges_;
     out_.training = mb_.train;
     const int W = lay_.world();
     last_.assign(static_cast<std::size_t>(W), kNoOp);
@@ -119,13 +127,15 @@ class Builder {
   /// doubling copies and re-faults it; capacity never touched costs no memory).
   void reserve_graph() {
     const std::size_t W = static_cast<std::size_t>(lay_.world()), M = static_cast<std::size_t>(mb_.micro_batches);
-    std::size_t per_stage = 0;
-    for (const auto& r : ranges_) per_stage = std::max(per_stage, static_cast<std::size_t>(r.second - r.first));
+    std::vector<std::size_t> layers_of(static_cast<std::size_t>(lay_.pp), 0);
+    for (int st : stage_of_layer_) ++layers_of[static_cast<std::size_t>(st)];
+    const std::size_t per_stage = *std::max_element(layers_of.begin(), layers_of.end());
     // ops one GPU emits per micro-batch and layer in the forward pass (attention, router, permute,
     // shared experts, chunked expert GEMMs and all-to-alls, TP collectives); backward about twice
     // that; recomputation repeats the forward.
-    const std::size_t fwd = 12 + 4 * static_cast<std::size_t>(o_.overlap_chunks);
-    const std::size_t per_layer = mb_.train ? fwd * (s_.workload.recompute ? 4 : 3) : fwd;
+    const std::size_t fwd = 16 + 5 * static_cast<std::size_t>(o_.overlap_chunks);
+    const std::size_t per_layer =
+        mb_.train ? fwd * (s_.workload.recompute || s_.workload.recompute_modules != 0 ? 4 : 3) : fwd;
     const std::size_t ops = W * M * (per_stage * per_layer + 8);
     out_.graph.reserve(ops, ops * 2, ops + ops / 2);
   }
@@ -290,12 +300,15 @@ class Builder {
     return out;
   }
 
-  int stage_of(int l) const {
-    for (int st = 0; st < lay_.pp; ++st)
-      if (l >= ranges_[static_cast<std::size_t>(st)].first && l < ranges_[static_cast<std::size_t>(st)].second)
-        return st;
-    return -1;
+  int stage_of(int l) const { return stage_of_layer_[static_cast<std::size_t>(l)]; }
+  /// Layers held by pipeline rank st (all its model chunks), in order.
+  std::vector<int> stage_layer_list(int st) const {
+    std::vector<int> v;
+    for (int l = 0; l < m_.num_layers(); ++l)
+      if (stage_of(l) == st) v.push_back(l);
+    return v;
   }
+  int virtual_stages() const { return static_cast<int>(vranges_.size()); }
 
   // ---------------------------------------------------------------- op helpers
   OpId comp(int g, const char* name, int layer, int mb, SimTime d, double flops, double bytes = 0) {
@@ -324,18 +337,20 @@ class Builder {
     return id;
   }
 
-  OpId coll(CollectiveRequest req, const char* name, Stream stream, const std::vector<OpId>& deps, int sms = 0) {
+  OpId coll(CollectiveRequest req, const char* name, Stream stream, const std::vector<OpId>& deps, int sms = 0,
+            int ordered_gpus = -1) {
     OpInfo i;
     i.name = name;
     i.category = req.category;
     i.layer = req.layer;
     i.micro_batch = req.micro_batch;
     i.bytes = req.total_bytes();
+    i.recv_lane = req.kind == CollectiveKind::kSendRecv && req.backward ? 1 : 0;
     const auto index = static_cast<std::uint32_t>(out_.collectives.size());
     std::vector<OpId> d;
     for (OpId x : deps)
       if (x != kNoOp) d.push_back(x);
-    const OpId id = out_.graph.collective(req.gpus, i, index, stream, d, sms);
+    const OpId id = out_.graph.collective(req.gpus, i, index, stream, d, sms, ordered_gpus);
     out_.collectives.push_back(std::move(req));
     ++out_.collective_ops;
     return id;
@@ -452,6 +467,95 @@ class Builder {
     return a;
   }
 
+  // Memory-bound kernels between the GEMMs (HBM bytes read + written, activations in bf16; the
+  // cost model's elementwise kernel prices them, with its per-kernel overhead):
+  //   norm        residual add + RMSNorm on the sequence-parallel tokens T/tp: reads x and the
+  //               residual, writes the sum and the normalised copy (4 rows); backward reads dy, x
+  //               and the residual gradient, writes dx and the summed gradient (5 rows).
+  //   rope        rotary embedding of q and k after the QKV projection: reads and writes the
+  //               rotary part of q and k (MLA: the qk_rope_head_dim slice; else the whole head).
+  //   *_act       the FFN activation between fc1 and fc2: SwiGLU reads 2F, writes F per row
+  //               (backward reads dy and the two inputs, writes two gradients: 5F); GELU 2F / 3F.
+  void norm_op(int g, int l, int mb, bool bwd) {
+    const double b = (bwd ? 5.0 : 4.0) * static_cast<double>(moe_tokens_ * m_.hidden * bpe_);
+    comp(g, bwd ? "norm.bwd" : "norm", l, mb, c_.elementwise(b), 0, b);
+  }
+  double rope_bytes() const {
+    std::int64_t w = 0;
+    if (m_.attention == models::AttentionKind::kMla)
+      w = std::int64_t{m_.heads} * m_.mla.qk_rope_head_dim / lay_.tp + m_.mla.qk_rope_head_dim;
+    else
+      w = (std::int64_t{m_.heads} / lay_.tp + std::max<std::int64_t>(1, ceil_div(m_.kv_heads, lay_.tp))) * m_.head_dim;
+    return 2.0 * static_cast<double>(tokens_ * w * bpe_);
+  }
+  void act_op(int g, const char* name, int l, int mb, std::int64_t rows, std::int64_t F, bool bwd) {
+    if (rows <= 0 || F <= 0) return;
+    const double per = gated_ == 2 ? (bwd ? 5.0 : 3.0) : (bwd ? 3.0 : 2.0);
+    const double b = per * static_cast<double>(rows) * static_cast<double>(F * bpe_);
+    comp(g, name, l, mb, c_.elementwise(b), 0, b);
+  }
+
+  /// Selective recomputation before layer l's backward (workload.recompute_modules): re-runs the
+  /// forward kernels of the listed modules (no model FLOPs). `moe` re-runs the whole MoE block,
+  /// its dispatch and combine included.
+  void recompute_selective(int st, int mb, int l) {
+    const WorkloadSpec& w = s_.workload;
+    const auto gpus = stage_gpus(st);
+    const bool moe = m_.moe_layer[static_cast<std::size_t>(l)];
+    for (int g : gpus) {
+      if (w.recomputes(RecomputeModule::kLayernorm)) {
+        norm_op(g, l, mb, false);
+        norm_op(g, l, mb, false);
+      }
+      if (w.recomputes(RecomputeModule::kMlaUpProj) && m_.attention == models::AttentionKind::kMla) {
+        SimTime t{};
+        double f = 0;
+        for (const auto& q : qkv_gemms())
+          if (q[3] == 0) {
+            const Gemm x = gemm(q[0], q[1], q[2]);
+            t += x.t;
+            f += x.flops;
+          }
+        comp(g, "qkv", l, mb, t, f);
+        comp(g, "rope", l, mb, c_.elementwise(rope_bytes()), 0, rope_bytes());
+      }
+      if (w.recomputes(RecomputeModule::kCoreAttn)) {
+        const AttentionShape as = attn_shape();
+        comp(g, "attn", l, mb, c_.attention(as), attention_flops(as), attention_bytes(as));
+      }
+      if (!moe && w.recomputes(RecomputeModule::kMlp)) {
+        const std::int64_t F = m_.dense_ffn / lay_.tp;
+        const Gemm f1 = gemm(tokens_, F * gated_, m_.hidden), f2 = gemm(tokens_, m_.hidden, F);
+        comp(g, "ffn_fc1", l, mb, f1.t, f1.flops);
+        act_op(g, "ffn_act", l, mb, tokens_, F, false);
+        comp(g, "ffn_fc2", l, mb, f2.t, f2.flops);
+      }
+      if (moe && !w.recomputes(RecomputeModule::kMoe) && w.recomputes(RecomputeModule::kSharedExperts) &&
+          m_.shared_experts > 0) {
+        const std::int64_t Fs = m_.shared_expert_ffn * m_.shared_experts / lay_.tp;
+        const Gemm s1 = gemm(tokens_, Fs * gated_, m_.hidden), s2 = gemm(tokens_, m_.hidden, Fs);
+        comp(g, "shared_fc1", l, mb, s1.t, s1.flops);
+        act_op(g, "shared_act", l, mb, tokens_, Fs, false);
+        comp(g, "shared_fc2", l, mb, s2.t, s2.flops);
+      }
+    }
+    if (!moe) return;
+    if (w.recomputes(RecomputeModule::kMoe)) {
+      moe_block(st, mb, l, 0.0);
+      return;
+    }
+    if (w.recomputes(RecomputeModule::kMoeAct)) {
+      const int G = lay_.ep_groups_per_stage();
+      for (int j = 0; j < G; ++j) {
+        const EpSlice& sl = slices_[static_cast<std::size_t>(l)][static_cast<std::size_t>(mb * G + j)];
+        const auto grp = ep_group(st, j);
+        for (int r = 0; r < lay_.ep; ++r)
+          act_op(grp[static_cast<std::size_t>(r)], "expert_act", l, mb, sum(sl.rows[static_cast<std::size_t>(r)]),
+                 m_.expert_ffn, false);
+      }
+    }
+  }
+
   /// Forward (or recomputed forward) of one layer for micro-batch mb on every GPU of stage st.
   void forward_layer(int st, int mb, int l, bool recompute) {
     const auto gpus = stage_gpus(st);
@@ -472,9 +576,12 @@ class Builder {
     const double fa = attention_flops(as);
     const Gemm go = gemm(tokens_, m_.hidden, attn_out_dim());
     for (int g : gpus) {
+      norm_op(g, l, mb, false);
       comp(g, "qkv", l, mb, tq, fq);
+      comp(g, "rope", l, mb, c_.elementwise(rope_bytes()), 0, rope_bytes());
       comp(g, "attn", l, mb, ta, fa, attention_bytes(as));
       comp(g, "o_proj", l, mb, go.t, go.flops);
+      norm_op(g, l, mb, false);
     }
     // Model FLOPs are a property of the model: a replicated projection counts once per TP group.
     const double n_gpus = static_cast<double>(gpus.size());
@@ -485,6 +592,7 @@ class Builder {
       const Gemm f1 = gemm(tokens_, F * gated_, m_.hidden), f2 = gemm(tokens_, m_.hidden, F);
       for (int g : gpus) {
         comp(g, "ffn_fc1", l, mb, f1.t, f1.flops);
+        act_op(g, "ffn_act", l, mb, tokens_, F, false);
         comp(g, "ffn_fc2", l, mb, f2.t, f2.flops);
       }
       model_flops((f1.flops + f2.flops) * static_cast<double>(gpus.size()));
@@ -521,6 +629,7 @@ class Builder {
         const int g = grp[static_cast<std::size_t>(r)];
         if (m_.shared_experts > 0) {
           comp(g, "shared_fc1", l, mb, s1.t, s1.flops);
+          act_op(g, "shared_act", l, mb, tokens_, Fs, false);
           comp(g, "shared_fc2", l, mb, s2.t, s2.flops);
           out_.flops.model += mult * (s1.flops + s2.flops);
         }
@@ -532,6 +641,7 @@ class Builder {
                                2.0 * n * static_cast<double>(h * F * gated_));
           if (mult != 0) layer_report(l).rows_fed_fwd += sum(part);
           out_.graph.flow(e1, disp[static_cast<std::size_t>(i)]);
+          act_op(g, "expert_act", l, mb, sum(part), F, false);
           fc2[static_cast<std::size_t>(r)].push_back(
               comp(g, "expert_fc2", l, mb, c_.grouped_gemm(part, F, h), 2.0 * n * static_cast<double>(F * h)));
         }
@@ -611,6 +721,7 @@ class Builder {
       const std::int64_t F = m_.dense_ffn / lay_.tp;
       for (int g : gpus) {
         gemm_bwd(g, "ffn_fc2.dgrad", "ffn_fc2.wgrad", l, mb, tokens_, h, F);
+        act_op(g, "ffn_act.bwd", l, mb, tokens_, F, true);
         gemm_bwd(g, "ffn_fc1.dgrad", "ffn_fc1.wgrad", l, mb, tokens_, F * gated_, h);
       }
       tp_collective(st, CollectiveKind::kAllReduce, act_bytes, "tp_allreduce.bwd", l, mb, true);
@@ -618,8 +729,10 @@ class Builder {
     const AttentionShape as = attn_shape();
     const SimTime ta = c_.attention(as);
     for (int g : gpus) {
+      norm_op(g, l, mb, true);
       gemm_bwd(g, "o_proj.dgrad", "o_proj.wgrad", l, mb, tokens_, h, attn_out_dim());
       comp(g, "attn.bwd", l, mb, ta * 2 + scaled(ta, 1, 2), 2.5 * attention_flops(as), 2.0 * attention_bytes(as));
+      comp(g, "rope.bwd", l, mb, c_.elementwise(rope_bytes()), 0, rope_bytes());
       SimTime td{}, tw{};
       double fd = 0, fw = 0;
       for (const auto& q : qkv_gemms()) {
@@ -631,6 +744,7 @@ class Builder {
       }
       comp(g, "qkv.dgrad", l, mb, td, fd);
       comp(g, "qkv.wgrad", l, mb, tw, fw);
+      norm_op(g, l, mb, true);
     }
     tp_collective(st, CollectiveKind::kAllReduce, act_bytes, "tp_allreduce.bwd", l, mb, true);
   }
@@ -660,6 +774,7 @@ class Builder {
         const int g = grp[static_cast<std::size_t>(r)];
         if (m_.shared_experts > 0) {
           gemm_bwd(g, "shared_fc2.dgrad", "shared_fc2.wgrad", l, mb, tokens_, h, Fs);
+          act_op(g, "shared_act.bwd", l, mb, tokens_, Fs, true);
           gemm_bwd(g, "shared_fc1.dgrad", "shared_fc1.wgrad", l, mb, tokens_, Fs * gated_, h);
         }
         const auto& rows = sl.rows[static_cast<std::size_t>(r)];
@@ -670,6 +785,7 @@ class Builder {
               comp(g, "expert_fc2.dgrad", l, mb, c_.grouped_gemm(part, h, F), 2.0 * n * static_cast<double>(F * h));
           layer_report(l).rows_fed_bwd += sum(part);
           out_.graph.flow(e2, cb[static_cast<std::size_t>(i)]);
+          act_op(g, "expert_act.bwd", l, mb, sum(part), F, true);
           d1[static_cast<std::size_t>(r)].push_back(comp(g, "expert_fc1.dgrad", l, mb,
                                                          c_.grouped_gemm(part, F * gated_, h),
                                                          2.0 * n * static_cast<double>(h * F * gated_)));
@@ -749,8 +865,7 @@ class Builder {
 
   double stage_dense_params(int st) const {
     double p = 0;
-    for (int l = ranges_[static_cast<std::size_t>(st)].first; l < ranges_[static_cast<std::size_t>(st)].second; ++l)
-      p += static_cast<double>(layer_params(m_, l).dense_local(lay_.tp));
+    for (int l : stage_layer_list(st)) p += static_cast<double>(layer_params(m_, l).dense_local(lay_.tp));
     if (st == 0) p += static_cast<double>(m_.vocab * m_.hidden) / lay_.tp;
     if (st == lay_.pp - 1 && (!m_.tied_embeddings || lay_.pp > 1))
       p += static_cast<double>(m_.vocab * m_.hidden) / lay_.tp;
@@ -758,7 +873,7 @@ class Builder {
   }
   double stage_expert_params(int st) const {
     double p = 0;
-    for (int l = ranges_[static_cast<std::size_t>(st)].first; l < ranges_[static_cast<std::size_t>(st)].second; ++l) {
+    for (int l : stage_layer_list(st)) {
       const LayerParams lp = layer_params(m_, l);
       p += static_cast<double>(lp.per_expert) * lp.experts / lay_.ep;
     }
@@ -789,8 +904,11 @@ class Builder {
   }
 
   // ---------------------------------------------------------------- pipeline
-  void p2p(int st_from, int st_to, int mb, bool bwd, std::vector<std::vector<std::vector<OpId>>>& recv) {
+  /// Activations (forward) or their gradients (backward) of micro-batch mb from virtual stage
+  /// v_from to v_to (adjacent), one send/recv per (dp, tp) index; recv[v_to][mb] gets the ids.
+  void p2p(int v_from, int v_to, int mb, bool bwd, std::vector<std::vector<std::vector<OpId>>>& recv) {
     const double bytes = static_cast<double>(moe_tokens_ * m_.hidden * bpe_);
+    const int st_from = v_from % lay_.pp, st_to = v_to % lay_.pp;
     for (int d = 0; d < lay_.dp; ++d)
       for (int t = 0; t < lay_.tp; ++t) {
         CollectiveRequest r;
@@ -801,9 +919,12 @@ class Builder {
         r.category = Category::kPipeline;
         r.micro_batch = mb;
         r.backward = bwd;
-        const OpId id =
-            coll(std::move(r), bwd ? "pp_send_grad" : "pp_send_act", pp_stream(), {last_[static_cast<std::size_t>(a)]});
-        auto& slot = recv[static_cast<std::size_t>(st_to)][static_cast<std::size_t>(mb)];
+        // Queued in the sender's stream order only: the receiver posts its receive ahead
+        // (Megatron's overlapped p2p, irecv), so a transfer never waits behind the receiver's
+        // own sends in the order this builder happens to emit them.
+        const OpId id = coll(std::move(r), bwd ? "pp_send_grad" : "pp_send_act", pp_stream(),
+                             {last_[static_cast<std::size_t>(a)]}, 0, 1);
+        auto& slot = recv[static_cast<std::size_t>(v_to)][static_cast<std::size_t>(mb)];
         slot.resize(static_cast<std::size_t>(lay_.stage_size()), kNoOp);
         slot[static_cast<std::size_t>(d * lay_.tp + t)] = id;
       }
@@ -817,28 +938,34 @@ class Builder {
     ids.clear();
   }
 
-  void forward_action(int st, int mb, std::vector<std::vector<std::vector<OpId>>>& fwd_recv) {
-    take(fwd_recv[static_cast<std::size_t>(st)][static_cast<std::size_t>(mb)], st);
-    if (st == 0) embed_fwd(st, mb);
-    for (int l = ranges_[static_cast<std::size_t>(st)].first; l < ranges_[static_cast<std::size_t>(st)].second; ++l)
+  /// Forward of micro-batch mb through virtual stage v (on pipeline rank v % pp).
+  void forward_action(int v, int mb, std::vector<std::vector<std::vector<OpId>>>& fwd_recv) {
+    const int st = v % lay_.pp;
+    take(fwd_recv[static_cast<std::size_t>(v)][static_cast<std::size_t>(mb)], st);
+    if (v == 0) embed_fwd(st, mb);
+    for (int l = vranges_[static_cast<std::size_t>(v)].first; l < vranges_[static_cast<std::size_t>(v)].second; ++l)
       forward_layer(st, mb, l, false);
-    if (st == lay_.pp - 1)
+    if (v == virtual_stages() - 1)
       head_fwd(st, mb);
     else
-      p2p(st, st + 1, mb, false, fwd_recv);
+      p2p(v, v + 1, mb, false, fwd_recv);
   }
 
-  void backward_action(int st, int mb, std::vector<std::vector<std::vector<OpId>>>& bwd_recv) {
-    take(bwd_recv[static_cast<std::size_t>(st)][static_cast<std::size_t>(mb)], st);
-    const bool last_mb = mb == mb_.micro_batches - 1;
+  void backward_action(int v, int mb, std::vector<std::vector<std::vector<OpId>>>& bwd_recv) {
+    const int st = v % lay_.pp;
+    take(bwd_recv[static_cast<std::size_t>(v)][static_cast<std::size_t>(mb)], st);
+    const bool last_mb = mb == last_backward_mb_;
     const double head = static_cast<double>(m_.vocab * m_.hidden) / lay_.tp;
-    if (st == lay_.pp - 1) {
+    if (v == virtual_stages() - 1) {
       head_bwd(st, mb);
       if (last_mb && (!m_.tied_embeddings || lay_.pp > 1)) reduce(st, head, 0, -1);
     }
-    for (int l = ranges_[static_cast<std::size_t>(st)].second - 1; l >= ranges_[static_cast<std::size_t>(st)].first;
+    for (int l = vranges_[static_cast<std::size_t>(v)].second - 1; l >= vranges_[static_cast<std::size_t>(v)].first;
          --l) {
-      if (s_.workload.recompute) forward_layer(st, mb, l, true);
+      if (s_.workload.recompute)
+        forward_layer(st, mb, l, true);
+      else if (s_.workload.recompute_modules != 0)
+        recompute_selective(st, mb, l);
       backward_layer(st, mb, l);
       if (last_mb) {
         const LayerParams lp = layer_params(m_, l);
@@ -846,38 +973,32 @@ class Builder {
                static_cast<double>(lp.per_expert) * lp.experts / lay_.ep, l);
       }
     }
-    if (st == 0) {
+    if (v == 0) {
       embed_bwd(st, mb);
       if (last_mb) reduce(st, head, 0, -1);
     } else {
-      p2p(st, st - 1, mb, true, bwd_recv);
+      p2p(v, v - 1, mb, true, bwd_recv);
     }
   }
 
+  /// Every rank's actions in pipeline_schedule order, emitted round-robin over ranks as soon as
+  /// what they consume has been emitted (so each GPU's ops keep the schedule's order).
   void schedule() {
-    const int P = lay_.pp, M = mb_.micro_batches;
-    struct Action {
-      bool fwd;
-      int mb;
-    };
-    std::vector<std::vector<Action>> plan(static_cast<std::size_t>(P));
-    for (int st = 0; st < P; ++st) {
-      auto& a = plan[static_cast<std::size_t>(st)];
-      if (!mb_.train) {
-        for (int m = 0; m < M; ++m) a.push_back({true, m});
-        continue;
-      }
-      const int warm = std::min(P - st - 1, M);
-      for (int m = 0; m < warm; ++m) a.push_back({true, m});
-      for (int i = 0; i < M - warm; ++i) {
-        a.push_back({true, warm + i});
-        a.push_back({false, i});
-      }
-      for (int m = M - warm; m < M; ++m) a.push_back({false, m});
-    }
-    std::vector<std::vector<std::uint8_t>> fdone(static_cast<std::size_t>(P), std::vector<std::uint8_t>(M, 0)),
+    const int P = lay_.pp, M = mb_.micro_batches, V = virtual_stages();
+    std::vector<std::vector<PipelineAction>> plan(static_cast<std::size_t>(P));
+    for (int st = 0; st < P; ++st) plan[static_cast<std::size_t>(st)] = pipeline_schedule(P, vpp_, M, st, mb_.train);
+    // Gradients are reduced in the backward of the micro-batch each rank runs last (the same one
+    // on every rank: the schedule's last backward).
+    last_backward_mb_ = M - 1;
+    if (mb_.train)
+      for (auto it = plan[0].rbegin(); it != plan[0].rend(); ++it)
+        if (!it->forward) {
+          last_backward_mb_ = it->micro_batch;
+          break;
+        }
+    std::vector<std::vector<std::uint8_t>> fdone(static_cast<std::size_t>(V), std::vector<std::uint8_t>(M, 0)),
         bdone = fdone;
-    std::vector<std::vector<std::vector<OpId>>> fwd_recv(static_cast<std::size_t>(P),
+    std::vector<std::vector<std::vector<OpId>>> fwd_recv(static_cast<std::size_t>(V),
                                                          std::vector<std::vector<OpId>>(static_cast<std::size_t>(M))),
         bwd_recv = fwd_recv;
     std::vector<std::size_t> next(static_cast<std::size_t>(P), 0);
@@ -888,18 +1009,19 @@ class Builder {
       for (int st = 0; st < P; ++st) {
         auto& n = next[static_cast<std::size_t>(st)];
         if (n >= plan[static_cast<std::size_t>(st)].size()) continue;
-        const Action a = plan[static_cast<std::size_t>(st)][n];
-        const auto m = static_cast<std::size_t>(a.mb);
-        const bool ready = a.fwd ? (st == 0 || fdone[static_cast<std::size_t>(st - 1)][m])
-                                 : (st == P - 1 ? fdone[static_cast<std::size_t>(st)][m]
-                                                : bdone[static_cast<std::size_t>(st + 1)][m] != 0);
+        const PipelineAction a = plan[static_cast<std::size_t>(st)][n];
+        const auto m = static_cast<std::size_t>(a.micro_batch);
+        const int v = a.chunk * P + st;
+        const auto vi = static_cast<std::size_t>(v);
+        const bool ready =
+            a.forward ? (v == 0 || fdone[vi - 1][m] != 0) : (v == V - 1 ? fdone[vi][m] != 0 : bdone[vi + 1][m] != 0);
         if (!ready) continue;
-        if (a.fwd) {
-          forward_action(st, a.mb, fwd_recv);
-          fdone[static_cast<std::size_t>(st)][m] = 1;
+        if (a.forward) {
+          forward_action(v, a.micro_batch, fwd_recv);
+          fdone[vi][m] = 1;
         } else {
-          backward_action(st, a.mb, bwd_recv);
-          bdone[static_cast<std::size_t>(st)][m] = 1;
+          backward_action(v, a.micro_batch, bwd_recv);
+          bdone[vi][m] = 1;
         }
         ++n;
         --remaining;
@@ -918,7 +1040,10 @@ class Builder {
   BuiltStep& out_;
   RankLayout lay_;
   MicroBatchShape mb_;
-  std::vector<std::pair<int, int>> ranges_;
+  std::vector<std::pair<int, int>> vranges_;  // [virtual stage] layer range
+  std::vector<int> stage_of_layer_;           // [layer] pipeline rank
+  int vpp_ = 1;
+  int last_backward_mb_ = 0;
   models::Placement placement_;
   models::DestinationMap dest_map_;  ///< deepep_normal only (replicas == nullptr otherwise)
   std::vector<int> local_of_rank_;

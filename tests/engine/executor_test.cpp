@@ -245,6 +245,22 @@ TEST_CASE("collectives on one stream keep stream order even when a later one is 
   REQUIRE(r.per_gpu[1].pipeline == 2_us);
 }
 
+TEST_CASE("a receive posted ahead does not queue behind the receiver's own sends", "[executor][streams]") {
+  // GPU 1 sends to GPU 2 after a long kernel; GPU 0's send to GPU 1 is emitted after that. In
+  // stream order on GPU 1 it would wait for the kernel; with only the sender ordered it does not.
+  for (const int ordered : {-1, 1}) {
+    sim::Simulation s;
+    StepGraph g(3);
+    const OpId late = g.compute(1, info("late"), 50_us);
+    g.collective({1, 2}, info("pp_send_act", Category::kPipeline), 0, Stream::kPpComm, {late}, 0, ordered);
+    g.collective({0, 1}, info("pp_send_act", Category::kPipeline), 1, Stream::kPpComm, {}, 0, ordered);
+    FixedBackend be(s, {1_us, 1_us});
+    Executor ex(s, g, be, {});
+    ex.run();
+    REQUIRE(be.started_at.at(1) == (ordered < 0 ? 51_us : 0_us));
+  }
+}
+
 TEST_CASE("a run that stops with events still queued fails the drained-queue check", "[executor][conservation]") {
   // A broken backend: it completes the collective but leaves a stray event behind and stops the
   // simulation, so the queue is not drained when every op has run.

@@ -96,8 +96,11 @@ TEST_CASE("tiny prefill: op counts, closed-form FLOPs, conserved bytes", "[step_
   s.routing.block_size = 1;  // no dropless block padding: executed FLOPs = model FLOPs
   const RooflineCosts costs(small_gpu());
   BuiltStep b = build_step(s, costs, {});
-  // Per GPU: embed + 2 x (qkv, attn, o_proj, router, permute, fc1, fc2, unpermute) + lm_head.
-  REQUIRE(b.compute_ops_per_gpu == std::vector<std::uint32_t>(4, 18));
+  // Per GPU: embed + 2 x (norm, qkv, rope, attn, o_proj, norm, router, permute, fc1, expert_act,
+  // fc2, unpermute) + lm_head.
+  REQUIRE(b.compute_ops_per_gpu == std::vector<std::uint32_t>(4, 26));
+  REQUIRE(b.kernels.at("norm").count == 4 * 2 * 2);
+  REQUIRE(b.kernels.at("expert_act").count == 4 * 2);
   REQUIRE(b.collective_ops == 4);  // dispatch + combine per layer
   REQUIRE(b.kernels.at("expert_fc1").count == 8);
 
@@ -287,4 +290,103 @@ TEST_CASE("training step: backward for every forward op, DP reduction, optimizer
   for (const auto& c : pp.collectives) p2p += c.kind == CollectiveKind::kSendRecv ? 1 : 0;
   REQUIRE(p2p == 2 * 2 * 4);  // (fwd + bwd) x dp x micro-batches
   REQUIRE(pp.flops.model == Approx(plain.flops.model));
+}
+
+TEST_CASE("interleaved pipeline: pp x vpp chunks, more transfers, a smaller bubble", "[step_builder][pipeline]") {
+  const RooflineCosts costs(small_gpu());
+  Scenario s = tiny_scenario(WorkloadMode::kTrain);
+  s.model.decoder_layers = 8;
+  s.model.moe_layer.assign(8, true);
+  s.parallel.dp = 2;
+  s.parallel.pp = 2;
+  s.parallel.ep = 2;
+  s.parallel.micro_batches = 4;
+  const auto p2p_of = [](const BuiltStep& b) {
+    int n = 0;
+    for (const auto& c : b.collectives) n += c.kind == CollectiveKind::kSendRecv ? 1 : 0;
+    return n;
+  };
+  BuiltStep plain = build_step(s, costs, {});
+  s.parallel.vpp = 2;
+  BuiltStep inter = build_step(s, costs, {});
+  s.parallel.vpp = 4;
+  BuiltStep inter4 = build_step(s, costs, {});
+  // Transfers: 2 (pp * vpp - 1) per micro-batch and dp index (forward activations + backward grads).
+  REQUIRE(p2p_of(plain) == 2 * (2 - 1) * 4 * 2);
+  REQUIRE(p2p_of(inter) == 2 * (4 - 1) * 4 * 2);
+  REQUIRE(p2p_of(inter4) == 2 * (8 - 1) * 4 * 2);
+  // Same work, same op count per GPU: interleaving only reorders and re-cuts the layers.
+  REQUIRE(inter.flops.model == Approx(plain.flops.model));
+  REQUIRE(inter.flops.executed == Approx(plain.flops.executed));
+  REQUIRE(inter.serial_compute == plain.serial_compute);
+  // A fast network: the smaller bubble wins over the extra transfers.
+  const SimTime t1 = play(plain, 1e15).step, t2 = play(inter, 1e15).step, t4 = play(inter4, 1e15).step;
+  REQUIRE(t2 < t1);
+  REQUIRE(t4 < t2);
+  // Interleaving keeps more micro-batch chunks in flight on the first rank.
+  REQUIRE(inter.memory.stages.at(0).activations > plain.memory.stages.at(0).activations);
+  // An explicit layout moves layers: six of eight on the first rank is the same work, slower.
+  s.parallel.vpp = 2;
+  s.parallel.stage_layers = {3, 1, 3, 1};
+  BuiltStep uneven = build_step(s, costs, {});
+  REQUIRE(uneven.flops.model == Approx(plain.flops.model));
+  REQUIRE(p2p_of(uneven) == p2p_of(inter));
+  REQUIRE(play(uneven, 1e15).step > t2);  // rank 0 holds 6 layers and sets the pace
+}
+
+TEST_CASE("selective recomputation re-runs exactly the listed modules and keeps less", "[step_builder]") {
+  const RooflineCosts costs(small_gpu());
+  Scenario s = tiny_scenario(WorkloadMode::kTrain);
+  s.model.shared_experts = 1;
+  BuiltStep plain = build_step(s, costs, {});
+  const auto with = [&](std::initializer_list<RecomputeModule> mods) {
+    Scenario r = s;
+    for (RecomputeModule m : mods) r.workload.recompute_modules |= 1U << static_cast<unsigned>(m);
+    return build_step(r, costs, {});
+  };
+  const std::uint64_t per = 4 * 2 * 2;  // GPUs x layers x micro-batches
+  BuiltStep attn = with({RecomputeModule::kCoreAttn});
+  REQUIRE(attn.kernels.at("attn").count == plain.kernels.at("attn").count + per);
+  REQUIRE(attn.kernels.at("qkv").count == plain.kernels.at("qkv").count);
+  REQUIRE(attn.flops.model == Approx(plain.flops.model));
+  REQUIRE(attn.flops.executed > plain.flops.executed);
+  REQUIRE(attn.memory.stages[0].activations < plain.memory.stages[0].activations);
+
+  BuiltStep ln = with({RecomputeModule::kLayernorm});
+  REQUIRE(ln.kernels.at("norm").count == plain.kernels.at("norm").count + 2 * per);
+  REQUIRE(ln.flops.executed == Approx(plain.flops.executed));  // norms do no GEMM FLOPs
+  REQUIRE(ln.memory.stages[0].activations < plain.memory.stages[0].activations);
+
+  BuiltStep act = with({RecomputeModule::kMoeAct});
+  REQUIRE(act.kernels.at("expert_act").count > plain.kernels.at("expert_act").count);
+  REQUIRE(act.kernels.at("expert_fc1").count == plain.kernels.at("expert_fc1").count);
+  REQUIRE(act.memory.stages[0].activations < plain.memory.stages[0].activations);
+
+  BuiltStep sh = with({RecomputeModule::kSharedExperts});
+  REQUIRE(sh.kernels.at("shared_fc1").count == plain.kernels.at("shared_fc1").count + per);
+  REQUIRE(sh.memory.stages[0].activations < plain.memory.stages[0].activations);
+
+  // moe: the whole block again, its all-to-alls included.
+  BuiltStep moe = with({RecomputeModule::kMoe});
+  REQUIRE(moe.kernels.at("expert_fc1").count > plain.kernels.at("expert_fc1").count);
+  REQUIRE(moe.collectives.size() > plain.collectives.size());
+  REQUIRE(moe.memory.stages[0].activations < act.memory.stages[0].activations);
+
+  // Everything selective still stashes more per layer than full recomputation, which keeps
+  // only each layer's input (plus one layer's working set while it re-runs, so compare on a
+  // model deep enough for the stash to dominate).
+  Scenario deep = s;
+  deep.model.decoder_layers = 16;
+  deep.model.moe_layer.assign(16, true);
+  Scenario all_s = deep;
+  for (RecomputeModule m : {RecomputeModule::kCoreAttn, RecomputeModule::kLayernorm, RecomputeModule::kMoe,
+                            RecomputeModule::kSharedExperts})
+    all_s.workload.recompute_modules |= 1U << static_cast<unsigned>(m);
+  Scenario full_s = deep;
+  full_s.workload.recompute = true;
+  const double deep_plain = build_step(deep, costs, {}).memory.stages[0].activations;
+  const double all = build_step(all_s, costs, {}).memory.stages[0].activations;
+  const double full = build_step(full_s, costs, {}).memory.stages[0].activations;
+  REQUIRE(all > full);
+  REQUIRE(all < deep_plain);
 }
