@@ -212,7 +212,7 @@ MemoryEstimate estimate_memory(const Scenario& s, const MemoryOptions& opt) {
             : 0.0;
     if (mb.train) {
       sm.grads = (dense + expert) * opt.grad_bytes;
-      sm.optimizer = 12.0 * (dense / dense_shard + expert / expert_shard);
+      sm.optimizer = opt.optimizer_state_bytes * (dense / dense_shard + expert / expert_shard);
       // Forward (micro-batch, chunk) pairs stashed at the peak (pipeline_inflight_chunks), each
       // holding 1/vpp of the stage's layers (the average chunk).
       const double inflight =

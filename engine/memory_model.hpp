@@ -13,7 +13,8 @@
 /// Memory (per GPU, bytes; training uses Megatron-Core mixed precision):
 ///   weights    = local params * bytes_per_param
 ///   grads      = local params * grad_bytes (fp32 main-grad buffer by default)
-///   optimizer  = local params * 12 (fp32 master + Adam m, v), divided over the data-parallel
+///   optimizer  = local params * optimizer_state_bytes (12: fp32 master + Adam m, v; Megatron's
+///                precision-aware optimizer with bf16 moments: 8), divided over the data-parallel
 ///                group when distributed_optimizer (ZeRO-1): dense params over dp, expert params
 ///                over the expert-data-parallel group (dp * tp / ep ranks)
 ///   activations= stashed micro-batches (1F1B: min(pp - stage, micro_batches)) * layers * per-
@@ -81,6 +82,7 @@ struct MemoryOptions {
   double capacity_bytes = 80.0 * 1024 * 1024 * 1024;  ///< per GPU (H100 80 GiB by default)
   int grad_bytes = 4;                                 ///< fp32 main grads (Megatron-Core default)
   bool distributed_optimizer = true;                  ///< ZeRO-1: optimizer states sharded over DP
+  int optimizer_state_bytes = 12;                     ///< fp32 master + Adam m, v (precision-aware: less)
   models::WireFormat dispatch_format = models::WireFormat::kBf16;
 };
 

@@ -204,6 +204,27 @@ void parse_recompute(const Node& n, WorkloadSpec& w) {
   if (r.items().empty()) r.error("an empty list recomputes nothing: write recompute: false");
 }
 
+/// optimizer: {distributed, main_params_dtype, exp_avg_dtype, exp_avg_sq_dtype, main_grads_dtype}.
+void parse_optimizer(const Node& n, WorkloadSpec& w) {
+  const Node o = n.child("optimizer");
+  if (!o.defined() || o.is_null()) return;
+  if (!o.is_map()) {
+    o.error("expected a map, e.g. optimizer: {exp_avg_dtype: bf16, exp_avg_sq_dtype: bf16, main_grads_dtype: bf16}");
+    return;
+  }
+  auto& opt = w.optimizer;
+  opt.distributed = o.opt_bool("distributed", true);
+  const auto bytes = [&](const char* key, const std::vector<std::string>& choices) {
+    const std::string v = o.opt_choice(key, choices, "fp32");
+    return v == "fp32" ? 4 : v == "fp8" ? 1 : 2;
+  };
+  opt.main_params_bytes = bytes("main_params_dtype", {"fp32", "fp16"});
+  opt.exp_avg_bytes = bytes("exp_avg_dtype", {"fp32", "bf16", "fp16", "fp8"});
+  opt.exp_avg_sq_bytes = bytes("exp_avg_sq_dtype", {"fp32", "bf16", "fp16", "fp8"});
+  opt.main_grads_bytes = bytes("main_grads_dtype", {"fp32", "bf16"});
+  o.finish();
+}
+
 WorkloadSpec parse_workload(const Node& n) {
   WorkloadSpec w;
   if (!n.defined()) {
@@ -216,7 +237,10 @@ WorkloadSpec parse_workload(const Node& n) {
     w.mode = mode == "train" ? WorkloadMode::kTrain : WorkloadMode::kRouting;
     w.seq_len = n.req_int("seq_len", count);
     w.global_batch = n.req_int("global_batch", count);
-    if (mode == "train") parse_recompute(n, w);
+    if (mode == "train") {
+      parse_recompute(n, w);
+      parse_optimizer(n, w);
+    }
   } else if (mode == "prefill") {
     w.mode = WorkloadMode::kPrefill;
     w.batch = n.req_int("batch", count);
@@ -237,7 +261,7 @@ WorkloadSpec parse_workload(const Node& n) {
       w.collective = parse_collective(c);
   } else {
     // Unknown mode (already reported): do not pile unknown-key errors on top of it.
-    n.finish({"seq_len", "global_batch", "recompute", "batch", "prompt_len", "context_len", "collective",
+    n.finish({"seq_len", "global_batch", "recompute", "optimizer", "batch", "prompt_len", "context_len", "collective",
               "tokens_per_rank"});
     return w;
   }

@@ -89,6 +89,17 @@ struct WorkloadSpec {
   /// instead of keeping their activations. Bit i = RecomputeModule i. Exclusive with `recompute`.
   std::uint32_t recompute_modules = 0;
   bool recomputes(RecomputeModule m) const { return (recompute_modules >> static_cast<unsigned>(m)) & 1U; }
+  /// train: the optimizer's state (Megatron-Core `--use-distributed-optimizer` and the
+  /// precision-aware optimizer's `--main-params-dtype`, `--exp-avg-dtype`, `--exp-avg-sq-dtype`,
+  /// `--main-grads-dtype`), in bytes per element. Defaults: ZeRO-1, fp32 everywhere.
+  struct Optimizer {
+    bool distributed = true;
+    int main_params_bytes = 4;
+    int exp_avg_bytes = 4;
+    int exp_avg_sq_bytes = 4;
+    int main_grads_bytes = 4;
+    int state_bytes() const { return main_params_bytes + exp_avg_bytes + exp_avg_sq_bytes; }
+  } optimizer;
   std::optional<CollectiveSpec> collective;
   /// Tokens processed by one step across the whole cluster.
   std::int64_t tokens_per_step() const;

@@ -322,6 +322,12 @@ SimulateOptions simulate_options(const Scenario& s) {
   o.build.dispatcher = s.execution.dispatcher == "deepep_normal" ? Dispatcher::kDeepepNormal
                        : s.execution.dispatcher == "deepep_ll"   ? Dispatcher::kDeepepLl
                                                                  : Dispatcher::kNcclA2a;
+  o.build.grad_bytes = s.workload.optimizer.main_grads_bytes;
+  o.build.distributed_optimizer = s.workload.optimizer.distributed;
+  o.build.optimizer_state_bytes = s.workload.optimizer.state_bytes();
+  // The Adam step's HBM traffic: the main grads and the optimizer state per local parameter
+  // (16 bytes with the fp32 defaults, as before).
+  o.build.optimizer_bytes_per_param = s.workload.optimizer.main_grads_bytes + s.workload.optimizer.state_bytes();
   if (s.has_cluster) o.build.gpus_per_node = s.cluster.gpus_per_node;
   if (s.has_cluster) o.build.memory_capacity_bytes = s.cluster.gpu.hbm_bytes;
   return o;

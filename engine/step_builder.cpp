@@ -1093,6 +1093,7 @@ MemoryOptions memory_options(const StepBuildOptions& opt) {
   mo.capacity_bytes = opt.memory_capacity_bytes;
   mo.grad_bytes = opt.grad_bytes;
   mo.distributed_optimizer = opt.distributed_optimizer;
+  mo.optimizer_state_bytes = opt.optimizer_state_bytes;
   mo.dispatch_format = opt.dispatch_format;
   return mo;
 }

@@ -105,6 +105,7 @@ struct StepBuildOptions {
   bool separate_comm_streams = true;  ///< false: DP and PP traffic queue on the EP/TP stream (one comm stream)
   int grad_bytes = 4;                 ///< bytes per gradient element reduced over DP
   bool distributed_optimizer = true;  ///< ZeRO-1: reduce-scatter + sharded Adam + all-gather
+  int optimizer_state_bytes = 12;     ///< master params + Adam moments, bytes per parameter
   double optimizer_bytes_per_param = 16;  ///< Adam step HBM traffic per param
   double memory_capacity_bytes = 80.0 * 1024 * 1024 * 1024;
   /// Threads that route MoE layers in parallel (each layer draws from its own RNG streams, so the

@@ -3,6 +3,7 @@
 #include <set>
 #include <string>
 
+#include "engine/simulate.hpp"
 #include "engine/step_builder.hpp"
 
 using namespace moesim;
@@ -389,4 +390,33 @@ TEST_CASE("selective recomputation re-runs exactly the listed modules and keeps 
   const double full = build_step(full_s, costs, {}).memory.stages[0].activations;
   REQUIRE(all > full);
   REQUIRE(all < deep_plain);
+}
+
+TEST_CASE("precision-aware optimizer: bf16 moments and main grads shrink state, grads and DP traffic",
+          "[step_builder][memory]") {
+  const RooflineCosts costs(small_gpu());
+  Scenario s = tiny_scenario(WorkloadMode::kTrain);
+  const auto build = [&](const Scenario& x) { return build_step(x, costs, simulate_options(x).build); };
+  const auto dp_bytes = [](const BuiltStep& b) {
+    double t = 0;
+    for (const auto& c : b.collectives)
+      if (c.category == Category::kDataParallel && c.kind == CollectiveKind::kReduceScatter) t += c.total_bytes();
+    return t;
+  };
+  const BuiltStep plain = build(s);
+  Scenario p = s;
+  p.workload.optimizer.exp_avg_bytes = p.workload.optimizer.exp_avg_sq_bytes = 2;
+  p.workload.optimizer.main_grads_bytes = 2;
+  const BuiltStep pa = build(p);
+  const auto& a = plain.memory.stages[0];
+  const auto& b = pa.memory.stages[0];
+  REQUIRE(b.optimizer == Approx(a.optimizer * 8.0 / 12.0));
+  REQUIRE(b.grads == Approx(a.grads / 2));
+  REQUIRE(b.weights == a.weights);
+  REQUIRE(dp_bytes(plain) > 0);
+  REQUIRE(dp_bytes(pa) == Approx(dp_bytes(plain) / 2));
+  // Without the distributed optimizer every rank keeps the whole state: dp times more.
+  Scenario nd = s;
+  nd.workload.optimizer.distributed = false;
+  REQUIRE(build(nd).memory.stages[0].optimizer > a.optimizer);
 }
