@@ -522,6 +522,11 @@ PointResult evaluate(const PublishedPoint& p, const std::optional<engine::Scenar
         const std::string key = rest == "time_us" ? rest : "deepep_" + rest;
         r.predicted = json_number(j, {op.c_str(), key.c_str()});
       }
+      if (j.contains("memory") && j["memory"].contains("fits")) {
+        r.peak_mem_gib = json_number(j, {"memory", "peak_bytes_per_gpu"}) / 1073741824.0;
+        r.capacity_gib = json_number(j, {"memory", "capacity_bytes_per_gpu"}) / 1073741824.0;
+        r.fits = j["memory"]["fits"].get<bool>() ? 1 : 0;
+      }
       if (j.contains("breakdown_us")) {
         StepBreakdown b;
         b.compute_ms = json_number(j, {"breakdown_us", "compute"}) / 1e3;
@@ -748,6 +753,40 @@ void stats_table(std::string& out, const char* title, const std::vector<Category
 
 }  // namespace
 
+namespace {
+/// Every published step configuration ran on its GPUs: the ones predicted not to fit.
+std::string memory_fit_summary(const FidelityMatrix& m, const FidelityReport& r, bool markdown) {
+  int with = 0, fit = 0;
+  std::string list;
+  for (std::size_t i = 0; i < m.points.size(); ++i) {
+    if (!r.selected[i]) continue;
+    const auto& res = r.results[i];
+    if (!ran(res.status) || res.fits < 0) continue;
+    ++with;
+    if (res.fits == 1) {
+      ++fit;
+      continue;
+    }
+    list += markdown ? fmt::format("| {} | {} | {:.1f} | {:.1f} | {} |\n", m.points[i].id, to_string(res.status),
+                                   res.peak_mem_gib, res.capacity_gib, join(m.points[i].missing_features, "; "))
+                     : fmt::format("  {} ({}): {:.1f} GiB of {:.1f}\n", m.points[i].id, to_string(res.status),
+                                   res.peak_mem_gib, res.capacity_gib);
+  }
+  if (with == 0) return {};
+  if (markdown)
+    return fmt::format(
+        "\n### Memory: configurations that ran\n\n{} of {} simulated step configurations fit "
+        "(every one ran).{}",
+        fit, with,
+        list.empty() ? std::string("\n")
+                     : "\n\n| point | status | predicted peak GiB | capacity GiB | missing features "
+                       "|\n| --- | --- | ---: | ---: | --- |\n" +
+                           list);
+  return fmt::format("\nmemory: {} of {} simulated step configurations fit (every one ran){}\n{}", fit, with,
+                     list.empty() ? "" : "; predicted not to fit:", list);
+}
+}  // namespace
+
 std::string format_fidelity_text(const FidelityMatrix& m, const FidelityReport& r) {
   std::string out;
   const Counts c = count(m, r);
@@ -790,6 +829,7 @@ std::string format_fidelity_text(const FidelityMatrix& m, const FidelityReport& 
                          join(g.predicted_order, " > "));
     }
   }
+  out += memory_fit_summary(m, r, false);
   // What is missing, by how many points need it (approximate and not-expressible points).
   std::map<std::string, std::pair<int, int>> need;  // feature -> (approximate, not expressible)
   for (std::size_t i = 0; i < m.points.size(); ++i) {
@@ -812,7 +852,7 @@ std::string format_fidelity_text(const FidelityMatrix& m, const FidelityReport& 
 std::string format_fidelity_csv(const FidelityMatrix& m, const FidelityReport& r) {
   std::string out =
       "id,category,subset,layout_group,metric,status,published,predicted,error_pct,band_pct,pass,compute_ms,"
-      "exposed_comm_ms,pipeline_bubble_ms,idle_other_ms,missing_features,source\n";
+      "exposed_comm_ms,pipeline_bubble_ms,idle_other_ms,peak_mem_gib,fits,missing_features,source\n";
   for (std::size_t i = 0; i < m.points.size(); ++i) {
     if (!r.selected[i]) continue;
     const auto& p = m.points[i];
@@ -822,10 +862,12 @@ std::string format_fidelity_csv(const FidelityMatrix& m, const FidelityReport& r
     if (res.breakdown)
       b = fmt::format("{},{},{},{}", exact(res.breakdown->compute_ms), exact(res.breakdown->exposed_comm_ms),
                       exact(res.breakdown->pipeline_bubble_ms), exact(res.breakdown->idle_other_ms));
-    out += fmt::format("{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n", csv(p.id), csv(p.category),
+    const bool mem = ok && res.fits >= 0;
+    out += fmt::format("{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n", csv(p.id), csv(p.category),
                        p.calibration ? "calibration" : "heldout", csv(p.layout_group), csv(p.metric),
                        to_string(res.status), exact(p.published), ok ? exact(res.predicted) : "",
                        ok ? exact(res.error * 100) : "", exact(p.band * 100), res.pass ? 1 : 0, b,
+                       mem ? exact(res.peak_mem_gib) : "", mem ? std::to_string(res.fits) : "",
                        csv(join(p.missing_features, "; ")), csv(p.source));
   }
   return out;
@@ -847,6 +889,7 @@ std::string format_fidelity_markdown(const FidelityMatrix& m, const FidelityRepo
                          std::isfinite(g.spearman) ? fmt::format("{:+.2f}", g.spearman) : std::string("n/a"),
                          join(g.published_order, " > "), join(g.predicted_order, " > "));
   }
+  out += memory_fit_summary(m, r, true);
   out +=
       "\n### Points\n\n| point | category | status | metric | published | predicted | error | breakdown (ms: compute / "
       "exposed comm / bubbles / other idle) | missing features |\n| --- | --- | --- | --- | ---: | ---: | ---: | --- | "
@@ -916,6 +959,9 @@ std::vector<BaselineRow> read_fidelity_baseline(const std::string& file) {
   };
   const std::size_t c_id = col("id"), c_cat = col("category"), c_status = col("status"), c_err = col("error_pct"),
                     c_pass = col("pass");
+  std::size_t c_fits = head.size();  // optional (baselines written before it lack it)
+  for (std::size_t i = 0; i < head.size(); ++i)
+    if (head[i] == "fits") c_fits = i;
   std::vector<BaselineRow> rows;
   int ln = 1;
   while (std::getline(in, line)) {
@@ -928,6 +974,10 @@ std::vector<BaselineRow> read_fidelity_baseline(const std::string& file) {
     r.category = f[c_cat];
     r.status = f[c_status];
     r.pass = f[c_pass] == "1";
+    if (c_fits < head.size() && !f[c_fits].empty()) {
+      if (f[c_fits] != "0" && f[c_fits] != "1") fail(ln, fmt::format("fits '{}' is not 0 or 1", f[c_fits]));
+      r.fits = f[c_fits] == "1" ? 1 : 0;
+    }
     if (!f[c_err].empty()) {
       try {
         std::size_t used = 0;
@@ -960,6 +1010,11 @@ GateResult check_fidelity_gate(const FidelityMatrix& m, const FidelityReport& r,
       g.failures.push_back(fmt::format("{}: passed its band in the baseline ({}), now {}", p.id, pct(b.error),
                                        ran(res.status) ? fmt::format("{} (band {:.0f}%)", pct(res.error), p.band * 100)
                                                        : std::string(to_string(res.status))));
+    if (b.fits == 1 && ran(res.status) && res.fits == 0)
+      g.failures.push_back(
+          fmt::format("{}: fitted in memory in the baseline, now predicted not to fit ({:.1f} GiB of "
+                      "{:.1f}; the configuration ran)",
+                      p.id, res.peak_mem_gib, res.capacity_gib));
     if (b_ran && ran(res.status)) {
       common[p.category].first.push_back(std::fabs(b.error) * 100);
       common[p.category].second.push_back(std::fabs(res.error) * 100);

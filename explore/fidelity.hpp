@@ -124,6 +124,12 @@ struct PointResult {
   std::string message;  ///< error text for kError
   std::optional<StepBreakdown> breakdown;
   double cpu_s = 0;  ///< host CPU seconds of the simulation (progress only; never in a report)
+  /// Step modes: the predicted per-GPU peak memory and whether it fits the GPU (-1: no memory
+  /// estimate, e.g. kernels and collectives). Every published step configuration ran, so a
+  /// prediction that it does not fit is a memory-model error the report lists.
+  double peak_mem_gib = 0;
+  double capacity_gib = 0;
+  int fits = -1;
 };
 
 struct CategoryStats {
@@ -177,6 +183,7 @@ struct BaselineRow {
   std::string id, category, status;
   double error = 0;  ///< fraction
   bool pass = false;
+  int fits = -1;  ///< the 'fits' column (-1 when absent or empty)
 };
 /// Reads a fidelity.csv written by format_fidelity_csv; throws config::ConfigError (file:line)
 /// on a malformed file.

@@ -227,3 +227,40 @@ TEST_CASE("fidelity: not-expressible and approximate points", "[fidelity]") {
   CHECK(text.find("a scale-up domain of 72 GPUs") != std::string::npos);
   CHECK(text.find("1 approximate, 1 not expressible") != std::string::npos);
 }
+
+TEST_CASE("fidelity: configurations that ran must fit; the gate trips when one stops fitting", "[fidelity]") {
+  TempDir d("fit");
+  d.write("categories.yaml", "categories:\n  train: { band: 0.30, doc: \"training steps\" }\n");
+  const auto point = [](int seq_len) {
+    return "points:\n  - id: t\n    category: train\n    source: { title: t, date: 2025-01-01, quote: q }\n"
+           "    metric: step_time_ms\n    published: { value: 100, unit: ms, as_quoted: x }\n    derivation: d\n"
+           "    scenario:\n      name: t\n      model: qwen3-30b-a3b\n"
+           "      cluster: { gpu: h200, nodes: 1, gpus_per_node: 8 }\n"
+           "      parallel: { dp: 8, ep: 8 }\n"
+           "      workload: { mode: train, seq_len: " +
+           std::to_string(seq_len) + ", global_batch: 8 }\n      network: { model: analytical }\n";
+  };
+  d.write("t.yaml", point(1024));
+  const FidelityMatrix m = load_fidelity_matrix(d.path.string());
+  const FidelityReport r = run_fidelity(m, {});
+  REQUIRE(r.results[0].fits == 1);
+  CHECK(r.results[0].peak_mem_gib > 0);
+  CHECK(r.results[0].capacity_gib == Approx(141e9 / 1073741824.0));
+  CHECK(format_fidelity_markdown(m, r).find("1 of 1 simulated step configurations fit") != std::string::npos);
+  const auto rows = read_fidelity_baseline(d.write("baseline.csv", format_fidelity_csv(m, r)));
+  REQUIRE(rows.at(0).fits == 1);
+
+  // 64K-token sequences: the stashed activations no longer fit in 141 GB although the
+  // configuration "ran" -> listed, and the gate fails.
+  d.write("t.yaml", point(65536));
+  const FidelityMatrix m2 = load_fidelity_matrix(d.path.string());
+  const FidelityReport r2 = run_fidelity(m2, {});
+  REQUIRE(r2.results[0].fits == 0);
+  CHECK(r2.results[0].peak_mem_gib > r2.results[0].capacity_gib);
+  CHECK(format_fidelity_markdown(m2, r2).find("0 of 1 simulated step configurations fit") != std::string::npos);
+  CHECK(format_fidelity_text(m2, r2).find("predicted not to fit:\n  t (") != std::string::npos);
+  bool flagged = false;
+  for (const auto& f : check_fidelity_gate(m2, r2, rows).failures)
+    flagged |= f.find("t: fitted in memory in the baseline") == 0;
+  CHECK(flagged);
+}
