@@ -100,7 +100,21 @@ OpId StepGraph::compute(int gpu, const OpInfo& info, SimTime duration, const std
   add_edge(last, id);  // stream order
   for (OpId d : deps) add_edge(d, id);
   last = id;
+  add_host_cost(id, {gpu}, info);
   return id;
+}
+
+void StepGraph::add_host_cost(OpId id, const std::vector<int>& gpus, const OpInfo& info) {
+  if (info.host_sync) ops_[id].host_sync = 1;
+  if (info.host_cost < sim::SimTime::zero()) throw std::invalid_argument("StepGraph: negative host cost");
+  if (info.host_cost == sim::SimTime::zero() && host_offset_.empty()) return;
+  if (host_offset_.empty()) host_accum_.assign(static_cast<std::size_t>(num_gpus_), 0);
+  host_offset_.resize(ops_.size(), 0);
+  for (int g : gpus) host_accum_[static_cast<std::size_t>(g)] += info.host_cost.ps();
+  if (ops_[id].stream != Stream::kCompute) return;  // collectives are issued, never gated
+  const auto g = static_cast<std::size_t>(gpus[0]);
+  host_offset_[id] = host_accum_[g];
+  if (info.host_sync) host_accum_[g] = 0;
 }
 
 OpId StepGraph::collective(const std::vector<int>& gpus, const OpInfo& info, std::uint32_t collective_index,
@@ -126,6 +140,7 @@ OpId StepGraph::collective(const std::vector<int>& gpus, const OpInfo& info, std
   ops_[id].ordered = static_cast<std::uint32_t>(ordered);
   ops_[id].recv_lane = static_cast<std::uint8_t>(info.recv_lane == 0 ? 0 : 1);
   if (ordered < gpus.size()) has_unordered_ = true;
+  add_host_cost(id, gpus, info);
   for (std::size_t k = 0; k < ordered; ++k) {
     OpId& last = last_[base + static_cast<std::size_t>(gpus[k])];
     add_edge(last, id);
@@ -186,6 +201,8 @@ ExecutionResult Executor::run() {
   completed_ = 0;
   for (std::size_t i = 0; i < n; ++i) pending_deps_[i] = g_.ops_[i].deps;
   for (auto& st : gpu_) st.last_change_ps = sim_.now().ps();
+  host_release_ps_.assign(G, sim_.now().ps());
+  if (!g_.host_offset_.empty()) g_.host_offset_.resize(n, 0);
 
   if (opts_.trace) {
     for (int gi = 0; gi < g_.num_gpus_; ++gi) {
@@ -240,13 +257,13 @@ ExecutionResult Executor::run() {
     // The idle spans were attributed online as they ended; what remains is the tail after the
     // GPU's last op. Both ways of counting idle time must agree to the picosecond.
     b.idle_tail = r.step_time - b.busy_end;
-    const SimTime split = b.wait_ep + b.wait_dp + b.wait_pp + b.wait_other + b.idle_tail;
+    const SimTime split = b.wait_ep + b.wait_dp + b.wait_pp + b.wait_other + b.wait_host + b.idle_tail;
     if (split != b.idle || gpu_[gi].idle_pending_ps != 0)
       throw sim::SimulationError(fmt::format(
           "GPU {}: idle time {} ps does not equal its attribution {} ps (EP wait {}, DP wait {}, PP wait {}, "
-          "other {}, tail {}; {} ps unattributed)",
+          "other {}, host {}, tail {}; {} ps unattributed)",
           gi, b.idle.ps(), split.ps(), b.wait_ep.ps(), b.wait_dp.ps(), b.wait_pp.ps(), b.wait_other.ps(),
-          b.idle_tail.ps(), gpu_[gi].idle_pending_ps));
+          b.wait_host.ps(), b.idle_tail.ps(), gpu_[gi].idle_pending_ps));
   }
   for (int gi = g_.num_gpus_ - 1; gi >= 0; --gi)
     if (r.per_gpu[static_cast<std::size_t>(gi)].busy_end == r.step_time) r.critical_gpu = gi;
@@ -281,7 +298,7 @@ void Executor::end_idle(int gpu, Stream starting) {
       b.wait_pp += t;
       break;
     case Stream::kCompute:
-      b.wait_other += t;
+      (st.host_gated ? b.wait_host : b.wait_other) += t;
       break;
   }
   st.idle_pending_ps = 0;
@@ -291,6 +308,21 @@ void Executor::start(OpId id) {
   start_time_[id] = sim_.now();
   const StepGraph::Op& op = g_.ops_[id];
   if (op.stream == Stream::kCompute) {
+    if (!g_.host_offset_.empty()) {
+      const int gpu = g_.gpus_[op.gpu_begin];
+      const std::int64_t issue = host_release_ps_[static_cast<std::size_t>(gpu)] + g_.host_offset_[id];
+      if (issue > sim_.now().ps()) {
+        // Idle so far waited for this op's inputs; from now on it waits for the host.
+        advance(gpu);
+        end_idle(gpu, Stream::kCompute);
+        gpu_[static_cast<std::size_t>(gpu)].host_gated = true;
+        sim_.schedule_at(SimTime::from_ps(issue), [this, id] {
+          start_time_[id] = sim_.now();
+          start_compute(id);
+        });
+        return;
+      }
+    }
     start_compute(id);
     return;
   }
@@ -312,6 +344,7 @@ void Executor::start_compute(OpId id) {
         fmt::format("GPU {}: compute op '{}' started while '{}' runs", gpu, g_.name(id), g_.name(st.running)));
   advance(gpu);
   end_idle(gpu, Stream::kCompute);
+  st.host_gated = false;
   st.running = id;
   st.remaining_full_ps = op.duration.ps();
   st.segment_start = sim_.now();
@@ -415,6 +448,7 @@ void Executor::complete(OpId id) {
     GpuState& st = gpu_[static_cast<std::size_t>(gpu)];
     st.running = kNoOp;
     st.completion = sim::EventId{};
+    if (op.host_sync) host_release_ps_[static_cast<std::size_t>(gpu)] = sim_.now().ps();
   } else {
     for (int gi : g_.gpus(op)) {
       advance(gi);

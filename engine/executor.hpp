@@ -76,6 +76,13 @@ struct OpInfo {
   /// Trace lane of the participants outside a collective's stream order (see `ordered_gpus`):
   /// they draw it on the track "comm PP recv fwd" (0) or "comm PP recv bwd" (1).
   int recv_lane = 0;
+  /// Host (CPU) time to issue this op: the framework's Python/dispatch work and the launch. The
+  /// host issues a GPU's ops in program order and only waits at `host_sync` ops (a
+  /// device-to-host copy it needs, e.g. tokens per expert), so an op cannot start before
+  /// (completion of the GPU's last sync op) + (host time of the ops issued since). Zero
+  /// everywhere (the default) means an infinitely fast host.
+  sim::SimTime host_cost{};
+  bool host_sync = false;
 };
 
 class StepGraph {
@@ -130,7 +137,9 @@ class StepGraph {
     Stream stream = Stream::kCompute;
     std::uint32_t ordered = 0;  // participants [0, ordered) queue it in their stream order
     std::uint8_t recv_lane = 0;
+    std::uint8_t host_sync = 0;
   };
+  void add_host_cost(OpId id, const std::vector<int>& gpus, const OpInfo& info);
   OpId add_op(const OpInfo& info);
   void add_edge(OpId before, OpId after);
   std::uint16_t intern(std::string_view name);
@@ -151,6 +160,10 @@ class StepGraph {
   std::vector<OpId> succ_;
   bool frozen_ = false;
   bool has_unordered_ = false;  // some collective has participants outside its stream order
+  // Host issue model (empty until an op has a host cost): per op, host time since the last sync
+  // op on its GPU (compute ops only); per GPU, the running sum while building.
+  std::vector<std::int64_t> host_offset_;
+  std::vector<std::int64_t> host_accum_;
   std::vector<std::string> names_;
   std::unordered_map<std::string, std::uint16_t, NameHash, std::equal_to<>> name_ids_;
   std::vector<OpId> last_;  // [stream * num_gpus + gpu]
@@ -170,6 +183,7 @@ struct GpuBreakdown {
   sim::SimTime wait_dp{};     ///< a DP collective started
   sim::SimTime wait_pp{};     ///< a pipeline send/recv started (pipeline bubbles)
   sim::SimTime wait_other{};  ///< a compute op started (a dependency on another GPU's op)
+  sim::SimTime wait_host{};   ///< a compute op started once the host had issued it (host-bound)
   sim::SimTime idle_tail{};   ///< after this GPU's last op, until the step ended on the slowest GPU
   sim::SimTime busy_end{};    ///< when this GPU's last op finished
 };
@@ -226,7 +240,9 @@ class Executor {
     std::int64_t comm_union_ps = 0;
     std::int64_t comm_overlap_ps = 0;
     std::int64_t idle_pending_ps = 0;  // idle since the last op start, not yet attributed
+    bool host_gated = false;           // the next compute op waits for the host to issue it
   };
+  std::vector<std::int64_t> host_release_ps_;  // per GPU: when its host last left a sync
   /// Attributes `gpu`'s pending idle time to what starts now on it (first start wins).
   void end_idle(int gpu, Stream starting);
   std::vector<GpuState> gpu_;

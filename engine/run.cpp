@@ -211,8 +211,8 @@ void run_step(const Scenario& s, const RunOptions& ro, nlohmann::ordered_json& j
       r.idle_us);
   fmt::format_to(std::back_inserter(out),
                  "idle       (mean per GPU, us) waiting for EP/TP peers {:.1f} | for DP peers {:.1f} | pipeline "
-                 "{:.1f} | other {:.1f} | after own last op {:.1f}\n",
-                 r.wait_ep_us, r.wait_dp_us, r.wait_pp_us, r.wait_other_us, r.idle_tail_us);
+                 "{:.1f} | for the host {:.1f} | other {:.1f} | after own last op {:.1f}\n",
+                 r.wait_ep_us, r.wait_dp_us, r.wait_pp_us, r.wait_host_us, r.wait_other_us, r.idle_tail_us);
   fmt::format_to(std::back_inserter(out), "critical   compute {:.1f} | exposed comm {:.1f} | idle {:.1f} us\n",
                  crit.compute.to_us(), crit.exposed_comm.to_us(), crit.idle.to_us());
   fmt::format_to(std::back_inserter(out),
@@ -238,10 +238,12 @@ void run_step(const Scenario& s, const RunOptions& ro, nlohmann::ordered_json& j
                        {"idle", r.idle_us}};
   // Idle time by what ended each idle span: a collective that could only start once the slowest
   // participant arrived (EP/TP: load imbalance and stragglers; PP: pipeline bubbles), a compute
-  // op, or nothing (the GPU finished before the slowest one). Sums to breakdown_us.idle.
+  // op (host: one the host had not issued yet), or nothing (the GPU finished before the slowest one). Sums to
+  // breakdown_us.idle.
   j["idle_us"] = {{"waiting_for_ep_tp_peers", r.wait_ep_us},
                   {"waiting_for_dp_peers", r.wait_dp_us},
                   {"pipeline", r.wait_pp_us},
+                  {"host", r.wait_host_us},
                   {"other", r.wait_other_us},
                   {"after_last_op", r.idle_tail_us}};
   j["critical_gpu"] = {{"index", r.exec.critical_gpu},

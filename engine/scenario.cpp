@@ -302,6 +302,8 @@ ExecutionSpec parse_execution(const Node& n, const std::string& scenario_file) {
   e.comm_sms = static_cast<int>(n.opt_int("comm_sms", 0, Range::between(0, 1024)));
   e.dispatch_dtype = n.opt_choice("dispatch_dtype", {"bf16", "fp8"}, "bf16");
   e.weights_dtype = n.opt_choice("weights_dtype", {"bf16", "fp8"}, "bf16");
+  if (n.has("host_op_cost"))
+    e.host_op_cost = n.child("host_op_cost").as_time(Range::between(0, 1e9));  // at most 1 ms per op
   e.profile = n.opt_string("profile", "");
   e.all_to_all = n.opt_choice("all_to_all", {"direct", "hierarchical"}, "direct");
   e.all_to_all_chunks = static_cast<int>(n.opt_int("all_to_all_chunks", 1, Range::between(1, 64)));

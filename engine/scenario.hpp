@@ -123,6 +123,10 @@ struct ExecutionSpec {
   /// gate and the LM head stay bf16 (DeepSeek-V3 report section 3.3.1 keeps them in high
   /// precision). Memory footprints are not changed by it.
   std::string weights_dtype = "bf16";
+  /// Host (CPU) time the framework spends issuing each simulated op (one module call: Python,
+  /// dispatch, launch). Unset: kDefaultTrainHostOpCost for training (eager Megatron-Core), zero
+  /// for inference (the serving runtimes replay CUDA graphs). Zero: an infinitely fast host.
+  std::optional<sim::SimTime> host_op_cost;
   std::string profile;  ///< fitted kernel cost profile YAML ("" = catalog defaults)
   /// All-to-allv algorithm of dispatch and combine: direct (every rank pair is one flow) or
   /// hierarchical (NVLink to the same-rail GPU, then one exchange per rail: DeepEP's internode

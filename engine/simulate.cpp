@@ -322,6 +322,8 @@ SimulateOptions simulate_options(const Scenario& s) {
   o.build.dispatcher = s.execution.dispatcher == "deepep_normal" ? Dispatcher::kDeepepNormal
                        : s.execution.dispatcher == "deepep_ll"   ? Dispatcher::kDeepepLl
                                                                  : Dispatcher::kNcclA2a;
+  o.build.host_op_cost = s.execution.host_op_cost.value_or(
+      s.workload.mode == WorkloadMode::kTrain ? kDefaultTrainHostOpCost : sim::SimTime::zero());
   o.build.grad_bytes = s.workload.optimizer.main_grads_bytes;
   o.build.distributed_optimizer = s.workload.optimizer.distributed;
   o.build.optimizer_state_bytes = s.workload.optimizer.state_bytes();
@@ -402,6 +404,7 @@ StepReport simulate_step(const Scenario& s, const SimulateOptions& opts) {
     rep.wait_dp_us += b.wait_dp.to_us() / gpus;
     rep.wait_pp_us += b.wait_pp.to_us() / gpus;
     rep.wait_other_us += b.wait_other.to_us() / gpus;
+    rep.wait_host_us += b.wait_host.to_us() / gpus;
     rep.idle_tail_us += b.idle_tail.to_us() / gpus;
   }
   return rep;

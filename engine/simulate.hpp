@@ -59,7 +59,7 @@ struct StepReport {
   double compute_us = 0, dispatch_us = 0, combine_us = 0, other_comm_us = 0, data_parallel_us = 0, pipeline_us = 0,
          exposed_comm_us = 0, idle_us = 0;
   /// idle_us split by what ended the idle spans (see GpuBreakdown), averaged over GPUs.
-  double wait_ep_us = 0, wait_dp_us = 0, wait_pp_us = 0, wait_other_us = 0, idle_tail_us = 0;
+  double wait_ep_us = 0, wait_dp_us = 0, wait_pp_us = 0, wait_other_us = 0, wait_host_us = 0, idle_tail_us = 0;
   std::uint64_t flows = 0;           ///< network flows simulated
   hw::FlowNetworkStats net_stats{};  ///< solver counters of the flow network (all zero on the analytical model)
   double payload_bytes =
@@ -129,6 +129,13 @@ void check_conservation(const BuiltStep& b, const std::vector<double>& bytes_sen
 /// The options a scenario's own sections ask for (execution: profile, overlap chunks, SMs per
 /// all-to-all, dispatch dtype; cluster: HBM capacity). `moesim run`, the planner and the benches
 /// all start from this, so they simulate and estimate memory the same way.
+/// Host time per simulated op of an eager training step (execution.host_op_cost when unset):
+/// one global value fitted once on the 20 calibration points of the train and train-fp8
+/// categories of validation/published (grid 0-400 us in 25-50 us steps, minimum calibration MAPE
+/// at 250 us; docs/STATUS.md has the table). About 25 simulated ops per MoE layer forward and
+/// backward: ~6 ms of host time per layer and micro-batch, hidden whenever the GPU's kernels are
+/// longer.
+inline constexpr sim::SimTime kDefaultTrainHostOpCost = sim::SimTime::from_ps(250'000'000);
 SimulateOptions simulate_options(const Scenario& s);
 
 /// Simulates one step of a train/prefill/decode scenario. Throws sim::SimulationError when an

@@ -319,6 +319,11 @@ class Builder {
     i.micro_batch = mb;
     i.flops = flops;
     i.bytes = bytes;
+    i.host_cost = o_.host_op_cost;
+    // The dispatchers need tokens per expert on the host (Megatron's alltoall dispatcher copies
+    // the splits to the CPU; DeepEP's normal dispatch waits for the received counts): the host
+    // waits for the router of every MoE layer forward.
+    i.host_sync = std::string_view(name) == "router";
     auto& p = pending_[static_cast<std::size_t>(g)];
     const OpId id = out_.graph.compute(g, i, d, p);
     p.clear();
@@ -346,6 +351,7 @@ class Builder {
     i.micro_batch = req.micro_batch;
     i.bytes = req.total_bytes();
     i.recv_lane = req.kind == CollectiveKind::kSendRecv && req.backward ? 1 : 0;
+    i.host_cost = o_.host_op_cost;
     const auto index = static_cast<std::uint32_t>(out_.collectives.size());
     std::vector<OpId> d;
     for (OpId x : deps)

@@ -106,6 +106,9 @@ struct StepBuildOptions {
   int grad_bytes = 4;                 ///< bytes per gradient element reduced over DP
   bool distributed_optimizer = true;  ///< ZeRO-1: reduce-scatter + sharded Adam + all-gather
   int optimizer_state_bytes = 12;     ///< master params + Adam moments, bytes per parameter
+  /// Host time to issue each op (compute and collective); a MoE layer's forward router is a host
+  /// sync (the dispatchers read tokens per expert on the host). Zero: no host model.
+  sim::SimTime host_op_cost{};
   double optimizer_bytes_per_param = 16;  ///< Adam step HBM traffic per param
   double memory_capacity_bytes = 80.0 * 1024 * 1024 * 1024;
   /// Threads that route MoE layers in parallel (each layer draws from its own RNG streams, so the

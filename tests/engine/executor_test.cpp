@@ -261,6 +261,38 @@ TEST_CASE("a receive posted ahead does not queue behind the receiver's own sends
   }
 }
 
+TEST_CASE("host issue: ops wait for the host, a sync op makes the host wait for the GPU", "[executor][host]") {
+  for (const bool sync : {false, true}) {
+    sim::Simulation s;
+    StepGraph g(1);
+    OpInfo a = info("a");
+    a.host_cost = 30_us;
+    a.host_sync = sync;
+    OpInfo b = info("b");
+    b.host_cost = 30_us;
+    g.compute(0, a, 10_us);
+    g.compute(0, b, 10_us);
+    FixedBackend be(s, {});
+    Executor ex(s, g, be, {});
+    const auto r = ex.run();
+    // No sync: issued at 30 and 60 us. Sync: b is issued 30 us after a completes (40 us).
+    REQUIRE(r.step_time == (sync ? 80_us : 70_us));
+    REQUIRE(r.per_gpu[0].wait_host == (sync ? 60_us : 50_us));
+    REQUIRE(r.per_gpu[0].compute == 20_us);
+  }
+  // A host faster than the GPU hides completely.
+  sim::Simulation s;
+  StepGraph g(1);
+  OpInfo a = info("a");
+  a.host_cost = 1_us;
+  for (int i = 0; i < 5; ++i) g.compute(0, a, 10_us);
+  FixedBackend be(s, {});
+  Executor ex(s, g, be, {});
+  const auto r = ex.run();
+  REQUIRE(r.step_time == 51_us);
+  REQUIRE(r.per_gpu[0].wait_host == 1_us);
+}
+
 TEST_CASE("a run that stops with events still queued fails the drained-queue check", "[executor][conservation]") {
   // A broken backend: it completes the collective but leaves a stray event behind and stops the
   // simulation, so the queue is not drained when every op has run.
