@@ -13,13 +13,18 @@
 ///   `overlap_chunks` c splits dispatch / expert GEMMs / combine into c pipelined chunks.
 ///   training: backward per layer in reverse (dgrad + wgrad GEMMs; combine-backward all-to-all,
 ///   expert dgrads, dispatch-backward, wgrads overlapping it); full-layer recomputation before each
-///   layer's backward when workload.recompute; in the last micro-batch's backward each layer's
+///   layer's backward when workload.recompute, or the listed modules' forward kernels only with
+///   selective recompute (recompute_selective); memory-bound kernels (norm, rope, ffn_act,
+///   shared_act, expert_act and their .bwd) charged at HBM bandwidth; in the last micro-batch's backward each layer's
 ///   gradients are reduced (reduce-scatter with the distributed optimizer, else all-reduce) right
 ///   after its backward: dense params over the DP group (same stage and TP index), expert params
 ///   over the expert-data-parallel group (same stage and EP index); then the optimizer step
 ///   (elementwise, optimizer_bytes_per_param of HBM traffic per local param) and, with the
-///   distributed optimizer, a parameter all-gather. PP: 1F1B over micro-batches with
-///   send/recv of activations (forward) and gradients (backward) between stages.
+///   distributed optimizer, a parameter all-gather. PP: 1F1B over micro-batches, or Megatron's
+///   interleaved 1F1B over pp x vpp model chunks (pipeline.hpp: pipeline_schedule) with
+///   send/recv of activations (forward) and gradients (backward) between virtual stages; a
+///   receive is queued only in the sender's stream order (posted ahead). Every op carries
+///   host_op_cost of host time and every forward router is a host sync (executor.hpp).
 ///   prefill: forward only, one micro-batch; decode: forward only, q_len 1, KV-cache reads.
 ///
 /// Routing: one models::route_layer call per MoE layer with RouteRequest{tokens = tokens per GPU,
