@@ -13,8 +13,8 @@ namespace moesim::engine {
 
 namespace {
 
-/// Expands repetitions: the result holds only E, t, m, L and '|'. Positions in errors are
-/// 0-based offsets into the original text.
+/// Expands repetitions: the result holds only E, t, m, L and '|'. Errors name the character
+/// (1-based) of the original text.
 class LayoutExpander {
  public:
   explicit LayoutExpander(const std::string& t) : t_(t) {}
@@ -175,6 +175,14 @@ std::vector<std::pair<int, int>> virtual_stage_ranges(const std::vector<int>& co
   return out;
 }
 
+namespace {
+/// Forwards rank `rank` runs before its first backward, before capping at the M * vpp it has:
+/// pp - rank - 1 for plain 1F1B, 2 (pp - rank - 1) + (vpp - 1) pp for Megatron's interleaved one.
+int uncapped_warmup(int pp, int vpp, int rank) {
+  return vpp == 1 ? pp - rank - 1 : 2 * (pp - rank - 1) + (vpp - 1) * pp;
+}
+}  // namespace
+
 std::vector<PipelineAction> pipeline_schedule(int pp, int vpp, int micro_batches, int rank, bool train) {
   if (pp < 1 || vpp < 1 || micro_batches < 1 || rank < 0 || rank >= pp)
     throw std::invalid_argument("pipeline_schedule: bad arguments");
@@ -182,30 +190,20 @@ std::vector<PipelineAction> pipeline_schedule(int pp, int vpp, int micro_batches
     throw std::invalid_argument(fmt::format(
         "the interleaved schedule runs micro-batches in groups of pp: micro_batches {} is not a multiple of pp {}",
         micro_batches, pp));
+  // The k-th forward (backward) of the rank: micro-batches in groups of pp, each group through
+  // the local chunks in order (backward: in reverse). With vpp = 1 this is micro-batch k, chunk 0.
   const int group = pp * vpp;
-  const auto fwd_at = [&](int k) {
-    return PipelineAction{true, (k / group) * pp + k % pp, vpp == 1 ? 0 : (k % group) / pp};
-  };
+  const auto fwd_at = [&](int k) { return PipelineAction{true, (k / group) * pp + k % pp, (k % group) / pp}; };
   const auto bwd_at = [&](int k) {
-    return PipelineAction{false, (k / group) * pp + k % pp, vpp == 1 ? 0 : vpp - 1 - (k % group) / pp};
+    return PipelineAction{false, (k / group) * pp + k % pp, vpp - 1 - (k % group) / pp};
   };
   const int total = micro_batches * vpp;
   std::vector<PipelineAction> out;
   if (!train) {
-    for (int k = 0; k < total; ++k) out.push_back(vpp == 1 ? PipelineAction{true, k, 0} : fwd_at(k));
+    for (int k = 0; k < total; ++k) out.push_back(fwd_at(k));
     return out;
   }
-  const int warm =
-      vpp == 1 ? std::min(micro_batches, pp - rank - 1) : std::min(total, 2 * (pp - rank - 1) + (vpp - 1) * pp);
-  if (vpp == 1) {
-    for (int m = 0; m < warm; ++m) out.push_back({true, m, 0});
-    for (int i = 0; i < micro_batches - warm; ++i) {
-      out.push_back({true, warm + i, 0});
-      out.push_back({false, i, 0});
-    }
-    for (int m = micro_batches - warm; m < micro_batches; ++m) out.push_back({false, m, 0});
-    return out;
-  }
+  const int warm = std::min(total, uncapped_warmup(pp, vpp, rank));
   for (int k = 0; k < warm; ++k) out.push_back(fwd_at(k));
   for (int i = 0; i < total - warm; ++i) {
     out.push_back(fwd_at(warm + i));
@@ -216,8 +214,7 @@ std::vector<PipelineAction> pipeline_schedule(int pp, int vpp, int micro_batches
 }
 
 int pipeline_inflight_chunks(int pp, int vpp, int micro_batches, int rank) {
-  if (vpp == 1) return std::min(pp - rank, micro_batches);
-  return std::min(micro_batches * vpp, 2 * (pp - rank - 1) + (vpp - 1) * pp + 1);
+  return std::min(micro_batches * vpp, uncapped_warmup(pp, vpp, rank) + 1);
 }
 
 }  // namespace moesim::engine

@@ -40,7 +40,7 @@
 namespace moesim::engine {
 
 /// Decoder layers of each virtual stage parsed from a layout string. Throws
-/// std::invalid_argument with a message naming the offending character position (0-based) when the
+/// std::invalid_argument with a message naming the offending character (1-based) when the
 /// string is malformed or does not match `virtual_stages` stages and `layers` layers.
 std::vector<int> parse_pipeline_layout(const std::string& text, int virtual_stages, int layers);
 
