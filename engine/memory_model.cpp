@@ -9,19 +9,6 @@
 
 namespace moesim::engine {
 
-std::vector<std::pair<int, int>> stage_layer_ranges(int layers, int pp) {
-  if (pp <= 0 || layers < pp)
-    throw std::invalid_argument(fmt::format("{} layers cannot be split over {} pipeline stages", layers, pp));
-  std::vector<std::pair<int, int>> out;
-  int first = 0;
-  for (int s = 0; s < pp; ++s) {
-    const int n = layers / pp + (s < layers % pp ? 1 : 0);
-    out.emplace_back(first, first + n);
-    first += n;
-  }
-  return out;
-}
-
 LayerParams layer_params(const models::ModelSpec& m, int layer) {
   const models::ParamCount pc = models::count_params(m);
   const std::int64_t L = m.num_layers();

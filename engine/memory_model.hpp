@@ -7,8 +7,9 @@
 ///
 /// Rank layout (Megatron-Core order, TP fastest): global = ((stage * dp) + dp_idx) * tp + tp_idx.
 /// Inside a stage, local = dp_idx * tp + tp_idx; EP groups are consecutive blocks of `ep` local
-/// ranks, so ep must divide dp * tp. Layers split evenly over stages, the remainder going to the
-/// first stages (layers 0..9 over 4 stages: 3, 3, 2, 2).
+/// ranks, so ep must divide dp * tp. Layers split over the (virtual) stages as pipeline.hpp says:
+/// evenly, the remainder going to the first stages (layers 0..9 over 4 stages: 3, 3, 2, 2), or
+/// as a pipeline_layout gives them.
 ///
 /// Memory (per GPU, bytes; training uses Megatron-Core mixed precision):
 ///   weights    = local params * bytes_per_param
@@ -17,9 +18,10 @@
 ///                precision-aware optimizer with bf16 moments: 8), divided over the data-parallel
 ///                group when distributed_optimizer (ZeRO-1): dense params over dp, expert params
 ///                over the expert-data-parallel group (dp * tp / ep ranks)
-///   activations= stashed micro-batches (1F1B: min(pp - stage, micro_batches)) * layers * per-
-///                layer bytes; with recompute only each layer's input is stashed, plus one
-///                layer's full working set
+///   activations= stashed forward chunks (pipeline_inflight_chunks: 1F1B min(pp - stage,
+///                micro_batches); interleaved more, each 1/vpp of the stage) * per-layer bytes,
+///                less what selective recomputation re-creates; with full recompute only each
+///                layer's input is stashed, plus one layer's full working set
 ///   kv_cache   = inference only: sequences per DP rank * tokens * layers * bytes per token
 ///   comm       = all-to-all send/recv buffers of one MoE layer (dispatch + combine)
 /// The peak is the sum (everything above is live at the start of the first backward).
@@ -44,9 +46,6 @@ struct RankLayout {
   int ep_groups_per_stage() const { return stage_size() / ep; }
   int expert_dp() const { return stage_size() / ep; }  ///< ranks holding the same experts, per stage
 };
-
-/// [first, end) layer range of each stage.
-std::vector<std::pair<int, int>> stage_layer_ranges(int layers, int pp);
 
 /// Parameters of one layer, split by how they are sharded.
 struct LayerParams {
