@@ -100,11 +100,11 @@ OpId StepGraph::compute(int gpu, const OpInfo& info, SimTime duration, const std
   add_edge(last, id);  // stream order
   for (OpId d : deps) add_edge(d, id);
   last = id;
-  add_host_cost(id, {gpu}, info);
+  add_host_cost(id, std::span<const int>(&gpu, 1), info);
   return id;
 }
 
-void StepGraph::add_host_cost(OpId id, const std::vector<int>& gpus, const OpInfo& info) {
+void StepGraph::add_host_cost(OpId id, std::span<const int> gpus, const OpInfo& info) {
   if (info.host_sync) ops_[id].host_sync = 1;
   if (info.host_cost < sim::SimTime::zero()) throw std::invalid_argument("StepGraph: negative host cost");
   if (info.host_cost == sim::SimTime::zero() && host_offset_.empty()) return;

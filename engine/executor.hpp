@@ -139,7 +139,7 @@ class StepGraph {
     std::uint8_t recv_lane = 0;
     std::uint8_t host_sync = 0;
   };
-  void add_host_cost(OpId id, const std::vector<int>& gpus, const OpInfo& info);
+  void add_host_cost(OpId id, std::span<const int> gpus, const OpInfo& info);
   OpId add_op(const OpInfo& info);
   void add_edge(OpId before, OpId after);
   std::uint16_t intern(std::string_view name);
