@@ -40,12 +40,8 @@ void append_header(const Scenario& s, std::string& out) {
   fmt::format_to(std::back_inserter(out), "workload   {}", to_string(w.mode));
   if (w.tokens_per_step() > 0) fmt::format_to(std::back_inserter(out), ", {} tokens/step", w.tokens_per_step());
   if (w.mode == WorkloadMode::kTrain && w.recompute) out += ", full recomputation";
-  if (w.mode == WorkloadMode::kTrain && w.recompute_modules != 0) {
-    out += ", recomputes";
-    for (int i = 0; i < kRecomputeModules; ++i)
-      if (w.recomputes(static_cast<RecomputeModule>(i)))
-        fmt::format_to(std::back_inserter(out), " {}", to_string(static_cast<RecomputeModule>(i)));
-  }
+  if (w.mode == WorkloadMode::kTrain && w.recompute_modules != 0)
+    out += fmt::format(", recomputes {}", fmt::join(w.recomputed_module_names(), " "));
   if (w.collective)
     fmt::format_to(std::back_inserter(out), ", {} of {} ({})", to_string(w.collective->op),
                    sim::format_bytes(w.collective->bytes), w.collective->algorithm);
@@ -311,11 +307,7 @@ nlohmann::ordered_json summary_json(const Scenario& s) {
   j["workload"] = {{"mode", to_string(s.workload.mode)}, {"tokens_per_step", s.workload.tokens_per_step()}};
   if (s.workload.mode == WorkloadMode::kTrain) {
     if (s.workload.recompute_modules != 0) {
-      auto mods = nlohmann::ordered_json::array();
-      for (int i = 0; i < kRecomputeModules; ++i)
-        if (s.workload.recomputes(static_cast<RecomputeModule>(i)))
-          mods.push_back(to_string(static_cast<RecomputeModule>(i)));
-      j["workload"]["recompute"] = mods;
+      j["workload"]["recompute"] = s.workload.recomputed_module_names();
     } else {
       j["workload"]["recompute"] = s.workload.recompute;
     }

@@ -71,6 +71,13 @@ const char* to_string(RecomputeModule m) {
 
 const char* to_string(NetworkModel m) { return m == NetworkModel::kFlow ? "flow" : "analytical"; }
 
+std::vector<std::string> WorkloadSpec::recomputed_module_names() const {
+  std::vector<std::string> out;
+  for (int i = 0; i < kRecomputeModules; ++i)
+    if (recomputes(static_cast<RecomputeModule>(i))) out.emplace_back(to_string(static_cast<RecomputeModule>(i)));
+  return out;
+}
+
 std::int64_t WorkloadSpec::tokens_per_step() const {
   switch (mode) {
     case WorkloadMode::kTrain:
@@ -193,7 +200,8 @@ void parse_recompute(const Node& n, WorkloadSpec& w) {
   }
   std::vector<std::string> names;
   for (int i = 0; i < kRecomputeModules; ++i) names.emplace_back(to_string(static_cast<RecomputeModule>(i)));
-  for (const Node& item : r.items()) {
+  const std::vector<Node> items = r.items();
+  for (const Node& item : items) {
     const std::string v = item.as_choice(names);
     for (int i = 0; i < kRecomputeModules; ++i)
       if (v == names[static_cast<std::size_t>(i)]) {
@@ -201,7 +209,7 @@ void parse_recompute(const Node& n, WorkloadSpec& w) {
         w.recompute_modules |= 1U << i;
       }
   }
-  if (r.items().empty()) r.error("an empty list recomputes nothing: write recompute: false");
+  if (items.empty()) r.error("an empty list recomputes nothing: write recompute: false");
 }
 
 /// optimizer: {distributed, main_params_dtype, exp_avg_dtype, exp_avg_sq_dtype, main_grads_dtype}.
@@ -479,8 +487,7 @@ Scenario parse_scenario(const config::Document& doc, std::optional<std::uint64_t
             .error_at("recompute",
                       fmt::format("recompute lists '{}' but model '{}' has no {}", to_string(mod), m.name, what));
     };
-    bool has_moe = false;
-    for (bool moe : m.moe_layer) has_moe = has_moe || moe;
+    const bool has_moe = m.num_moe_layers() > 0;
     recompute_missing(RecomputeModule::kMlaUpProj, m.attention == models::AttentionKind::kMla,
                       "MLA attention (mla_up_proj recomputes MLA's up-projections)");
     recompute_missing(RecomputeModule::kSharedExperts, has_moe && m.shared_experts > 0, "shared experts");

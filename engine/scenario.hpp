@@ -103,6 +103,8 @@ struct WorkloadSpec {
   std::optional<CollectiveSpec> collective;
   /// Tokens processed by one step across the whole cluster.
   std::int64_t tokens_per_step() const;
+  /// The selectively recomputed modules' names, in RecomputeModule order.
+  std::vector<std::string> recomputed_module_names() const;
 };
 
 enum class NetworkModel { kFlow, kAnalytical };
