@@ -951,17 +951,18 @@ std::vector<BaselineRow> read_fidelity_baseline(const std::string& file) {
   std::string line;
   if (!std::getline(in, line)) fail(1, "empty baseline (expected a fidelity.csv)");
   const std::vector<std::string> head = split_csv_line(line);
+  // Index of a column, head.size() when absent.
+  auto find_col = [&](const char* name) {
+    return static_cast<std::size_t>(std::find(head.begin(), head.end(), name) - head.begin());
+  };
   auto col = [&](const char* name) {
-    for (std::size_t i = 0; i < head.size(); ++i)
-      if (head[i] == name) return i;
-    fail(1, fmt::format("no '{}' column (expected a fidelity.csv)", name));
-    return std::size_t{0};
+    const std::size_t i = find_col(name);
+    if (i == head.size()) fail(1, fmt::format("no '{}' column (expected a fidelity.csv)", name));
+    return i;
   };
   const std::size_t c_id = col("id"), c_cat = col("category"), c_status = col("status"), c_err = col("error_pct"),
                     c_pass = col("pass");
-  std::size_t c_fits = head.size();  // optional (baselines written before it lack it)
-  for (std::size_t i = 0; i < head.size(); ++i)
-    if (head[i] == "fits") c_fits = i;
+  const std::size_t c_fits = find_col("fits");  // optional (baselines written before it lack it)
   std::vector<BaselineRow> rows;
   int ln = 1;
   while (std::getline(in, line)) {
