@@ -38,6 +38,8 @@ const char* to_string(Stream s) {
       return "comm DP";
     case Stream::kPpComm:
       return "comm PP";
+    case Stream::kDpGather:
+      return "comm DP gather";
   }
   return "?";
 }
@@ -292,6 +294,7 @@ void Executor::end_idle(int gpu, Stream starting) {
       b.wait_ep += t;
       break;
     case Stream::kDpComm:
+    case Stream::kDpGather:
       b.wait_dp += t;
       break;
     case Stream::kPpComm:

@@ -49,9 +49,12 @@ enum class Category : std::uint8_t { kCompute, kDispatch, kCombine, kOtherComm, 
 const char* to_string(Category c);
 
 /// The stream an op is queued on (and its trace track).
-enum class Stream : std::uint8_t { kCompute = 0, kEpComm = 1, kDpComm = 2, kPpComm = 3 };
-inline constexpr int kNumStreams = 4;
-/// Trace track name: "compute", "comm EP/TP", "comm DP", "comm PP".
+/// kDpGather carries ZeRO-3 parameter all-gathers, apart from the gradient reduce-scatters of
+/// kDpComm (FSDP issues the two on separate streams, so a prefetch never queues behind a
+/// reduction waiting for its layer's backward).
+enum class Stream : std::uint8_t { kCompute = 0, kEpComm = 1, kDpComm = 2, kPpComm = 3, kDpGather = 4 };
+inline constexpr int kNumStreams = 5;
+/// Trace track name: "compute", "comm EP/TP", "comm DP", "comm PP", "comm DP gather".
 const char* to_string(Stream s);
 
 using OpId = std::uint32_t;

@@ -165,32 +165,55 @@ MemoryEstimate estimate_memory(const Scenario& s, const MemoryOptions& opt) {
 
   MemoryEstimate est;
   est.capacity_bytes = opt.capacity_bytes;
-  const double dense_shard = opt.distributed_optimizer ? dp : 1.0;
-  const double expert_shard = opt.distributed_optimizer ? edp : 1.0;
+  const double dense_shard = opt.zero_stage >= 1 ? dp : 1.0;
+  const double expert_shard = opt.zero_stage >= 1 ? edp : 1.0;
   for (int st = 0; st < lay.pp; ++st) {
     StageMemory sm;
     sm.stage = st;
     double dense = 0, expert = 0, act_full = 0, act_inputs = 0, act_max_layer = 0;
     double layers = 0;
+    // Largest FSDP unit (layer, embedding, head): its local params that a shard group of more
+    // than one rank divides (a group of one holds them whole, nothing to gather or scatter).
+    double unit_max = 0;
+    const double dense_split = dense_shard > 1 ? 1.0 : 0.0, expert_split = expert_shard > 1 ? 1.0 : 0.0;
     for (std::size_t v = static_cast<std::size_t>(st); v < vranges.size(); v += static_cast<std::size_t>(lay.pp))
       for (int l = vranges[v].first; l < vranges[v].second; ++l) {
         ++layers;
         const LayerParams p = layer_params(m, l);
         dense += static_cast<double>(p.dense_local(lay.tp));
         expert += static_cast<double>(p.per_expert) * p.experts / ep;
+        unit_max = std::max(unit_max, dense_split * static_cast<double>(p.dense_local(lay.tp)) +
+                                          expert_split * static_cast<double>(p.per_expert) * p.experts / ep);
         const double a = layer_act(l);
         act_full += a;
         act_inputs += 2.0 * Tr * h;
         act_max_layer = std::max(act_max_layer, a);
       }
-    if (st == 0) dense += static_cast<double>(m.vocab) * h / tp;
+    const double table = static_cast<double>(m.vocab) * h / tp;
+    if (st == 0) {
+      dense += table;
+      unit_max = std::max(unit_max, dense_split * table);
+    }
     if (st == lay.pp - 1) {
-      if (!m.tied_embeddings || lay.pp > 1) dense += static_cast<double>(m.vocab) * h / tp;
+      if (!m.tied_embeddings || lay.pp > 1) {
+        dense += table;
+        unit_max = std::max(unit_max, dense_split * table);
+      }
       dense += h;                                               // final norm
       act_full += 4.0 * T * static_cast<double>(m.vocab) / tp;  // fp32 logits for the loss
       act_max_layer = std::max(act_max_layer, 4.0 * T * static_cast<double>(m.vocab) / tp);
     }
-    sm.weights = (dense + expert) * bpp;
+    // What one GPU keeps of the stage's params once the shard groups divide them, and the part
+    // of that which is a copy beside unsharded params (groups of more than one rank).
+    const double sharded = dense / dense_shard + expert / expert_shard;
+    const double shard_copies = dense_split * dense / dense_shard + expert_split * expert / expert_shard;
+    const bool zero3 = mb.train && opt.zero_stage == 3;
+    if (!zero3)
+      sm.weights = (dense + expert) * bpp;
+    else if (opt.param_gather == ParamGather::kPerUse)
+      sm.weights = (sharded + 2.0 * unit_max) * bpp;
+    else
+      sm.weights = (dense + expert + shard_copies) * bpp;
     const double comm_rows = Tr * k;
     sm.comm_buffers =
         m.num_moe_layers() > 0
@@ -198,8 +221,14 @@ MemoryEstimate estimate_memory(const Scenario& s, const MemoryOptions& opt) {
                   2.0 * comm_rows * static_cast<double>(models::row_bytes(m.hidden, models::WireFormat::kBf16))
             : 0.0;
     if (mb.train) {
-      sm.grads = (dense + expert) * opt.grad_bytes;
-      sm.optimizer = opt.optimizer_state_bytes * (dense / dense_shard + expert / expert_shard);
+      if (opt.zero_stage <= 1)
+        sm.grads = (dense + expert) * opt.grad_bytes;
+      else if (opt.grad_sync == GradSync::kPerMicroBatch)
+        sm.grads = (sharded + unit_max) * opt.grad_bytes;
+      else
+        sm.grads = (dense + expert) * opt.grad_bytes;  // unsharded accumulation; each unit's shard
+                                                       // replaces it as the last backward reduces it
+      sm.optimizer = opt.optimizer_state_bytes * sharded;
       // Forward (micro-batch, chunk) pairs stashed at the peak (pipeline_inflight_chunks), each
       // holding 1/vpp of the stage's layers (the average chunk).
       const double inflight =

@@ -15,9 +15,16 @@
 ///   weights    = local params * bytes_per_param
 ///   grads      = local params * grad_bytes (fp32 main-grad buffer by default)
 ///   optimizer  = local params * optimizer_state_bytes (12: fp32 master + Adam m, v; Megatron's
-///                precision-aware optimizer with bf16 moments: 8), divided over the data-parallel
-///                group when distributed_optimizer (ZeRO-1): dense params over dp, expert params
-///                over the expert-data-parallel group (dp * tp / ep ranks)
+///                precision-aware optimizer with bf16 moments: 8)
+///   Sharding (zero_stage) divides by the shard group: dense params over dp, expert params over
+///   the expert-data-parallel group (dp * tp / ep ranks). ZeRO-1 shards the optimizer states;
+///   ZeRO-2 also the grads (grad_sync per_micro_batch: plus one unit's unsharded grads being
+///   reduce-scattered; per_step: the whole stage's grads accumulate unsharded, each unit's
+///   shard replacing them in the last backward); ZeRO-3 also the weights (param_gather
+///   per_use: plus two units unsharded, the one computing and the one prefetched;
+///   per_micro_batch or per_step: the whole stage unsharded, kept from its forward, beside the
+///   shards). A unit is one layer, the embedding or the LM head (FSDP wraps each as one
+///   module); params whose shard group is one rank are held once, whole.
 ///   activations= stashed forward chunks (pipeline_inflight_chunks: 1F1B min(pp - stage,
 ///                micro_batches); interleaved more, each 1/vpp of the stage) * per-layer bytes,
 ///                less what selective recomputation re-creates; with full recompute only each
@@ -35,6 +42,9 @@
 #include "models/placement.hpp"
 
 namespace moesim::engine {
+
+using ParamGather = WorkloadSpec::Optimizer::ParamGather;
+using GradSync = WorkloadSpec::Optimizer::GradSync;
 
 struct RankLayout {
   int dp = 1, tp = 1, ep = 1, pp = 1;
@@ -80,7 +90,9 @@ MicroBatchShape micro_batch_shape(const Scenario& s);
 struct MemoryOptions {
   double capacity_bytes = 80.0 * 1024 * 1024 * 1024;  ///< per GPU (H100 80 GiB by default)
   int grad_bytes = 4;                                 ///< fp32 main grads (Megatron-Core default)
-  bool distributed_optimizer = true;                  ///< ZeRO-1: optimizer states sharded over DP
+  int zero_stage = 1;                                 ///< 0..3: what the data-parallel group shards
+  ParamGather param_gather = ParamGather::kPerUse;    ///< ZeRO-3: when params are gathered
+  GradSync grad_sync = GradSync::kPerMicroBatch;      ///< ZeRO-2/3: when grads are reduced
   int optimizer_state_bytes = 12;                     ///< fp32 master + Adam m, v (precision-aware: less)
   models::WireFormat dispatch_format = models::WireFormat::kBf16;
 };

@@ -212,7 +212,8 @@ void parse_recompute(const Node& n, WorkloadSpec& w) {
   if (items.empty()) r.error("an empty list recomputes nothing: write recompute: false");
 }
 
-/// optimizer: {distributed, main_params_dtype, exp_avg_dtype, exp_avg_sq_dtype, main_grads_dtype}.
+/// optimizer: {distributed | zero_stage, param_gather, grad_sync, main_params_dtype, exp_avg_dtype,
+/// exp_avg_sq_dtype, main_grads_dtype}.
 void parse_optimizer(const Node& n, WorkloadSpec& w) {
   const Node o = n.child("optimizer");
   if (!o.defined() || o.is_null()) return;
@@ -221,7 +222,33 @@ void parse_optimizer(const Node& n, WorkloadSpec& w) {
     return;
   }
   auto& opt = w.optimizer;
-  opt.distributed = o.opt_bool("distributed", true);
+  if (o.has("distributed") && o.has("zero_stage"))
+    o.child("zero_stage").error("give one of distributed (ZeRO-1 or 0) and zero_stage, not both");
+  else if (o.has("zero_stage"))
+    opt.zero_stage = static_cast<int>(o.opt_int("zero_stage", 1, Range::between(0, 3)));
+  else
+    opt.zero_stage = o.opt_bool("distributed", true) ? 1 : 0;
+  using Opt = WorkloadSpec::Optimizer;
+  if (o.has("param_gather")) {
+    const std::string g = o.opt_choice("param_gather", {"per_use", "per_micro_batch", "per_step"}, "per_use");
+    if (opt.zero_stage != 3)
+      o.child("param_gather")
+          .error(fmt::format("parameters are sharded (and gathered) only with zero_stage: 3; this is ZeRO-{}",
+                             opt.zero_stage));
+    opt.param_gather = g == "per_step"          ? Opt::ParamGather::kPerStep
+                       : g == "per_micro_batch" ? Opt::ParamGather::kPerMicroBatch
+                                                : Opt::ParamGather::kPerUse;
+  }
+  if (o.has("grad_sync")) {
+    const std::string g = o.opt_choice("grad_sync", {"per_micro_batch", "per_step"}, "per_micro_batch");
+    if (opt.zero_stage < 2)
+      o.child("grad_sync")
+          .error(fmt::format(
+              "gradients are sharded (and reduced per micro-batch or per step) only with zero_stage: 2 or 3; ZeRO-{} "
+              "reduces them once per step",
+              opt.zero_stage));
+    opt.grad_sync = g == "per_step" ? Opt::GradSync::kPerStep : Opt::GradSync::kPerMicroBatch;
+  }
   const auto bytes = [&](const char* key, const std::vector<std::string>& choices) {
     const std::string v = o.opt_choice(key, choices, "fp32");
     return v == "fp32" ? 4 : v == "fp8" ? 1 : 2;

@@ -91,9 +91,25 @@ struct WorkloadSpec {
   bool recomputes(RecomputeModule m) const { return (recompute_modules >> static_cast<unsigned>(m)) & 1U; }
   /// train: the optimizer's state (Megatron-Core `--use-distributed-optimizer` and the
   /// precision-aware optimizer's `--main-params-dtype`, `--exp-avg-dtype`, `--exp-avg-sq-dtype`,
-  /// `--main-grads-dtype`), in bytes per element. Defaults: ZeRO-1, fp32 everywhere.
+  /// `--main-grads-dtype`), in bytes per element, and how the data-parallel group shards the
+  /// training state (ZeRO stage; engine/README.md "Sharding"). Defaults: ZeRO-1, fp32 everywhere.
   struct Optimizer {
-    bool distributed = true;
+    /// 0: nothing sharded (all-reduce of grads); 1: optimizer states (Megatron's distributed
+    /// optimizer); 2: and gradients, reduce-scattered in every micro-batch's backward; 3: and
+    /// parameters, all-gathered before use (FSDP / ZeRO-3).
+    int zero_stage = 1;
+    /// ZeRO-3 only: when a unit's (layer, embedding, head) params are all-gathered. kPerUse before
+    /// every forward and every backward of every micro-batch, freed after each (FSDP's
+    /// reshard_after_forward, ZeRO-3, Megatron-FSDP); kPerMicroBatch before each micro-batch's
+    /// forward only, kept until its backward (reshard_after_forward: false); kPerStep once, at the
+    /// unit's first forward, kept for the step (FSDP2 under torch pipelining, which reshards only
+    /// after the last backward). One unit is prefetched ahead of the one computing.
+    enum class ParamGather { kPerUse, kPerMicroBatch, kPerStep } param_gather = ParamGather::kPerUse;
+    /// ZeRO-2/3 only: kPerMicroBatch reduce-scatters each unit's grads in every micro-batch's
+    /// backward into the sharded accumulator (ZeRO-2/3, Megatron-FSDP); kPerStep accumulates them
+    /// unsharded and reduce-scatters in the last backward (FSDP2's set_requires_gradient_sync(False)
+    /// for all but the last micro-batch, DDP's no_sync).
+    enum class GradSync { kPerMicroBatch, kPerStep } grad_sync = GradSync::kPerMicroBatch;
     int main_params_bytes = 4;
     int exp_avg_bytes = 4;
     int exp_avg_sq_bytes = 4;

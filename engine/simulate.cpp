@@ -325,7 +325,9 @@ SimulateOptions simulate_options(const Scenario& s) {
   o.build.host_op_cost = s.execution.host_op_cost.value_or(
       s.workload.mode == WorkloadMode::kTrain ? kDefaultTrainHostOpCost : sim::SimTime::zero());
   o.build.grad_bytes = s.workload.optimizer.main_grads_bytes;
-  o.build.distributed_optimizer = s.workload.optimizer.distributed;
+  o.build.zero_stage = s.workload.optimizer.zero_stage;
+  o.build.param_gather = s.workload.optimizer.param_gather;
+  o.build.grad_sync = s.workload.optimizer.grad_sync;
   o.build.optimizer_state_bytes = s.workload.optimizer.state_bytes();
   // The Adam step's HBM traffic: the main grads and the optimizer state per local parameter
   // (16 bytes with the fp32 defaults, as before).

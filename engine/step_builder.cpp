@@ -91,6 +91,8 @@ class Builder {
     last_.assign(static_cast<std::size_t>(W), kNoOp);
     pending_.assign(static_cast<std::size_t>(W), {});
     reduce_ops_.assign(static_cast<std::size_t>(W), {});
+    prefetch_anchor_.assign(static_cast<std::size_t>(W), kNoOp);
+    gathered_.assign(static_cast<std::size_t>(m_.num_layers()) + 2, 0);
     out_.flops.per_gpu_executed.assign(static_cast<std::size_t>(W), 0.0);
     out_.compute_ops_per_gpu.assign(static_cast<std::size_t>(W), 0);
     placement_ = m_.num_moe_layers() > 0 ? models::place_contiguous(m_.experts, lay_.ep) : models::Placement{};
@@ -851,8 +853,60 @@ class Builder {
   }
 
   // ---------------------------------------------------------------- data-parallel reduction
+  // ---------------------------------------------------------------- ZeRO-3 parameter gathers
+  bool zero3() const { return mb_.train && o_.zero_stage == 3; }
+  /// Gradients reduced in every micro-batch's backward (sharded accumulation), not only the last.
+  bool reduce_every_micro_batch() const {
+    return mb_.train && o_.zero_stage >= 2 && o_.grad_sync == GradSync::kPerMicroBatch;
+  }
+  /// All-gather of one FSDP unit's params (a layer: dense over the DP group of each TP index,
+  /// experts over each expert-DP group; the embedding or head: dense only) before it computes.
+  /// Prefetched one unit ahead: a unit's gather may start once the unit two back has finished on
+  /// every member (FSDP's forward/backward prefetch), and its first kernel waits for it.
+  void gather_unit(int st, double dense_params, double expert_params, int layer, int mb, bool bwd) {
+    const auto issue = [&](const std::vector<int>& gpus, double params) {
+      if (gpus.size() < 2 || params <= 0) return;
+      CollectiveRequest r;
+      r.kind = CollectiveKind::kAllGather;
+      r.gpus = gpus;
+      r.bytes = params * bpe_;
+      r.category = Category::kDataParallel;
+      r.layer = layer;
+      r.micro_batch = mb;
+      r.backward = bwd;
+      std::vector<OpId> deps;
+      for (int g : gpus) deps.push_back(prefetch_anchor_[static_cast<std::size_t>(g)]);
+      const OpId id =
+          coll(std::move(r), "fsdp_param_gather", o_.separate_comm_streams ? Stream::kDpGather : Stream::kEpComm, deps);
+      for (int g : gpus) pending_[static_cast<std::size_t>(g)].push_back(id);
+    };
+    for (int t = 0; t < lay_.tp; ++t) issue(dp_group(st, t), dense_params);
+    for (int r = 0; r < lay_.ep; ++r) issue(edp_group(st, r), expert_params);
+    for (int g : stage_gpus(st)) prefetch_anchor_[static_cast<std::size_t>(g)] = last_[static_cast<std::size_t>(g)];
+  }
+  /// The gather a unit needs before this use, if any: every use with param_gather per_use, each
+  /// forward with per_micro_batch, the first forward only with per_step.
+  void maybe_gather(int st, double dense_params, double expert_params, int layer, int mb, bool bwd) {
+    if (!zero3()) return;
+    if (bwd && o_.param_gather != ParamGather::kPerUse) return;
+    if (o_.param_gather == ParamGather::kPerStep) {
+      auto& done = gathered_[static_cast<std::size_t>(layer + 2)];
+      if (done) return;
+      done = 1;
+    }
+    gather_unit(st, dense_params, expert_params, layer, mb, bwd);
+  }
+  void maybe_gather_layer(int st, int l, int mb, bool bwd) {
+    if (!zero3()) return;
+    const LayerParams lp = layer_params(m_, l);
+    maybe_gather(st, static_cast<double>(lp.dense_local(lay_.tp)),
+                 static_cast<double>(lp.per_expert) * lp.experts / lay_.ep, l, mb, bwd);
+  }
+  double table_params() const { return static_cast<double>(m_.vocab * m_.hidden) / lay_.tp; }
+  bool head_has_own_table() const { return !m_.tied_embeddings || lay_.pp > 1; }
+
   void reduce(int st, double dense_params, double expert_params, int layer) {
-    const CollectiveKind kind = o_.distributed_optimizer ? CollectiveKind::kReduceScatter : CollectiveKind::kAllReduce;
+    const CollectiveKind kind = o_.zero_stage >= 1 ? CollectiveKind::kReduceScatter : CollectiveKind::kAllReduce;
     const auto issue = [&](const std::vector<int>& gpus, double params) {
       if (gpus.size() < 2 || params <= 0) return;
       CollectiveRequest r;
@@ -888,8 +942,7 @@ class Builder {
 
   void optimizer(int st) {
     const double dense = stage_dense_params(st), expert = stage_expert_params(st);
-    const double dshard = o_.distributed_optimizer ? lay_.dp : 1,
-                 eshard = o_.distributed_optimizer ? lay_.expert_dp() : 1;
+    const double dshard = o_.zero_stage >= 1 ? lay_.dp : 1, eshard = o_.zero_stage >= 1 ? lay_.expert_dp() : 1;
     const double params = dense / dshard + expert / eshard;
     for (int g : stage_gpus(st)) {
       auto& p = pending_[static_cast<std::size_t>(g)];
@@ -898,7 +951,8 @@ class Builder {
       comp(g, "optimizer", -1, -1, c_.elementwise(params * o_.optimizer_bytes_per_param), 0,
            params * o_.optimizer_bytes_per_param);
     }
-    if (!o_.distributed_optimizer) return;
+    // ZeRO-1/2 gather the updated params back; ZeRO-3 keeps them sharded until their next use.
+    if (o_.zero_stage < 1 || o_.zero_stage > 2) return;
     for (int t = 0; t < lay_.tp; ++t)
       if (lay_.dp > 1)
         blocking(CollectiveKind::kAllGather, dp_group(st, t), dense * bpe_, "dp_param_gather", -1, -1, false,
@@ -948,12 +1002,18 @@ class Builder {
   void forward_action(int v, int mb, std::vector<std::vector<std::vector<OpId>>>& fwd_recv) {
     const int st = v % lay_.pp;
     take(fwd_recv[static_cast<std::size_t>(v)][static_cast<std::size_t>(mb)], st);
-    if (v == 0) embed_fwd(st, mb);
-    for (int l = vranges_[static_cast<std::size_t>(v)].first; l < vranges_[static_cast<std::size_t>(v)].second; ++l)
+    if (v == 0) {
+      maybe_gather(st, table_params(), 0, -2, mb, false);
+      embed_fwd(st, mb);
+    }
+    for (int l = vranges_[static_cast<std::size_t>(v)].first; l < vranges_[static_cast<std::size_t>(v)].second; ++l) {
+      maybe_gather_layer(st, l, mb, false);
       forward_layer(st, mb, l, false);
-    if (v == virtual_stages() - 1)
+    }
+    if (v == virtual_stages() - 1) {
+      if (head_has_own_table()) maybe_gather(st, table_params(), 0, -1, mb, false);
       head_fwd(st, mb);
-    else
+    } else
       p2p(v, v + 1, mb, false, fwd_recv);
   }
 
@@ -961,27 +1021,31 @@ class Builder {
     const int st = v % lay_.pp;
     take(bwd_recv[static_cast<std::size_t>(v)][static_cast<std::size_t>(mb)], st);
     const bool last_mb = mb == last_backward_mb_;
-    const double head = static_cast<double>(m_.vocab * m_.hidden) / lay_.tp;
+    const bool reduce_now = last_mb || reduce_every_micro_batch();
+    const double head = table_params();
     if (v == virtual_stages() - 1) {
+      if (head_has_own_table()) maybe_gather(st, head, 0, -1, mb, true);
       head_bwd(st, mb);
-      if (last_mb && (!m_.tied_embeddings || lay_.pp > 1)) reduce(st, head, 0, -1);
+      if (reduce_now && head_has_own_table()) reduce(st, head, 0, -1);
     }
     for (int l = vranges_[static_cast<std::size_t>(v)].second - 1; l >= vranges_[static_cast<std::size_t>(v)].first;
          --l) {
+      maybe_gather_layer(st, l, mb, true);
       if (s_.workload.recompute)
         forward_layer(st, mb, l, true);
       else if (s_.workload.recompute_modules != 0)
         recompute_selective(st, mb, l);
       backward_layer(st, mb, l);
-      if (last_mb) {
+      if (reduce_now) {
         const LayerParams lp = layer_params(m_, l);
         reduce(st, static_cast<double>(lp.dense_local(lay_.tp)),
                static_cast<double>(lp.per_expert) * lp.experts / lay_.ep, l);
       }
     }
     if (v == 0) {
+      maybe_gather(st, head, 0, -2, mb, true);
       embed_bwd(st, mb);
-      if (last_mb) reduce(st, head, 0, -1);
+      if (reduce_now) reduce(st, head, 0, -1);
     } else {
       p2p(v, v - 1, mb, true, bwd_recv);
     }
@@ -1057,6 +1121,8 @@ class Builder {
   std::vector<OpId> last_;
   std::vector<std::vector<OpId>> pending_;
   std::vector<std::vector<OpId>> reduce_ops_;
+  std::vector<OpId> prefetch_anchor_;   ///< [gpu] last op before the previous gathered unit (ZeRO-3)
+  std::vector<std::uint8_t> gathered_;  ///< [layer + 2] unit gathered this step (per_step); 0 embed, 1 head
   std::int64_t gated_ = 2;
   std::int64_t tokens_ = 0, moe_tokens_ = 0, bpe_ = 2;
   std::vector<std::int64_t> chunk_;
@@ -1098,7 +1164,9 @@ MemoryOptions memory_options(const StepBuildOptions& opt) {
   MemoryOptions mo;
   mo.capacity_bytes = opt.memory_capacity_bytes;
   mo.grad_bytes = opt.grad_bytes;
-  mo.distributed_optimizer = opt.distributed_optimizer;
+  mo.zero_stage = opt.zero_stage;
+  mo.param_gather = opt.param_gather;
+  mo.grad_sync = opt.grad_sync;
   mo.optimizer_state_bytes = opt.optimizer_state_bytes;
   mo.dispatch_format = opt.dispatch_format;
   return mo;

@@ -109,8 +109,14 @@ struct StepBuildOptions {
   int a2a_sm_count = 0;               ///< SMs an all-to-all kernel occupies on each participant (DeepEP: ~20)
   bool separate_comm_streams = true;  ///< false: DP and PP traffic queue on the EP/TP stream (one comm stream)
   int grad_bytes = 4;                 ///< bytes per gradient element reduced over DP
-  bool distributed_optimizer = true;  ///< ZeRO-1: reduce-scatter + sharded Adam + all-gather
-  int optimizer_state_bytes = 12;     ///< master params + Adam moments, bytes per parameter
+  /// ZeRO stage (WorkloadSpec::Optimizer): 0 all-reduce of grads; 1 reduce-scatter in the last
+  /// backward, sharded Adam, all-gather of params; 2 grads sharded (grad_sync: reduce-scatter in
+  /// every micro-batch's backward or the last); 3 params sharded too, all-gathered before use
+  /// (param_gather).
+  int zero_stage = 1;
+  ParamGather param_gather = ParamGather::kPerUse;
+  GradSync grad_sync = GradSync::kPerMicroBatch;
+  int optimizer_state_bytes = 12;  ///< master params + Adam moments, bytes per parameter
   /// Host time to issue each op (compute and collective); a MoE layer's forward router is a host
   /// sync (the dispatchers read tokens per expert on the host). Zero: no host model.
   sim::SimTime host_op_cost{};

@@ -417,6 +417,141 @@ TEST_CASE("precision-aware optimizer: bf16 moments and main grads shrink state, 
   REQUIRE(dp_bytes(pa) == Approx(dp_bytes(plain) / 2));
   // Without the distributed optimizer every rank keeps the whole state: dp times more.
   Scenario nd = s;
-  nd.workload.optimizer.distributed = false;
+  nd.workload.optimizer.zero_stage = 0;
   REQUIRE(build(nd).memory.stages[0].optimizer > a.optimizer);
+}
+
+TEST_CASE("ZeRO stages: DP traffic per stage follows each stage's closed form", "[step_builder][zero]") {
+  const RooflineCosts costs(small_gpu());
+  Scenario s = tiny_scenario(WorkloadMode::kTrain);
+  s.parallel.dp = 8;  // expert-DP group of 2 (dp * tp / ep), so expert params shard too
+  s.parallel.micro_batches = 2;
+  const int M = s.parallel.micro_batches;
+  struct Traffic {
+    double ar = 0, rs = 0, ag = 0;
+  };
+  const auto traffic = [&](int stage, ParamGather g, GradSync gs = GradSync::kPerMicroBatch) {
+    Scenario x = s;
+    x.workload.optimizer.zero_stage = stage;
+    x.workload.optimizer.param_gather = g;
+    x.workload.optimizer.grad_sync = gs;
+    const BuiltStep b = build_step(x, costs, simulate_options(x).build);
+    Traffic t;
+    for (const auto& c : b.collectives) {
+      if (c.category != Category::kDataParallel) continue;
+      if (c.kind == CollectiveKind::kAllReduce) t.ar += c.total_bytes();
+      if (c.kind == CollectiveKind::kReduceScatter) t.rs += c.total_bytes();
+      if (c.kind == CollectiveKind::kAllGather) t.ag += c.total_bytes();
+    }
+    return t;
+  };
+  const Traffic z0 = traffic(0, ParamGather::kPerUse), z1 = traffic(1, ParamGather::kPerUse),
+                z2 = traffic(2, ParamGather::kPerUse), z3 = traffic(3, ParamGather::kPerUse),
+                z3s = traffic(3, ParamGather::kPerStep, GradSync::kPerStep),
+                z3m = traffic(3, ParamGather::kPerMicroBatch, GradSync::kPerStep),
+                z2s = traffic(2, ParamGather::kPerUse, GradSync::kPerStep);
+  // ZeRO-0: one all-reduce of every grad, nothing else.
+  REQUIRE(z0.ar > 0);
+  REQUIRE(z0.rs == 0);
+  REQUIRE(z0.ag == 0);
+  // ZeRO-1: the same grads reduce-scattered once, params (bf16: half the fp32 grad bytes) gathered once.
+  REQUIRE(z1.ar == 0);
+  REQUIRE(z1.rs == Approx(z0.ar));
+  REQUIRE(z1.ag == Approx(z1.rs / 2));
+  // ZeRO-2: grads reduce-scattered in each micro-batch's backward.
+  REQUIRE(z2.rs == Approx(M * z1.rs));
+  REQUIRE(z2.ag == Approx(z1.ag));
+  // ZeRO-3 per layer: every unit gathered before each forward and each backward of each micro-batch.
+  REQUIRE(z3.rs == Approx(M * z1.rs));
+  REQUIRE(z3.ag == Approx(2 * M * z1.ag));
+  // ZeRO-3 per step (FSDP2 under pipelining): once each way.
+  REQUIRE(z3s.rs == Approx(z1.rs));
+  REQUIRE(z3s.ag == Approx(z1.ag));
+  // Kept from each forward to its backward (reshard_after_forward: false), grads synced once.
+  REQUIRE(z3m.ag == Approx(M * z1.ag));
+  REQUIRE(z3m.rs == Approx(z1.rs));
+  // ZeRO-2 with grads accumulated unsharded: ZeRO-1's traffic.
+  REQUIRE(z2s.rs == Approx(z1.rs));
+  REQUIRE(z2s.ag == Approx(z1.ag));
+}
+
+TEST_CASE("ZeRO stages: memory of weights, grads and optimizer per stage", "[step_builder][zero][memory]") {
+  const RooflineCosts costs(small_gpu());
+  Scenario s = tiny_scenario(WorkloadMode::kTrain);
+  s.parallel.dp = 8;
+  s.model.decoder_layers = 8;  // deep enough that two unsharded units are less than the model
+  s.model.moe_layer.assign(8, true);
+  const auto mem = [&](int stage, ParamGather g, GradSync gs = GradSync::kPerMicroBatch) {
+    Scenario x = s;
+    x.workload.optimizer.zero_stage = stage;
+    x.workload.optimizer.param_gather = g;
+    x.workload.optimizer.grad_sync = gs;
+    return build_step(x, costs, simulate_options(x).build).memory.stages[0];
+  };
+  // Local params before sharding, and what one rank keeps after: dense over dp = 8, experts over
+  // the expert-DP group of dp / ep = 2; the largest unit is one layer or the embedding table.
+  const models::ModelSpec& m = s.model;
+  double dense = 0, expert = 0, unit = 0;
+  for (int l = 0; l < m.num_layers(); ++l) {
+    const LayerParams p = layer_params(m, l);
+    dense += static_cast<double>(p.dense_local(1));
+    expert += static_cast<double>(p.per_expert) * p.experts / 4;
+    unit = std::max(unit, static_cast<double>(p.dense_local(1)) + static_cast<double>(p.per_expert) * p.experts / 4);
+  }
+  const double table = static_cast<double>(m.vocab * m.hidden);
+  dense += table * (m.tied_embeddings ? 1 : 2) + static_cast<double>(m.hidden);  // tables, final norm
+  unit = std::max(unit, table);
+  const double full = dense + expert, sharded = dense / 8 + expert / 2;
+  const double bpp = m.bytes_per_param;
+  const auto z0 = mem(0, ParamGather::kPerUse), z1 = mem(1, ParamGather::kPerUse), z2 = mem(2, ParamGather::kPerUse),
+             z3 = mem(3, ParamGather::kPerUse), z3s = mem(3, ParamGather::kPerStep, GradSync::kPerStep),
+             z3m = mem(3, ParamGather::kPerMicroBatch);
+  REQUIRE(z0.optimizer == Approx(12 * full));
+  REQUIRE(z1.optimizer == Approx(12 * sharded));
+  REQUIRE(z0.grads == Approx(4 * full));
+  REQUIRE(z1.grads == Approx(4 * full));
+  REQUIRE(z2.grads == Approx(4 * (sharded + unit)));
+  REQUIRE(z2.weights == Approx(bpp * full));
+  REQUIRE(z3.weights == Approx(bpp * (sharded + 2 * unit)));
+  REQUIRE(z3.grads == Approx(4 * (sharded + unit)));
+  REQUIRE(z3s.weights == Approx(bpp * (full + sharded)));
+  REQUIRE(z3s.grads == Approx(4 * full));
+  REQUIRE(z3m.weights == Approx(z3s.weights));
+  REQUIRE(z3m.grads == Approx(z3.grads));
+  for (const auto& z : {z1, z2, z3, z3s}) REQUIRE(z.optimizer == Approx(z1.optimizer));
+  REQUIRE(z3.total() < z2.total());
+  REQUIRE(z2.total() < z1.total());
+  REQUIRE(z1.total() < z0.total());
+  // A shard group of one rank (dp = ep: each expert on one GPU of the stage) holds its params
+  // once, whole: nothing gathered, no second copy, only the dense units counted as in flight.
+  s.parallel.dp = 4;
+  double unit_dense = table;
+  for (int l = 0; l < m.num_layers(); ++l)
+    unit_dense = std::max(unit_dense, static_cast<double>(layer_params(m, l).dense_local(1)));
+  const auto e1 = mem(3, ParamGather::kPerUse), e1s = mem(3, ParamGather::kPerStep, GradSync::kPerStep);
+  REQUIRE(e1.weights == Approx(bpp * (dense / 4 + expert + 2 * unit_dense)));
+  REQUIRE(e1.grads == Approx(4 * (dense / 4 + expert + unit_dense)));
+  REQUIRE(e1s.weights == Approx(bpp * (full + dense / 4)));
+}
+
+TEST_CASE("ZeRO-3: each unit's first kernel waits for its parameter gather", "[step_builder][zero]") {
+  const RooflineCosts costs(small_gpu());
+  Scenario s = tiny_scenario(WorkloadMode::kTrain);
+  s.parallel.dp = 8;
+  StepBuildOptions o = simulate_options(s).build;
+  o.host_op_cost = SimTime::zero();  // the network alone (every gather is also an op to issue)
+  s.workload.optimizer.zero_stage = 1;
+  BuiltStep z1 = build_step(s, costs, o);
+  s.workload.optimizer.zero_stage = 3;
+  o.zero_stage = 3;
+  BuiltStep z3 = build_step(s, costs, o);
+  // A slow DP network: ZeRO-1's gather is one collective after the optimizer; ZeRO-3 waits for a
+  // gather before every unit of every forward and backward, so it is slower by at least the
+  // gathers that cannot hide (the first unit's, before anything has run).
+  const Run a = play(z1, 1e9), b = play(z3, 1e9);
+  REQUIRE(b.step > a.step);
+  // With a fast network the gathers hide behind compute (one unit prefetched): the difference
+  // shrinks to well under the slow network's.
+  const Run fa = play(z1, 1e13), fb = play(z3, 1e13);
+  REQUIRE((fb.step - fa.step).ps() < (b.step - a.step).ps() / 10);
 }
