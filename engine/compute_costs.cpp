@@ -10,6 +10,7 @@ using sim::SimTime;
 double attention_pairs(const AttentionShape& a) {
   const double q = static_cast<double>(a.q_len), kv = static_cast<double>(a.kv_len);
   if (!a.causal) return q * kv;
+  if (a.context_shards > 1) return kv * (kv + 1) / 2 / a.context_shards;
   // Query i (0-based, aligned to the end of the kv sequence) sees kv - q + i + 1 keys.
   const double past = std::max(0.0, kv - q);
   return q * past + q * (q + 1) / 2;

@@ -25,6 +25,9 @@ struct AttentionShape {
   std::int64_t qk_dim = 0;  ///< per-head query/key dimension
   std::int64_t v_dim = 0;   ///< per-head value dimension
   bool causal = true;       ///< prefill/train: causal mask; decode: attends to the whole cache
+  /// Context parallelism: the q_len queries are this rank's load-balanced share (chunks i and
+  /// 2cp-1-i of 2cp) of a causal sequence of kv_len, so it computes 1/cp of its pairs.
+  int context_shards = 1;
   /// Bytes of K/V read per kv token per sequence (all kv heads on this GPU): the KV-cache
   /// read that makes decode memory-bound. MLA caches the latent, so this is not 2*kv_heads*d.
   std::int64_t kv_bytes_per_token = 0;
@@ -32,7 +35,8 @@ struct AttentionShape {
 };
 
 /// Query-key pairs actually computed: q_len*kv_len, or the causal lower triangle (with the
-/// query block aligned to the end of the kv sequence).
+/// query block aligned to the end of the kv sequence), or with context_shards > 1 the rank's
+/// 1/cp of the whole sequence's triangle.
 double attention_pairs(const AttentionShape& a);
 /// Forward FLOPs: 2 * pairs * heads * (qk_dim + v_dim) (QK^T and PV).
 double attention_flops(const AttentionShape& a);

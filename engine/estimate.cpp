@@ -70,7 +70,7 @@ ResourceEstimate estimate_resources(const Scenario& s) {
 
   const auto& p = s.parallel;
   const double W = static_cast<double>(p.world());
-  const double P = p.pp, ep = p.ep, tp = p.tp, dp = p.dp;
+  const double P = p.pp, ep = p.ep, tp = p.tp, dp = p.dp_cp();
   const double S = W / P;  // GPUs per pipeline stage
   const bool train = w.mode == WorkloadMode::kTrain;
   const double M = train ? p.micro_batches : 1;

@@ -39,6 +39,22 @@ MicroBatchShape micro_batch_shape(const Scenario& s) {
       b.train = true;
       b.micro_batches = par.micro_batches;
       const std::int64_t groups = std::int64_t{par.dp} * par.micro_batches;
+      if (par.cp > 1) {
+        // Whole sequences per DP group; each CP rank holds 1/cp of every one (parse_scenario
+        // checks the splits).
+        if (w.global_batch % groups != 0 || w.seq_len % par.cp != 0)
+          throw std::invalid_argument(
+              fmt::format("{} sequences of {} tokens do not split over dp x micro_batches = "
+                          "{} and cp = {}",
+                          w.global_batch, w.seq_len, groups, par.cp));
+        b.seqs = w.global_batch / groups;
+        b.q_len = w.seq_len / par.cp;
+        b.kv_len = w.seq_len;
+        b.context_shards = par.cp;
+        b.tokens = b.seqs * b.q_len;
+        b.causal = true;
+        break;
+      }
       if (w.tokens_per_step() % groups != 0)
         throw std::invalid_argument(
             fmt::format("{} tokens per step do not split over dp x micro_batches = {}", w.tokens_per_step(), groups));
@@ -60,8 +76,9 @@ MicroBatchShape micro_batch_shape(const Scenario& s) {
         throw std::invalid_argument(fmt::format("batch {} does not split over dp {}", w.batch, par.dp));
       b.seqs = w.batch / par.dp;
       if (w.mode == WorkloadMode::kPrefill) {
-        b.q_len = w.prompt_len;
+        b.q_len = w.prompt_len / par.cp;
         b.kv_len = w.prompt_len;
+        b.context_shards = par.cp;
         b.causal = true;
       } else {
         b.q_len = 1;
@@ -239,7 +256,8 @@ MemoryEstimate estimate_memory(const Scenario& s, const MemoryOptions& opt) {
     } else {
       sm.activations = act_max_layer;  // inference keeps no stash, one layer's working set
       sm.activations_no_recompute = sm.activations_recompute = sm.activations;
-      sm.kv_cache = static_cast<double>(mb.seqs) * static_cast<double>(mb.kv_len) * layers *
+      // Each context-parallel rank caches the keys of its own share of the prompt.
+      sm.kv_cache = static_cast<double>(mb.seqs) * static_cast<double>(mb.kv_len / mb.context_shards) * layers *
                     static_cast<double>(kv_bytes_per_token(m, lay.tp));
     }
     if (sm.total() > est.peak_bytes) {

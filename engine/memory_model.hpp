@@ -47,8 +47,10 @@ using ParamGather = WorkloadSpec::Optimizer::ParamGather;
 using GradSync = WorkloadSpec::Optimizer::GradSync;
 
 struct RankLayout {
-  int dp = 1, tp = 1, ep = 1, pp = 1;
-  explicit RankLayout(const ParallelSpec& p) : dp(p.dp), tp(p.tp), ep(p.ep), pp(p.pp) {}
+  /// dp counts data- and context-parallel ranks together (ParallelSpec::dp_cp): CP ranks sit
+  /// inside the DP ones, so CP group (d, t) of a stage is dp indices d*cp .. d*cp+cp-1 at TP index t.
+  int dp = 1, tp = 1, ep = 1, pp = 1, cp = 1;
+  explicit RankLayout(const ParallelSpec& p) : dp(p.dp_cp()), tp(p.tp), ep(p.ep), pp(p.pp), cp(p.cp) {}
   int world() const { return dp * tp * pp; }
   int stage_size() const { return dp * tp; }
   int global(int stage, int dp_idx, int tp_idx) const { return (stage * dp + dp_idx) * tp + tp_idx; }
@@ -73,13 +75,14 @@ struct LayerParams {
 /// layers' cross-attention is averaged into every layer (a simplification).
 LayerParams layer_params(const models::ModelSpec& m, int layer);
 
-/// Token shapes of one micro-batch on one data-parallel rank.
+/// Token shapes of one micro-batch on one data-parallel (and, with cp, context-parallel) rank.
 struct MicroBatchShape {
   int micro_batches = 1;        ///< pipeline micro-batches (1 for inference)
   std::int64_t tokens = 0;      ///< tokens per DP rank per micro-batch (attention input)
   std::int64_t seqs = 1;        ///< sequences in those tokens
   std::int64_t q_len = 0;       ///< query tokens per sequence
   std::int64_t kv_len = 0;      ///< keys per sequence (context + 1 in decode)
+  int context_shards = 1;       ///< cp: q_len is this rank's load-balanced 1/cp of a causal kv_len
   std::int64_t moe_tokens = 0;  ///< tokens one GPU routes: tokens / tp (sequence-parallel split)
   bool causal = true;
   bool train = false;

@@ -28,6 +28,7 @@ void append_header(const Scenario& s, std::string& out) {
   fmt::format_to(std::back_inserter(out), "seed       {}\n", s.seed);
   if (w.mode != WorkloadMode::kCollective) {
     fmt::format_to(std::back_inserter(out), "parallel   dp={} tp={} ep={} pp={}", p.dp, p.tp, p.ep, p.pp);
+    if (p.cp > 1) fmt::format_to(std::back_inserter(out), " cp={}", p.cp);
     if (p.vpp > 1) fmt::format_to(std::back_inserter(out), " vpp={}", p.vpp);
     fmt::format_to(std::back_inserter(out), " micro_batches={} (world {})\n", p.micro_batches, p.world());
     if (!p.pipeline_layout.empty())
@@ -300,6 +301,7 @@ nlohmann::ordered_json summary_json(const Scenario& s) {
                    {"tp", s.parallel.tp},
                    {"ep", s.parallel.ep},
                    {"pp", s.parallel.pp},
+                   {"cp", s.parallel.cp},
                    {"vpp", s.parallel.vpp},
                    {"micro_batches", s.parallel.micro_batches},
                    {"stage_layers", s.parallel.stage_layers}};

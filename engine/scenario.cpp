@@ -98,11 +98,11 @@ std::int64_t Scenario::routing_groups() const {
   switch (workload.mode) {
     case WorkloadMode::kTrain:
     case WorkloadMode::kRouting:
-      return static_cast<std::int64_t>(parallel.dp) * parallel.micro_batches;
+      return static_cast<std::int64_t>(parallel.dp_cp()) * parallel.micro_batches;
     case WorkloadMode::kPrefill:
     case WorkloadMode::kDecode:
     case WorkloadMode::kDispatch:
-      return parallel.dp;
+      return parallel.dp_cp();
     case WorkloadMode::kCollective:
       return 0;
   }
@@ -119,6 +119,12 @@ namespace {
 
 constexpr std::int64_t kMaxCount = std::int64_t{1} << 40;
 
+/// "dp*tp*pp = 8*2*1" (with cp when it is not 1), for messages about the GPU count.
+std::string world_formula(const ParallelSpec& p) {
+  if (p.cp > 1) return fmt::format("dp*cp*tp*pp = {}*{}*{}*{}", p.dp, p.cp, p.tp, p.pp);
+  return fmt::format("dp*tp*pp = {}*{}*{}", p.dp, p.tp, p.pp);
+}
+
 ParallelSpec parse_parallel(const Node& n) {
   ParallelSpec p;
   if (!n.defined()) return p;
@@ -127,6 +133,7 @@ ParallelSpec parse_parallel(const Node& n) {
   p.tp = static_cast<int>(n.opt_int("tp", 1, r));
   p.ep = static_cast<int>(n.opt_int("ep", 1, r));
   p.pp = static_cast<int>(n.opt_int("pp", 1, r));
+  p.cp = static_cast<int>(n.opt_int("cp", 1, r));
   p.micro_batches = static_cast<int>(n.opt_int("micro_batches", 1, r));
   p.vpp = static_cast<int>(n.opt_int("vpp", 1, Range::between(1, 1024)));
   p.pipeline_layout = n.opt_string("pipeline_layout", "");
@@ -145,16 +152,18 @@ ParallelSpec parse_parallel(const Node& n) {
                fmt::format("micro_batches={} is not a multiple of pp={}: the interleaved schedule (vpp={}) runs "
                            "micro-batches in groups of pp",
                            p.micro_batches, p.pp, p.vpp));
-  // dp*tp*pp is a GPU count: bounded like the cluster's, so no product below overflows an int.
-  const std::int64_t world = std::int64_t{p.dp} * p.tp * p.pp;
+  // dp*cp*tp*pp is a GPU count: bounded like the cluster's, so no product below overflows an int.
+  const std::int64_t world = std::int64_t{p.dp} * p.cp * p.tp * p.pp;
   if (world > hw::kMaxClusterGpus)
-    n.error(fmt::format("dp*tp*pp = {}*{}*{} = {} GPUs is more than the {} a cluster may have", p.dp, p.tp, p.pp, world,
+    n.error(fmt::format("{} = {} GPUs is more than the {} a cluster may have", world_formula(p), world,
                         hw::kMaxClusterGpus));
-  // Megatron-Core forms expert-parallel groups out of the dp x tp ranks of one stage.
-  if (p.ep > 0 && p.dp > 0 && p.tp > 0 && (std::int64_t{p.dp} * p.tp) % p.ep != 0)
-    n.error_at("ep", fmt::format("ep={} must divide dp*tp={} (expert-parallel groups are carved out of the data- and "
+  // Megatron-Core forms expert-parallel groups out of the dp x cp x tp ranks of one stage.
+  const std::int64_t stage = std::int64_t{p.dp} * p.cp * p.tp;
+  if (p.ep > 0 && p.dp > 0 && p.tp > 0 && stage % p.ep != 0)
+    n.error_at("ep", fmt::format("ep={} must divide {}={} (expert-parallel groups are carved out of the {} "
                                  "tensor-parallel ranks of a pipeline stage)",
-                                 p.ep, std::int64_t{p.dp} * p.tp));
+                                 p.ep, p.cp > 1 ? "dp*cp*tp" : "dp*tp", stage,
+                                 p.cp > 1 ? "data-, context- and" : "data- and"));
   if (p.pp > 1 && p.micro_batches < p.pp)
     n.error_at(
         "micro_batches",
@@ -440,9 +449,9 @@ Scenario parse_scenario(const config::Document& doc, std::optional<std::uint64_t
     if (s.has_cluster && s.workload.mode != WorkloadMode::kCollective && s.parallel.world() <= hw::kMaxClusterGpus &&
         s.parallel.world() != s.cluster.total_gpus())
       root.child("parallel")
-          .error(fmt::format("dp*tp*pp = {}*{}*{} = {} GPUs, but the cluster has {} (nodes {} x gpus_per_node {})",
-                             s.parallel.dp, s.parallel.tp, s.parallel.pp, s.parallel.world(), s.cluster.total_gpus(),
-                             s.cluster.nodes, s.cluster.gpus_per_node));
+          .error(fmt::format("{} = {} GPUs, but the cluster has {} (nodes {} x gpus_per_node {})",
+                             world_formula(s.parallel), s.parallel.world(), s.cluster.total_gpus(), s.cluster.nodes,
+                             s.cluster.gpus_per_node));
     if (s.has_cluster && s.execution.weights_dtype == "fp8" && !(s.cluster.gpu.fp8_flops > 0))
       root.child("execution")
           .error_at("weights_dtype",
@@ -463,8 +472,9 @@ Scenario parse_scenario(const config::Document& doc, std::optional<std::uint64_t
     const std::int64_t groups = s.routing_groups();
     if (groups > 0 && s.workload.tokens_per_step() % groups != 0)
       root.error_at("workload", fmt::format("{} tokens per step do not split evenly into {} routing groups "
-                                            "(dp x micro_batches for training)",
-                                            s.workload.tokens_per_step(), groups));
+                                            "({} for training)",
+                                            s.workload.tokens_per_step(), groups,
+                                            s.parallel.cp > 1 ? "dp x cp x micro_batches" : "dp x micro_batches"));
   }
   // Step simulations (train / prefill / decode): the combinations the step builder cannot lay
   // out, found here so they are configuration errors with a location, not run-time failures.
@@ -476,6 +486,25 @@ Scenario parse_scenario(const config::Document& doc, std::optional<std::uint64_t
     const Node par = root.child("parallel");
     const auto& p = s.parallel;
     const auto& m = s.model;
+    if (p.cp > 1) {
+      // Megatron splits each sequence into 2 x cp chunks and gives rank i chunks i and 2cp-1-i
+      // (equal causal work per rank); the sequences of a micro-batch must stay whole per DP rank.
+      const auto& w = s.workload;
+      if (w.mode == WorkloadMode::kDecode)
+        par.error_at("cp", "context parallelism splits a sequence's queries; decode has one query per sequence");
+      const std::int64_t len = w.mode == WorkloadMode::kTrain ? w.seq_len : w.prompt_len;
+      if (w.mode != WorkloadMode::kDecode && len % (2 * std::int64_t{p.cp}) != 0)
+        par.error_at("cp", fmt::format("{}={} does not split into 2*cp = {} equal chunks (the load-balanced causal "
+                                       "split of context parallelism)",
+                                       w.mode == WorkloadMode::kTrain ? "seq_len" : "prompt_len", len, 2 * p.cp));
+      const std::int64_t groups = s.routing_groups();
+      const bool groups_split = groups <= 0 || w.tokens_per_step() % groups == 0;  // else reported above
+      if (w.mode == WorkloadMode::kTrain && groups_split &&
+          w.global_batch % (std::int64_t{p.dp} * p.micro_batches) != 0)
+        par.error_at("cp", fmt::format("global_batch={} sequences do not split into whole sequences per dp x "
+                                       "micro_batches = {} (context parallelism splits whole sequences over cp={})",
+                                       w.global_batch, std::int64_t{p.dp} * p.micro_batches, p.cp));
+    }
     if (p.vpp > 1 && s.workload.mode != WorkloadMode::kTrain)
       par.error_at("vpp",
                    "virtual pipeline stages (vpp > 1) schedule training micro-batches: use vpp: 1 for "
@@ -529,14 +558,15 @@ Scenario parse_scenario(const config::Document& doc, std::optional<std::uint64_t
     // Hierarchical all-to-all stages traffic on the same-rail GPU of each node, so an EP group
     // must be whole nodes, or lie inside one node (then it is the direct exchange).
     const int gpn = s.has_cluster ? s.cluster.gpus_per_node : 0;
-    const std::int64_t ss = std::int64_t{p.dp} * p.tp;
+    const std::int64_t ss = std::int64_t{p.dp_cp()} * p.tp;
+    const char* ss_name = p.cp > 1 ? "dp*cp*tp" : "dp*tp";
     if (s.execution.all_to_all == "hierarchical" && gpn > 0 && ss % p.ep == 0 &&
         !((p.ep % gpn == 0 && ss % gpn == 0) || gpn % p.ep == 0))
       root.child("execution")
           .error_at("all_to_all",
                     fmt::format("hierarchical all-to-all needs expert-parallel groups of whole nodes or inside one "
-                                "node: ep={} and dp*tp={} with gpus_per_node={}",
-                                p.ep, ss, gpn));
+                                "node: ep={} and {}={} with gpus_per_node={}",
+                                p.ep, ss_name, ss, gpn));
     // DeepEP normal relays a token through the same-index GPU of each destination node.
     if (s.execution.dispatcher == "deepep_normal" && gpn > 0 && ss % p.ep == 0 &&
         !((p.ep % gpn == 0 && ss % gpn == 0) || gpn % p.ep == 0))
@@ -544,8 +574,8 @@ Scenario parse_scenario(const config::Document& doc, std::optional<std::uint64_t
           .error_at("dispatcher",
                     fmt::format("deepep_normal forwards through the same-index GPU of every destination node, so "
                                 "expert-parallel groups must be whole nodes or lie inside one node: ep={} and "
-                                "dp*tp={} with gpus_per_node={}",
-                                p.ep, ss, gpn));
+                                "{}={} with gpus_per_node={}",
+                                p.ep, ss_name, ss, gpn));
     if (m.num_moe_layers() > 0 && s.routing.redundant_experts > 0)
       root.child("routing").error_at("redundant_experts",
                                      "redundant (replicated) experts are supported in routing-only runs "

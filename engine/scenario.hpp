@@ -25,6 +25,11 @@ struct ParallelSpec {
   int tp = 1;  ///< tensor-parallel width (attention and dense layers)
   int ep = 1;  ///< expert-parallel width; carved out of dp x tp as in Megatron-Core
   int pp = 1;  ///< pipeline stages
+  /// Context-parallel width (Megatron-Core `--context-parallel-size`): each sequence is split over
+  /// cp ranks (load-balanced causal chunks), which exchange K and V around a ring inside
+  /// attention. CP ranks sit inside the data-parallel ones (Megatron order tp-cp-dp-pp): gradients
+  /// reduce and the optimizer shards over dp x cp, experts are carved out of dp x cp x tp.
+  int cp = 1;
   int micro_batches = 1;
   /// Virtual pipeline stages per rank (Megatron's interleaved 1F1B): the layers are split into
   /// pp * vpp model chunks; rank p holds chunks p, p + pp, p + 2pp, ... (1 = plain 1F1B).
@@ -37,7 +42,9 @@ struct ParallelSpec {
   std::string pipeline_layout;
   bool account_for_embedding = false;  ///< the embedding counts as a layer of the first virtual stage
   bool account_for_loss = false;       ///< the loss counts as a layer of the last virtual stage
-  std::int64_t world() const { return std::int64_t{dp} * tp * pp; }
+  std::int64_t world() const { return std::int64_t{dp} * cp * tp * pp; }
+  /// Data- and context-parallel ranks per TP index of a stage (the gradient-reduction group).
+  int dp_cp() const { return dp * cp; }
   int virtual_stages() const { return pp * vpp; }
 };
 

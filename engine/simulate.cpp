@@ -85,6 +85,7 @@ SimTime CostModelCosts::attention(const AttentionShape& a) const {
   s.heads = a.heads;
   s.head_dim = a.qk_dim;
   s.causal = a.causal;
+  s.context_shards = a.context_shards;
   // K/V heads from the cache footprint (GQA: 2 x kv_heads x head_dim x bytes per token); for
   // MLA's latent cache this gives the equivalent number of full heads.
   const double per_head = 2.0 * static_cast<double>(a.qk_dim) * static_cast<double>(a.bytes_per_elem);

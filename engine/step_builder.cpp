@@ -321,7 +321,7 @@ class Builder {
     i.micro_batch = mb;
     i.flops = flops;
     i.bytes = bytes;
-    i.host_cost = o_.host_op_cost;
+    i.host_cost = host_free_ ? SimTime::zero() : o_.host_op_cost;
     // The dispatchers need tokens per expert on the host (Megatron's alltoall dispatcher copies
     // the splits to the CPU; DeepEP's normal dispatch waits for the received counts): the host
     // waits for the router of every MoE layer forward.
@@ -353,7 +353,7 @@ class Builder {
     i.micro_batch = req.micro_batch;
     i.bytes = req.total_bytes();
     i.recv_lane = req.kind == CollectiveKind::kSendRecv && req.backward ? 1 : 0;
-    i.host_cost = o_.host_op_cost;
+    i.host_cost = host_free_ ? SimTime::zero() : o_.host_op_cost;
     const auto index = static_cast<std::uint32_t>(out_.collectives.size());
     std::vector<OpId> d;
     for (OpId x : deps)
@@ -460,6 +460,7 @@ class Builder {
     a.kv_len = mb_.kv_len;
     a.heads = std::max<std::int64_t>(1, m_.heads / lay_.tp);
     a.causal = mb_.causal;
+    a.context_shards = mb_.context_shards;
     a.bytes_per_elem = bpe_;
     if (m_.attention == models::AttentionKind::kMla) {
       a.qk_dim = m_.mla.qk_nope_head_dim + m_.mla.qk_rope_head_dim;
@@ -503,6 +504,60 @@ class Builder {
     comp(g, name, l, mb, c_.elementwise(b), 0, b);
   }
 
+  // ---------------------------------------------------------------- attention, context parallelism
+  /// Attention (forward, recomputed forward or backward) of micro-batch mb, layer l on every GPU
+  /// of stage st: one kernel per GPU of time t. With cp > 1 it is ring attention (Megatron's
+  /// cp_comm_type p2p, TE's fused attention with CP): each rank runs cp steps of t/cp, step 0 on
+  /// its own K/V chunk and step s on the chunk that arrived from its ring predecessor; each step's
+  /// send/recv (EP/TP stream, ordered on the sender only) forwards a chunk as soon as it arrived,
+  /// so the transfer of step s+1 overlaps the compute of step s. Forward chunks carry K and V of
+  /// the rank's tokens; backward chunks carry K, V and their gradients (twice the bytes), each
+  /// sent once the step before it is computed, and a last transfer returns every chunk's dK, dV
+  /// to its owner before the QKV backward. One host call per attention: the steps cost no host time.
+  void attention_op(int st, int l, int mb, const char* name, SimTime t, double flops, double bytes, bool bwd) {
+    const int cp = lay_.cp;
+    if (cp == 1) {
+      for (int g : stage_gpus(st)) comp(g, name, l, mb, t, flops, bytes);
+      return;
+    }
+    const double kv_chunk = static_cast<double>(tokens_) * static_cast<double>(attn_shape().kv_bytes_per_token);
+    const SimTime tc = scaled(t, 1, cp);
+    const double fc = flops / cp, bc = bytes / cp;
+    const auto ucp = static_cast<std::size_t>(cp);
+    std::vector<int> ring(ucp);
+    std::vector<OpId> ready(ucp), recv(ucp);
+    for (int d = 0; d < lay_.dp / cp; ++d)
+      for (int tpi = 0; tpi < lay_.tp; ++tpi) {
+        for (int c = 0; c < cp; ++c) ring[static_cast<std::size_t>(c)] = lay_.global(st, d * cp + c, tpi);
+        for (std::size_t c = 0; c < ucp; ++c) ready[c] = last_[static_cast<std::size_t>(ring[c])];
+        for (std::size_t c = 0; c < ucp; ++c) comp(ring[c], name, l, mb, tc, fc, bc);
+        host_free_ = true;
+        for (int step = 1; step <= (bwd ? cp : cp - 1); ++step) {
+          const double b = bwd && step < cp ? 2.0 * kv_chunk : kv_chunk;
+          for (std::size_t c = 0; c < ucp; ++c) {
+            const std::size_t to = (c + 1) % ucp;
+            CollectiveRequest r;
+            r.kind = CollectiveKind::kSendRecv;
+            r.gpus = {ring[c], ring[to]};
+            r.bytes = b;
+            r.category = Category::kOtherComm;
+            r.layer = l;
+            r.micro_batch = mb;
+            r.backward = bwd;
+            std::vector<OpId> deps{ready[c]};
+            if (bwd) deps.push_back(last_[static_cast<std::size_t>(ring[c])]);  // the gradient just computed
+            recv[to] = coll(std::move(r), bwd ? "cp_ring_kv_dkv" : "cp_ring_kv", Stream::kEpComm, deps, 0, 1);
+          }
+          for (std::size_t c = 0; c < ucp; ++c) {
+            pending_[static_cast<std::size_t>(ring[c])].push_back(recv[c]);
+            if (step < cp) comp(ring[c], name, l, mb, tc, fc, bc);
+          }
+          ready = recv;
+        }
+        host_free_ = false;
+      }
+  }
+
   /// Selective recomputation before layer l's backward (workload.recompute_modules): re-runs the
   /// forward kernels of the listed modules (no model FLOPs). `moe` re-runs the whole MoE block,
   /// its dispatch and combine included.
@@ -527,10 +582,12 @@ class Builder {
         comp(g, "qkv", l, mb, t, f);
         comp(g, "rope", l, mb, c_.elementwise(rope_bytes()), 0, rope_bytes());
       }
-      if (w.recomputes(RecomputeModule::kCoreAttn)) {
-        const AttentionShape as = attn_shape();
-        comp(g, "attn", l, mb, c_.attention(as), attention_flops(as), attention_bytes(as));
-      }
+    }
+    if (w.recomputes(RecomputeModule::kCoreAttn)) {
+      const AttentionShape as = attn_shape();
+      attention_op(st, l, mb, "attn", c_.attention(as), attention_flops(as), attention_bytes(as), false);
+    }
+    for (int g : gpus) {
       if (!moe && w.recomputes(RecomputeModule::kMlp)) {
         const std::int64_t F = m_.dense_ffn / lay_.tp;
         const Gemm f1 = gemm(tokens_, F * gated_, m_.hidden), f2 = gemm(tokens_, m_.hidden, F);
@@ -587,7 +644,9 @@ class Builder {
       norm_op(g, l, mb, false);
       comp(g, "qkv", l, mb, tq, fq);
       comp(g, "rope", l, mb, c_.elementwise(rope_bytes()), 0, rope_bytes());
-      comp(g, "attn", l, mb, ta, fa, attention_bytes(as));
+    }
+    attention_op(st, l, mb, "attn", ta, fa, attention_bytes(as), false);
+    for (int g : gpus) {
       comp(g, "o_proj", l, mb, go.t, go.flops);
       norm_op(g, l, mb, false);
     }
@@ -739,7 +798,10 @@ class Builder {
     for (int g : gpus) {
       norm_op(g, l, mb, true);
       gemm_bwd(g, "o_proj.dgrad", "o_proj.wgrad", l, mb, tokens_, h, attn_out_dim());
-      comp(g, "attn.bwd", l, mb, ta * 2 + scaled(ta, 1, 2), 2.5 * attention_flops(as), 2.0 * attention_bytes(as));
+    }
+    attention_op(st, l, mb, "attn.bwd", ta * 2 + scaled(ta, 1, 2), 2.5 * attention_flops(as), 2.0 * attention_bytes(as),
+                 true);
+    for (int g : gpus) {
       comp(g, "rope.bwd", l, mb, c_.elementwise(rope_bytes()), 0, rope_bytes());
       SimTime td{}, tw{};
       double fd = 0, fw = 0;
@@ -1121,6 +1183,7 @@ class Builder {
   std::vector<OpId> last_;
   std::vector<std::vector<OpId>> pending_;
   std::vector<std::vector<OpId>> reduce_ops_;
+  bool host_free_ = false;              ///< ops issued inside one host call (ring attention's steps): no host cost
   std::vector<OpId> prefetch_anchor_;   ///< [gpu] last op before the previous gathered unit (ZeRO-3)
   std::vector<std::uint8_t> gathered_;  ///< [layer + 2] unit gathered this step (per_step); 0 embed, 1 head
   std::int64_t gated_ = 2;

@@ -385,7 +385,9 @@ double bandwidth_seconds(double bytes, const ModelParams& prm, const GpuParams& 
 double attention_flops(const AttentionShape& s) {
   const double q = static_cast<double>(s.q_len), kv = static_cast<double>(s.kv_len);
   // (query, key) pairs per sequence and head; causal queries are the last q_len positions.
-  const double pairs = s.causal ? q * (kv - q) + q * (q + 1) / 2 : q * kv;
+  const double pairs = !s.causal              ? q * kv
+                       : s.context_shards > 1 ? kv * (kv + 1) / 2 / s.context_shards
+                                              : q * (kv - q) + q * (q + 1) / 2;
   return 4.0 * static_cast<double>(s.batch) * static_cast<double>(s.heads) * static_cast<double>(s.head_dim) * pairs;
 }
 

@@ -105,6 +105,9 @@ struct AttentionShape {
   std::int64_t kv_heads = 1;  ///< GQA/MQA: fewer K/V heads than query heads
   std::int64_t head_dim = 128;
   bool causal = true;
+  /// Context parallelism: the q_len queries are one rank's load-balanced 1/cp of a causal
+  /// sequence of kv_len (chunks i and 2cp-1-i), so it computes 1/cp of the sequence's pairs.
+  int context_shards = 1;
   DType dtype = DType::kBf16;
 };
 

@@ -213,6 +213,12 @@ TEST_CASE("other families: attention, routing, elementwise, dense", "[cost]") {
   pre.head_dim = 128;
   // causal pairs = 4096*4097/2
   REQUIRE(attention_flops(pre) == Approx(4.0 * 32 * 128 * 4096.0 * 4097 / 2));
+  // Context parallelism over 4 ranks: each computes a quarter of the sequence's triangle (not
+  // the end-aligned block of 1024 queries, which would be 1.75x that).
+  AttentionShape cp = pre;
+  cp.q_len = 1024;
+  cp.context_shards = 4;
+  REQUIRE(attention_flops(cp) * 4 == Approx(attention_flops(pre)));
   AttentionShape dec = pre;
   dec.phase = AttentionShape::Phase::kDecode;
   dec.batch = 64;

@@ -555,3 +555,65 @@ TEST_CASE("ZeRO-3: each unit's first kernel waits for its parameter gather", "[s
   const Run fa = play(z1, 1e13), fb = play(z3, 1e13);
   REQUIRE((fb.step - fa.step).ps() < (b.step - a.step).ps() / 10);
 }
+
+TEST_CASE("context parallelism: each rank computes 1/cp of a causal sequence's attention pairs", "[step_builder][cp]") {
+  AttentionShape full;
+  full.q_len = full.kv_len = 4096;
+  full.causal = true;
+  for (int cp : {2, 4, 8}) {
+    AttentionShape shard = full;
+    shard.q_len = full.kv_len / cp;
+    shard.context_shards = cp;
+    REQUIRE(attention_pairs(shard) * cp == Approx(attention_pairs(full)));
+  }
+}
+
+TEST_CASE("context parallelism: ring traffic, FLOPs and memory per rank", "[step_builder][cp]") {
+  const RooflineCosts costs(small_gpu());
+  // dp 4 x cp 1 and dp 2 x cp 2 on the same 4 GPUs: every rank holds 512 tokens per micro-batch
+  // (2 whole sequences of 256, or half of 4) and the same attention pairs, so FLOPs and memory
+  // agree; only cp = 2 exchanges K/V.
+  Scenario a = tiny_scenario(WorkloadMode::kTrain);
+  Scenario b = a;
+  b.parallel.dp = 2;
+  b.parallel.cp = 2;
+  StepBuildOptions o = simulate_options(a).build;
+  o.host_op_cost = SimTime::zero();
+  BuiltStep ba = build_step(a, costs, o), bb = build_step(b, costs, o);
+  REQUIRE(bb.flops.model == Approx(ba.flops.model));
+  REQUIRE(bb.flops.executed == Approx(ba.flops.executed));
+  REQUIRE(bb.memory.stages[0].activations == Approx(ba.memory.stages[0].activations));
+  const auto ring = [](const BuiltStep& s) {
+    double bytes = 0;
+    int n = 0;
+    for (const auto& c : s.collectives)
+      if (c.kind == CollectiveKind::kSendRecv && c.category == Category::kOtherComm) {
+        bytes += c.total_bytes();
+        ++n;
+      }
+    return std::pair{n, bytes};
+  };
+  REQUIRE(ring(ba).first == 0);
+  // Per layer and micro-batch, per CP group (2 of them: dp 2 x tp 1): forward cp(cp-1) = 2
+  // transfers of one K/V chunk; backward cp*cp = 4, of which cp(cp-1) carry K/V and their
+  // gradients (2 chunks) and cp return dK/dV (1 chunk).
+  const models::ModelSpec& m = a.model;
+  const double chunk = 512.0 * 2 * m.kv_heads * m.head_dim * 2;  // tokens x (K, V) x heads x dim x bf16
+  const int L = m.num_layers(), M = a.parallel.micro_batches, groups = 2;
+  REQUIRE(ring(bb).first == L * M * groups * (2 + 4));
+  REQUIRE(ring(bb).second == Approx(L * M * groups * chunk * (2 * 1 + (2 * 2 + 2 * 1))));
+  // The exchange overlaps the other chunk's compute: on a fast network cp = 2 costs about what
+  // cp = 1 does, on a slow one it is exposed.
+  const Run fa = play(ba, 1e13), fb = play(bb, 1e13);
+  const Run sa = play(ba, 1e9), sb = play(bb, 1e9);
+  REQUIRE(sb.step > sa.step);
+  REQUIRE((fb.step.ps() - fa.step.ps()) * 10 < (sb.step.ps() - sa.step.ps()));
+  // Activations shrink with cp at a fixed sequence: dp 2 x cp 1 on 2 GPUs holds twice the tokens.
+  Scenario c = a;
+  c.parallel.dp = 2;
+  c.parallel.ep = 2;
+  Scenario d = b;
+  d.parallel.ep = 2;
+  REQUIRE(build_step(d, costs, o).memory.stages[0].activations ==
+          Approx(build_step(c, costs, o).memory.stages[0].activations / 2));
+}
