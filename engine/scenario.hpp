@@ -146,7 +146,9 @@ struct ExecutionSpec {
   /// projections, dense FFN, shared and routed experts). fp8: the GEMMs read 1-byte weights and
   /// run at the FP8 tensor-core peak (FP8 deployments: DeepGEMM W8A8, block scales); the router
   /// gate and the LM head stay bf16 (DeepSeek-V3 report section 3.3.1 keeps them in high
-  /// precision). Memory footprints are not changed by it.
+  /// precision). Memory footprints are not changed by it. In training it is FP8 training
+  /// (Transformer Engine): the GEMM inputs are quantised per use and the weights once per step
+  /// (StepBuilder's fp8_cast).
   std::string weights_dtype = "bf16";
   /// Host (CPU) time the framework spends issuing each simulated op (one module call: Python,
   /// dispatch, launch). Unset: kDefaultTrainHostOpCost for training (eager Megatron-Core), zero

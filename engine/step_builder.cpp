@@ -111,6 +111,7 @@ class Builder {
     gated_ = m_.is_gated() ? 2 : 1;
     tokens_ = mb_.tokens;
     moe_tokens_ = mb_.moe_tokens;
+    fp8_train_ = mb_.train && s_.execution.weights_dtype == "fp8";
     bpe_ = m_.bytes_per_param;
   }
 
@@ -424,8 +425,23 @@ class Builder {
     SimTime t{};
     double flops = 0;
   };
-  Gemm gemm(std::int64_t M, std::int64_t N, std::int64_t K) const {
-    return {c_.dense_gemm(M, N, K), 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K)};
+  /// A linear layer's GEMM [M x K] * [K x N]. In FP8 training (execution.weights_dtype: fp8 with
+  /// mode train) its op also quantises the input it reads (fp8_cast: the activations forward, the
+  /// output gradient for dgrad); wgrad (cast_input false) reuses the transposed FP8 copies those
+  /// casts wrote.
+  Gemm gemm(std::int64_t M, std::int64_t N, std::int64_t K, bool cast_input = true) const {
+    const SimTime cast = cast_input ? fp8_cast(static_cast<double>(M) * static_cast<double>(K)) : SimTime::zero();
+    return {c_.dense_gemm(M, N, K) + cast,
+            2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K)};
+  }
+  /// FP8 training (Transformer Engine's recipes, tensor-wise or block-wise scales alike): every
+  /// GEMM input is quantised once per use by a memory-bound pass that reads it in bf16 and writes
+  /// row-wise and column-wise FP8 copies (2 + 1 + 1 bytes per element; the column-wise copy feeds
+  /// the weight gradient). Zero when the GEMMs are bf16. Charged inside the GEMM's op: TE issues
+  /// it in the same module call (no host cost of its own), usually fused into the preceding norm
+  /// or permute.
+  SimTime fp8_cast(double elems) const {
+    return fp8_train_ && elems > 0 ? c_.elementwise(4.0 * elems) : SimTime::zero();
   }
 
   /// Attention projections as one list of GEMMs [M, N, K, replicated] on one GPU. `replicated`
@@ -704,13 +720,14 @@ class Builder {
         for (int i = 0; i < c; ++i) {
           const auto& part = chunk(rows, i, c);
           const double n = static_cast<double>(sum(part));
-          const OpId e1 = comp(g, "expert_fc1", l, mb, c_.grouped_gemm(part, h, F * gated_),
+          const OpId e1 = comp(g, "expert_fc1", l, mb, c_.grouped_gemm(part, h, F * gated_) + fp8_cast(n * h),
                                2.0 * n * static_cast<double>(h * F * gated_));
           if (mult != 0) layer_report(l).rows_fed_fwd += sum(part);
           out_.graph.flow(e1, disp[static_cast<std::size_t>(i)]);
           act_op(g, "expert_act", l, mb, sum(part), F, false);
           fc2[static_cast<std::size_t>(r)].push_back(
-              comp(g, "expert_fc2", l, mb, c_.grouped_gemm(part, F, h), 2.0 * n * static_cast<double>(F * h)));
+              comp(g, "expert_fc2", l, mb, c_.grouped_gemm(part, F, h) + fp8_cast(n * static_cast<double>(F)),
+                   2.0 * n * static_cast<double>(F * h)));
         }
         out_.flops.model += mult * 2.0 * static_cast<double>(sl.kept_rows[static_cast<std::size_t>(r)]) *
                             static_cast<double>(h * F) * static_cast<double>(gated_ + 1);
@@ -771,7 +788,7 @@ class Builder {
       return 2.0 * static_cast<double>(a) * static_cast<double>(b) * static_cast<double>(c);
     };
     const Gemm d = head ? Gemm{c_.head_gemm(M, K, N), f(M, K, N)} : gemm(M, K, N);
-    const Gemm w = head ? Gemm{c_.head_gemm(K, N, M), f(K, N, M)} : gemm(K, N, M);
+    const Gemm w = head ? Gemm{c_.head_gemm(K, N, M), f(K, N, M)} : gemm(K, N, M, false);
     comp(g, dname, l, mb, d.t, d.flops);
     comp(g, wname, l, mb, w.t, w.flops);
   }
@@ -806,7 +823,7 @@ class Builder {
       SimTime td{}, tw{};
       double fd = 0, fw = 0;
       for (const auto& q : qkv_gemms()) {
-        const Gemm d = gemm(q[0], q[2], q[1]), w = gemm(q[2], q[1], q[0]);
+        const Gemm d = gemm(q[0], q[2], q[1]), w = gemm(q[2], q[1], q[0], false);
         td += d.t;
         tw += w.t;
         fd += d.flops;
@@ -852,13 +869,15 @@ class Builder {
           const auto& part = chunk(rows, i, c);
           const double n = static_cast<double>(sum(part));
           const OpId e2 =
-              comp(g, "expert_fc2.dgrad", l, mb, c_.grouped_gemm(part, h, F), 2.0 * n * static_cast<double>(F * h));
+              comp(g, "expert_fc2.dgrad", l, mb, c_.grouped_gemm(part, h, F) + fp8_cast(n * static_cast<double>(h)),
+                   2.0 * n * static_cast<double>(F * h));
           layer_report(l).rows_fed_bwd += sum(part);
           out_.graph.flow(e2, cb[static_cast<std::size_t>(i)]);
           act_op(g, "expert_act.bwd", l, mb, sum(part), F, true);
-          d1[static_cast<std::size_t>(r)].push_back(comp(g, "expert_fc1.dgrad", l, mb,
-                                                         c_.grouped_gemm(part, F * gated_, h),
-                                                         2.0 * n * static_cast<double>(h * F * gated_)));
+          d1[static_cast<std::size_t>(r)].push_back(
+              comp(g, "expert_fc1.dgrad", l, mb,
+                   c_.grouped_gemm(part, F * gated_, h) + fp8_cast(n * static_cast<double>(F * gated_)),
+                   2.0 * n * static_cast<double>(h * F * gated_)));
         }
       }
       // Dispatch backward: input gradients go expert rank -> source (the combine matrix as is).
@@ -1012,6 +1031,9 @@ class Builder {
                reduce_ops_[static_cast<std::size_t>(g)].end());
       comp(g, "optimizer", -1, -1, c_.elementwise(params * o_.optimizer_bytes_per_param), 0,
            params * o_.optimizer_bytes_per_param);
+      // FP8 training: the updated weights are quantised once per step (TE caches the FP8 weights
+      // of the first micro-batch for the rest).
+      if (fp8_train_) comp(g, "fp8_weight_cast", -1, -1, fp8_cast(dense + expert), 0, 4.0 * (dense + expert));
     }
     // ZeRO-1/2 gather the updated params back; ZeRO-3 keeps them sharded until their next use.
     if (o_.zero_stage < 1 || o_.zero_stage > 2) return;
@@ -1188,6 +1210,7 @@ class Builder {
   std::vector<std::uint8_t> gathered_;  ///< [layer + 2] unit gathered this step (per_step); 0 embed, 1 head
   std::int64_t gated_ = 2;
   std::int64_t tokens_ = 0, moe_tokens_ = 0, bpe_ = 2;
+  bool fp8_train_ = false;  ///< FP8 training GEMMs: inputs quantised per use, weights once per step
   std::vector<std::int64_t> chunk_;
   std::vector<int> moe_index_;  // layer -> index into out_.moe_layers
   MoeLayerReport& layer_report(int l) {

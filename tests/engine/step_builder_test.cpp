@@ -617,3 +617,34 @@ TEST_CASE("context parallelism: ring traffic, FLOPs and memory per rank", "[step
   REQUIRE(build_step(d, costs, o).memory.stages[0].activations ==
           Approx(build_step(c, costs, o).memory.stages[0].activations / 2));
 }
+
+TEST_CASE("FP8 training: GEMM inputs quantised per use, weights once per step", "[step_builder][fp8]") {
+  const RooflineCosts costs(small_gpu());  // same GEMM time for both dtypes: only the casts differ
+  Scenario s = tiny_scenario(WorkloadMode::kTrain);
+  StepBuildOptions o = simulate_options(s).build;
+  const BuiltStep bf = build_step(s, costs, o);
+  s.execution.weights_dtype = "fp8";
+  const BuiltStep f8 = build_step(s, costs, o);
+  REQUIRE(bf.kernels.count("fp8_weight_cast") == 0);
+  REQUIRE(f8.kernels.count("fp8_weight_cast") == 1);
+  // One weight cast per GPU: reads bf16, writes row- and column-wise FP8 of every local param.
+  const auto& wc = f8.kernels.at("fp8_weight_cast");
+  REQUIRE(wc.count == static_cast<std::uint64_t>(s.parallel.world()));
+  // Every linear GEMM forward and dgrad got slower by its input's cast; wgrad did not.
+  for (const char* k : {"qkv", "o_proj", "expert_fc1", "expert_fc2", "o_proj.dgrad", "expert_fc1.dgrad"})
+    REQUIRE(f8.kernels.at(k).time > bf.kernels.at(k).time);
+  for (const char* k : {"o_proj.wgrad", "expert_fc1.wgrad", "qkv.wgrad", "attn", "lm_head"})
+    REQUIRE(f8.kernels.at(k).time == bf.kernels.at(k).time);
+  // o_proj's input is T x (heads x head_dim) per GPU, per micro-batch: exactly that cast extra.
+  const std::int64_t T = s.workload.seq_len * s.workload.global_batch / s.parallel.dp / s.parallel.micro_batches;
+  const double elems = static_cast<double>(T) * s.model.heads * s.model.head_dim;
+  const auto n = static_cast<std::int64_t>(f8.kernels.at("o_proj").count);
+  REQUIRE((f8.kernels.at("o_proj").time - bf.kernels.at("o_proj").time).ps() ==
+          n * costs.elementwise(4.0 * elems).ps());
+  // Inference GEMMs quantise nothing here (weights are stored in FP8; activations as the runtime does).
+  Scenario p = tiny_scenario(WorkloadMode::kPrefill);
+  const BuiltStep pb = build_step(p, costs, o);
+  p.execution.weights_dtype = "fp8";
+  const BuiltStep pf = build_step(p, costs, o);
+  REQUIRE(pf.kernels.at("qkv").time == pb.kernels.at("qkv").time);
+}
