@@ -31,6 +31,7 @@ struct DispatchOpReport {
   double nvl_logical_bytes = 0;   ///< DeepEP normal intranode definition, rank 0
   double rdma_logical_bytes = 0;  ///< DeepEP normal internode definition, rank 0
   double ll_logical_bytes = 0;    ///< DeepEP low-latency definition, rank 0
+  double sm_floor_us = 0;         ///< deepep_normal with comm_sms: the SM-bound lower limit (0: none)
   int phases = 0;
 };
 

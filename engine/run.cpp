@@ -155,6 +155,7 @@ void run_dispatch(const Scenario& s, nlohmann::ordered_json& j, std::string& out
                                   {"payload_bytes", o.payload_bytes},
                                   {"network_bytes", o.network_bytes},
                                   {"phases", o.phases},
+                                  {"sm_floor_us", o.sm_floor_us},
                                   {"deepep_nvl_bytes", o.nvl_logical_bytes},
                                   {"deepep_rdma_bytes", o.rdma_logical_bytes},
                                   {"deepep_ll_bytes", o.ll_logical_bytes},

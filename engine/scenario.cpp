@@ -346,6 +346,7 @@ ExecutionSpec parse_execution(const Node& n, const std::string& scenario_file) {
   e.comm_sms = static_cast<int>(n.opt_int("comm_sms", 0, Range::between(0, 1024)));
   e.dispatch_dtype = n.opt_choice("dispatch_dtype", {"bf16", "fp8"}, "bf16");
   e.weights_dtype = n.opt_choice("weights_dtype", {"bf16", "fp8"}, "bf16");
+  if (auto b = n.opt_bandwidth("sm_copy_bandwidth")) e.sm_copy_bandwidth = b->bytes_per_s;
   if (n.has("host_op_cost"))
     e.host_op_cost = n.child("host_op_cost").as_time(Range::between(0, 1e9));  // at most 1 ms per op
   e.profile = n.opt_string("profile", "");

@@ -154,6 +154,10 @@ struct ExecutionSpec {
   /// dispatch, launch). Unset: kDefaultTrainHostOpCost for training (eager Megatron-Core), zero
   /// for inference (the serving runtimes replay CUDA graphs). Zero: an infinitely fast host.
   std::optional<sim::SimTime> host_op_cost;
+  /// Bytes one SM copies per second inside a DeepEP-family dispatch/combine kernel
+  /// (deepep_normal): with comm_sms SMs a kernel takes at least max over GPUs of (bytes it
+  /// sends + bytes it receives) / (comm_sms x this). Unset: kDeepepSmCopyBandwidth.
+  std::optional<double> sm_copy_bandwidth;
   std::string profile;  ///< fitted kernel cost profile YAML ("" = catalog defaults)
   /// All-to-allv algorithm of dispatch and combine: direct (every rank pair is one flow) or
   /// hierarchical (NVLink to the same-rail GPU, then one exchange per rail: DeepEP's internode

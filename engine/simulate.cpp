@@ -186,7 +186,7 @@ void NetworkCommBackend::start(std::uint32_t idx, sim::Callback done) {
         for (double b : plan.phases[i].bytes) sent_[idx] += b;
     const hw::CollectiveResult res = hw::analytical_collective(topo_, plan, opts_, /*per_link=*/false);
     sim_.schedule_in(
-        res.time,
+        std::max(res.time, r.min_time),
         [this, idx, done = std::move(done)]() mutable {
           received_[idx] = sent_[idx];  // the analytical model delivers every byte it was given
           done();
@@ -212,6 +212,7 @@ void NetworkCommBackend::start(std::uint32_t idx, sim::Callback done) {
   run.repeats_done = 0;
   run.collective = idx;
   run.done = std::move(done);
+  run.not_before = sim_.now() + r.min_time;
   sim_.schedule_in(opts_.launch_overhead, [this, slot] { next_phase(slot); });
 }
 
@@ -219,10 +220,14 @@ void NetworkCommBackend::next_phase(std::uint32_t slot) {
   Run& run = runs_[slot];
   if (run.next == run.phases.size()) {
     sim::Callback done = std::move(run.done);
+    const sim::SimTime not_before = run.not_before;
     std::vector<hw::FlowBatch>().swap(run.phases);
     run.repeat.clear();
     free_.push_back(slot);
-    done();
+    if (sim_.now() < not_before)
+      sim_.schedule_in(not_before - sim_.now(), std::move(done), sim::Phase::kComplete);
+    else
+      done();
     return;
   }
   hw::FlowBatch batch = hw::next_phase_run(run.phases, run.repeat, run.next, run.repeats_done);
@@ -319,6 +324,7 @@ SimulateOptions simulate_options(const Scenario& s) {
   o.profile_file = s.execution.profile;
   o.build.overlap_chunks = s.execution.overlap_chunks;
   o.build.a2a_sm_count = s.execution.comm_sms;
+  o.build.sm_copy_bandwidth = s.execution.sm_copy_bandwidth.value_or(kDeepepSmCopyBandwidth);
   if (s.execution.dispatch_dtype == "fp8") o.build.dispatch_format = models::WireFormat::kFp8;
   o.build.dispatcher = s.execution.dispatcher == "deepep_normal" ? Dispatcher::kDeepepNormal
                        : s.execution.dispatcher == "deepep_ll"   ? Dispatcher::kDeepepLl

@@ -103,6 +103,7 @@ class NetworkCommBackend : public CommBackend {
     std::uint32_t repeats_done = 0;  ///< of phases[next]
     std::uint32_t collective = 0;
     sim::Callback done;
+    sim::SimTime not_before{};  ///< start + the request's min_time
   };
   void next_phase(std::uint32_t slot);
   sim::Simulation& sim_;

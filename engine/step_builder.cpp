@@ -59,7 +59,22 @@ struct EpSlice {
   std::vector<std::vector<std::int64_t>> rows;          // [ep rank][local expert] rows computed
   std::vector<std::int64_t> kept_rows;                  // [ep rank] real rows computed (model FLOPs)
   std::vector<std::int64_t> sent_rows;                  // [ep rank] rows dispatched (permute size)
+  // deepep_normal with comm_sms: the most bytes one rank sends + receives in each matrix (the
+  // SM-bound floor of the kernel; 0 otherwise).
+  double dispatch_sm_bytes = 0, combine_sm_bytes = 0;
 };
+
+/// Max over ranks of (row sum + column sum) of a row-major ep x ep byte matrix.
+double max_handled_bytes(const std::vector<double>& m, int ep) {
+  double worst = 0;
+  const auto n = static_cast<std::size_t>(ep);
+  for (std::size_t g = 0; g < n; ++g) {
+    double b = 0;
+    for (std::size_t o = 0; o < n; ++o) b += m[g * n + o] + m[o * n + g];
+    worst = std::max(worst, b);
+  }
+  return worst;
+}
 
 class Builder {
  public:
@@ -215,6 +230,10 @@ class Builder {
           EpSlice sl;
           sl.dispatch = std::make_shared<const std::vector<double>>(dm.dispatch_bytes.begin(), dm.dispatch_bytes.end());
           sl.combine = std::make_shared<const std::vector<double>>(dm.combine_bytes.begin(), dm.combine_bytes.end());
+          if (o_.dispatcher == Dispatcher::kDeepepNormal && o_.a2a_sm_count > 0) {
+            sl.dispatch_sm_bytes = max_handled_bytes(*sl.dispatch, ep);
+            sl.combine_sm_bytes = max_handled_bytes(*sl.combine, ep);
+          }
           sl.rows.assign(static_cast<std::size_t>(ep), std::vector<std::int64_t>(EPL, 0));
           sl.kept_rows.assign(static_cast<std::size_t>(ep), 0);
           sl.sent_rows.assign(static_cast<std::size_t>(ep), 0);
@@ -705,8 +724,9 @@ class Builder {
       }
       std::vector<OpId> disp(static_cast<std::size_t>(c));
       for (int i = 0; i < c; ++i)
-        disp[static_cast<std::size_t>(i)] = coll(a2a(grp, sl.dispatch, false, Category::kDispatch, l, mb, false),
-                                                 "dispatch", Stream::kEpComm, lasts(grp), o_.a2a_sm_count);
+        disp[static_cast<std::size_t>(i)] =
+            coll(a2a(grp, sl.dispatch, false, Category::kDispatch, l, mb, false, sl.dispatch_sm_bytes), "dispatch",
+                 Stream::kEpComm, lasts(grp), o_.a2a_sm_count);
       std::vector<std::vector<OpId>> fc2(static_cast<std::size_t>(ep));
       for (int r = 0; r < ep; ++r) {
         const int g = grp[static_cast<std::size_t>(r)];
@@ -735,8 +755,8 @@ class Builder {
       }
       OpId last_comb = kNoOp;
       for (int i = 0; i < c; ++i) {
-        last_comb = coll(a2a(grp, sl.combine, false, Category::kCombine, l, mb, false), "combine", Stream::kEpComm, {},
-                         o_.a2a_sm_count);
+        last_comb = coll(a2a(grp, sl.combine, false, Category::kCombine, l, mb, false, sl.combine_sm_bytes), "combine",
+                         Stream::kEpComm, {}, o_.a2a_sm_count);
         for (int r = 0; r < ep; ++r)
           out_.graph.flow(last_comb, fc2[static_cast<std::size_t>(r)][static_cast<std::size_t>(i)]);
       }
@@ -749,8 +769,10 @@ class Builder {
     }
   }
 
+  /// sm_bytes: the matrix's most bytes one rank sends + receives (EpSlice), for the SM-bound
+  /// floor of deepep_normal kernels with comm_sms (0: no floor).
   CollectiveRequest a2a(const std::vector<int>& grp, std::shared_ptr<const std::vector<double>> m, bool transpose,
-                        Category cat, int l, int mb, bool bwd) const {
+                        Category cat, int l, int mb, bool bwd, double sm_bytes) const {
     CollectiveRequest r;
     r.kind = CollectiveKind::kAllToAllV;
     r.gpus = grp;
@@ -758,6 +780,8 @@ class Builder {
     r.transpose = transpose;
     r.scale = 1.0 / o_.overlap_chunks;
     if (o_.dispatcher == Dispatcher::kDeepepNormal) r.wire_inflation = 1.0 / kDeepepNormalEfficiency;
+    if (sm_bytes > 0 && o_.a2a_sm_count > 0 && o_.sm_copy_bandwidth > 0)
+      r.min_time = sim::duration_for(sm_bytes * r.scale, o_.a2a_sm_count * o_.sm_copy_bandwidth);
     r.category = cat;
     r.layer = l;
     r.micro_batch = mb;
@@ -854,8 +878,9 @@ class Builder {
       // Combine backward: output gradients go source -> expert rank (the combine matrix transposed).
       std::vector<OpId> cb(static_cast<std::size_t>(c));
       for (int i = 0; i < c; ++i)
-        cb[static_cast<std::size_t>(i)] = coll(a2a(grp, sl.combine, true, Category::kCombine, l, mb, true),
-                                               "combine.bwd", Stream::kEpComm, lasts(grp), o_.a2a_sm_count);
+        cb[static_cast<std::size_t>(i)] =
+            coll(a2a(grp, sl.combine, true, Category::kCombine, l, mb, true, sl.combine_sm_bytes), "combine.bwd",
+                 Stream::kEpComm, lasts(grp), o_.a2a_sm_count);
       std::vector<std::vector<OpId>> d1(static_cast<std::size_t>(ep));
       for (int r = 0; r < ep; ++r) {
         const int g = grp[static_cast<std::size_t>(r)];
@@ -883,8 +908,8 @@ class Builder {
       // Dispatch backward: input gradients go expert rank -> source (the combine matrix as is).
       OpId last_db = kNoOp;
       for (int i = 0; i < c; ++i) {
-        last_db = coll(a2a(grp, sl.combine, false, Category::kDispatch, l, mb, true), "dispatch.bwd", Stream::kEpComm,
-                       {}, o_.a2a_sm_count);
+        last_db = coll(a2a(grp, sl.combine, false, Category::kDispatch, l, mb, true, sl.combine_sm_bytes),
+                       "dispatch.bwd", Stream::kEpComm, {}, o_.a2a_sm_count);
         for (int r = 0; r < ep; ++r)
           out_.graph.flow(last_db, d1[static_cast<std::size_t>(r)][static_cast<std::size_t>(i)]);
       }

@@ -73,6 +73,9 @@ struct CollectiveRequest {
   /// fraction f of the link rates plays 1/f (deepep_normal's kernel efficiency). Timing only:
   /// total_bytes() and the reports count the bytes moved.
   double wire_inflation = 1.0;
+  /// The collective lasts at least this long from its start (an SM-bound kernel: deepep_normal
+  /// with comm_sms, kDeepepSmCopyBandwidth).
+  sim::SimTime min_time{};
   /// Non-all-to-all: the buffer size on each rank, as nccl-tests' "size": all-reduce and
   /// reduce-scatter input, all-gather output, send/recv message (gpus = {sender, receiver}).
   double bytes = 0;
@@ -99,14 +102,23 @@ enum class Dispatcher { kNcclA2a, kDeepepNormal, kDeepepLl };
 /// table.
 inline constexpr double kDeepepNormalEfficiency = 0.82;
 
+/// Bytes per second one SM moves through a DeepEP-family (deepep_normal) dispatch or combine
+/// kernel: the sender's copies into RDMA/NVLink buffers, the relay's forwarding and the
+/// receiver's copies out all run on the kernel's comm_sms SMs, so with few SMs the kernel is
+/// SM-bound (HybridEP's bandwidth-vs-SM tables). Fitted once, globally, on the `subset:
+/// calibration` points of category comm-hybrid-ep (grid in docs/STATUS.md); the held-out points
+/// and comm-deepep-normal are reported separately.
+inline constexpr double kDeepepSmCopyBandwidth = 60e9;
+
 struct StepBuildOptions {
   int overlap_chunks = 1;  ///< >= 1; Tutel/FSMoE pipelining degree of dispatch/GEMM/combine
   int step = 0;            ///< training step index (routing streams)
   models::WireFormat dispatch_format = models::WireFormat::kBf16;
   models::WireFormat combine_format = models::WireFormat::kBf16;
   Dispatcher dispatcher = Dispatcher::kNcclA2a;
-  int gpus_per_node = 8;              ///< EP ranks -> nodes for deepep_normal (EP groups are whole nodes or inside one)
-  int a2a_sm_count = 0;               ///< SMs an all-to-all kernel occupies on each participant (DeepEP: ~20)
+  int gpus_per_node = 8;  ///< EP ranks -> nodes for deepep_normal (EP groups are whole nodes or inside one)
+  int a2a_sm_count = 0;   ///< SMs an all-to-all kernel occupies on each participant (DeepEP: ~20)
+  double sm_copy_bandwidth = kDeepepSmCopyBandwidth;  ///< bytes/s per SM in deepep_normal kernels
   bool separate_comm_streams = true;  ///< false: DP and PP traffic queue on the EP/TP stream (one comm stream)
   int grad_bytes = 4;                 ///< bytes per gradient element reduced over DP
   /// ZeRO stage (WorkloadSpec::Optimizer): 0 all-reduce of grads; 1 reduce-scatter in the last

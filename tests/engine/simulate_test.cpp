@@ -422,3 +422,40 @@ seed: 3
     REQUIRE(m.find("weights_dtype") != std::string::npos);
   }
 }
+
+TEST_CASE("deepep_normal with few SMs is SM-bound: bytes each GPU sends and receives over comm_sms x per-SM rate",
+          "[simulate][dispatcher][sm]") {
+  const DispatchReport many =
+      simulate_dispatch(dispatch_scenario(kTwoNodes, "dispatcher: deepep_normal, comm_sms: 24", 16));
+  const DispatchReport one =
+      simulate_dispatch(dispatch_scenario(kTwoNodes, "dispatcher: deepep_normal, comm_sms: 1", 16));
+  const DispatchReport none = simulate_dispatch(dispatch_scenario(kTwoNodes, "dispatcher: deepep_normal", 16));
+  // No SM budget given: no floor. 24 SMs: the network binds, the floor is below it.
+  REQUIRE(none.dispatch.sm_floor_us == 0);
+  REQUIRE(many.dispatch.sm_floor_us > 0);
+  REQUIRE(many.dispatch.time_us == none.dispatch.time_us);
+  // One SM: 24x the floor, above the network time, and the kernel takes exactly the floor.
+  REQUIRE(one.dispatch.sm_floor_us == Approx(24 * many.dispatch.sm_floor_us));
+  REQUIRE(one.dispatch.time_us == Approx(one.dispatch.sm_floor_us));
+  REQUIRE(one.dispatch.time_us > none.dispatch.time_us);
+  // A faster SM copy rate lowers the floor in proportion.
+  const DispatchReport fast = simulate_dispatch(
+      dispatch_scenario(kTwoNodes, "dispatcher: deepep_normal, comm_sms: 1, sm_copy_bandwidth: 240GB/s", 16));
+  REQUIRE(fast.dispatch.sm_floor_us == Approx(one.dispatch.sm_floor_us * 60.0 / 240.0));
+}
+
+TEST_CASE("deepep_normal step collectives carry the SM-bound floor; the network backend honours it",
+          "[simulate][dispatcher][sm]") {
+  const std::string layout = "parallel: { dp: 8, ep: 8 }\n";
+  const Scenario base = small_train("execution: { dispatcher: deepep_normal }\n", layout);
+  // One SM at 1 GB/s: the floor is far above the network time of these small all-to-alls.
+  const Scenario few =
+      small_train("execution: { dispatcher: deepep_normal, comm_sms: 1, sm_copy_bandwidth: 1GB/s }\n", layout);
+  const StepReport a = simulate_step(base, simulate_options(base)), b = simulate_step(few, simulate_options(few));
+  bool floors = false;
+  for (const auto& c : b.built.collectives)
+    if (c.kind == CollectiveKind::kAllToAllV) floors = floors || c.min_time > SimTime::zero();
+  for (const auto& c : a.built.collectives) REQUIRE(c.min_time == SimTime::zero());
+  REQUIRE(floors);
+  REQUIRE(b.exec.step_time > a.exec.step_time);
+}
