@@ -347,6 +347,7 @@ ExecutionSpec parse_execution(const Node& n, const std::string& scenario_file) {
   e.dispatch_dtype = n.opt_choice("dispatch_dtype", {"bf16", "fp8"}, "bf16");
   e.weights_dtype = n.opt_choice("weights_dtype", {"bf16", "fp8"}, "bf16");
   if (auto b = n.opt_bandwidth("sm_copy_bandwidth")) e.sm_copy_bandwidth = b->bytes_per_s;
+  e.two_batch_overlap = n.opt_bool("two_batch_overlap", false);
   if (n.has("host_op_cost"))
     e.host_op_cost = n.child("host_op_cost").as_time(Range::between(0, 1e9));  // at most 1 ms per op
   e.profile = n.opt_string("profile", "");
@@ -487,6 +488,31 @@ Scenario parse_scenario(const config::Document& doc, std::optional<std::uint64_t
     const Node par = root.child("parallel");
     const auto& p = s.parallel;
     const auto& m = s.model;
+    if (s.execution.two_batch_overlap) {
+      const Node ex = root.child("execution");
+      const auto& w = s.workload;
+      if (w.mode == WorkloadMode::kTrain)
+        ex.error_at("two_batch_overlap",
+                    "two-batch overlap is an inference schedule (prefill, decode); training's all-to-all overlap "
+                    "across micro-batches is not modelled yet");
+      else if (s.execution.overlap_chunks != 1)
+        ex.error_at("two_batch_overlap", "two_batch_overlap and overlap_chunks > 1 are alternatives: use one");
+      else if (p.cp != 1)
+        ex.error_at("two_batch_overlap", "two_batch_overlap with context parallelism is not modelled");
+      else if (p.dp > 0 && w.batch % p.dp == 0) {
+        const std::int64_t seqs = w.batch / p.dp;
+        const std::int64_t q = w.mode == WorkloadMode::kPrefill ? w.prompt_len : 1;
+        if (w.mode == WorkloadMode::kDecode && seqs < 2)
+          ex.error_at("two_batch_overlap",
+                      fmt::format("decode splits its sequences into two halves: batch={} over dp={} leaves {} per rank",
+                                  w.batch, p.dp, seqs));
+        const std::int64_t h0 = seqs >= 2 ? (seqs + 1) / 2 * q : (q + 1) / 2, h1 = seqs >= 2 ? seqs / 2 * q : q / 2;
+        if (p.tp > 1 && (h0 % p.tp != 0 || h1 % p.tp != 0))
+          ex.error_at("two_batch_overlap", fmt::format("the halves' {} and {} tokens per rank do not split over tp={} "
+                                                       "(sequence parallelism)",
+                                                       h0, h1, p.tp));
+      }
+    }
     if (p.cp > 1) {
       // Megatron splits each sequence into 2 x cp chunks and gives rank i chunks i and 2cp-1-i
       // (equal causal work per rank); the sequences of a micro-batch must stay whole per DP rank.

@@ -158,6 +158,9 @@ struct ExecutionSpec {
   /// (deepep_normal): with comm_sms SMs a kernel takes at least max over GPUs of (bytes it
   /// sends + bytes it receives) / (comm_sms x this). Unset: kDeepepSmCopyBandwidth.
   std::optional<double> sm_copy_bandwidth;
+  /// Inference: SGLang's --enable-two-batch-overlap / DeepSeek's dual micro-batch overlap: each
+  /// step's batch runs as two halves whose dispatch and combine overlap the other half's compute.
+  bool two_batch_overlap = false;
   std::string profile;  ///< fitted kernel cost profile YAML ("" = catalog defaults)
   /// All-to-allv algorithm of dispatch and combine: direct (every rank pair is one flow) or
   /// hierarchical (NVLink to the same-rail GPU, then one exchange per rail: DeepEP's internode

@@ -126,7 +126,11 @@ class Builder {
     gated_ = m_.is_gated() ? 2 : 1;
     tokens_ = mb_.tokens;
     moe_tokens_ = mb_.moe_tokens;
-    fp8_train_ = mb_.train && s_.execution.weights_dtype == "fp8";
+    fp8_gemms_ = s_.execution.weights_dtype == "fp8";
+    fp8_train_ = mb_.train && fp8_gemms_;
+    tbo_ = !mb_.train && s_.execution.two_batch_overlap;
+    if (tbo_ && (o_.overlap_chunks != 1 || lay_.cp != 1 || mb_.tokens < 2))
+      throw std::invalid_argument("two_batch_overlap needs overlap_chunks 1, cp 1 and at least two tokens per rank");
     bpe_ = m_.bytes_per_param;
   }
 
@@ -444,23 +448,32 @@ class Builder {
     SimTime t{};
     double flops = 0;
   };
-  /// A linear layer's GEMM [M x K] * [K x N]. In FP8 training (execution.weights_dtype: fp8 with
-  /// mode train) its op also quantises the input it reads (fp8_cast: the activations forward, the
-  /// output gradient for dgrad); wgrad (cast_input false) reuses the transposed FP8 copies those
-  /// casts wrote.
+  /// What a MoE layer has in flight between its phases: dispatch ids [group][chunk], the
+  /// expert outputs [group][rank][chunk] the combine waits for, the last combine [group].
+  struct MoeInFlight {
+    std::vector<std::vector<OpId>> disp;
+    std::vector<std::vector<std::vector<OpId>>> fc2;
+    std::vector<OpId> comb;
+  };
+  /// A linear layer's GEMM [M x K] * [K x N]. With FP8 GEMMs (execution.weights_dtype: fp8) its
+  /// op also quantises the input it reads (fp8_cast: the activations forward, the output
+  /// gradient for dgrad); wgrad (cast_input false) reuses the transposed FP8 copies those casts
+  /// wrote.
   Gemm gemm(std::int64_t M, std::int64_t N, std::int64_t K, bool cast_input = true) const {
     const SimTime cast = cast_input ? fp8_cast(static_cast<double>(M) * static_cast<double>(K)) : SimTime::zero();
     return {c_.dense_gemm(M, N, K) + cast,
             2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K)};
   }
-  /// FP8 training (Transformer Engine's recipes, tensor-wise or block-wise scales alike): every
-  /// GEMM input is quantised once per use by a memory-bound pass that reads it in bf16 and writes
-  /// row-wise and column-wise FP8 copies (2 + 1 + 1 bytes per element; the column-wise copy feeds
-  /// the weight gradient). Zero when the GEMMs are bf16. Charged inside the GEMM's op: TE issues
-  /// it in the same module call (no host cost of its own), usually fused into the preceding norm
-  /// or permute.
+  /// FP8 GEMMs quantise every input once per use by a memory-bound pass that reads it in bf16
+  /// and writes FP8: in training (Transformer Engine's recipes, tensor-wise or block-wise scales
+  /// alike) row-wise and column-wise copies, 2 + 1 + 1 bytes per element (the column-wise copy
+  /// feeds the weight gradient); in inference (W8A8 with per-token-group scales, DeepGEMM's
+  /// input) one row-wise copy, 2 + 1 bytes. Zero when the GEMMs are bf16. Charged inside the
+  /// GEMM's op: the runtime issues it in the same module call (no host cost of its own), often
+  /// fused into the preceding norm or permute.
   SimTime fp8_cast(double elems) const {
-    return fp8_train_ && elems > 0 ? c_.elementwise(4.0 * elems) : SimTime::zero();
+    if (!fp8_gemms_ || elems <= 0) return SimTime::zero();
+    return c_.elementwise((mb_.train ? 4.0 : 3.0) * elems);
   }
 
   /// Attention projections as one list of GEMMs [M, N, K, replicated] on one GPU. `replicated`
@@ -490,9 +503,9 @@ class Builder {
   }
   AttentionShape attn_shape() const {
     AttentionShape a;
-    a.batch = mb_.seqs;
-    a.q_len = mb_.q_len;
-    a.kv_len = mb_.kv_len;
+    a.batch = half_shape_ ? half_shape_->seqs : mb_.seqs;
+    a.q_len = half_shape_ ? half_shape_->q : mb_.q_len;
+    a.kv_len = half_shape_ ? half_shape_->kv : mb_.kv_len;
     a.heads = std::max<std::int64_t>(1, m_.heads / lay_.tp);
     a.causal = mb_.causal;
     a.context_shards = mb_.context_shards;
@@ -657,7 +670,9 @@ class Builder {
   }
 
   /// Forward (or recomputed forward) of one layer for micro-batch mb on every GPU of stage st.
-  void forward_layer(int st, int mb, int l, bool recompute) {
+  /// stop_before_moe: a MoE layer stops after attention (two-batch overlap emits its MoE
+  /// phases itself); a dense layer runs whole either way.
+  void forward_layer(int st, int mb, int l, bool recompute, bool stop_before_moe = false) {
     const auto gpus = stage_gpus(st);
     const double act_bytes = static_cast<double>(tokens_ * m_.hidden * bpe_);
     const double mult = mb_.train && !recompute ? 3.0 : (recompute ? 0.0 : 1.0);  // model FLOPs factor
@@ -701,33 +716,121 @@ class Builder {
       tp_collective(st, CollectiveKind::kAllReduce, act_bytes, "tp_allreduce", l, mb, false);
       return;
     }
+    if (stop_before_moe) return;
     moe_block(st, mb, l, mult);
     tp_collective(st, CollectiveKind::kAllGather, act_bytes, "tp_allgather", l, mb, false);
   }
 
+  // ---------------------------------------------------------------- two-batch overlap
+  /// Switch the builder's token shape to half h of the batch (two-batch overlap): half the
+  /// sequences, or with one sequence (prefill) its first and second half of the queries, the
+  /// second attending to the whole prefix.
+  void enter_half(int h) {
+    half_ = h;
+    HalfShape x{mb_.seqs, mb_.q_len, mb_.kv_len};
+    if (mb_.seqs >= 2) {
+      x.seqs = mb_.seqs / 2 + (h < mb_.seqs % 2 ? 1 : 0);
+    } else {
+      x.q = h == 0 ? (mb_.q_len + 1) / 2 : mb_.q_len / 2;
+      x.kv = h == 0 ? x.q : mb_.kv_len;
+    }
+    half_shape_ = x;
+    tokens_ = x.seqs * x.q;
+    moe_tokens_ = tokens_ / lay_.tp;
+  }
+  void leave_half() {
+    half_ = -1;
+    half_shape_.reset();
+    tokens_ = mb_.tokens;
+    moe_tokens_ = mb_.moe_tokens;
+  }
+  void moe_tail(int st, int mb, int l, const MoeInFlight& f) {
+    moe_post(st, mb, l, f);
+    tp_collective(st, CollectiveKind::kAllGather, static_cast<double>(tokens_ * m_.hidden * bpe_), "tp_allgather", l,
+                  mb, false);
+  }
+  /// The layers of virtual stage v for micro-batch mb as SGLang's / DeepSeek's two-batch overlap
+  /// runs them: the batch in two halves, each half's dispatch and combine in flight while the
+  /// other half computes. Per MoE layer l the compute stream runs attention(0) + dispatch(0)
+  /// issued, unpermute(1) of layer l-1, attention(1) + dispatch(1), experts(0) + combine(0),
+  /// experts(1) + combine(1), unpermute(0); half 1's unpermute of the last layer closes the stage.
+  void forward_layers_tbo(int st, int mb, int v) {
+    std::array<MoeInFlight, 2> f;
+    int open1 = -1;  // layer whose half-1 unpermute is still to emit
+    for (int l = vranges_[static_cast<std::size_t>(v)].first; l < vranges_[static_cast<std::size_t>(v)].second; ++l) {
+      const bool moe = m_.moe_layer[static_cast<std::size_t>(l)];
+      enter_half(0);
+      forward_layer(st, mb, l, false, true);
+      if (moe) moe_pre(st, mb, l, f[0]);
+      enter_half(1);
+      if (open1 >= 0) moe_tail(st, mb, open1, f[1]);
+      open1 = -1;
+      forward_layer(st, mb, l, false, true);
+      if (moe) {
+        moe_pre(st, mb, l, f[1]);
+        enter_half(0);
+        moe_experts(st, mb, l, 1.0, f[0]);
+        enter_half(1);
+        moe_experts(st, mb, l, 1.0, f[1]);
+        enter_half(0);
+        moe_tail(st, mb, l, f[0]);
+        open1 = l;
+      }
+    }
+    if (open1 >= 0) {
+      enter_half(1);
+      moe_tail(st, mb, open1, f[1]);
+    }
+    leave_half();
+  }
+
+  /// Rows of this pass: all of them, or half `half_` of them (two-batch overlap; the first half
+  /// takes the odd row).
+  std::int64_t part_rows(std::int64_t rows) const { return half_ < 0 ? rows : rows / 2 + (half_ < rows % 2 ? 1 : 0); }
+
   void moe_block(int st, int mb, int l, double mult) {
+    MoeInFlight f;
+    moe_pre(st, mb, l, f);
+    moe_experts(st, mb, l, mult, f);
+    moe_post(st, mb, l, f);
+  }
+  /// Router, permute and the dispatch all-to-all(s).
+  void moe_pre(int st, int mb, int l, MoeInFlight& f) {
     const int ep = lay_.ep, G = lay_.ep_groups_per_stage(), c = o_.overlap_chunks;
-    const std::int64_t h = m_.hidden, F = m_.expert_ffn;
+    const std::int64_t h = m_.hidden;
     const std::int64_t rb = models::row_bytes(h, models::WireFormat::kBf16);
     const SimTime tr = c_.router_topk(moe_tokens_, h, m_.experts, m_.top_k);
     const double fr = 2.0 * static_cast<double>(moe_tokens_ * h) * m_.experts;
-    const std::int64_t Fs = m_.shared_expert_ffn * m_.shared_experts / lay_.tp;
-    const Gemm s1 = gemm(tokens_, Fs * gated_, h), s2 = gemm(tokens_, h, Fs);
+    f.disp.assign(static_cast<std::size_t>(G), std::vector<OpId>(static_cast<std::size_t>(c), kNoOp));
     for (int j = 0; j < G; ++j) {
       const EpSlice& sl = slices_[static_cast<std::size_t>(l)][static_cast<std::size_t>(mb * G + j)];
       const auto grp = ep_group(st, j);
       for (int r = 0; r < ep; ++r) {
         const int g = grp[static_cast<std::size_t>(r)];
         comp(g, "router", l, mb, tr, fr);
-        const std::int64_t rows = sl.sent_rows[static_cast<std::size_t>(r)];
+        const std::int64_t rows = part_rows(sl.sent_rows[static_cast<std::size_t>(r)]);
         comp(g, "permute", l, mb, c_.permute(rows, rb), 0, static_cast<double>(rows * rb));
       }
-      std::vector<OpId> disp(static_cast<std::size_t>(c));
       for (int i = 0; i < c; ++i)
-        disp[static_cast<std::size_t>(i)] =
+        f.disp[static_cast<std::size_t>(j)][static_cast<std::size_t>(i)] =
             coll(a2a(grp, sl.dispatch, false, Category::kDispatch, l, mb, false, sl.dispatch_sm_bytes), "dispatch",
                  Stream::kEpComm, lasts(grp), o_.a2a_sm_count);
-      std::vector<std::vector<OpId>> fc2(static_cast<std::size_t>(ep));
+    }
+  }
+  /// Shared experts, the expert GEMMs (each chunk after its dispatch) and the combine(s).
+  void moe_experts(int st, int mb, int l, double mult, MoeInFlight& f) {
+    const int ep = lay_.ep, G = lay_.ep_groups_per_stage(), c = o_.overlap_chunks;
+    const std::int64_t h = m_.hidden, F = m_.expert_ffn;
+    const double fr = 2.0 * static_cast<double>(moe_tokens_ * h) * m_.experts;
+    const std::int64_t Fs = m_.shared_expert_ffn * m_.shared_experts / lay_.tp;
+    const Gemm s1 = gemm(tokens_, Fs * gated_, h), s2 = gemm(tokens_, h, Fs);
+    f.fc2.assign(static_cast<std::size_t>(G), std::vector<std::vector<OpId>>(static_cast<std::size_t>(ep)));
+    f.comb.assign(static_cast<std::size_t>(G), kNoOp);
+    std::vector<std::int64_t> half_rows;
+    for (int j = 0; j < G; ++j) {
+      const EpSlice& sl = slices_[static_cast<std::size_t>(l)][static_cast<std::size_t>(mb * G + j)];
+      const auto grp = ep_group(st, j);
+      auto& fc2 = f.fc2[static_cast<std::size_t>(j)];
       for (int r = 0; r < ep; ++r) {
         const int g = grp[static_cast<std::size_t>(r)];
         if (m_.shared_experts > 0) {
@@ -736,20 +839,25 @@ class Builder {
           comp(g, "shared_fc2", l, mb, s2.t, s2.flops);
           out_.flops.model += mult * (s1.flops + s2.flops);
         }
-        const auto& rows = sl.rows[static_cast<std::size_t>(r)];
+        const std::vector<std::int64_t>* rows = &sl.rows[static_cast<std::size_t>(r)];
+        if (half_ >= 0) {
+          half_rows.resize(rows->size());
+          for (std::size_t e = 0; e < rows->size(); ++e) half_rows[e] = part_rows((*rows)[e]);
+          rows = &half_rows;
+        }
         for (int i = 0; i < c; ++i) {
-          const auto& part = chunk(rows, i, c);
+          const auto& part = chunk(*rows, i, c);
           const double n = static_cast<double>(sum(part));
           const OpId e1 = comp(g, "expert_fc1", l, mb, c_.grouped_gemm(part, h, F * gated_) + fp8_cast(n * h),
                                2.0 * n * static_cast<double>(h * F * gated_));
           if (mult != 0) layer_report(l).rows_fed_fwd += sum(part);
-          out_.graph.flow(e1, disp[static_cast<std::size_t>(i)]);
+          out_.graph.flow(e1, f.disp[static_cast<std::size_t>(j)][static_cast<std::size_t>(i)]);
           act_op(g, "expert_act", l, mb, sum(part), F, false);
           fc2[static_cast<std::size_t>(r)].push_back(
               comp(g, "expert_fc2", l, mb, c_.grouped_gemm(part, F, h) + fp8_cast(n * static_cast<double>(F)),
                    2.0 * n * static_cast<double>(F * h)));
         }
-        out_.flops.model += mult * 2.0 * static_cast<double>(sl.kept_rows[static_cast<std::size_t>(r)]) *
+        out_.flops.model += mult * 2.0 * static_cast<double>(part_rows(sl.kept_rows[static_cast<std::size_t>(r)])) *
                             static_cast<double>(h * F) * static_cast<double>(gated_ + 1);
         out_.flops.model += mult * fr;
       }
@@ -760,10 +868,20 @@ class Builder {
         for (int r = 0; r < ep; ++r)
           out_.graph.flow(last_comb, fc2[static_cast<std::size_t>(r)][static_cast<std::size_t>(i)]);
       }
+      f.comb[static_cast<std::size_t>(j)] = last_comb;
+    }
+  }
+  /// Unpermute after the combine.
+  void moe_post(int st, int mb, int l, const MoeInFlight& f) {
+    const int ep = lay_.ep, G = lay_.ep_groups_per_stage();
+    const std::int64_t rb = models::row_bytes(m_.hidden, models::WireFormat::kBf16);
+    for (int j = 0; j < G; ++j) {
+      const EpSlice& sl = slices_[static_cast<std::size_t>(l)][static_cast<std::size_t>(mb * G + j)];
+      const auto grp = ep_group(st, j);
       for (int r = 0; r < ep; ++r) {
         const int g = grp[static_cast<std::size_t>(r)];
-        pending_[static_cast<std::size_t>(g)].push_back(last_comb);
-        const std::int64_t rows = sl.sent_rows[static_cast<std::size_t>(r)];
+        pending_[static_cast<std::size_t>(g)].push_back(f.comb[static_cast<std::size_t>(j)]);
+        const std::int64_t rows = part_rows(sl.sent_rows[static_cast<std::size_t>(r)]);
         comp(g, "unpermute", l, mb, c_.unpermute(rows, rb), 0, static_cast<double>(rows * rb));
       }
     }
@@ -778,7 +896,7 @@ class Builder {
     r.gpus = grp;
     r.matrix = std::move(m);
     r.transpose = transpose;
-    r.scale = 1.0 / o_.overlap_chunks;
+    r.scale = (half_ < 0 ? 1.0 : 0.5) / o_.overlap_chunks;
     if (o_.dispatcher == Dispatcher::kDeepepNormal) r.wire_inflation = 1.0 / kDeepepNormalEfficiency;
     if (sm_bytes > 0 && o_.a2a_sm_count > 0 && o_.sm_copy_bandwidth > 0)
       r.min_time = sim::duration_for(sm_bytes * r.scale, o_.a2a_sm_count * o_.sm_copy_bandwidth);
@@ -1115,10 +1233,13 @@ class Builder {
       maybe_gather(st, table_params(), 0, -2, mb, false);
       embed_fwd(st, mb);
     }
-    for (int l = vranges_[static_cast<std::size_t>(v)].first; l < vranges_[static_cast<std::size_t>(v)].second; ++l) {
-      maybe_gather_layer(st, l, mb, false);
-      forward_layer(st, mb, l, false);
-    }
+    if (tbo_)
+      forward_layers_tbo(st, mb, v);
+    else
+      for (int l = vranges_[static_cast<std::size_t>(v)].first; l < vranges_[static_cast<std::size_t>(v)].second; ++l) {
+        maybe_gather_layer(st, l, mb, false);
+        forward_layer(st, mb, l, false);
+      }
     if (v == virtual_stages() - 1) {
       if (head_has_own_table()) maybe_gather(st, table_params(), 0, -1, mb, false);
       head_fwd(st, mb);
@@ -1230,12 +1351,19 @@ class Builder {
   std::vector<OpId> last_;
   std::vector<std::vector<OpId>> pending_;
   std::vector<std::vector<OpId>> reduce_ops_;
-  bool host_free_ = false;              ///< ops issued inside one host call (ring attention's steps): no host cost
-  std::vector<OpId> prefetch_anchor_;   ///< [gpu] last op before the previous gathered unit (ZeRO-3)
-  std::vector<std::uint8_t> gathered_;  ///< [layer + 2] unit gathered this step (per_step); 0 embed, 1 head
+  int half_ = -1;  ///< two-batch overlap: the half being emitted (0 or 1), -1 the whole batch
+  struct HalfShape {
+    std::int64_t seqs, q, kv;
+  };
+  std::optional<HalfShape> half_shape_;  ///< attention shape of the half being emitted
+  bool tbo_ = false;                     ///< execution.two_batch_overlap (inference)
+  bool host_free_ = false;               ///< ops issued inside one host call (ring attention's steps): no host cost
+  std::vector<OpId> prefetch_anchor_;    ///< [gpu] last op before the previous gathered unit (ZeRO-3)
+  std::vector<std::uint8_t> gathered_;   ///< [layer + 2] unit gathered this step (per_step); 0 embed, 1 head
   std::int64_t gated_ = 2;
   std::int64_t tokens_ = 0, moe_tokens_ = 0, bpe_ = 2;
-  bool fp8_train_ = false;  ///< FP8 training GEMMs: inputs quantised per use, weights once per step
+  bool fp8_gemms_ = false;  ///< FP8 linear GEMMs: inputs quantised per use (training: weights once per step)
+  bool fp8_train_ = false;  ///< ... in training
   std::vector<std::int64_t> chunk_;
   std::vector<int> moe_index_;  // layer -> index into out_.moe_layers
   MoeLayerReport& layer_report(int l) {
