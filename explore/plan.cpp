@@ -165,7 +165,7 @@ PlanSpec parse_plan(config::Document& doc) {
   }
 
   const Node search = root.child("search");
-  Node batch_node, mb_node, rc_node;
+  Node batch_node, mb_node, rc_node, zs_node;
   if (search.defined()) {
     if (!search.is_map()) search.error("expected a map of axes (gpus, tp, ep, pp, micro_batches, ...)");
     p.gpu_counts = read_int_list(search, "gpus", 1);
@@ -195,6 +195,13 @@ PlanSpec parse_plan(config::Document& doc) {
       const auto items = rc_node.is_sequence() ? rc_node.items() : std::vector<Node>{};
       if (rc_node.is_sequence() && items.empty()) rc_node.error("empty list: the candidate set would be empty");
       for (const Node& i : items) p.recompute.push_back(i.as_bool() ? 1 : 0);
+    }
+    zs_node = search.child("zero_stage");
+    if (zs_node.defined()) {
+      if (!zs_node.is_sequence()) zs_node.error("expected a list, e.g. [1, 3]");
+      const auto items = zs_node.is_sequence() ? zs_node.items() : std::vector<Node>{};
+      if (zs_node.is_sequence() && items.empty()) zs_node.error("empty list: the candidate set would be empty");
+      for (const Node& i : items) p.zero_stage.push_back(static_cast<int>(i.as_int(Range::between(0, 3))));
     }
     batch_node = search.child("batch");
     if (batch_node.defined()) {
@@ -256,6 +263,7 @@ PlanSpec parse_plan(config::Document& doc) {
   if (decode) {
     if (!p.micro_batches.empty()) mb_node.error("applies to training plans only (the base scenario is decode)");
     if (!p.recompute.empty()) rc_node.error("applies to training plans only (the base scenario is decode)");
+    if (!p.zero_stage.empty()) zs_node.error("applies to training plans only (the base scenario is decode)");
   } else {
     if (!p.batch.empty())
       batch_node.error("applies to decode plans only; a training plan takes its batch from the base");
@@ -290,6 +298,7 @@ std::string candidate_name(const PlanSpec& p, const Candidate& c) {
   if (p.mode == engine::WorkloadMode::kTrain) {
     n += fmt::format("-mb{}-cf{}", c.micro_batches, c.capacity_factor);
     if (c.recompute == 1) n += "-recompute";
+    if (c.zero_stage >= 0) n += fmt::format("-zero{}", c.zero_stage);
   } else {
     n += fmt::format("-cf{}-b{}", c.capacity_factor, c.batch);
   }
@@ -313,6 +322,8 @@ config::Document candidate_doc(const PlanSpec& p, const config::Document& base, 
   if (c.capacity_factor != cf_string(b.routing)) d.set("routing.capacity_factor", c.capacity_factor);
   if (p.mode == engine::WorkloadMode::kTrain) {
     if ((c.recompute == 1) != b.workload.recompute) d.set("workload.recompute", c.recompute == 1 ? "true" : "false");
+    if (c.zero_stage >= 0 && c.zero_stage != b.workload.optimizer.zero_stage)
+      d.set("workload.optimizer.zero_stage", fmt::format("{}", c.zero_stage));
   } else {
     d.set("workload.batch", fmt::format("{}", c.batch));
   }
@@ -390,6 +401,7 @@ PlanResult prepare_plan(const PlanSpec& p) {
           const std::vector<int> rcs = !train                ? std::vector<int>{-1}
                                        : p.recompute.empty() ? std::vector<int>{b.workload.recompute ? 1 : 0}
                                                              : p.recompute;
+          const std::vector<int> zss = !train || p.zero_stage.empty() ? std::vector<int>{-1} : p.zero_stage;
           const std::vector<std::int64_t> batches =
               train ? std::vector<std::int64_t>{0}
                     : (p.batch.empty() ? std::vector<std::int64_t>{b.workload.batch} : p.batch);
@@ -397,19 +409,21 @@ PlanResult prepare_plan(const PlanSpec& p) {
             for (int mb : mbs)
               for (const auto& cf : cfs)
                 for (int rc : rcs)
-                  for (std::int64_t bt : batches) {
-                    Candidate c;
-                    c.index = r.candidates.size();
-                    c.gpu_option = o;
-                    c.gpus = n;
-                    c.gpus_per_node = std::min(n, g);
-                    c.nodes = n / c.gpus_per_node;
-                    c.dp = dp, c.tp = tp, c.ep = ep, c.pp = pp, c.micro_batches = mb;
-                    c.capacity_factor = cf;
-                    c.recompute = rc;
-                    c.batch = bt;
-                    r.candidates.push_back(c);
-                  }
+                  for (int zs : zss)
+                    for (std::int64_t bt : batches) {
+                      Candidate c;
+                      c.index = r.candidates.size();
+                      c.gpu_option = o;
+                      c.gpus = n;
+                      c.gpus_per_node = std::min(n, g);
+                      c.nodes = n / c.gpus_per_node;
+                      c.dp = dp, c.tp = tp, c.ep = ep, c.pp = pp, c.micro_batches = mb;
+                      c.capacity_factor = cf;
+                      c.recompute = rc;
+                      c.zero_stage = zs;
+                      c.batch = bt;
+                      r.candidates.push_back(c);
+                    }
         }
     }
   r.scenario_yaml.assign(r.candidates.size(), {});
@@ -470,7 +484,7 @@ PlanResult prepare_plan(const PlanSpec& p) {
   }
 
   // 3. Dominance. Configuration key: everything but the GPU option's price.
-  using Key = std::tuple<std::string, int, int, int, int, int, int, std::string, int, std::int64_t>;
+  using Key = std::tuple<std::string, int, int, int, int, int, int, std::string, int, int, std::int64_t>;
   const auto key = [&](const Candidate& c, int recompute) {
     return Key{p.gpus[static_cast<std::size_t>(c.gpu_option)].gpu,
                c.gpus,
@@ -481,6 +495,7 @@ PlanResult prepare_plan(const PlanSpec& p) {
                c.micro_batches,
                c.capacity_factor,
                recompute,
+               c.zero_stage,
                c.batch};
   };
   // recompute: the same candidate without recomputation fits, so recomputation only adds work.
@@ -647,7 +662,8 @@ void rank_candidates(const PlanSpec& p, PlanResult& r) {
 namespace {
 
 void write_rows(const PlanSpec& p, const PlanResult& r, const std::vector<std::size_t>& rows, std::ostream& os) {
-  os << "index,gpu,price_per_hour,gpus,nodes,dp,tp,ep,pp,micro_batches,capacity_factor,recompute,batch,status,rule,"
+  os << "index,gpu,price_per_hour,gpus,nodes,dp,tp,ep,pp,micro_batches,capacity_factor,recompute,zero_stage,batch,"
+        "status,rule,"
         "dominated_by,peak_mem_GiB,fits,step_time_us,ttft_us,tokens_per_s,tokens_per_s_per_gpu,cost_per_mtok,"
         "drop_fraction,mfu,rank,pareto,reason\n";
   for (std::size_t i : rows) {
@@ -655,10 +671,11 @@ void write_rows(const PlanSpec& p, const PlanResult& r, const std::vector<std::s
     const GpuOption& g = p.gpus[static_cast<std::size_t>(c.gpu_option)];
     const bool estimated = c.capacity_bytes > 0;
     const bool simulated = c.status == Status::kOk || c.status == Status::kViolatesTarget;
-    std::string line = fmt::format("{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},", c.index, g.gpu,
+    std::string line = fmt::format("{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},", c.index, g.gpu,
                                    num(g.price_per_hour), c.gpus, c.nodes, c.dp, c.tp, c.ep, c.pp,
                                    p.mode == engine::WorkloadMode::kTrain ? fmt::format("{}", c.micro_batches) : "",
                                    c.capacity_factor, c.recompute < 0 ? std::string() : fmt::format("{}", c.recompute),
+                                   c.zero_stage < 0 ? std::string() : fmt::format("{}", c.zero_stage),
                                    c.batch > 0 ? fmt::format("{}", c.batch) : "", to_string(c.status), c.rule,
                                    c.status == Status::kPrunedDominated ? fmt::format("{}", c.dominator) : "");
     line += estimated ? fmt::format("{},{},", num(c.peak_bytes / kGiB), c.fits ? 1 : 0) : std::string(",,");

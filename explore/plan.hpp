@@ -5,7 +5,7 @@
 /// A plan names a base scenario (model, workload, fabric, routing), GPU candidates with a price
 /// per GPU-hour, limits and search axes. The planner
 ///   1. enumerates every combination of GPU type x GPU count x (tp, pp) with dp = gpus/(tp*pp)
-///      x ep x micro-batches x capacity factor x recompute (training) or batch (decode), in a
+///      x ep x micro-batches x capacity factor x recompute x ZeRO stage (training) or batch (decode), in a
 ///      fixed nested order (the candidate index);
 ///   2. builds each candidate as the base document plus `--set`-style overrides and parses it
 ///      with engine::parse_scenario, so it is validated exactly as `moesim run` would (invalid
@@ -63,6 +63,7 @@ struct PlanSpec {
   std::vector<int> micro_batches;             ///< search.micro_batches (training)
   std::vector<std::string> capacity_factors;  ///< search.capacity_factor ("none" = dropless)
   std::vector<int> recompute;                 ///< search.recompute (training; 0/1)
+  std::vector<int> zero_stage;                ///< search.zero_stage (training; 0..3)
   std::vector<std::int64_t> batch;            ///< search.batch (decode)
   std::int64_t prompt_len = 0;                ///< prefill.prompt_len: > 0 simulates TTFT
   std::optional<double> tpot_us, ttft_us;     ///< targets (decode)
@@ -92,6 +93,7 @@ struct Candidate {
   int dp = 1, tp = 1, ep = 1, pp = 1, micro_batches = 1;
   std::string capacity_factor;  ///< "" = the base scenario's
   int recompute = -1;           ///< -1 = the base scenario's
+  int zero_stage = -1;          ///< -1 = the base scenario's (search.zero_stage not given)
   std::int64_t batch = 0;       ///< decode batch (0 for training)
 
   Status status = Status::kOk;

@@ -256,3 +256,40 @@ objective: fastest
     CHECK(d[2].loc.line == 6);
   }
 }
+
+TEST_CASE("plan searches ZeRO stages: sharding makes a layout fit that ZeRO-1 cannot", "[plan]") {
+  const ex::PlanSpec p = plan_from(R"(
+name: t
+base: ../../scenarios/default.yaml
+gpus: [{gpu: h100-sxm, price_per_hour: 2}]
+search: { gpus: [8], tp: [1], ep: [8], pp: [1], micro_batches: [4], recompute: [true], zero_stage: [0, 1, 3] }
+)");
+  REQUIRE(p.zero_stage == std::vector<int>{0, 1, 3});
+  const ex::PlanResult r = ex::prepare_plan(p);
+  REQUIRE(r.candidates.size() == 3);
+  std::map<int, const ex::Candidate*> by;
+  for (const auto& c : r.candidates) by[c.zero_stage] = &c;
+  REQUIRE(by.size() == 3);
+  // Each stage is its own configuration (not deduplicated), and the estimate shrinks with it:
+  // ZeRO-0 keeps every optimizer state, ZeRO-3 also shards the weights and grads.
+  REQUIRE(by[0]->peak_bytes > by[1]->peak_bytes);
+  REQUIRE(by[1]->peak_bytes > by[3]->peak_bytes);
+  CHECK(r.scenario_yaml[by[3]->index].find("zero_stage: 3") != std::string::npos);
+  CHECK(r.scenario_yaml[by[1]->index].find("zero_stage") == std::string::npos);  // the base's stage
+}
+
+TEST_CASE("plan zero_stage: out of range is a located error", "[plan]") {
+  try {
+    plan_from(R"(
+name: t
+base: ../../scenarios/default.yaml
+gpus: [{gpu: h100-sxm, price_per_hour: 2}]
+search: { gpus: [8], zero_stage: [1, 4] }
+)");
+    FAIL("expected a ConfigError");
+  } catch (const moesim::config::ConfigError& e) {
+    REQUIRE(e.diagnostics().size() == 1);
+    CHECK(e.diagnostics()[0].key == "search.zero_stage[1]");
+    CHECK(e.diagnostics()[0].loc.line == 5);
+  }
+}
