@@ -39,15 +39,7 @@ DispatchOpReport play(const Scenario& s, const hw::Topology& topo, const std::ve
   // SM-bound floor of DeepEP-family kernels: every byte a GPU sends or receives is copied by
   // one of its comm_sms SMs (kDeepepSmCopyBandwidth).
   if (s.execution.dispatcher == "deepep_normal" && s.execution.comm_sms > 0) {
-    double worst = 0;
-    for (int g = 0; g < ranks; ++g) {
-      double b = 0;
-      for (int o = 0; o < ranks; ++o)
-        b +=
-            (*req.matrix)[static_cast<std::size_t>(g) * static_cast<std::size_t>(ranks) + static_cast<std::size_t>(o)] +
-            (*req.matrix)[static_cast<std::size_t>(o) * static_cast<std::size_t>(ranks) + static_cast<std::size_t>(g)];
-      worst = std::max(worst, b);
-    }
+    const double worst = max_handled_bytes(*req.matrix, ranks);
     const double per_sm = s.execution.sm_copy_bandwidth.value_or(kDeepepSmCopyBandwidth);
     r.sm_floor_us = worst / (s.execution.comm_sms * per_sm) * 1e6;
     r.time_us = std::max(r.time_us, r.sm_floor_us);

@@ -238,13 +238,13 @@ MemoryEstimate estimate_memory(const Scenario& s, const MemoryOptions& opt) {
                   2.0 * comm_rows * static_cast<double>(models::row_bytes(m.hidden, models::WireFormat::kBf16))
             : 0.0;
     if (mb.train) {
-      if (opt.zero_stage <= 1)
-        sm.grads = (dense + expert) * opt.grad_bytes;
-      else if (opt.grad_sync == GradSync::kPerMicroBatch)
+      // ZeRO-2/3 reducing every micro-batch keep the shards plus the unit being reduced; otherwise
+      // grads accumulate unsharded (with grad_sync per_step each unit's shard replaces them as the
+      // last backward reduces it).
+      if (opt.zero_stage >= 2 && opt.grad_sync == GradSync::kPerMicroBatch)
         sm.grads = (sharded + unit_max) * opt.grad_bytes;
       else
-        sm.grads = (dense + expert) * opt.grad_bytes;  // unsharded accumulation; each unit's shard
-                                                       // replaces it as the last backward reduces it
+        sm.grads = (dense + expert) * opt.grad_bytes;
       sm.optimizer = opt.optimizer_state_bytes * sharded;
       // Forward (micro-batch, chunk) pairs stashed at the peak (pipeline_inflight_chunks), each
       // holding 1/vpp of the stage's layers (the average chunk).

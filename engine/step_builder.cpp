@@ -64,18 +64,6 @@ struct EpSlice {
   double dispatch_sm_bytes = 0, combine_sm_bytes = 0;
 };
 
-/// Max over ranks of (row sum + column sum) of a row-major ep x ep byte matrix.
-double max_handled_bytes(const std::vector<double>& m, int ep) {
-  double worst = 0;
-  const auto n = static_cast<std::size_t>(ep);
-  for (std::size_t g = 0; g < n; ++g) {
-    double b = 0;
-    for (std::size_t o = 0; o < n; ++o) b += m[g * n + o] + m[o * n + g];
-    worst = std::max(worst, b);
-  }
-  return worst;
-}
-
 class Builder {
  public:
   Builder(const Scenario& s, const ComputeCosts& c, const StepBuildOptions& o, BuiltStep& out)
@@ -1397,6 +1385,17 @@ BuiltStep build_step(const Scenario& s, const ComputeCosts& costs, const StepBui
   out.memory = estimate_memory(s, memory_options(opt));
   out.host_memory_s = thread_cpu_seconds() - t0;
   return out;
+}
+
+double max_handled_bytes(const std::vector<double>& m, int ranks) {
+  double worst = 0;
+  const auto n = static_cast<std::size_t>(ranks);
+  for (std::size_t g = 0; g < n; ++g) {
+    double b = 0;
+    for (std::size_t o = 0; o < n; ++o) b += m[g * n + o] + m[o * n + g];
+    worst = std::max(worst, b);
+  }
+  return worst;
 }
 
 MemoryOptions memory_options(const StepBuildOptions& opt) {

@@ -110,6 +110,10 @@ inline constexpr double kDeepepNormalEfficiency = 0.82;
 /// and comm-deepep-normal are reported separately.
 inline constexpr double kDeepepSmCopyBandwidth = 60e9;
 
+/// Max over ranks of (bytes sent + bytes received) of a row-major ranks x ranks byte matrix: what
+/// the busiest GPU's SMs copy in a deepep_normal kernel (its SM-bound floor).
+double max_handled_bytes(const std::vector<double>& m, int ranks);
+
 struct StepBuildOptions {
   int overlap_chunks = 1;  ///< >= 1; Tutel/FSMoE pipelining degree of dispatch/GEMM/combine
   int step = 0;            ///< training step index (routing streams)
